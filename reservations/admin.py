@@ -1,0 +1,214 @@
+"""Admin: inventory and teams edited directly; reservations only through the booking services (so
+every admin edit is checked and audited like an API call); the audit log read-only for everyone."""
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+
+from . import services
+from .errors import BookingConflict, BookingError
+from .models import GPU, AuditEntry, Membership, Node, Notice, Reservation, Team
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    raw_id_fields = ["user"]
+    extra = 0
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "colour"]
+    prepopulated_fields = {"slug": ["name"]}
+    search_fields = ["name", "slug"]
+    inlines = [MembershipInline]
+
+
+class GPUInline(admin.TabularInline):
+    model = GPU
+    extra = 0
+
+
+@admin.register(Node)
+class NodeAdmin(admin.ModelAdmin):
+    list_display = ["hostname", "online", "last_heartbeat"]
+    list_filter = ["online"]
+    search_fields = ["hostname"]
+    readonly_fields = ["last_heartbeat"]
+    inlines = [GPUInline]
+
+
+@admin.register(GPU)
+class GPUAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "model", "memory_mb", "healthy"]
+    list_filter = ["healthy", "model", "node"]
+    list_select_related = ["node"]
+    raw_id_fields = ["node"]
+    search_fields = ["node__hostname", "model", "uuid"]
+
+
+class ServiceForm(forms.ModelForm):
+    """A reservation form whose clean() performs the change through the booking services, so the
+    admin is checked and audited exactly like the API, and a refused rule is a form error by field.
+    The admin wraps the whole request in one transaction: a later failure undoes the change."""
+
+    actor = None  # set per request by ReservationAdmin.get_form
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        try:
+            self.saved = self.perform(cleaned)
+        except BookingError as exc:
+            self.add_error(exc.field if exc.field in self.fields else None, exc.message)
+        except BookingConflict as exc:
+            taken = sorted({c.reservation_id for c in exc.conflicts})
+            self.add_error(None, f"{exc.message} Conflicting reservations: {taken}.")
+        except PermissionDenied as exc:
+            self.add_error(None, str(exc))
+        return cleaned
+
+
+class ReservationAddForm(ServiceForm):
+    gpus = forms.ModelMultipleChoiceField(queryset=GPU.objects.select_related("node"), required=False)
+    gpu_count = forms.IntegerField(min_value=1, required=False, help_text="Or pick GPUs above.")
+    slots = forms.IntegerField(min_value=1, initial=1)
+    waitlist = forms.BooleanField(required=False, help_text="Join the waitlist if the GPUs are taken.")
+
+    class Meta:
+        model = Reservation
+        fields = ["user", "team", "title", "start", "priority", "preemptible"]
+
+    def perform(self, data):
+        picked = [g.pk for g in data.get("gpus") or []]
+        return services.reservation_create(
+            user=data["user"],
+            actor=self.actor,
+            team=data["team"].slug,
+            title=data.get("title", ""),
+            start=data["start"],
+            slots=data["slots"],
+            gpu_ids=picked or None,
+            gpu_count=None if picked else data.get("gpu_count"),
+            priority=data["priority"],
+            preemptible=data["preemptible"],
+            waitlist=data.get("waitlist", False),
+        )
+
+
+class ReservationChangeForm(ServiceForm):
+    slots = forms.IntegerField(min_value=1)
+    reason = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 2}), help_text="Kept in the audit log."
+    )
+
+    class Meta:
+        model = Reservation
+        fields = ["title", "start", "priority", "preemptible"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.initial.setdefault("slots", self.instance.slots)
+
+    def perform(self, data):
+        reason = data.get("reason", "")
+        if {"start", "slots"} & set(self.changed_data):
+            services.reservation_move(
+                reservation_id=self.instance.pk, actor=self.actor, start=data["start"],
+                slots=data["slots"], reason=reason,
+            )
+        return services.reservation_update(
+            reservation_id=self.instance.pk, actor=self.actor, reason=reason,
+            title=data["title"], priority=data["priority"], preemptible=data["preemptible"],
+        )
+
+
+@admin.register(Reservation)
+class ReservationAdmin(admin.ModelAdmin):
+    list_display = ["id", "title", "user", "team", "start", "end", "priority", "preemptible", "status"]
+    list_filter = ["status", "team", "priority", ("start", admin.DateFieldListFilter)]
+    list_select_related = ["user", "team"]
+    raw_id_fields = ["user"]
+    search_fields = ["title", "user__username", "team__slug"]
+    date_hierarchy = "start"
+    actions = ["cancel_selected"]
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        kwargs["form"] = ReservationChangeForm if obj is not None else ReservationAddForm
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+        form_class.actor = request.user
+        return form_class
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ["user", "team", "title", "gpus", "gpu_count", "start", "slots", "priority", "preemptible", "waitlist"]
+        return ["user", "team", "title", "gpu_list", "start", "slots", "end", "priority", "preemptible",
+                "status", "preempted_by", "created", "reason"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return []
+        return ["user", "team", "gpu_list", "end", "status", "preempted_by", "created"]
+
+    def get_changeform_initial_data(self, request):
+        return {"user": request.user.pk, "slots": 1}
+
+    @admin.display(description="GPUs")
+    def gpu_list(self, obj):
+        return ", ".join(a.gpu.name for a in obj.allocations.select_related("gpu__node"))
+
+    def save_model(self, request, obj, form, change):
+        # The form's clean() already saved through the services; adopt the row it wrote.
+        obj.pk = form.saved.pk
+        obj._state.adding = False
+
+    def has_delete_permission(self, request, obj=None):
+        # Bookings are cancelled, never deleted: their history stays in the audit log.
+        return False
+
+    @admin.action(description="Cancel selected reservations")
+    def cancel_selected(self, request, queryset):
+        done, failed = 0, []
+        for reservation in queryset:
+            try:
+                services.reservation_cancel(
+                    reservation_id=reservation.pk, actor=request.user, reason="Cancelled in the admin."
+                )
+                done += 1
+            except (BookingError, PermissionDenied) as exc:
+                failed.append(f"#{reservation.pk}: {getattr(exc, 'message', exc)}")
+        if done:
+            self.message_user(request, f"Cancelled {done} reservation(s).", messages.SUCCESS)
+        if failed:
+            self.message_user(request, "Not cancelled: " + "; ".join(failed), messages.WARNING)
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    """Read-only for everyone, superusers included: the log is evidence."""
+
+    list_display = ["created", "actor", "action", "reservation", "reason"]
+    list_filter = ["action", ("created", admin.DateFieldListFilter), ("actor", admin.RelatedOnlyFieldListFilter)]
+    list_select_related = ["actor", "reservation"]
+    search_fields = ["reason"]
+    date_hierarchy = "created"
+    readonly_fields = ["created", "actor", "action", "reservation", "reason", "before", "after"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Notice)
+class NoticeAdmin(admin.ModelAdmin):
+    list_display = ["created", "user", "kind", "reservation"]
+    list_filter = ["kind"]
+    list_select_related = ["user", "reservation"]
+    raw_id_fields = ["user", "reservation"]
+    readonly_fields = ["created"]

@@ -1,0 +1,28 @@
+"""Map domain errors to the contract's responses: 400 {field: [...]}, 409 with conflicts."""
+
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from ..errors import BookingConflict, BookingError
+
+
+def conflict_response(exc):
+    from .serializers import ConflictSerializer, WindowSerializer
+
+    return Response(
+        {
+            "detail": exc.message,
+            "conflicts": ConflictSerializer(exc.conflicts, many=True).data,
+            "suggestions": WindowSerializer(exc.suggestions, many=True).data,
+        },
+        status=status.HTTP_409_CONFLICT,
+    )
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, BookingError):
+        return Response(exc.as_dict(), status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, BookingConflict):
+        return conflict_response(exc)
+    return drf_exception_handler(exc, context)

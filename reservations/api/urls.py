@@ -1,0 +1,18 @@
+from django.urls import path
+from rest_framework.routers import DefaultRouter
+
+from . import views
+
+router = DefaultRouter()
+router.register("gpus", views.GPUViewSet)
+router.register("nodes", views.NodeViewSet)
+router.register("reservations", views.ReservationViewSet)
+router.register("notices", views.NoticeViewSet, basename="notice")
+router.register("audit", views.AuditViewSet)
+
+urlpatterns = [
+    path("availability/", views.AvailabilityView.as_view(), name="availability"),
+    path("status/", views.StatusView.as_view(), name="status"),
+    path("me/", views.MeView.as_view(), name="me"),
+    *router.urls,
+]

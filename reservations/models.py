@@ -1,0 +1,249 @@
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class Team(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    slug = models.SlugField(max_length=50, unique=True)
+    colour = models.CharField(
+        max_length=7,
+        default="#4e79a7",
+        validators=[RegexValidator(r"^#[0-9a-fA-F]{6}$", "Use a #rrggbb colour.")],
+    )
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="Membership", related_name="teams", blank=True
+    )
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        MEMBER = "member", "Member"
+        ADMIN = "admin", "Team admin"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "user"], name="membership_unique")]
+
+    def __str__(self):
+        return f"{self.user} in {self.team} ({self.role})"
+
+
+class Node(models.Model):
+    hostname = models.CharField(max_length=253, unique=True)
+    online = models.BooleanField(default=False)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["hostname"]
+
+    def __str__(self):
+        return self.hostname
+
+
+class GPU(models.Model):
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="gpus")
+    index = models.PositiveSmallIntegerField()
+    model = models.CharField(max_length=100)
+    memory_mb = models.PositiveIntegerField(default=0)
+    uuid = models.CharField(max_length=100, blank=True)
+    healthy = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["node__hostname", "index"]
+        verbose_name = "GPU"
+        constraints = [models.UniqueConstraint(fields=["node", "index"], name="gpu_unique_index")]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def name(self):
+        return f"{self.node.hostname}/gpu{self.index}"
+
+
+class Reservation(models.Model):
+    class Priority(models.TextChoices):
+        HIGH = "high", "High"
+        NORMAL = "normal", "Normal"
+        LOW = "low", "Low"
+
+    class Status(models.TextChoices):
+        WAITLISTED = "waitlisted", "Waitlisted"
+        CONFIRMED = "confirmed", "Confirmed"
+        ACTIVE = "active", "Active"
+        COMPLETED = "completed", "Completed"
+        CANCELLED = "cancelled", "Cancelled"
+        PREEMPTED = "preempted", "Preempted"
+
+    # Statuses whose time range is (or was) taken on its GPUs: their allocations are "live" and the
+    # exclusion constraint keeps any two of them apart.
+    HOLDING_STATUSES = (Status.CONFIRMED, Status.ACTIVE, Status.COMPLETED, Status.PREEMPTED)
+    # Statuses a person may still cancel, transfer or move.
+    OPEN_STATUSES = (Status.WAITLISTED, Status.CONFIRMED, Status.ACTIVE)
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reservations"
+    )
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="reservations")
+    title = models.CharField(max_length=200, blank=True)
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.NORMAL)
+    preemptible = models.BooleanField(default=False)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.CONFIRMED)
+    preempted_by = models.ForeignKey(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="preempted"
+    )
+    # What was asked for: a waitlisted gpu_count request holds no GPUs until it is promoted.
+    gpu_count = models.PositiveSmallIntegerField()
+    allow_multi_node = models.BooleanField(default=False)
+    gpus = models.ManyToManyField(GPU, through="Allocation", related_name="reservations")
+    created = models.DateTimeField(default=timezone.now, editable=False)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["start", "id"]
+        permissions = [("book_high_priority", "Can book high-priority reservations")]
+        constraints = [
+            models.CheckConstraint(condition=Q(start__lt=models.F("end")), name="reservation_start_before_end"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "start"], name="reservation_status_start"),
+            models.Index(fields=["end"], name="reservation_end"),
+        ]
+
+    def __str__(self):
+        return f"#{self.pk} {self.title or 'reservation'} ({self.status})"
+
+    @property
+    def slots(self):
+        return int((self.end - self.start).total_seconds() // (settings.SLOT_HOURS * 3600))
+
+    @property
+    def holds_time(self):
+        return self.status in self.HOLDING_STATUSES
+
+
+class Allocation(models.Model):
+    """One GPU held by one reservation over the reservation's time range.
+
+    The range and liveness are copied from the reservation so that PostgreSQL can enforce "no two
+    live bookings overlap on one GPU" with an exclusion constraint on this one table (see migration
+    0002); services keep the copy in step in the same transaction.
+    """
+
+    reservation = models.ForeignKey(Reservation, on_delete=models.CASCADE, related_name="allocations")
+    gpu = models.ForeignKey(GPU, on_delete=models.PROTECT, related_name="allocations")
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    live = models.BooleanField(default=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["reservation", "gpu"], name="allocation_unique_gpu"),
+            models.CheckConstraint(condition=Q(start__lt=models.F("end")), name="allocation_start_before_end"),
+        ]
+        indexes = [models.Index(fields=["gpu", "start", "end"], name="allocation_gpu_range")]
+
+    def __str__(self):
+        return f"{self.gpu_id} {self.start:%Y-%m-%d %H:%M}-{self.end:%H:%M}"
+
+
+class AuditEntry(models.Model):
+    """Append-only record of every change. PostgreSQL also refuses UPDATE and DELETE (migration 0002)."""
+
+    class Action(models.TextChoices):
+        CREATE = "create", "Created"
+        WAITLIST = "waitlist", "Waitlisted"
+        PROMOTE = "promote", "Promoted from waitlist"
+        EXPIRE = "expire", "Waitlist expired"
+        CANCEL = "cancel", "Cancelled"
+        TRANSFER = "transfer", "Transferred"
+        UPDATE = "update", "Edited"
+        MOVE = "move", "Moved"
+        ACTIVATE = "activate", "Started"
+        COMPLETE = "complete", "Completed"
+
+    created = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="audit_entries",
+        help_text="Empty when the scheduler itself acted.",
+    )
+    action = models.CharField(max_length=20, choices=Action.choices, db_index=True)
+    reservation = models.ForeignKey(
+        Reservation, on_delete=models.PROTECT, null=True, blank=True, related_name="audit_entries"
+    )
+    reason = models.TextField(blank=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self):
+        return f"{self.created:%Y-%m-%d %H:%M:%S} {self.action} #{self.reservation_id}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise PermissionError("Audit entries are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise PermissionError("Audit entries are append-only.")
+
+
+class Notice(models.Model):
+    class Kind(models.TextChoices):
+        WAITLIST_CONFIRMED = "waitlist_confirmed", "Waitlist confirmed"
+        WAITLIST_EXPIRED = "waitlist_expired", "Waitlist expired"
+        CANCELLED = "cancelled", "Booking cancelled"
+        TRANSFERRED = "transferred", "Booking transferred"
+        MOVED = "moved", "Booking moved"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notices")
+    kind = models.CharField(max_length=30, choices=Kind.choices)
+    reservation = models.ForeignKey(
+        Reservation, on_delete=models.SET_NULL, null=True, blank=True, related_name="notices"
+    )
+    message = models.TextField()
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+
+    def __str__(self):
+        return f"{self.kind} for {self.user}"
+
+
+class IdempotencyRecord(models.Model):
+    """The first successful response to a create carrying an Idempotency-Key, replayed on retry."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64)
+    status_code = models.PositiveSmallIntegerField()
+    response = models.JSONField()
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="idempotency_unique_key")]

@@ -1,0 +1,185 @@
+"""Reads: conflicts, free windows, the status board. No writes here."""
+
+from bisect import bisect_right
+from collections import defaultdict
+from dataclasses import dataclass
+
+from django.db.models import Prefetch
+
+from . import policy
+from .models import GPU, Allocation, Reservation
+
+
+@dataclass(frozen=True)
+class Window:
+    gpus: tuple
+    start: object
+    end: object
+
+
+def reservation_queryset():
+    """Reservations with everything their JSON shows, in a fixed number of queries."""
+    return Reservation.objects.select_related("user", "team").prefetch_related(
+        Prefetch(
+            "allocations",
+            queryset=Allocation.objects.select_related("gpu__node").order_by("gpu_id"),
+        )
+    )
+
+
+def conflicting_allocations(gpu_ids, start, end, *, exclude_reservation=None):
+    """Live allocations on any of `gpu_ids` that overlap [start, end)."""
+    qs = Allocation.objects.filter(gpu_id__in=gpu_ids, live=True, start__lt=end, end__gt=start)
+    if exclude_reservation is not None:
+        qs = qs.exclude(reservation_id=exclude_reservation)
+    return qs.select_related("reservation__user", "gpu__node").order_by("start", "gpu_id")
+
+
+def _busy_by_gpu(gpu_ids, start, end):
+    busy = defaultdict(list)
+    rows = (
+        Allocation.objects.filter(gpu_id__in=gpu_ids, live=True, start__lt=end, end__gt=start)
+        .order_by("start")
+        .values_list("gpu_id", "start", "end")
+    )
+    for gpu_id, s, e in rows:
+        busy[gpu_id].append((s, e))
+    return busy
+
+
+class _FreeTracker:
+    """Answers "is this GPU free for [t, t + length)" with one bisection over its busy intervals."""
+
+    def __init__(self, intervals):
+        self.intervals = intervals
+        self.ends = [e for _, e in intervals]
+
+    def free(self, t, length):
+        # Live intervals on one GPU never overlap, so ends are sorted like starts.
+        i = bisect_right(self.ends, t)
+        return i == len(self.intervals) or self.intervals[i][0] >= t + length
+
+
+def find_windows(
+    *,
+    slots,
+    after,
+    now,
+    gpu_ids=None,
+    gpu_count=None,
+    gpu_model=None,
+    allow_multi_node=False,
+    latest_start=None,
+    limit=5,
+):
+    """Free windows of `slots` slots starting at or after `after`, nearest first.
+
+    Either exactly `gpu_ids`, or any `gpu_count` healthy GPUs on one node (best fit: the node with
+    the fewest free GPUs that still fits, so big nodes stay whole for big jobs), or across nodes
+    when `allow_multi_node` and no single node fits.
+    """
+    length = slots * policy.slot_length()
+    first = policy.ceil_to_slot(max(after, now))
+    last = policy.horizon_end(now) - length
+    if latest_start is not None:
+        last = min(last, latest_start)
+    if first > last:
+        return []
+
+    gpus = GPU.objects.filter(healthy=True).select_related("node").order_by("id")
+    if gpu_ids is not None:
+        gpus = gpus.filter(id__in=gpu_ids)
+    if gpu_model:
+        gpus = gpus.filter(model=gpu_model)
+    gpus = list(gpus)
+    if gpu_ids is not None and len(gpus) != len(set(gpu_ids)):
+        return []
+    busy = _busy_by_gpu([g.id for g in gpus], first, last + length)
+    trackers = {g.id: _FreeTracker(busy.get(g.id, [])) for g in gpus}
+
+    windows = []
+    t = first
+    while t <= last and len(windows) < limit:
+        free = [g for g in gpus if trackers[g.id].free(t, length)]
+        if gpu_ids is not None:
+            if len(free) == len(gpus):
+                windows.append(Window(tuple(g.id for g in gpus), t, t + length))
+        else:
+            windows.extend(_fits(free, gpu_count, allow_multi_node, t, t + length))
+        t += policy.slot_length()
+    return windows[:limit]
+
+
+def _fits(free_gpus, count, allow_multi_node, start, end):
+    by_node = defaultdict(list)
+    for gpu in free_gpus:
+        by_node[gpu.node_id].append(gpu)
+    fitting = sorted(
+        (gpus for gpus in by_node.values() if len(gpus) >= count),
+        key=lambda gpus: (len(gpus), gpus[0].node.hostname),
+    )
+    windows = [Window(tuple(g.id for g in gpus[:count]), start, end) for gpus in fitting]
+    if not windows and allow_multi_node and len(free_gpus) >= count:
+        # Fill from the emptiest nodes first so the job spans as few nodes as possible.
+        pool = [g for gpus in sorted(by_node.values(), key=len, reverse=True) for g in gpus]
+        windows.append(Window(tuple(sorted(g.id for g in pool[:count])), start, end))
+    return windows
+
+
+def booking_suggestions(*, now, start, slots, gpu_ids=None, gpu_count=None, allow_multi_node=False, limit=5):
+    """Up to `limit` windows for a request that conflicted, nearest to its start first:
+    the same GPUs later, or other GPUs at the same time (or later, for a gpu_count request)."""
+    suggestions = []
+    if gpu_ids is not None:
+        suggestions += find_windows(
+            slots=slots, after=start + policy.slot_length(), now=now, gpu_ids=gpu_ids, limit=limit
+        )
+        models = set(GPU.objects.filter(id__in=gpu_ids).values_list("model", flat=True))
+        same_time = find_windows(
+            slots=slots,
+            after=start,
+            now=now,
+            gpu_count=len(gpu_ids),
+            gpu_model=models.pop() if len(models) == 1 else None,
+            allow_multi_node=allow_multi_node,
+            latest_start=start,
+            limit=limit,
+        )
+        suggestions += [w for w in same_time if set(w.gpus) != set(gpu_ids)]
+    else:
+        suggestions += find_windows(
+            slots=slots, after=start, now=now, gpu_count=gpu_count,
+            allow_multi_node=allow_multi_node, limit=limit,
+        )
+    suggestions.sort(key=lambda w: (abs((w.start - start).total_seconds()), w.gpus))
+    return suggestions[:limit]
+
+
+def gpu_status(*, now, upcoming_limit=3):
+    """Per GPU: the reservation holding it now and the next few, for the status board."""
+    gpus = list(GPU.objects.select_related("node").order_by("node__hostname", "index"))
+    allocations = (
+        Allocation.objects.filter(
+            live=True,
+            end__gt=now,
+            reservation__status__in=[Reservation.Status.CONFIRMED, Reservation.Status.ACTIVE],
+        )
+        .order_by("start")
+        .values_list("gpu_id", "reservation_id", "start")
+    )
+    current, upcoming = {}, defaultdict(list)
+    for gpu_id, reservation_id, start in allocations:
+        if start <= now:
+            current[gpu_id] = reservation_id
+        elif len(upcoming[gpu_id]) < upcoming_limit:
+            upcoming[gpu_id].append(reservation_id)
+    wanted = set(current.values()) | {r for ids in upcoming.values() for r in ids}
+    reservations = reservation_queryset().in_bulk(wanted)
+    return [
+        {
+            "gpu": gpu,
+            "current": reservations.get(current.get(gpu.id)),
+            "upcoming": [reservations[r] for r in upcoming.get(gpu.id, [])],
+        }
+        for gpu in gpus
+    ]
