@@ -1,0 +1,80 @@
+import pytest
+from django.db import DatabaseError, connection, transaction
+
+from reservations.models import AuditEntry
+
+from ..conftest import client_for
+from .helpers import book
+
+pytestmark = pytest.mark.usefixtures("frozen")
+
+
+def test_staff_can_read_and_filter_the_audit_log(cluster, owner, staff, team_admin):
+    first = book(owner, cluster["node1"][:1])
+    book(owner, cluster["node1"][1:2])
+    client_for(team_admin).post(f"/api/v1/reservations/{first.pk}/cancel/", {"reason": "maintenance"}, format="json")
+    client = client_for(staff)
+
+    everything = client.get("/api/v1/audit/").json()
+    cancels = client.get("/api/v1/audit/", {"action": "cancel"}).json()
+    by_actor = client.get("/api/v1/audit/", {"actor": "teamadmin"}).json()
+    by_reservation = client.get("/api/v1/audit/", {"reservation": first.pk}).json()
+
+    assert everything["count"] == 3
+    assert [e["action"] for e in cancels["results"]] == ["cancel"]
+    assert cancels["results"][0]["reason"] == "maintenance"
+    assert by_actor["count"] == 1 and by_actor["results"][0]["actor"] == "teamadmin"
+    assert [e["action"] for e in by_reservation["results"]] == ["cancel", "create"]
+
+
+def test_the_audit_log_is_staff_only(cluster, owner):
+    assert client_for(owner).get("/api/v1/audit/").status_code == 403
+
+
+def test_a_naive_since_filter_is_a_400(staff):
+    response = client_for(staff).get("/api/v1/audit/", {"since": "2030-01-01T00:00:00"})
+
+    assert response.status_code == 400
+    assert "since" in response.json()
+
+
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
+def test_nobody_can_write_the_audit_log_through_the_api(cluster, owner, staff, method):
+    book(owner, cluster["node1"][:1])
+    entry = AuditEntry.objects.get()
+    client = client_for(staff)
+
+    url = "/api/v1/audit/" if method == "post" else f"/api/v1/audit/{entry.pk}/"
+    response = getattr(client, method)(url, {"reason": "rewritten"}, format="json")
+
+    assert response.status_code == 405
+    entry.refresh_from_db()
+    assert entry.reason == ""
+
+
+def test_the_model_refuses_to_update_or_delete_an_entry(cluster, owner):
+    book(owner, cluster["node1"][:1])
+    entry = AuditEntry.objects.get()
+
+    entry.reason = "rewritten"
+    with pytest.raises(PermissionError):
+        entry.save()
+    with pytest.raises(PermissionError):
+        entry.delete()
+
+
+def test_postgresql_refuses_update_and_delete_even_in_raw_sql(cluster, owner):
+    book(owner, cluster["node1"][:1])
+
+    for statement in ("UPDATE reservations_auditentry SET reason = 'x'", "DELETE FROM reservations_auditentry"):
+        with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(statement)
+    assert AuditEntry.objects.get().reason == ""
+
+
+def test_a_failed_booking_leaves_no_audit_entry(api, cluster, teammate):
+    book(teammate, cluster["node1"][:1])
+
+    api.post("/api/v1/reservations/", {"gpus": [cluster["node1"][0].pk], "start": "2030-01-07T10:00:00Z", "slots": 1}, format="json")
+
+    assert list(AuditEntry.objects.values_list("actor__username", flat=True)) == ["teammate"]
