@@ -1,0 +1,139 @@
+import pytest
+from django.test import Client
+
+from reservations.models import AuditEntry, Reservation
+
+from ..conftest import NEXT_SLOT, SLOT
+from .helpers import book
+
+pytestmark = pytest.mark.usefixtures("frozen")
+
+
+@pytest.fixture
+def admin_client(db):
+    from django.contrib.auth import get_user_model
+
+    admin = get_user_model().objects.create_superuser("root", "root@example.com", "pw")
+    client = Client()
+    client.force_login(admin)
+    client.user = admin
+    return client
+
+
+def add_form(owner, team, gpus, **extra):
+    return {
+        "user": owner.pk, "team": team.pk, "title": "from admin", "gpus": [g.pk for g in gpus],
+        "start_0": NEXT_SLOT.strftime("%Y-%m-%d"), "start_1": NEXT_SLOT.strftime("%H:%M:%S"),
+        "slots": 2, "priority": "normal", **extra,
+    }
+
+
+def test_an_admin_booking_goes_through_the_rules_and_is_audited_with_the_admin_as_actor(admin_client, cluster, owner, team):
+    response = admin_client.post("/admin/reservations/reservation/add/", add_form(owner, team, cluster["node1"][:2]))
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    reservation = Reservation.objects.get()
+    assert (reservation.user, reservation.slots, reservation.status) == (owner, 2, "confirmed")
+    assert sorted(reservation.allocations.values_list("gpu_id", flat=True)) == [g.pk for g in cluster["node1"][:2]]
+    entry = AuditEntry.objects.get(action="create")
+    assert entry.actor == admin_client.user
+
+
+def test_an_admin_booking_that_conflicts_shows_the_error_and_writes_nothing(admin_client, cluster, owner, team, teammate):
+    taken = book(teammate, cluster["node1"][:1])
+
+    response = admin_client.post("/admin/reservations/reservation/add/", add_form(owner, team, cluster["node1"][:2]))
+
+    assert response.status_code == 200
+    assert f"Conflicting reservations: [{taken.pk}]" in response.content.decode()
+    assert Reservation.objects.count() == 1
+
+
+def test_an_admin_booking_on_an_unaligned_start_shows_the_field_error(admin_client, cluster, owner, team):
+    form = add_form(owner, team, cluster["node1"][:1], start_1="11:00:00")
+
+    response = admin_client.post("/admin/reservations/reservation/add/", form)
+
+    assert response.status_code == 200
+    assert "slot boundary" in response.content.decode()
+    assert not Reservation.objects.exists()
+
+
+def change_form(reservation, **extra):
+    return {
+        "title": reservation.title, "priority": reservation.priority,
+        "start_0": reservation.start.strftime("%Y-%m-%d"), "start_1": reservation.start.strftime("%H:%M:%S"),
+        "slots": reservation.slots, "reason": "", **extra,
+    }
+
+
+def test_an_admin_edit_is_audited_with_before_and_after(admin_client, cluster, owner):
+    reservation = book(owner, cluster["node1"][:1], title="old")
+
+    response = admin_client.post(
+        f"/admin/reservations/reservation/{reservation.pk}/change/", change_form(reservation, title="new", reason="typo")
+    )
+
+    assert response.status_code == 302
+    entry = AuditEntry.objects.get(action="update")
+    assert (entry.before["title"], entry.after["title"], entry.reason) == ("old", "new", "typo")
+
+
+def test_an_admin_move_is_checked_for_conflicts_and_audited(admin_client, cluster, owner, teammate):
+    reservation = book(owner, cluster["node1"][:1])
+    book(teammate, cluster["node1"][:1], start=NEXT_SLOT + 2 * SLOT)
+    later = NEXT_SLOT + SLOT
+
+    refused = admin_client.post(
+        f"/admin/reservations/reservation/{reservation.pk}/change/", change_form(reservation, slots=3)
+    )
+    moved = admin_client.post(
+        f"/admin/reservations/reservation/{reservation.pk}/change/",
+        change_form(reservation, start_1=later.strftime("%H:%M:%S"), reason="shift"),
+    )
+
+    assert refused.status_code == 200 and "already booked" in refused.content.decode()
+    assert moved.status_code == 302
+    reservation.refresh_from_db()
+    assert reservation.start == later
+    assert reservation.allocations.get().start == later
+    assert AuditEntry.objects.get(action="move").reason == "shift"
+
+
+def test_reservations_cannot_be_deleted_in_the_admin(admin_client, cluster, owner):
+    reservation = book(owner, cluster["node1"][:1])
+
+    response = admin_client.post(f"/admin/reservations/reservation/{reservation.pk}/delete/", {"post": "yes"})
+
+    assert response.status_code == 403
+    assert Reservation.objects.filter(pk=reservation.pk).exists()
+
+
+def test_the_cancel_action_cancels_through_the_service(admin_client, cluster, owner):
+    reservation = book(owner, cluster["node1"][:1])
+
+    admin_client.post(
+        "/admin/reservations/reservation/", {"action": "cancel_selected", "_selected_action": [reservation.pk]}
+    )
+
+    reservation.refresh_from_db()
+    assert reservation.status == "cancelled"
+    assert AuditEntry.objects.get(action="cancel").actor == admin_client.user
+
+
+def test_the_audit_log_admin_is_read_only_even_for_a_superuser(admin_client, cluster, owner):
+    book(owner, cluster["node1"][:1])
+    entry = AuditEntry.objects.get()
+
+    listing = admin_client.get("/admin/reservations/auditentry/", {"action__exact": "create", "q": ""})
+    detail = admin_client.get(f"/admin/reservations/auditentry/{entry.pk}/change/")
+    edit = admin_client.post(f"/admin/reservations/auditentry/{entry.pk}/change/", {"reason": "rewritten"})
+    delete = admin_client.post(f"/admin/reservations/auditentry/{entry.pk}/delete/", {"post": "yes"})
+    add = admin_client.get("/admin/reservations/auditentry/add/")
+
+    assert listing.status_code == 200 and "Created" in listing.content.decode()
+    assert detail.status_code == 200  # viewable...
+    assert 'name="reason"' not in detail.content.decode()  # ...but not as a form
+    assert (edit.status_code, delete.status_code, add.status_code) == (403, 403, 403)
+    entry.refresh_from_db()
+    assert entry.reason == ""
