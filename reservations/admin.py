@@ -4,10 +4,52 @@ every admin edit is checked and audited like an API call); the audit log read-on
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.forms.models import model_to_dict
 
 from . import services
 from .errors import BookingConflict, BookingError
 from .models import GPU, AuditEntry, Membership, Node, Notice, Reservation, Team
+
+
+def _audit_admin_change(request, obj, *, action, before, after):
+    services.audit_record(
+        action=action,
+        actor=request.user,
+        target=f"{obj._meta.model_name}:{obj.pk}",
+        reason=f"Admin {action} of {obj._meta.verbose_name} {obj}.",
+        before=before,
+        after=after,
+    )
+
+
+class AuditedAdmin(admin.ModelAdmin):
+    """Inventory and team edits in the admin (inlines too) land in the audit log, inside the
+    transaction the admin wraps each save in."""
+
+    def save_model(self, request, obj, form, change):
+        before = model_to_dict(type(obj).objects.get(pk=obj.pk)) if change else None
+        super().save_model(request, obj, form, change)
+        after = model_to_dict(obj)
+        if after != before:
+            _audit_admin_change(request, obj, action="update" if change else "create", before=before, after=after)
+
+    def delete_model(self, request, obj):
+        _audit_admin_change(request, obj, action="delete", before=model_to_dict(obj), after=None)
+        super().delete_model(request, obj)
+
+    def save_formset(self, request, form, formset, change):
+        befores = {
+            f.instance.pk: model_to_dict(type(f.instance).objects.get(pk=f.instance.pk))
+            for f in formset.initial_forms
+            if f.instance.pk and f.has_changed()
+        }
+        super().save_formset(request, form, formset, change)
+        for obj in formset.new_objects:
+            _audit_admin_change(request, obj, action="create", before=None, after=model_to_dict(obj))
+        for obj, _ in formset.changed_objects:
+            _audit_admin_change(request, obj, action="update", before=befores.get(obj.pk), after=model_to_dict(obj))
+        for obj in formset.deleted_objects:
+            _audit_admin_change(request, obj, action="delete", before=model_to_dict(obj), after=None)
 
 
 class MembershipInline(admin.TabularInline):
@@ -17,7 +59,7 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):
+class TeamAdmin(AuditedAdmin):
     list_display = ["name", "slug", "colour"]
     prepopulated_fields = {"slug": ["name"]}
     search_fields = ["name", "slug"]
@@ -30,7 +72,7 @@ class GPUInline(admin.TabularInline):
 
 
 @admin.register(Node)
-class NodeAdmin(admin.ModelAdmin):
+class NodeAdmin(AuditedAdmin):
     list_display = ["hostname", "online", "last_heartbeat"]
     list_filter = ["online"]
     search_fields = ["hostname"]
@@ -39,7 +81,7 @@ class NodeAdmin(admin.ModelAdmin):
 
 
 @admin.register(GPU)
-class GPUAdmin(admin.ModelAdmin):
+class GPUAdmin(AuditedAdmin):
     list_display = ["__str__", "model", "memory_mb", "healthy"]
     list_filter = ["healthy", "model", "node"]
     list_select_related = ["node"]
@@ -188,12 +230,12 @@ class ReservationAdmin(admin.ModelAdmin):
 class AuditEntryAdmin(admin.ModelAdmin):
     """Read-only for everyone, superusers included: the log is evidence."""
 
-    list_display = ["created", "actor", "action", "reservation", "reason"]
+    list_display = ["created", "actor", "action", "reservation", "target", "reason"]
     list_filter = ["action", ("created", admin.DateFieldListFilter), ("actor", admin.RelatedOnlyFieldListFilter)]
     list_select_related = ["actor", "reservation"]
     search_fields = ["reason"]
     date_hierarchy = "created"
-    readonly_fields = ["created", "actor", "action", "reservation", "reason", "before", "after"]
+    readonly_fields = ["created", "actor", "action", "reservation", "target", "reason", "before", "after"]
 
     def has_add_permission(self, request):
         return False

@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
@@ -177,6 +178,7 @@ class AuditEntry(models.Model):
         MOVE = "move", "Moved"
         ACTIVATE = "activate", "Started"
         COMPLETE = "complete", "Completed"
+        DELETE = "delete", "Deleted"
 
     created = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
     actor = models.ForeignKey(
@@ -191,9 +193,11 @@ class AuditEntry(models.Model):
     reservation = models.ForeignKey(
         Reservation, on_delete=models.PROTECT, null=True, blank=True, related_name="audit_entries"
     )
+    # What changed when it is not a reservation: "gpu:3", "team:7", "membership:12".
+    target = models.CharField(max_length=100, blank=True, db_index=True)
     reason = models.TextField(blank=True)
-    before = models.JSONField(null=True, blank=True)
-    after = models.JSONField(null=True, blank=True)
+    before = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
+    after = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
 
     class Meta:
         ordering = ["-created", "-id"]

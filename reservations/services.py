@@ -44,11 +44,12 @@ def snapshot(reservation, gpu_ids=None):
     }
 
 
-def audit_record(*, action, actor=None, reservation=None, reason="", before=None, after=None):
+def audit_record(*, action, actor=None, reservation=None, target="", reason="", before=None, after=None):
     return AuditEntry.objects.create(
         action=action,
         actor=actor if actor is not None and actor.is_authenticated else None,
         reservation=reservation,
+        target=target,
         reason=reason,
         before=before,
         after=after,

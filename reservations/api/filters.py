@@ -45,8 +45,9 @@ class AuditFilter(django_filters.FilterSet):
     actor = django_filters.CharFilter(field_name="actor__username")
     action = django_filters.ChoiceFilter(choices=AuditEntry.Action.choices)
     reservation = django_filters.NumberFilter(field_name="reservation_id")
+    target = django_filters.CharFilter()
     since = AwareDateTimeFilter(field_name="created", lookup_expr="gte")
 
     class Meta:
         model = AuditEntry
-        fields = ["actor", "action", "reservation", "since"]
+        fields = ["actor", "action", "reservation", "target", "since"]

@@ -167,4 +167,4 @@ class AuditEntrySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = AuditEntry
-        fields = ["id", "created", "actor", "action", "reservation", "reason", "before", "after"]
+        fields = ["id", "created", "actor", "action", "reservation", "target", "reason", "before", "after"]

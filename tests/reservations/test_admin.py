@@ -137,3 +137,33 @@ def test_the_audit_log_admin_is_read_only_even_for_a_superuser(admin_client, clu
     assert (edit.status_code, delete.status_code, add.status_code) == (403, 403, 403)
     entry.refresh_from_db()
     assert entry.reason == ""
+
+
+def test_an_inventory_edit_in_the_admin_is_audited(admin_client, cluster):
+    gpu = cluster["node1"][0]
+
+    response = admin_client.post(
+        f"/admin/reservations/gpu/{gpu.pk}/change/",
+        {"node": gpu.node_id, "index": 0, "model": "A100", "memory_mb": 81920, "uuid": gpu.uuid, "healthy": ""},
+    )
+
+    assert response.status_code == 302
+    entry = AuditEntry.objects.get(target=f"gpu:{gpu.pk}")
+    assert (entry.action, entry.actor) == ("update", admin_client.user)
+    assert (entry.before["healthy"], entry.after["healthy"]) == (True, False)
+
+
+def test_a_membership_added_in_the_team_admin_is_audited(admin_client, team, outsider):
+    response = admin_client.post(
+        f"/admin/reservations/team/{team.pk}/change/",
+        {
+            "name": team.name, "slug": team.slug, "colour": team.colour,
+            "memberships-TOTAL_FORMS": 1, "memberships-INITIAL_FORMS": 0,
+            "memberships-MIN_NUM_FORMS": 0, "memberships-MAX_NUM_FORMS": 1000,
+            "memberships-0-user": outsider.pk, "memberships-0-role": "admin", "memberships-0-team": team.pk,
+        },
+    )
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    entry = AuditEntry.objects.get(target__startswith="membership:")
+    assert (entry.action, entry.after["user"], entry.after["role"]) == ("create", outsider.pk, "admin")
