@@ -138,6 +138,18 @@ class Reservation(models.Model):
     def holds_time(self):
         return self.status in self.HOLDING_STATUSES
 
+    @property
+    def allocation_list(self):
+        """Its allocations in GPU order, each with its GPU and node loaded.
+
+        Filled without a query by selectors.reservation_queryset() (a to_attr prefetch) or by the
+        service that just wrote them; queried otherwise.
+        """
+        held = getattr(self, "held_allocations", None)
+        if held is None:
+            held = self.held_allocations = list(self.allocations.select_related("gpu__node").order_by("gpu_id"))
+        return held
+
 
 class Allocation(models.Model):
     """One GPU held by one reservation over the reservation's time range.
@@ -147,8 +159,12 @@ class Allocation(models.Model):
     0002); services keep the copy in step in the same transaction.
     """
 
-    reservation = models.ForeignKey(Reservation, on_delete=models.CASCADE, related_name="allocations")
-    gpu = models.ForeignKey(GPU, on_delete=models.PROTECT, related_name="allocations")
+    # No single-column indexes: allocation_unique_gpu leads with reservation and allocation_gpu_range
+    # with gpu, and every booking writes these rows.
+    reservation = models.ForeignKey(
+        Reservation, on_delete=models.CASCADE, related_name="allocations", db_index=False
+    )
+    gpu = models.ForeignKey(GPU, on_delete=models.PROTECT, related_name="allocations", db_index=False)
     start = models.DateTimeField()
     end = models.DateTimeField()
     live = models.BooleanField(default=True)

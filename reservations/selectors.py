@@ -23,6 +23,7 @@ def reservation_queryset():
         Prefetch(
             "allocations",
             queryset=Allocation.objects.select_related("gpu__node").order_by("gpu_id"),
+            to_attr="held_allocations",
         )
     )
 

@@ -13,6 +13,7 @@ import logging
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
+from django.db.models import Prefetch
 from django.utils import timezone
 
 from . import policy, selectors
@@ -30,7 +31,7 @@ EARLIEST_ATTEMPTS = 5
 def snapshot(reservation, gpu_ids=None):
     """The audited state of a reservation, JSON-ready."""
     if gpu_ids is None:
-        gpu_ids = sorted(a.gpu_id for a in reservation.allocations.all())
+        gpu_ids = sorted(a.gpu_id for a in reservation.allocation_list)
     return {
         "user": reservation.user.get_username(),
         "team": reservation.team.slug,
@@ -65,20 +66,28 @@ def _is_overlap_violation(exc):
     return getattr(diag, "constraint_name", None) == EXCLUSION_CONSTRAINT
 
 
-def _validate_gpu_ids(gpu_ids):
+def _check_gpu_ids(gpu_ids):
+    """Shape checks that need no database: non-empty, no duplicates."""
     if not gpu_ids:
         raise BookingError("gpus", "Name at least one GPU.")
     duplicates = sorted({g for g in gpu_ids if gpu_ids.count(g) > 1})
     if duplicates:
         raise BookingError("gpus", f"GPU ids appear more than once: {duplicates}.")
-    gpus = {g.id: g for g in GPU.objects.filter(id__in=gpu_ids).select_related("node")}
-    unknown = sorted(set(gpu_ids) - set(gpus))
+    return sorted(gpu_ids)
+
+
+def _bookable_gpus(gpu_ids, *, lock):
+    """The GPUs, each checked to exist and be healthy, with their nodes loaded. With `lock`, the
+    rows are locked in id order (see the module docstring) by the same statement."""
+    queryset = GPU.objects.select_related("node").filter(id__in=gpu_ids).order_by("id")
+    gpus = list(queryset.select_for_update(of=("self",)) if lock else queryset)
+    unknown = sorted(set(gpu_ids) - {g.id for g in gpus})
     if unknown:
         raise BookingError("gpus", f"No such GPU: {unknown}.")
-    unhealthy = sorted(g.name for g in gpus.values() if not g.healthy)
+    unhealthy = sorted(g.name for g in gpus if not g.healthy)
     if unhealthy:
         raise BookingError("gpus", f"Not healthy, cannot be booked: {', '.join(unhealthy)}.")
-    return sorted(gpu_ids)
+    return gpus
 
 
 def _validate_gpu_count(gpu_count, allow_multi_node):
@@ -120,10 +129,17 @@ def _pick_gpus(*, start, end, gpu_count, allow_multi_node, now):
     return list(windows[0].gpus) if windows else None
 
 
-def _hold(reservation, gpu_ids):
-    Allocation.objects.bulk_create(
-        Allocation(reservation=reservation, gpu_id=g, start=reservation.start, end=reservation.end, live=True)
-        for g in gpu_ids
+def _hold(reservation, gpus, *, live=True):
+    """Write one allocation per GPU (GPU objects or ids) and keep them on the reservation."""
+    reservation.held_allocations = Allocation.objects.bulk_create(
+        Allocation(
+            reservation=reservation,
+            **({"gpu": g} if isinstance(g, GPU) else {"gpu_id": g}),
+            start=reservation.start,
+            end=reservation.end,
+            live=live,
+        )
+        for g in gpus
     )
 
 
@@ -153,7 +169,7 @@ def reservation_create(
     preemptible = policy.resolve_preemptible(user, priority, preemptible)
     policy.validate_slots(slots)
     if gpu_ids is not None:
-        gpu_ids = _validate_gpu_ids(list(gpu_ids))
+        gpu_ids = _check_gpu_ids(list(gpu_ids))
     else:
         _validate_gpu_count(gpu_count, allow_multi_node)
     fields = dict(
@@ -166,6 +182,8 @@ def reservation_create(
         allow_multi_node=allow_multi_node,
     )
 
+    if start == policy.EARLIEST and gpu_ids is not None:
+        _bookable_gpus(gpu_ids, lock=False)  # a clear 400 for a bad id, not "no free window"
     for _ in range(EARLIEST_ATTEMPTS if start == policy.EARLIEST else 1):
         if start == policy.EARLIEST:
             found = selectors.find_windows(
@@ -209,10 +227,9 @@ def reservation_create(
 def _book(fields, start, end, gpu_ids, *, waitlist, actor, now):
     """Inside a transaction: lock, check, insert. Returns (reservation, None) or (None, conflicts)."""
     if gpu_ids is not None:
-        if len(_lock_gpus(gpu_ids)) != len(gpu_ids):
-            raise BookingError("gpus", "A GPU was removed while booking; try again.")
+        gpus = _bookable_gpus(gpu_ids, lock=True)
         conflicts = list(selectors.conflicting_allocations(gpu_ids, start, end))
-        chosen = None if conflicts else gpu_ids
+        chosen = None if conflicts else gpus
     else:
         chosen = _pick_gpus(
             start=start, end=end, gpu_count=fields["gpu_count"],
@@ -228,19 +245,14 @@ def _book(fields, start, end, gpu_ids, *, waitlist, actor, now):
 
     status = Status.CONFIRMED if chosen else Status.WAITLISTED
     reservation = Reservation.objects.create(start=start, end=end, status=status, **fields)
-    if chosen:
-        _hold(reservation, chosen)
-    else:
-        # Remember the exact GPUs asked for; a gpu_count request picks its GPUs when promoted.
-        Allocation.objects.bulk_create(
-            Allocation(reservation=reservation, gpu_id=g, start=start, end=end, live=False)
-            for g in gpu_ids or []
-        )
+    # A waitlisted request remembers the exact GPUs it asked for, not live; a gpu_count request
+    # picks its GPUs when promoted.
+    _hold(reservation, chosen or gpu_ids or [], live=bool(chosen))
     audit_record(
         action=AuditEntry.Action.CREATE if chosen else AuditEntry.Action.WAITLIST,
         actor=actor,
         reservation=reservation,
-        after=snapshot(reservation, chosen or gpu_ids or []),
+        after=snapshot(reservation),
     )
     return reservation, None
 
@@ -468,7 +480,9 @@ def reservations_advance(*, now=None):
                 Reservation.objects.select_for_update(skip_locked=True, of=("self",))
                 .filter(status=old, **when)
                 .select_related("user", "team")
-                .prefetch_related("allocations")
+                .prefetch_related(
+                    Prefetch("allocations", queryset=Allocation.objects.order_by("gpu_id"), to_attr="held_allocations")
+                )
             )
             entries = []
             for reservation in due:

@@ -65,30 +65,30 @@ class ReservationCreateSerializer(StrictSerializer):
         return attrs
 
 
-class ReservationSerializer(serializers.ModelSerializer):
+class ReservationSerializer(serializers.Serializer):
+    # A plain Serializer: it is on every booking's response, and ModelSerializer rebuilds its fields
+    # from the model on each instantiation.
+    id = serializers.IntegerField(read_only=True)
     user = serializers.CharField(source="user.username", read_only=True)
     team = serializers.CharField(source="team.slug", read_only=True)
+    title = serializers.CharField(read_only=True)
     gpus = serializers.SerializerMethodField()
     gpu_names = serializers.SerializerMethodField()
     start = AwareDateTimeField(read_only=True)
     end = AwareDateTimeField(read_only=True)
-    created = AwareDateTimeField(read_only=True)
     slots = serializers.IntegerField(read_only=True)
+    priority = serializers.ChoiceField(choices=Reservation.Priority.choices, read_only=True)
+    preemptible = serializers.BooleanField(read_only=True)
+    status = serializers.ChoiceField(choices=Reservation.Status.choices, read_only=True)
+    created = AwareDateTimeField(read_only=True)
+    preempted_by = serializers.IntegerField(source="preempted_by_id", read_only=True, allow_null=True)
     job = serializers.SerializerMethodField()
 
-    class Meta:
-        model = Reservation
-        fields = [
-            "id", "user", "team", "title", "gpus", "gpu_names", "start", "end", "slots", "priority",
-            "preemptible", "status", "created", "preempted_by", "job",
-        ]
-        read_only_fields = fields
-
     def get_gpus(self, obj) -> list[int]:
-        return [a.gpu_id for a in obj.allocations.all()]
+        return [a.gpu_id for a in obj.allocation_list]
 
     def get_gpu_names(self, obj) -> list[str]:
-        return [a.gpu.name for a in obj.allocations.all()]
+        return [a.gpu.name for a in obj.allocation_list]
 
     def get_job(self, obj) -> dict | None:
         return None

@@ -44,8 +44,7 @@ class ReservationViewSet(
     filterset_class = ReservationFilter
 
     def _render(self, reservation, code=status.HTTP_200_OK):
-        fresh = selectors.reservation_queryset().get(pk=reservation.pk)
-        return ReservationSerializer(fresh).data, code
+        return ReservationSerializer(reservation).data, code
 
     @extend_schema(
         request=ReservationCreateSerializer,
