@@ -28,12 +28,19 @@ def reservation_queryset():
     )
 
 
-def conflicting_allocations(gpu_ids, start, end, *, exclude_reservation=None):
-    """Live allocations on any of `gpu_ids` that overlap [start, end)."""
+def overlapping_allocations(gpu_ids, start, end, *, exclude_reservation=None):
+    """Live allocations on any of `gpu_ids` that overlap [start, end), bare: for an existence check."""
     qs = Allocation.objects.filter(gpu_id__in=gpu_ids, live=True, start__lt=end, end__gt=start)
     if exclude_reservation is not None:
         qs = qs.exclude(reservation_id=exclude_reservation)
-    return qs.select_related("reservation__user", "gpu__node").order_by("start", "gpu_id")
+    return qs
+
+
+def conflicting_allocations(gpu_ids, start, end, *, exclude_reservation=None):
+    """The same, with what a 409 shows about each."""
+    return overlapping_allocations(
+        gpu_ids, start, end, exclude_reservation=exclude_reservation
+    ).select_related("reservation__user", "gpu__node").order_by("start", "gpu_id")
 
 
 def _busy_by_gpu(gpu_ids, start, end):

@@ -228,8 +228,10 @@ def _book(fields, start, end, gpu_ids, *, waitlist, actor, now):
     """Inside a transaction: lock, check, insert. Returns (reservation, None) or (None, conflicts)."""
     if gpu_ids is not None:
         gpus = _bookable_gpus(gpu_ids, lock=True)
-        conflicts = list(selectors.conflicting_allocations(gpu_ids, start, end))
-        chosen = None if conflicts else gpus
+        # The common case is no conflict: ask cheaply, and build the details only for a 409.
+        taken = selectors.overlapping_allocations(gpu_ids, start, end).exists()
+        conflicts = list(selectors.conflicting_allocations(gpu_ids, start, end)) if taken else None
+        chosen = None if taken else gpus
     else:
         chosen = _pick_gpus(
             start=start, end=end, gpu_count=fields["gpu_count"],
@@ -433,7 +435,7 @@ def _promote_one(reservation_id, now):
     asked = sorted(reservation.allocations.values_list("gpu_id", flat=True))
     if asked:
         _lock_gpus(asked)
-        if selectors.conflicting_allocations(asked, reservation.start, reservation.end).exists():
+        if selectors.overlapping_allocations(asked, reservation.start, reservation.end).exists():
             return False
         chosen = asked
     else:
