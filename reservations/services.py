@@ -18,6 +18,8 @@ from django.utils import timezone
 
 from . import policy, selectors
 from .errors import BookingConflict, BookingError
+from trainer.services import job_create, job_spec_check
+
 from .models import GPU, Allocation, AuditEntry, IdempotencyRecord, Node, Notice, Reservation
 
 log = logging.getLogger(__name__)
@@ -156,12 +158,14 @@ def reservation_create(
     team=None,
     title="",
     waitlist=False,
+    job=None,
     actor=None,
     now=None,
 ):
     """Book `gpu_ids` (or any `gpu_count` GPUs) for `slots` slots from `start` ("earliest": the
     nearest free window). On conflict: BookingConflict, or with `waitlist` a waitlisted booking.
-    `actor` is who asked, when not the owner (an admin booking for someone)."""
+    `actor` is who asked, when not the owner (an admin booking for someone). `job` is a validated
+    training spec (trainer.spec) to run in the booked slot."""
     now = now or timezone.now()
     if (gpu_ids is None) == (gpu_count is None):
         raise BookingError("gpus", "Give exactly one of gpus or gpu_count.")
@@ -172,6 +176,8 @@ def reservation_create(
         gpu_ids = _check_gpu_ids(list(gpu_ids))
     else:
         _validate_gpu_count(gpu_count, allow_multi_node)
+    if job is not None:
+        job = job_spec_check(user=user, team=team, spec=job)
     fields = dict(
         user=user,
         team=team,
@@ -203,7 +209,8 @@ def reservation_create(
         try:
             with transaction.atomic():
                 reservation, conflicts = _book(
-                    fields, window_start, window_end, wanted, waitlist=waitlist, actor=actor or user, now=now
+                    fields, window_start, window_end, wanted, waitlist=waitlist, job=job,
+                    actor=actor or user, now=now,
                 )
         except IntegrityError as exc:
             if not _is_overlap_violation(exc):
@@ -224,7 +231,7 @@ def reservation_create(
     )
 
 
-def _book(fields, start, end, gpu_ids, *, waitlist, actor, now):
+def _book(fields, start, end, gpu_ids, *, waitlist, job, actor, now):
     """Inside a transaction: lock, check, insert. Returns (reservation, None) or (None, conflicts)."""
     if gpu_ids is not None:
         gpus = _bookable_gpus(gpu_ids, lock=True)
@@ -250,6 +257,8 @@ def _book(fields, start, end, gpu_ids, *, waitlist, actor, now):
     # A waitlisted request remembers the exact GPUs it asked for, not live; a gpu_count request
     # picks its GPUs when promoted.
     _hold(reservation, chosen or gpu_ids or [], live=bool(chosen))
+    # Cache the reverse one-to-one either way, so rendering the booking asks nothing more.
+    Reservation.job.related.set_cached_value(reservation, job_create(reservation=reservation, spec=job) if job else None)
     audit_record(
         action=AuditEntry.Action.CREATE if chosen else AuditEntry.Action.WAITLIST,
         actor=actor,

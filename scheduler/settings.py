@@ -72,6 +72,10 @@ PREEMPTION_NOTICE_MINUTES = env_int("PREEMPTION_NOTICE_MINUTES", 30, minimum=0)
 IDEMPOTENCY_TTL_HOURS = env_int("IDEMPOTENCY_TTL_HOURS", 24, minimum=1)
 # Largest JSON body the API reads; DRF's parsers bypass DATA_UPLOAD_MAX_MEMORY_SIZE.
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 64 * 1024, minimum=1024)
+# Training: where datasets and .pt models may be read from, and where runs are written.
+TRAINING_DATA_ROOTS = [Path(p).resolve() for p in env_list("TRAINING_DATA_ROOTS", [str(VAR_DIR / "datasets")])]
+MODEL_ROOTS = [Path(p).resolve() for p in env_list("MODEL_ROOTS", [str(VAR_DIR / "models")])]
+TRAINING_RUNS_DIR = Path(env_str("TRAINING_RUNS_DIR", str(VAR_DIR / "runs"))).resolve()
 # Devices a node without NVIDIA GPUs offers, so the whole flow runs on CPU.
 CPU_DEVICE_COUNT = env_int("CPU_DEVICE_COUNT", 2, minimum=1)
 

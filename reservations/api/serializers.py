@@ -1,6 +1,9 @@
 from datetime import timezone as dt_timezone
 
+from django.core.exceptions import ObjectDoesNotExist
 from rest_framework import serializers
+
+from trainer.spec import JobSpecSerializer
 
 from .. import policy
 from ..models import GPU, AuditEntry, Node, Notice, Reservation
@@ -53,16 +56,28 @@ class ReservationCreateSerializer(StrictSerializer):
     team = serializers.SlugField(required=False, allow_blank=False)
     title = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     waitlist = serializers.BooleanField(default=False)
-    job = serializers.JSONField(required=False)
-
-    def validate_job(self, value):
-        # The training spec arrives with the slot lifecycle; until then say so rather than drop it.
-        raise serializers.ValidationError("Training jobs are not supported by this server yet.")
+    job = JobSpecSerializer(required=False)
 
     def validate(self, attrs):
         if ("gpus" in attrs) == ("gpu_count" in attrs):
             raise serializers.ValidationError({"gpus": ["Give exactly one of gpus or gpu_count."]})
         return attrs
+
+
+class JobSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    reservation = serializers.IntegerField(source="reservation_id")
+    status = serializers.CharField()
+    reason = serializers.CharField()
+    epoch = serializers.IntegerField()
+    epochs = serializers.IntegerField()
+    metrics = serializers.DictField()
+    checkpoint = serializers.CharField()
+    resumed_from = serializers.IntegerField(source="resumed_from_id", allow_null=True)
+    start_epoch = serializers.IntegerField(allow_null=True)
+    spec = serializers.DictField()
+    started_at = AwareDateTimeField(allow_null=True)
+    ended_at = AwareDateTimeField(allow_null=True)
 
 
 class ReservationSerializer(serializers.Serializer):
@@ -91,7 +106,11 @@ class ReservationSerializer(serializers.Serializer):
         return [a.gpu.name for a in obj.allocation_list]
 
     def get_job(self, obj) -> dict | None:
-        return None
+        try:
+            job = obj.job
+        except ObjectDoesNotExist:
+            return None
+        return JobSerializer(job).data
 
 
 class ConflictSerializer(serializers.Serializer):

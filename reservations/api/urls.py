@@ -9,6 +9,7 @@ router.register("nodes", views.NodeViewSet)
 router.register("reservations", views.ReservationViewSet)
 router.register("notices", views.NoticeViewSet, basename="notice")
 router.register("audit", views.AuditViewSet)
+router.register("jobs", views.JobViewSet)
 
 urlpatterns = [
     path("availability/", views.AvailabilityView.as_view(), name="availability"),

@@ -7,12 +7,19 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from rest_framework.exceptions import ValidationError
+from rest_framework.renderers import BaseRenderer
+
+from trainer.logs import log_tail
+from trainer.models import TrainingJob
+
 from .. import selectors, services
 from ..models import GPU, AuditEntry, Node, Notice
 from .filters import AuditFilter, ReservationFilter
 from .idempotency import idempotent_create
 from .serializers import (
     AuditEntrySerializer,
+    JobSerializer,
     AvailabilityQuerySerializer,
     CancelSerializer,
     GPUSerializer,
@@ -24,6 +31,21 @@ from .serializers import (
     TransferSerializer,
     WindowSerializer,
 )
+
+
+LOG_TAIL_BYTES = 64 * 1024
+LOG_TAIL_MAX = 1024 * 1024
+
+
+class PlainTextRenderer(BaseRenderer):
+    media_type = "text/plain"
+    format = "txt"
+    charset = "utf-8"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        if isinstance(data, dict):  # an error from DRF: keep it readable as text
+            return "\n".join(f"{k}: {v}" for k, v in data.items()).encode()
+        return data.encode() if isinstance(data, str) else data
 
 
 class GPUViewSet(viewsets.ReadOnlyModelViewSet):
@@ -69,6 +91,7 @@ class ReservationViewSet(
                 team=data.get("team"),
                 title=data["title"],
                 waitlist=data["waitlist"],
+                job=data.get("job"),
             )
             return self._render(reservation, status.HTTP_201_CREATED)
 
@@ -98,6 +121,24 @@ class ReservationViewSet(
             reason=serializer.validated_data["reason"],
         )
         return Response(self._render(reservation)[0])
+
+
+class JobViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = TrainingJob.objects.all()
+    serializer_class = JobSerializer
+
+    @extend_schema(
+        parameters=[OpenApiParameter("bytes", int, description="How much of the end of the log (default 65536).")],
+        responses={(200, "text/plain"): str},
+    )
+    @action(detail=True, methods=["get"], renderer_classes=[PlainTextRenderer])
+    def log(self, request, pk=None):
+        job = self.get_object()
+        try:
+            wanted = min(max(int(request.query_params.get("bytes", LOG_TAIL_BYTES)), 1), LOG_TAIL_MAX)
+        except ValueError:
+            raise ValidationError({"bytes": ["Give a whole number of bytes."]}) from None
+        return Response(log_tail(job.log_path, wanted), content_type="text/plain; charset=utf-8")
 
 
 class AvailabilityView(APIView):

@@ -299,3 +299,10 @@ def test_a_user_in_several_teams_must_name_one(api, cluster, owner, other_team):
     assert unnamed.status_code == 400 and "team" in unnamed.json()
     assert named.status_code == 201 and named.json()["team"] == "nlp"
 
+
+
+def test_earliest_with_an_unknown_gpu_names_the_gpu(api, cluster):
+    response = post(api, {"gpus": [999999], "start": "earliest", "slots": 1})
+
+    assert response.status_code == 400
+    assert "No such GPU" in response.json()["gpus"][0]

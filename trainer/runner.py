@@ -1,0 +1,167 @@
+"""Runs one training job in this process: the child that a node's worker starts on the booked devices.
+
+    python manage.py run_training_job <job id>
+
+The worker sets CUDA_VISIBLE_DEVICES to exactly the booked devices (or none for CPU devices),
+YOLO_OFFLINE=1, and sends SIGTERM to stop. On SIGTERM the trainer stops after the current batch,
+skips the validation passes a stop would otherwise run (they can outlast the stop grace on a real
+validation set), and exits with a resumable checkpoint.
+
+ultralytics strips last.pt after training (final_eval drops the optimizer and sets epoch -1, so it
+can no longer be resumed). So every time ultralytics saves, a copy is taken into the job's own
+checkpoint folder, atomically, and recorded with its SHA-256: a stop, a kill or a crash always leaves
+the newest complete copy on record.
+"""
+
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
+
+from .models import TrainingJob
+
+log = logging.getLogger(__name__)
+Status = TrainingJob.Status
+
+# Set by SIGTERM; read by the trainer between batches and before each validation pass.
+STOP = threading.Event()
+# Checkpoint copies kept per job: the newest, and one before it in case the newest is being written.
+KEEP_CHECKPOINTS = 2
+
+
+def _trainer_class():
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    class StoppableDetectionTrainer(DetectionTrainer):
+        """DetectionTrainer that, once asked to stop, runs no more validation and leaves last.pt whole."""
+
+        def validate(self):
+            if STOP.is_set():
+                return self.metrics, self.fitness
+            return super().validate()
+
+        def final_eval(self):
+            if not STOP.is_set():
+                super().final_eval()
+
+    return StoppableDetectionTrainer
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def job_dirs(job):
+    run_dir = Path(settings.TRAINING_RUNS_DIR) / f"job-{job.pk}"
+    return run_dir, run_dir / "checkpoints"
+
+
+def _record_checkpoint(job_id, trainer, checkpoint_dir):
+    """on_model_save: copy last.pt (still resumable here) into the job's folder and record it."""
+    epoch = trainer.epoch + 1  # epochs finished, counting the one just saved
+    target = checkpoint_dir / f"epoch-{epoch:04d}.pt"
+    partial = target.with_suffix(".pt.partial")
+    shutil.copyfile(trainer.last, partial)
+    digest = sha256_of(partial)
+    os.replace(partial, target)  # atomic: a reader sees the whole file or none
+    TrainingJob.objects.filter(pk=job_id).update(
+        checkpoint=str(target), checkpoint_sha256=digest, checkpoint_epoch=epoch, updated=timezone.now()
+    )
+    for old in sorted(checkpoint_dir.glob("epoch-*.pt"))[:-KEEP_CHECKPOINTS]:
+        old.unlink(missing_ok=True)
+
+
+def _record_progress(job_id, trainer):
+    """on_fit_epoch_end: epoch count and the latest losses and metrics reach the database."""
+    losses = trainer.label_loss_items(trainer.tloss, prefix="train") if trainer.tloss is not None else {}
+    metrics = {k: round(float(v), 6) for k, v in {**losses, **(trainer.metrics or {})}.items()}
+    TrainingJob.objects.filter(pk=job_id).update(
+        epoch=min(trainer.epoch + 1, trainer.epochs), epochs=trainer.epochs, metrics=metrics, updated=timezone.now()
+    )
+
+
+def _record_start(job_id, trainer):
+    TrainingJob.objects.filter(pk=job_id, status__in=[Status.QUEUED, Status.STARTING, Status.INTERRUPTED]).update(
+        status=Status.RUNNING,
+        start_epoch=trainer.start_epoch,
+        epochs=trainer.epochs,
+        started_at=timezone.now(),
+        reason=f"Training from epoch {trainer.start_epoch + 1} of {trainer.epochs}.",
+    )
+
+
+def _stop_between_batches(trainer):
+    if STOP.is_set():
+        trainer.stop = True
+
+
+def _device_argument():
+    """What ultralytics is given: the masked CUDA devices renumbered from 0, or the CPU."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if not visible or visible == "-1":
+        return "cpu"
+    return ",".join(str(i) for i in range(len(visible.split(","))))
+
+
+def train(job_id):
+    """Train job `job_id` to completion or until SIGTERM. Returns the job's final status."""
+    signal.signal(signal.SIGTERM, lambda *_: STOP.set())
+    job = TrainingJob.objects.select_related("resumed_from").get(pk=job_id)
+    run_dir, checkpoint_dir = job_dirs(job)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    spec = dict(job.spec)
+    source = job.resumed_from.checkpoint if job.resumed_from_id else (job.checkpoint or None)
+
+    from ultralytics import YOLO
+
+    common = dict(
+        device=_device_argument(),
+        save_dir=str(run_dir / "train"),
+        exist_ok=True,
+        plots=False,
+        amp=False if _device_argument() == "cpu" else True,
+        workers=spec.get("workers", 0),
+        verbose=True,
+    )
+    try:
+        if source:
+            # Resume: ultralytics takes the rest (data, epochs, optimizer state) from the checkpoint.
+            model = YOLO(source)
+            arguments = dict(resume=True, **common)
+            for key in ("imgsz", "batch", "cache", "patience"):
+                if key in spec:
+                    arguments[key] = spec[key]
+        else:
+            model = YOLO(spec["model"])
+            arguments = {k: v for k, v in spec.items() if k not in ("model", "resume_from", "workers")}
+            arguments.update(common, project=str(run_dir), name="train")
+        model.add_callback("on_train_start", lambda t: _record_start(job_id, t))
+        model.add_callback("on_train_batch_end", _stop_between_batches)
+        model.add_callback("on_model_save", lambda t: _record_checkpoint(job_id, t, checkpoint_dir))
+        model.add_callback("on_fit_epoch_end", lambda t: _record_progress(job_id, t))
+        model.train(trainer=_trainer_class(), **arguments)
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        _finish(job_id, Status.FAILED, f"Training failed: {type(exc).__name__}: {exc}")
+        return Status.FAILED
+    if STOP.is_set():
+        _finish(job_id, Status.STOPPED, "Stopped on request with a resumable checkpoint.")
+        return Status.STOPPED
+    _finish(job_id, Status.COMPLETED, "Training finished all epochs.")
+    return Status.COMPLETED
+
+
+def _finish(job_id, status, reason):
+    TrainingJob.objects.filter(pk=job_id).exclude(status__in=TrainingJob.FINISHED).update(
+        status=status, reason=reason, ended_at=timezone.now(), pid=None
+    )

@@ -1,0 +1,81 @@
+"""The training spec a booking may carry (`job` in the API): whitelisted ultralytics arguments only,
+paths only under the configured roots. Devices, output folder and run name are the service's."""
+
+import re
+from pathlib import Path
+
+from django.conf import settings
+from rest_framework import serializers
+
+# A built-in model config is a bare file name that ultralytics resolves itself (yolov8n.yaml,
+# yolo11s.yaml, ...): no directories, so nothing outside its package can be named this way.
+BUILTIN_CONFIG = re.compile(r"^yolo[a-z0-9-]*\.ya?ml$")
+OPTIMIZERS = ["auto", "SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp"]
+
+
+def path_under_roots(value, roots, suffixes, what):
+    """`value` resolved (symlinks and `..` included) must be an existing file inside one of `roots`."""
+    if "\x00" in value:
+        raise serializers.ValidationError("Not a valid path.")
+    path = Path(value)
+    if not path.is_absolute():
+        raise serializers.ValidationError(f"Give an absolute path under {', '.join(map(str, roots))}.")
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise serializers.ValidationError(f"{what} must be under {', '.join(map(str, roots))}.")
+    if resolved.suffix.lower() not in suffixes:
+        raise serializers.ValidationError(f"{what} must be a {' or '.join(suffixes)} file.")
+    if not resolved.is_file():
+        raise serializers.ValidationError(f"No such file: {value}.")
+    return str(resolved)
+
+
+class CacheField(serializers.Field):
+    """ultralytics' `cache`: false, true (same as "ram"), "ram" or "disk"."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or data in ("ram", "disk"):
+            return data
+        self.fail("invalid")
+
+    def to_representation(self, value):
+        return value
+
+    default_error_messages = {"invalid": 'Use true, false, "ram" or "disk".'}
+
+
+class JobSpecSerializer(serializers.Serializer):
+    model = serializers.CharField(max_length=500)
+    data = serializers.CharField(max_length=500)
+    epochs = serializers.IntegerField(min_value=1, max_value=10_000, default=100)
+    imgsz = serializers.IntegerField(min_value=32, max_value=8192, default=640)
+    batch = serializers.IntegerField(min_value=1, max_value=4096, default=16)
+    lr0 = serializers.FloatField(min_value=1e-8, max_value=1.0, required=False)
+    optimizer = serializers.ChoiceField(choices=OPTIMIZERS, required=False)
+    patience = serializers.IntegerField(min_value=0, max_value=10_000, required=False)
+    seed = serializers.IntegerField(min_value=0, max_value=2**31 - 1, required=False)
+    workers = serializers.IntegerField(min_value=0, max_value=64, default=0)
+    cache = CacheField(required=False)
+    resume_from = serializers.IntegerField(min_value=1, required=False)
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {key: ["Not an allowed training argument."] for key in unknown}
+                )
+        return super().to_internal_value(data)
+
+    def validate_model(self, value):
+        if BUILTIN_CONFIG.match(value):
+            return value
+        return path_under_roots(value, settings.MODEL_ROOTS, (".pt",), "A model file")
+
+    def validate_data(self, value):
+        return path_under_roots(value, settings.TRAINING_DATA_ROOTS, (".yaml", ".yml"), "The dataset")
+
+    def validate_imgsz(self, value):
+        if value % 32:
+            raise serializers.ValidationError("Use a multiple of 32.")
+        return value
