@@ -194,6 +194,7 @@ class AuditEntry(models.Model):
         MOVE = "move", "Moved"
         ACTIVATE = "activate", "Started"
         COMPLETE = "complete", "Completed"
+        RELEASE = "release", "Released early"
         DELETE = "delete", "Deleted"
 
     created = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
@@ -238,6 +239,8 @@ class Notice(models.Model):
         CANCELLED = "cancelled", "Booking cancelled"
         TRANSFERRED = "transferred", "Booking transferred"
         MOVED = "moved", "Booking moved"
+        RELEASED = "released", "Unused slots released"
+        SLOT_ENDING = "slot_ending", "Slot ending soon"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notices")
     kind = models.CharField(max_length=30, choices=Kind.choices)

@@ -305,10 +305,33 @@ def reservation_cancel(*, reservation_id, actor, reason=""):
                 user=reservation.user, kind=Notice.Kind.CANCELLED, reservation=reservation,
                 message=f"{actor.get_username()} cancelled your reservation #{reservation.pk}: {reason}",
             )
+        _stop_job_of(reservation, f"Reservation cancelled by {actor.get_username()}: {reason}")
         if before["status"] != Status.WAITLISTED:
             # The window is free now: let the waitlist have it, after this commit is visible.
             transaction.on_commit(lambda: waitlist_promote())
     return reservation
+
+
+def _stop_job_of(reservation, reason):
+    """A running job of a booking that ends now is asked to stop with a checkpoint; its node's
+    worker hears at once (and its agent would see it within a second anyway)."""
+    from trainer.models import TrainingJob
+    from trainer.services import job_placement, job_request_stop
+
+    job = TrainingJob.objects.filter(reservation=reservation).first()
+    if job is None:
+        return
+    waiting = [TrainingJob.Status.QUEUED, TrainingJob.Status.INTERRUPTED]
+    if job.status in waiting:
+        TrainingJob.objects.filter(pk=job.pk, status__in=waiting).update(
+            status=TrainingJob.Status.STOPPED, reason=reason, ended_at=timezone.now()
+        )
+    elif job_request_stop(job_id=job.pk, reason=reason):
+        node, _ = job_placement(job)
+        if node is not None:
+            from trainer.tasks import send_stop
+
+            transaction.on_commit(lambda: send_stop(job, node.hostname, reason))
 
 
 def reservation_transfer(*, reservation_id, actor, to, reason=""):
@@ -474,6 +497,36 @@ def _promote_one(reservation_id, now):
         ),
     )
     return True
+
+
+def reservation_release_early(*, reservation_id, reason, now=None):
+    """Give back the whole slots an active booking will not use (its job finished, or it is a
+    no-show), so others and the waitlist can have them. The slot in progress is kept."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        reservation = (
+            Reservation.objects.select_for_update(of=("self",)).select_related("user", "team").get(pk=reservation_id)
+        )
+        new_end = max(policy.ceil_to_slot(now), reservation.start + policy.slot_length())
+        started = reservation.status == Status.ACTIVE or (
+            reservation.status == Status.CONFIRMED and reservation.start <= now  # before the clock's next tick
+        )
+        if not started or new_end >= reservation.end:
+            return None
+        before = snapshot(reservation)
+        reservation.end = new_end
+        reservation.save(update_fields=["end", "updated"])
+        reservation.allocations.update(end=new_end)
+        audit_record(
+            action=AuditEntry.Action.RELEASE, reservation=reservation, reason=reason,
+            before=before, after=snapshot(reservation),
+        )
+        notice_send(
+            user=reservation.user, kind=Notice.Kind.RELEASED, reservation=reservation,
+            message=f"Reservation #{reservation.pk} now ends at {new_end:%Y-%m-%d %H:%M} UTC: {reason}",
+        )
+        transaction.on_commit(lambda: waitlist_promote())
+    return reservation
 
 
 def reservations_advance(*, now=None):

@@ -76,6 +76,14 @@ API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 64 * 1024, minimum=1024)
 TRAINING_DATA_ROOTS = [Path(p).resolve() for p in env_list("TRAINING_DATA_ROOTS", [str(VAR_DIR / "datasets")])]
 MODEL_ROOTS = [Path(p).resolve() for p in env_list("MODEL_ROOTS", [str(VAR_DIR / "models")])]
 TRAINING_RUNS_DIR = Path(env_str("TRAINING_RUNS_DIR", str(VAR_DIR / "runs"))).resolve()
+# Slot lifecycle: how long a stopping job gets to checkpoint before it is killed; how much past its
+# booking a job may run while nobody else has the GPUs (Slurm's OverTimeLimit); when a silent node
+# is lost; whether a booking whose first slot passes with no job is released.
+STOP_GRACE_SECONDS = env_int("STOP_GRACE_SECONDS", 300, minimum=1)
+OVERRUN_GRACE_PCT = env_int("OVERRUN_GRACE_PCT", 10, minimum=0)
+HEARTBEAT_SECONDS = env_int("HEARTBEAT_SECONDS", 5, minimum=1)
+NODE_LOST_SECONDS = env_int("NODE_LOST_SECONDS", 45, minimum=2)
+NO_SHOW_RELEASE = env_bool("NO_SHOW_RELEASE", False)
 # Devices a node without NVIDIA GPUs offers, so the whole flow runs on CPU.
 CPU_DEVICE_COUNT = env_int("CPU_DEVICE_COUNT", 2, minimum=1)
 
@@ -234,6 +242,10 @@ CELERY_BEAT_SCHEDULE = {
     "reservations-tick": {
         "task": "reservations.tasks.tick",
         "schedule": timedelta(seconds=env_int("TICK_SECONDS", 30, minimum=1)),
+    },
+    "trainer-reconcile": {
+        "task": "trainer.tasks.reconcile",
+        "schedule": timedelta(seconds=env_int("RECONCILE_SECONDS", 10, minimum=1)),
     },
 }
 

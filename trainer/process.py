@@ -1,5 +1,6 @@
 """Starting and stopping the training child process on a node."""
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -13,6 +14,13 @@ from django.db import connection
 from .runner import job_dirs
 
 MANAGE_PY = Path(settings.BASE_DIR) / "manage.py"
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    # In the child, before exec: SIGTERM it when the thread that started it dies (a worker killed
+    # with SIGKILL), so it stops between batches with a checkpoint instead of training on unwatched.
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def child_environment(devices):
@@ -32,8 +40,9 @@ def child_environment(devices):
     return env
 
 
-def spawn(job, devices):
-    """Start job `job` training on `devices` in a child process with its own log. Returns the Popen."""
+def spawn(job, devices, *, die_with_parent=False):
+    """Start job `job` training on `devices` in a child process with its own log.
+    Returns (Popen, log path)."""
     run_dir, _ = job_dirs(job)
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "train.log"
@@ -46,15 +55,17 @@ def spawn(job, devices):
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: a stop reaches DDP ranks too
+            preexec_fn=_die_with_parent if die_with_parent else None,
         )
     finally:
         log.close()
     return process, log_path
 
 
-def stop(process, grace_seconds):
-    """SIGTERM the child's group; SIGKILL it if still there after `grace_seconds`. True if it exited
-    by itself (so its checkpoint is the stop's), False if it had to be killed."""
+def stop(process, grace_seconds, before_kill=None):
+    """SIGTERM the child's group; SIGKILL it if still there after `grace_seconds` (calling
+    `before_kill` first). True if it exited by itself (so its checkpoint is the stop's), False if it
+    had to be killed."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -64,6 +75,8 @@ def stop(process, grace_seconds):
         if process.poll() is not None:
             return True
         time.sleep(0.2)
+    if before_kill is not None:
+        before_kill()
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -155,13 +155,18 @@ def train(job_id):
         _finish(job_id, Status.FAILED, f"Training failed: {type(exc).__name__}: {exc}")
         return Status.FAILED
     if STOP.is_set():
-        _finish(job_id, Status.STOPPED, "Stopped on request with a resumable checkpoint.")
-        return Status.STOPPED
+        # A stop the service asked for (status stopping) is "stopped"; any other SIGTERM (the
+        # worker died, the node shuts down) is an interruption, resumed within the booking.
+        if TrainingJob.objects.filter(pk=job_id, status=Status.STOPPING).exists():
+            _finish(job_id, Status.STOPPED, "Stopped on request with a resumable checkpoint.")
+            return Status.STOPPED
+        _finish(job_id, Status.INTERRUPTED, "Interrupted (SIGTERM not from the scheduler); resumable checkpoint saved.")
+        return Status.INTERRUPTED
     _finish(job_id, Status.COMPLETED, "Training finished all epochs.")
     return Status.COMPLETED
 
 
 def _finish(job_id, status, reason):
-    TrainingJob.objects.filter(pk=job_id).exclude(status__in=TrainingJob.FINISHED).update(
+    TrainingJob.objects.filter(pk=job_id).exclude(status__in=TrainingJob.FINISHED + (Status.INTERRUPTED,)).update(
         status=status, reason=reason, ended_at=timezone.now(), pid=None
     )

@@ -32,3 +32,167 @@ def job_create(*, reservation, spec):
         reason="Booked; waits for the slot to start.",
         created=timezone.now(),
     )
+
+
+def node_queue(hostname):
+    return f"node.{hostname}"
+
+
+def job_placement(job):
+    """(node, devices) for a job: the node of its GPUs and their CUDA indices ([] for CPU devices)."""
+    gpus = [a.gpu for a in job.reservation.allocation_list]
+    nodes = {g.node_id for g in gpus}
+    if len(nodes) != 1:
+        return None, None
+    devices = [] if all(g.model == "cpu" for g in gpus) else [g.index for g in gpus]
+    return gpus[0].node, devices
+
+
+def overrun_deadline(reservation):
+    """When a job still running past its booking must stop: up to OVERRUN_GRACE_PCT of the booking's
+    length after its end, but never past the start of the next booking on any of its GPUs."""
+    from django.conf import settings
+
+    from reservations.models import Allocation
+
+    grace = (reservation.end - reservation.start) * settings.OVERRUN_GRACE_PCT / 100
+    gpu_ids = [a.gpu_id for a in reservation.allocation_list]
+    next_start = (
+        Allocation.objects.filter(gpu_id__in=gpu_ids, live=True, start__gte=reservation.end)
+        .exclude(reservation_id=reservation.pk)
+        .order_by("start")
+        .values_list("start", flat=True)
+        .first()
+    )
+    deadline = reservation.end + grace
+    return min(deadline, next_start) if next_start else deadline
+
+
+def job_claim_start(*, job_id, node, devices, now=None):
+    """Atomically move a queued or interrupted job to starting: a second start is a no-op."""
+    claimed = TrainingJob.objects.filter(
+        pk=job_id, status__in=[TrainingJob.Status.QUEUED, TrainingJob.Status.INTERRUPTED]
+    ).update(
+        status=TrainingJob.Status.STARTING,
+        node=node,
+        devices=",".join(map(str, devices)) or "cpu",
+        reason="Starting on the booked devices.",
+        updated=now or timezone.now(),
+    )
+    return claimed == 1
+
+
+def job_request_stop(*, job_id, reason):
+    """Mark a live job stopping (the runner then records "stopped", not "interrupted")."""
+    return TrainingJob.objects.filter(
+        pk=job_id, status__in=[TrainingJob.Status.STARTING, TrainingJob.Status.RUNNING]
+    ).update(status=TrainingJob.Status.STOPPING, reason=reason, updated=timezone.now())
+
+
+def job_exited(*, job_id, returncode, killed):
+    """The child is gone. If it did not record an end itself, record one now."""
+    job = TrainingJob.objects.filter(pk=job_id).first()
+    if job is None or job.status in TrainingJob.FINISHED + (TrainingJob.Status.INTERRUPTED,):
+        return job
+    if killed:
+        status, reason = TrainingJob.Status.STOPPED, (
+            f"Killed after the stop grace; the checkpoint on record is from epoch {job.checkpoint_epoch or 0}."
+        )
+    elif job.status == TrainingJob.Status.STOPPING:
+        status, reason = TrainingJob.Status.STOPPED, "Stopped."
+    else:
+        status, reason = TrainingJob.Status.INTERRUPTED, f"The training process exited unexpectedly (code {returncode})."
+    TrainingJob.objects.filter(pk=job_id).exclude(status__in=TrainingJob.FINISHED).update(
+        status=status, reason=reason, ended_at=timezone.now(), pid=None
+    )
+    return job
+
+
+def nodes_mark_lost(*, now=None):
+    """Nodes silent for NODE_LOST_SECONDS go offline; their live jobs are interrupted (and resumed
+    from their checkpoints when the node is back inside the booking)."""
+    from datetime import timedelta
+
+    from django.conf import settings
+
+    from reservations.models import Node
+
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.NODE_LOST_SECONDS)
+    lost = list(Node.objects.filter(online=True, last_heartbeat__lt=cutoff).values_list("pk", flat=True))
+    if not lost:
+        return 0
+    Node.objects.filter(pk__in=lost).update(online=False)
+    return TrainingJob.objects.filter(
+        node_id__in=lost,
+        status__in=[TrainingJob.Status.STARTING, TrainingJob.Status.RUNNING, TrainingJob.Status.STOPPING],
+    ).update(
+        status=TrainingJob.Status.INTERRUPTED,
+        reason="The node stopped sending heartbeats; resumes from its checkpoint when the node is back.",
+        pid=None,
+        updated=now,
+    )
+
+
+def jobs_nudge_due(*, now, lookahead, send):
+    """Tell each node's worker, with an eta of the slot start, about jobs starting within `lookahead`
+    (its agent would find them within a second anyway; this makes the start land on time)."""
+    due = TrainingJob.objects.filter(
+        status__in=[TrainingJob.Status.QUEUED, TrainingJob.Status.INTERRUPTED],
+        reservation__status__in=["confirmed", "active"],
+        reservation__start__lte=now + lookahead,
+        reservation__end__gt=now,
+    ).select_related("reservation")
+    count = 0
+    for job in due:
+        node, _ = job_placement(job)
+        if node is not None and node.online:
+            send(job, node.hostname, max(job.reservation.start, now))
+            count += 1
+    return count
+
+
+def reservations_release_finished(*, now):
+    """Level-triggered twin of the agent's release on exit: an active booking whose job completed
+    gives back its unused whole slots."""
+    from reservations.models import Reservation
+    from reservations.services import reservation_release_early
+    from reservations import policy
+
+    candidates = Reservation.objects.filter(
+        status__in=[Reservation.Status.CONFIRMED, Reservation.Status.ACTIVE],
+        start__lte=now,
+        job__status=TrainingJob.Status.COMPLETED,
+        end__gt=policy.ceil_to_slot(now),
+    ).values_list("pk", "job__pk")
+    released = 0
+    for reservation_id, job_id in candidates:
+        if reservation_release_early(
+            reservation_id=reservation_id, reason=f"Job {job_id} finished before the booking's end.", now=now
+        ):
+            released += 1
+    return released
+
+
+def slot_end_notices(*, now, lead):
+    """Once per booking with a running job: tell the owner its slot ends within `lead`."""
+    from reservations.models import Notice, Reservation
+    from reservations.services import notice_send
+
+    ending = Reservation.objects.filter(
+        status=Reservation.Status.ACTIVE,
+        end__lte=now + lead,
+        end__gt=now,
+        job__status__in=[TrainingJob.Status.RUNNING, TrainingJob.Status.STARTING],
+    ).exclude(notices__kind=Notice.Kind.SLOT_ENDING).select_related("user")
+    sent = 0
+    for reservation in ending:
+        notice_send(
+            user=reservation.user, kind=Notice.Kind.SLOT_ENDING, reservation=reservation,
+            message=(
+                f"Reservation #{reservation.pk} ends at {reservation.end:%H:%M} UTC; its job will be "
+                "stopped then with a resumable checkpoint (it may overrun while nobody else needs the GPUs)."
+            ),
+        )
+        sent += 1
+    return sent

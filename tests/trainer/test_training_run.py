@@ -10,6 +10,7 @@ from trainer.dataset import make_dataset
 from trainer.models import TrainingJob
 from trainer.process import spawn, stop
 from trainer.runner import sha256_of
+from trainer.services import job_request_stop
 from trainer.spec import JobSpecSerializer
 
 from ..conftest import make_user
@@ -62,6 +63,8 @@ def test_a_stopped_run_resumes_in_a_later_booking_from_the_next_epoch(cluster, t
         running = TrainingJob.objects.get(pk=first.pk)
         assert running.status == "running" and running.start_epoch == 0 and running.epochs == 4
         assert "train/box_loss" in running.metrics
+        # As the service stops a job: mark it stopping, then signal.
+        job_request_stop(job_id=first.pk, reason="end of slot")
         exited_by_itself = stop(process, grace_seconds=120)
     finally:
         if process.poll() is None:

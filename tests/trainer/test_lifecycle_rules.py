@@ -1,0 +1,117 @@
+"""The lifecycle's rules, one at a time, without a worker."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from reservations.models import Allocation, Node, Notice, Reservation
+from trainer import services
+from trainer.models import TrainingJob
+
+from ..conftest import NEXT_SLOT, SLOT
+
+pytestmark = pytest.mark.usefixtures("frozen")
+
+
+def booking(user, team, gpus, start, length, status="confirmed"):
+    reservation = Reservation.objects.create(
+        user=user, team=team, start=start, end=start + length, gpu_count=len(gpus), status=status
+    )
+    for gpu in gpus:
+        Allocation.objects.create(reservation=reservation, gpu=gpu, start=start, end=start + length)
+    return reservation
+
+
+def job_for(reservation, status="running", **fields):
+    return TrainingJob.objects.create(reservation=reservation, spec={"epochs": 5}, epochs=5, status=status, **fields)
+
+
+def test_overrun_grace_is_ten_percent_of_the_booking_when_the_gpus_stay_free(cluster, owner, team):
+    reservation = booking(owner, team, cluster["node1"][:1], NEXT_SLOT, 5 * SLOT)
+
+    assert services.overrun_deadline(reservation) == reservation.end + SLOT / 2  # 10% of 10 hours
+
+
+def test_the_next_booking_on_any_of_its_gpus_ends_the_overrun_grace_at_its_start(cluster, owner, team, teammate):
+    reservation = booking(owner, team, cluster["node1"][:2], NEXT_SLOT, 5 * SLOT)
+    booking(teammate, team, cluster["node1"][1:2], reservation.end, SLOT)
+
+    assert services.overrun_deadline(reservation) == reservation.end
+
+
+def test_a_silent_node_goes_offline_and_its_running_jobs_are_interrupted(cluster, owner, team, frozen):
+    node = Node.objects.get(hostname="node1")
+    Node.objects.filter(pk=node.pk).update(online=True, last_heartbeat=timezone.now())
+    running = job_for(booking(owner, team, cluster["node1"][:1], NEXT_SLOT, SLOT), node=node)
+    elsewhere = job_for(booking(owner, team, cluster["node2"][:1], NEXT_SLOT, SLOT), node=Node.objects.get(hostname="node2"))
+    Node.objects.filter(hostname="node2").update(online=True, last_heartbeat=timezone.now() + timedelta(seconds=50))
+
+    frozen.shift(timedelta(seconds=50))
+    assert services.nodes_mark_lost() == 1
+
+    node.refresh_from_db()
+    assert node.online is False
+    assert TrainingJob.objects.get(pk=running.pk).status == "interrupted"
+    assert TrainingJob.objects.get(pk=elsewhere.pk).status == "running"
+
+
+def test_a_node_inside_the_heartbeat_window_is_not_lost(cluster, frozen):
+    Node.objects.filter(hostname="node1").update(online=True, last_heartbeat=timezone.now())
+
+    frozen.shift(timedelta(seconds=30))
+
+    assert services.nodes_mark_lost() == 0
+
+
+def test_the_owner_is_told_once_before_the_slot_of_a_running_job_ends(cluster, owner, team, frozen):
+    reservation = booking(owner, team, cluster["node1"][:1], NEXT_SLOT, SLOT, status="active")
+    job_for(reservation)
+
+    frozen.move_to(reservation.end - timedelta(minutes=40))
+    assert services.slot_end_notices(now=timezone.now(), lead=timedelta(minutes=30)) == 0
+    frozen.move_to(reservation.end - timedelta(minutes=29))
+    assert services.slot_end_notices(now=timezone.now(), lead=timedelta(minutes=30)) == 1
+    assert services.slot_end_notices(now=timezone.now(), lead=timedelta(minutes=30)) == 0
+    assert Notice.objects.get(kind="slot_ending").user == owner
+
+
+@pytest.mark.parametrize(
+    "status, killed, code, expected",
+    [
+        ("stopping", True, -9, "stopped"),  # killed after the grace
+        ("stopping", False, 0, "stopped"),
+        ("running", False, -9, "interrupted"),  # died without being asked
+        ("completed", False, 0, "completed"),  # the child recorded its end itself
+    ],
+)
+def test_a_child_that_exits_leaves_the_right_status(cluster, owner, team, status, killed, code, expected):
+    training = job_for(booking(owner, team, cluster["node1"][:1], NEXT_SLOT, SLOT), status=status, checkpoint_epoch=3)
+
+    services.job_exited(job_id=training.pk, returncode=code, killed=killed)
+
+    training.refresh_from_db()
+    assert training.status == expected
+    if killed:
+        assert "epoch 3" in training.reason
+
+
+def test_a_job_is_claimed_for_start_once(cluster, owner, team):
+    training = job_for(booking(owner, team, cluster["node1"][:1], NEXT_SLOT, SLOT), status="queued")
+    node = Node.objects.get(hostname="node1")
+
+    assert services.job_claim_start(job_id=training.pk, node=node, devices=[0]) is True
+    assert services.job_claim_start(job_id=training.pk, node=node, devices=[0]) is False
+    assert TrainingJob.objects.get(pk=training.pk).status == "starting"
+
+
+def test_cancelling_a_booking_with_a_queued_job_ends_the_job_too(cluster, owner, team):
+    from reservations.services import reservation_cancel
+
+    reservation = booking(owner, team, cluster["node1"][:1], NEXT_SLOT, SLOT)
+    training = job_for(reservation, status="queued")
+
+    reservation_cancel(reservation_id=reservation.pk, actor=owner, reason="changed plans")
+
+    training.refresh_from_db()
+    assert training.status == "stopped" and "changed plans" in training.reason

@@ -1,0 +1,210 @@
+"""The slot lifecycle with a real node worker (a `celery worker` process on the node's queue, with
+its agent), real Redis and PostgreSQL, and real ultralytics training on CPU devices."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from reservations import policy, services
+from reservations.models import GPU, Allocation, AuditEntry, Node, Reservation
+from trainer.dataset import make_dataset
+from trainer.models import TrainingJob
+from trainer.runner import sha256_of
+from trainer.spec import JobSpecSerializer
+
+from ..conftest import client_for, make_user
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
+HOST = "lifecycle-node"
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def training_env(tmp_path, settings, monkeypatch):
+    for name, value in (("TRAINING_DATA_ROOTS", tmp_path / "data"), ("TRAINING_RUNS_DIR", tmp_path / "runs")):
+        monkeypatch.setenv(name, str(value))
+    settings.TRAINING_DATA_ROOTS = [(tmp_path / "data").resolve()]
+    settings.TRAINING_RUNS_DIR = (tmp_path / "runs").resolve()
+    return make_dataset(tmp_path / "data" / "demo", images=32, size=64)
+
+
+class NodeWorker:
+    """A node's Celery worker in its own process, as `celery -A scheduler worker` runs it."""
+
+    def __init__(self, tmp_path):
+        self.log = tmp_path / "node-worker.log"
+        self.process = None
+
+    def start(self):
+        db = connection.settings_dict
+        env = dict(
+            os.environ,
+            DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+            NODE_AGENT_HOSTNAME=HOST,
+            CPU_DEVICE_COUNT="2",
+            STOP_GRACE_SECONDS="60",
+            HEARTBEAT_SECONDS="1",
+        )
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "scheduler", "worker", "-Q", f"node.{HOST}",
+                 "--pool", "threads", "--concurrency", "2", "-n", f"{HOST}@%h", "--loglevel", "INFO"],
+                cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        wait_for(lambda: Node.objects.filter(hostname=HOST, online=True).exists(), 60, "the node to register")
+        return self
+
+    def kill(self):
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@pytest.fixture
+def node_worker(tmp_path, training_env):
+    worker = NodeWorker(tmp_path)
+    yield worker
+    worker.stop()
+    # No training child may outlive the test.
+    for job in TrainingJob.objects.exclude(pid=None):
+        try:
+            os.killpg(job.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def booking_now(user, team, gpus, *, starts_in, length, spec=None):
+    """A booking whose window starts in `starts_in` (not on a slot boundary, so the tests need not
+    wait for one): made directly, as the lifecycle only reads start and end."""
+    start = timezone.now() + starts_in
+    reservation = Reservation.objects.create(
+        user=user, team=team, start=start, end=start + length, gpu_count=len(gpus), status="confirmed"
+    )
+    for gpu in gpus:
+        Allocation.objects.create(reservation=reservation, gpu=gpu, start=reservation.start, end=reservation.end)
+    job = None
+    if spec is not None:
+        serializer = JobSpecSerializer(data=spec)
+        serializer.is_valid(raise_exception=True)
+        from trainer.services import job_create
+
+        job = job_create(reservation=reservation, spec=serializer.validated_data)
+    return reservation, job
+
+
+def job(pk):
+    return TrainingJob.objects.get(pk=pk)
+
+
+def test_a_booking_trains_at_its_start_reports_progress_and_a_cancel_stops_it_with_a_checkpoint(
+    node_worker, team, training_env
+):
+    owner = make_user("lifecycle-owner", team)
+    node_worker.start()
+    gpus = list(GPU.objects.filter(node__hostname=HOST).order_by("index"))
+    spec = {"model": "yolov8n.yaml", "data": str(training_env), "epochs": 20, "imgsz": 64, "batch": 4}
+    reservation, training = booking_now(owner, team, gpus[:1], starts_in=timedelta(seconds=4), length=timedelta(hours=1), spec=spec)
+
+    assert job(training.pk).status == "queued"
+    wait_for(lambda: job(training.pk).status == "running", 120, "the job to start")
+    started = job(training.pk)
+    assert started.started_at >= reservation.start  # not before its slot
+    assert started.devices == "cpu" and started.node.hostname == HOST and started.pid
+
+    api = client_for(owner)
+    wait_for(lambda: api.get(f"/api/v1/jobs/{training.pk}/").json()["epoch"] >= 1, 240, "progress in the API")
+    assert "Starting training" in api.get(f"/api/v1/jobs/{training.pk}/log/").content.decode()
+
+    response = api.post(f"/api/v1/reservations/{reservation.pk}/cancel/", {"reason": "done"}, format="json")
+    assert response.status_code == 200
+    stopped = wait_for(lambda: (j := job(training.pk)).status == "stopped" and j, 120, "the stop")
+    assert stopped.checkpoint and sha256_of(stopped.checkpoint) == stopped.checkpoint_sha256
+    assert stopped.checkpoint_epoch >= 1
+    assert "cancelled" in stopped.reason.lower() or stopped.reason.startswith("Stopped")
+
+
+def test_a_worker_killed_mid_run_interrupts_the_job_and_a_new_worker_resumes_it(node_worker, team, training_env):
+    owner = make_user("lifecycle-owner", team)
+    node_worker.start()
+    gpu = GPU.objects.filter(node__hostname=HOST).order_by("index").first()
+    spec = {"model": "yolov8n.yaml", "data": str(training_env), "epochs": 4, "imgsz": 64, "batch": 4}
+    _, training = booking_now(owner, team, [gpu], starts_in=timedelta(seconds=1), length=timedelta(hours=1), spec=spec)
+    wait_for(lambda: job(training.pk).epoch >= 1, 240, "the first epoch")
+
+    node_worker.kill()
+
+    interrupted = wait_for(lambda: (j := job(training.pk)).status == "interrupted" and j, 90, "the interruption")
+    assert interrupted.checkpoint_epoch >= 1
+    node_worker.start()
+    wait_for(lambda: job(training.pk).status == "completed", 400, "the resumed run to complete")
+    resumed = job(training.pk)
+    assert resumed.start_epoch == interrupted.checkpoint_epoch  # from the next epoch, not from zero
+    assert resumed.epoch == 4
+
+
+def test_a_job_that_finishes_early_releases_the_rest_of_its_booking_to_the_waitlist(
+    node_worker, team, training_env, other_team
+):
+    owner = make_user("lifecycle-owner", team)
+    waiter = make_user("waiter", other_team)
+    node_worker.start()
+    gpu = GPU.objects.filter(node__hostname=HOST).order_by("index").first()
+    spec = {"model": "yolov8n.yaml", "data": str(training_env), "epochs": 1, "imgsz": 64, "batch": 4}
+    reservation, training = booking_now(owner, team, [gpu], starts_in=timedelta(seconds=1), length=timedelta(hours=6), spec=spec)
+    later = policy.ceil_to_slot(reservation.start + timedelta(hours=2))
+    waiting = services.reservation_create(user=waiter, gpu_ids=[gpu.pk], start=later, slots=1, waitlist=True)
+    assert waiting.status == "waitlisted"
+
+    wait_for(lambda: job(training.pk).status == "completed", 300, "the job to complete")
+    wait_for(lambda: Reservation.objects.get(pk=reservation.pk).end < reservation.end, 30, "the release")
+
+    released = Reservation.objects.get(pk=reservation.pk)
+    assert released.end == max(policy.ceil_to_slot(timezone.now()), reservation.start + policy.slot_length())
+    assert AuditEntry.objects.filter(action="release", reservation=released).exists()
+    # Promotion runs in the worker right after the release commits.
+    wait_for(lambda: Reservation.objects.get(pk=waiting.pk).status == "confirmed", 30, "the waitlist promotion")
+    assert AuditEntry.objects.filter(action="promote", reservation_id=waiting.pk).exists()
+
+
+def test_a_redis_restart_loses_no_booking_and_the_next_start_still_happens(node_worker, team, training_env):
+    owner = make_user("lifecycle-owner", team)
+    node_worker.start()
+    gpu = GPU.objects.filter(node__hostname=HOST).order_by("index").first()
+    spec = {"model": "yolov8n.yaml", "data": str(training_env), "epochs": 1, "imgsz": 64, "batch": 4}
+
+    subprocess.run(["redis-cli", "-h", "127.0.0.1", "shutdown", "nosave"], check=False)
+    try:
+        _, training = booking_now(owner, team, [gpu], starts_in=timedelta(seconds=3), length=timedelta(hours=1), spec=spec)
+        time.sleep(5)
+    finally:
+        subprocess.run(
+            ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "",
+             "--appendonly", "no", "--dir", "/tmp", "--logfile", ""],
+            check=True,
+        )
+    wait_for(lambda: job(training.pk).status in ("running", "completed"), 120, "the start after Redis came back")
+    assert Reservation.objects.filter(pk=training.reservation_id).exists()

@@ -1,0 +1,234 @@
+"""The node agent: lives in a node's Celery worker, owns the training processes on that node.
+
+Every second it heartbeats (every HEARTBEAT_SECONDS) and reconciles this node against the database,
+level-triggered: a job whose booking has started and whose devices are all free is started; a job
+past its booking (plus any overrun grace), cancelled or asked to stop is stopped. The database is the
+source of truth, so a lost message, a restarted worker or a restarted broker changes nothing: the
+next pass sees the same bookings and does what is still missing. The start_job and stop_job tasks on
+the node's queue only make that happen sooner.
+"""
+
+import logging
+import os
+import signal
+import threading
+import time
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.utils import timezone
+
+from reservations.models import Reservation
+from reservations.services import node_register
+
+from . import services
+from .models import TrainingJob
+from .process import spawn, stop
+
+log = logging.getLogger(__name__)
+Status = TrainingJob.Status
+
+class NodeAgent:
+    def __init__(self, hostname, hardware):
+        self.hostname = hostname
+        self.hardware = hardware
+        self.children = {}  # job id -> Popen
+        self.killed = set()  # job ids killed after the stop grace
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.last_heartbeat = 0.0
+        self.thread = threading.Thread(target=self._loop, name=f"node-agent-{hostname}", daemon=True)
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def start(self):
+        self.node = node_register(hostname=self.hostname, devices=self.hardware.devices())
+        self._reap_orphans()
+        self.thread.start()
+        log.info("node agent for %s started with %d device(s)", self.hostname, self.node.gpus.count())
+
+    def shutdown(self):
+        self.stopping.set()
+        self.wake.set()
+        self.thread.join(timeout=10)
+
+    def nudge(self):
+        """Reconcile now rather than within the second (a start_job or stop_job task arrived)."""
+        self.wake.set()
+
+    def _loop(self):
+        # Spawning from this one long-lived thread matters: PDEATHSIG fires when the spawning
+        # thread exits, and this thread lives as long as the worker.
+        while not self.stopping.is_set():
+            try:
+                close_old_connections()
+                self._heartbeat()
+                self.reconcile()
+            except Exception:
+                log.exception("node agent pass failed; retrying")
+                connection.close()
+            self.wake.wait(1.0)
+            self.wake.clear()
+
+    def _heartbeat(self):
+        if time.monotonic() - self.last_heartbeat < settings.HEARTBEAT_SECONDS:
+            return
+        from reservations.models import Node
+
+        Node.objects.filter(pk=self.node.pk).update(online=True, last_heartbeat=timezone.now())
+        self.last_heartbeat = time.monotonic()
+
+    def _reap_orphans(self):
+        """A job this node was running when its worker died: make sure no old process still trains
+        on the devices (it may have outlived a missed PDEATHSIG), then let reconcile resume it."""
+        live = TrainingJob.objects.filter(
+            node=self.node, status__in=[Status.STARTING, Status.RUNNING, Status.STOPPING]
+        )
+        for job in live:
+            if job.pid and _is_training_process(job.pid, job.pk):
+                os.killpg(job.pid, signal.SIGTERM)
+                _wait_gone(job.pid, settings.STOP_GRACE_SECONDS)
+            TrainingJob.objects.filter(pk=job.pk, status__in=[Status.STARTING, Status.RUNNING, Status.STOPPING]).update(
+                status=Status.INTERRUPTED, reason="Its worker restarted; resuming from the checkpoint.", pid=None
+            )
+
+    # --- reconcile -------------------------------------------------------------------------
+    def reconcile(self, now=None):
+        now = now or timezone.now()
+        jobs = (
+            TrainingJob.objects.filter(reservation__allocations__gpu__node=self.node)
+            .exclude(status__in=TrainingJob.FINISHED)
+            .select_related("reservation")
+            .distinct()
+        )
+        for job in jobs:
+            reservation = job.reservation
+            running = job.pk in self.children
+            if running and self._should_stop(job, reservation, now):
+                self.request_stop(job.pk, self._stop_reason(job, reservation, now))
+            elif not running and job.status in (Status.QUEUED, Status.INTERRUPTED):
+                if reservation.status in (Reservation.Status.CONFIRMED, Reservation.Status.ACTIVE) and (
+                    reservation.start <= now < reservation.end
+                ):
+                    self._start(job)
+
+    def _should_stop(self, job, reservation, now):
+        if job.status == Status.STOPPING:
+            return True
+        if reservation.status in (Reservation.Status.CANCELLED, Reservation.Status.PREEMPTED):
+            return True
+        return now >= reservation.end and now >= services.overrun_deadline(reservation)
+
+    def _stop_reason(self, job, reservation, now):
+        if job.status == Status.STOPPING:
+            return job.reason
+        if reservation.status != Reservation.Status.ACTIVE and now < reservation.end:
+            return f"The booking was {reservation.status}."
+        return "The booking ended."
+
+    def _start(self, job):
+        _, devices = services.job_placement(job)
+        if devices is None:
+            TrainingJob.objects.filter(pk=job.pk).update(
+                status=Status.FAILED, reason="Training across several nodes is not supported.", ended_at=timezone.now()
+            )
+            return
+        if not self._devices_free(job):
+            return  # gang readiness: the previous job on one of its GPUs has not exited yet
+        if not services.job_claim_start(job_id=job.pk, node=self.node, devices=devices):
+            return
+        # Spawned from the agent's own long-lived thread: PDEATHSIG follows the spawning thread.
+        process, log_path = spawn(job, devices, die_with_parent=True)
+        TrainingJob.objects.filter(pk=job.pk).update(pid=process.pid, log_path=str(log_path), run_dir=str(log_path.parent))
+        with self.lock:
+            self.children[job.pk] = process
+        threading.Thread(target=self._wait, args=(job.pk, process), daemon=True).start()
+        log.info("job %s started as pid %s on %s", job.pk, process.pid, devices or "cpu")
+
+    def _devices_free(self, job):
+        gpu_ids = {a.gpu_id for a in job.reservation.allocation_list}
+        with self.lock:
+            others = [j for j in self.children if j != job.pk]
+        if not others:
+            return True
+        busy = set(
+            TrainingJob.objects.filter(pk__in=others).values_list("reservation__allocations__gpu_id", flat=True)
+        )
+        return not (gpu_ids & busy)
+
+    def request_stop(self, job_id, reason):
+        """Ask the job to stop (checkpoint), and kill it if it has not exited within the grace."""
+        services.job_request_stop(job_id=job_id, reason=reason)
+        with self.lock:
+            process = self.children.get(job_id)
+            if process is None or getattr(process, "stop_sent", False):
+                return
+            process.stop_sent = True
+        threading.Thread(target=self._stop, args=(job_id, process), daemon=True).start()
+
+    def _stop(self, job_id, process):
+        def mark_killed():
+            # Before the kill, so the exit waiter cannot miss that it was killed.
+            log.warning("job %s did not stop within %ss; killing it", job_id, settings.STOP_GRACE_SECONDS)
+            with self.lock:
+                self.killed.add(job_id)
+
+        stop(process, settings.STOP_GRACE_SECONDS, before_kill=mark_killed)
+
+    def _wait(self, job_id, process):
+        returncode = process.wait()
+        with self.lock:
+            self.children.pop(job_id, None)
+            killed = job_id in self.killed
+            self.killed.discard(job_id)
+        try:
+            close_old_connections()
+            job = services.job_exited(job_id=job_id, returncode=returncode, killed=killed)
+            if job is not None:
+                job.refresh_from_db()
+                if job.status == Status.COMPLETED:
+                    from reservations.services import reservation_release_early
+
+                    reservation_release_early(
+                        reservation_id=job.reservation_id, reason=f"Job {job_id} finished before the booking's end."
+                    )
+        finally:
+            connection.close()
+        self.nudge()  # its devices are free: a waiting gang may start now
+
+
+def _is_training_process(pid, job_id):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            parts = cmdline.read().split(b"\0")
+    except OSError:
+        return False
+    return b"run_training_job" in parts and str(job_id).encode() in parts
+
+
+def _wait_gone(pid, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/{pid}"):
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+AGENT = None
+
+
+def start_agent(hostname, hardware):
+    global AGENT
+    AGENT = NodeAgent(hostname, hardware)
+    AGENT.start()
+    return AGENT
+
+
+def reconcile_soon():
+    if AGENT is not None:
+        AGENT.nudge()
+
