@@ -139,7 +139,9 @@ class NodeAgent:
             return
         # Spawned from the agent's own long-lived thread: PDEATHSIG follows the spawning thread.
         process, log_path = spawn(job, devices, die_with_parent=True)
-        TrainingJob.objects.filter(pk=job.pk).update(pid=process.pid, log_path=str(log_path), run_dir=str(log_path.parent))
+        TrainingJob.objects.filter(pk=job.pk).update(
+            pid=process.pid, log_path=str(log_path), run_dir=str(log_path.parent), spawned_at=timezone.now()
+        )
         with self.lock:
             self.children[job.pk] = process
         threading.Thread(target=self._wait, args=(job.pk, process), daemon=True).start()

@@ -39,7 +39,8 @@ class TrainingJob(models.Model):
     run_dir = models.CharField(max_length=1000, blank=True)
     created = models.DateTimeField(default=timezone.now)
     updated = models.DateTimeField(auto_now=True)
-    started_at = models.DateTimeField(null=True, blank=True)
+    spawned_at = models.DateTimeField(null=True, blank=True, help_text="When its training process started.")
+    started_at = models.DateTimeField(null=True, blank=True, help_text="When training itself began.")
     ended_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

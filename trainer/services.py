@@ -174,6 +174,32 @@ def reservations_release_finished(*, now):
     return released
 
 
+def reservations_release_no_shows(*, now):
+    """With NO_SHOW_RELEASE: a started booking without a job whose first slot has passed is a
+    no-show; its remaining whole slots are released like an early finish."""
+    from django.conf import settings
+
+    from reservations import policy
+    from reservations.models import Reservation
+    from reservations.services import reservation_release_early
+
+    if not settings.NO_SHOW_RELEASE:
+        return 0
+    no_shows = Reservation.objects.filter(
+        status__in=[Reservation.Status.CONFIRMED, Reservation.Status.ACTIVE],
+        start__lte=now - policy.slot_length(),
+        end__gt=policy.ceil_to_slot(now),
+        job__isnull=True,
+    ).values_list("pk", flat=True)
+    return sum(
+        1
+        for reservation_id in no_shows
+        if reservation_release_early(
+            reservation_id=reservation_id, reason="No-show: nothing ran in the first slot.", now=now
+        )
+    )
+
+
 def slot_end_notices(*, now, lead):
     """Once per booking with a running job: tell the owner its slot ends within `lead`."""
     from reservations.models import Notice, Reservation

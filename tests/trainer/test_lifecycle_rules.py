@@ -115,3 +115,41 @@ def test_cancelling_a_booking_with_a_queued_job_ends_the_job_too(cluster, owner,
 
     training.refresh_from_db()
     assert training.status == "stopped" and "changed plans" in training.reason
+
+
+def test_a_no_show_releases_its_remaining_slots_only_when_enabled(cluster, owner, team, frozen, settings):
+    reservation = booking(owner, team, cluster["node1"][:1], NEXT_SLOT, 4 * SLOT, status="active")
+    frozen.move_to(NEXT_SLOT + SLOT + timedelta(minutes=5))
+
+    settings.NO_SHOW_RELEASE = False
+    assert services.reservations_release_no_shows(now=timezone.now()) == 0
+    settings.NO_SHOW_RELEASE = True
+    assert services.reservations_release_no_shows(now=timezone.now()) == 1
+
+    reservation.refresh_from_db()
+    assert reservation.end == NEXT_SLOT + 2 * SLOT  # the slot in progress is kept
+    assert reservation.allocations.get().end == NEXT_SLOT + 2 * SLOT
+
+
+def test_a_booking_with_a_job_is_not_a_no_show(cluster, owner, team, frozen, settings):
+    settings.NO_SHOW_RELEASE = True
+    reservation = booking(owner, team, cluster["node1"][:1], NEXT_SLOT, 4 * SLOT, status="active")
+    job_for(reservation, status="running")
+    frozen.move_to(NEXT_SLOT + SLOT + timedelta(minutes=5))
+
+    assert services.reservations_release_no_shows(now=timezone.now()) == 0
+
+
+def test_a_gang_waits_until_every_one_of_its_gpus_is_free(cluster, owner, team):
+    from trainer.agent import NodeAgent
+
+    agent = NodeAgent("node1", hardware=None)
+    earlier = job_for(booking(owner, team, cluster["node1"][1:2], NEXT_SLOT - SLOT, SLOT))
+    gang = job_for(booking(owner, team, cluster["node1"][:2], NEXT_SLOT, SLOT), status="queued")
+    elsewhere = job_for(booking(owner, team, cluster["node1"][2:3], NEXT_SLOT, SLOT), status="queued")
+    agent.children[earlier.pk] = object()  # the previous job on gpu1 has not exited yet
+
+    assert agent._devices_free(TrainingJob.objects.get(pk=gang.pk)) is False
+    assert agent._devices_free(TrainingJob.objects.get(pk=elsewhere.pk)) is True
+    del agent.children[earlier.pk]
+    assert agent._devices_free(TrainingJob.objects.get(pk=gang.pk)) is True

@@ -10,7 +10,7 @@ from trainer.dataset import make_dataset
 from trainer.models import TrainingJob
 from trainer.process import spawn, stop
 from trainer.runner import sha256_of
-from trainer.services import job_request_stop
+from trainer.services import job_exited, job_request_stop
 from trainer.spec import JobSpecSerializer
 
 from ..conftest import make_user
@@ -87,3 +87,28 @@ def test_a_stopped_run_resumes_in_a_later_booking_from_the_next_epoch(cluster, t
     assert resumed.status == "completed", resumed.reason
     assert resumed.start_epoch == stopped.checkpoint_epoch
     assert resumed.epoch == 4
+
+
+def test_a_job_that_outlasts_the_stop_grace_is_killed_and_keeps_its_previous_checkpoint(cluster, team, training_roots):
+    owner = make_user("trainer-owner", team)
+    training = book_job(owner, cluster["node1"][0], spec(model="yolov8n.yaml", data=str(training_roots), epochs=50, imgsz=64, batch=4), 0)
+    process, _ = spawn(training, devices=[])
+    try:
+        wait_for(lambda: TrainingJob.objects.get(pk=training.pk).checkpoint_epoch, 300, "a first checkpoint")
+        job_request_stop(job_id=training.pk, reason="end of slot")
+        killed = []  # the checkpoint on record at the moment of the kill
+        # A grace far shorter than a batch plus the save: the kill comes first.
+        exited_by_itself = stop(
+            process, grace_seconds=0.05,
+            before_kill=lambda: killed.append(TrainingJob.objects.get(pk=training.pk).checkpoint_epoch),
+        )
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    assert not exited_by_itself and killed
+    job_exited(job_id=training.pk, returncode=process.returncode, killed=True)
+    after = TrainingJob.objects.get(pk=training.pk)
+    assert after.status == "stopped" and "Killed after the stop grace" in after.reason
+    assert after.checkpoint_epoch == killed[0] >= 1  # the previous epoch's, still on record
+    assert sha256_of(after.checkpoint) == after.checkpoint_sha256
