@@ -28,6 +28,7 @@ from .process import spawn, stop
 log = logging.getLogger(__name__)
 Status = TrainingJob.Status
 
+
 class NodeAgent:
     def __init__(self, hostname, hardware):
         self.hostname = hostname

@@ -16,7 +16,6 @@ the newest complete copy on record.
 import hashlib
 import logging
 import os
-import shutil
 import signal
 import threading
 from pathlib import Path
@@ -61,6 +60,15 @@ def sha256_of(path):
     return digest.hexdigest()
 
 
+def _copy_hashing(source, target):
+    digest = hashlib.sha256()
+    with open(source, "rb") as reader, open(target, "wb") as writer:
+        for block in iter(lambda: reader.read(1 << 20), b""):
+            digest.update(block)
+            writer.write(block)
+    return digest.hexdigest()
+
+
 def job_dirs(job):
     run_dir = Path(settings.TRAINING_RUNS_DIR) / f"job-{job.pk}"
     return run_dir, run_dir / "checkpoints"
@@ -71,8 +79,7 @@ def _record_checkpoint(job_id, trainer, checkpoint_dir):
     epoch = trainer.epoch + 1  # epochs finished, counting the one just saved
     target = checkpoint_dir / f"epoch-{epoch:04d}.pt"
     partial = target.with_suffix(".pt.partial")
-    shutil.copyfile(trainer.last, partial)
-    digest = sha256_of(partial)
+    digest = _copy_hashing(trainer.last, partial)  # one read for both, on every epoch's save
     os.replace(partial, target)  # atomic: a reader sees the whole file or none
     TrainingJob.objects.filter(pk=job_id).update(
         checkpoint=str(target), checkpoint_sha256=digest, checkpoint_epoch=epoch, updated=timezone.now()
