@@ -188,7 +188,7 @@ def main():
     ratio = min(service_runs) / min(direct_runs)
     print(f"machine   : {os.cpu_count()} CPUs ({cpu}), {platform.platform()}, Python {platform.python_version()}")
     print("setup     : node worker (celery threads pool + agent), Redis broker, PostgreSQL; CPU device; "
-          f"YOLOv8n, 64 px, batch 4, 24 train / 8 val images")
+          "YOLOv8n, 64 px, batch 4, 24 train / 8 val images")
     print(f"start     : slot start -> training process running, {len(starts)} starts: "
           f"p50 {percentile(starts, 50):.2f} s, p99 {percentile(starts, 99):.2f} s, max {max(starts):.2f} s")
     print(f"stop      : cancel -> resumable checkpoint saved and process exited, {len(stops)} stops: "
