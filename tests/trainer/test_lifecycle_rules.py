@@ -153,3 +153,39 @@ def test_a_gang_waits_until_every_one_of_its_gpus_is_free(cluster, owner, team):
     assert agent._devices_free(TrainingJob.objects.get(pk=elsewhere.pk)) is True
     del agent.children[earlier.pk]
     assert agent._devices_free(TrainingJob.objects.get(pk=gang.pk)) is True
+
+
+def test_the_agent_lets_a_job_overrun_while_the_gpus_stay_free_and_stops_it_for_the_next_booking(
+    cluster, owner, team, teammate, frozen
+):
+    from trainer.agent import NodeAgent
+
+    agent = NodeAgent("node1", hardware=None)
+    reservation = booking(owner, team, cluster["node1"][:1], NEXT_SLOT, 5 * SLOT, status="active")
+    training = job_for(reservation)
+    after_end = reservation.end + timedelta(minutes=10)
+
+    assert not agent._should_stop(training, reservation, after_end)  # inside the 60-minute grace
+    assert agent._should_stop(training, reservation, reservation.end + timedelta(minutes=61))
+    booking(teammate, team, cluster["node1"][:1], reservation.end, SLOT)
+    assert agent._should_stop(training, reservation, after_end)  # someone else's slot has begun
+
+
+def test_make_demo_dataset_writes_a_yolo_dataset(tmp_path):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("make_demo_dataset", "--dest", str(tmp_path / "demo"), "--images", "8", stdout=out)
+
+    data = (tmp_path / "demo" / "data.yaml").read_text()
+    assert "train: images/train" in data and "0: square" in data
+    images = sorted((tmp_path / "demo" / "images").rglob("*.png"))
+    labels = sorted((tmp_path / "demo" / "labels").rglob("*.txt"))
+    assert len(images) == len(labels) == 8
+    for label in labels:
+        for line in label.read_text().splitlines():
+            cls, *box = line.split()
+            assert cls in ("0", "1") and all(0 < float(v) <= 1 for v in box)
+    assert str(tmp_path / "demo" / "data.yaml") in out.getvalue()

@@ -15,34 +15,15 @@ from django.utils import timezone
 
 from reservations import policy, services
 from reservations.models import GPU, Allocation, AuditEntry, Node, Reservation
-from trainer.dataset import make_dataset
 from trainer.models import TrainingJob
 from trainer.runner import sha256_of
 from trainer.spec import JobSpecSerializer
 
+from .conftest import wait_for
 from ..conftest import client_for, make_user
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
 HOST = "lifecycle-node"
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-@pytest.fixture
-def training_env(tmp_path, settings, monkeypatch):
-    for name, value in (("TRAINING_DATA_ROOTS", tmp_path / "data"), ("TRAINING_RUNS_DIR", tmp_path / "runs")):
-        monkeypatch.setenv(name, str(value))
-    settings.TRAINING_DATA_ROOTS = [(tmp_path / "data").resolve()]
-    settings.TRAINING_RUNS_DIR = (tmp_path / "runs").resolve()
-    return make_dataset(tmp_path / "data" / "demo", images=32, size=64)
 
 
 class NodeWorker:
@@ -85,7 +66,7 @@ class NodeWorker:
 
 
 @pytest.fixture
-def node_worker(tmp_path, training_env):
+def node_worker(tmp_path, training_data):
     worker = NodeWorker(tmp_path)
     yield worker
     worker.stop()
@@ -121,12 +102,12 @@ def job(pk):
 
 
 def test_a_booking_trains_at_its_start_reports_progress_and_a_cancel_stops_it_with_a_checkpoint(
-    node_worker, team, training_env
+    node_worker, team, training_data
 ):
     owner = make_user("lifecycle-owner", team)
     node_worker.start()
     gpus = list(GPU.objects.filter(node__hostname=HOST).order_by("index"))
-    spec = {"model": "yolov8n.yaml", "data": str(training_env), "epochs": 20, "imgsz": 64, "batch": 4}
+    spec = {"model": "yolov8n.yaml", "data": str(training_data), "epochs": 20, "imgsz": 64, "batch": 4}
     reservation, training = booking_now(owner, team, gpus[:1], starts_in=timedelta(seconds=4), length=timedelta(hours=1), spec=spec)
 
     assert job(training.pk).status == "queued"
@@ -147,11 +128,11 @@ def test_a_booking_trains_at_its_start_reports_progress_and_a_cancel_stops_it_wi
     assert "cancelled" in stopped.reason.lower() or stopped.reason.startswith("Stopped")
 
 
-def test_a_worker_killed_mid_run_interrupts_the_job_and_a_new_worker_resumes_it(node_worker, team, training_env):
+def test_a_worker_killed_mid_run_interrupts_the_job_and_a_new_worker_resumes_it(node_worker, team, training_data):
     owner = make_user("lifecycle-owner", team)
     node_worker.start()
     gpu = GPU.objects.filter(node__hostname=HOST).order_by("index").first()
-    spec = {"model": "yolov8n.yaml", "data": str(training_env), "epochs": 4, "imgsz": 64, "batch": 4}
+    spec = {"model": "yolov8n.yaml", "data": str(training_data), "epochs": 4, "imgsz": 64, "batch": 4}
     _, training = booking_now(owner, team, [gpu], starts_in=timedelta(seconds=1), length=timedelta(hours=1), spec=spec)
     wait_for(lambda: job(training.pk).epoch >= 1, 240, "the first epoch")
 
@@ -167,13 +148,13 @@ def test_a_worker_killed_mid_run_interrupts_the_job_and_a_new_worker_resumes_it(
 
 
 def test_a_job_that_finishes_early_releases_the_rest_of_its_booking_to_the_waitlist(
-    node_worker, team, training_env, other_team
+    node_worker, team, training_data, other_team
 ):
     owner = make_user("lifecycle-owner", team)
     waiter = make_user("waiter", other_team)
     node_worker.start()
     gpu = GPU.objects.filter(node__hostname=HOST).order_by("index").first()
-    spec = {"model": "yolov8n.yaml", "data": str(training_env), "epochs": 1, "imgsz": 64, "batch": 4}
+    spec = {"model": "yolov8n.yaml", "data": str(training_data), "epochs": 1, "imgsz": 64, "batch": 4}
     reservation, training = booking_now(owner, team, [gpu], starts_in=timedelta(seconds=1), length=timedelta(hours=6), spec=spec)
     later = policy.ceil_to_slot(reservation.start + timedelta(hours=2))
     waiting = services.reservation_create(user=waiter, gpu_ids=[gpu.pk], start=later, slots=1, waitlist=True)
@@ -190,11 +171,11 @@ def test_a_job_that_finishes_early_releases_the_rest_of_its_booking_to_the_waitl
     assert AuditEntry.objects.filter(action="promote", reservation_id=waiting.pk).exists()
 
 
-def test_a_redis_restart_loses_no_booking_and_the_next_start_still_happens(node_worker, team, training_env):
+def test_a_redis_restart_loses_no_booking_and_the_next_start_still_happens(node_worker, team, training_data):
     owner = make_user("lifecycle-owner", team)
     node_worker.start()
     gpu = GPU.objects.filter(node__hostname=HOST).order_by("index").first()
-    spec = {"model": "yolov8n.yaml", "data": str(training_env), "epochs": 1, "imgsz": 64, "batch": 4}
+    spec = {"model": "yolov8n.yaml", "data": str(training_data), "epochs": 1, "imgsz": 64, "batch": 4}
 
     subprocess.run(["redis-cli", "-h", "127.0.0.1", "shutdown", "nosave"], check=False)
     try:
