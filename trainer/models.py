@@ -34,7 +34,6 @@ class TrainingJob(models.Model):
     node = models.ForeignKey(Node, on_delete=models.PROTECT, null=True, blank=True, related_name="jobs")
     devices = models.CharField(max_length=200, blank=True, help_text="CUDA_VISIBLE_DEVICES, or cpu.")
     pid = models.PositiveIntegerField(null=True, blank=True)
-    celery_task_id = models.CharField(max_length=255, blank=True)
     log_path = models.CharField(max_length=1000, blank=True)
     run_dir = models.CharField(max_length=1000, blank=True)
     created = models.DateTimeField(default=timezone.now)
