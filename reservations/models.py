@@ -90,9 +90,6 @@ class Reservation(models.Model):
         CANCELLED = "cancelled", "Cancelled"
         PREEMPTED = "preempted", "Preempted"
 
-    # Statuses whose time range is (or was) taken on its GPUs: their allocations are "live" and the
-    # exclusion constraint keeps any two of them apart.
-    HOLDING_STATUSES = (Status.CONFIRMED, Status.ACTIVE, Status.COMPLETED, Status.PREEMPTED)
     # Statuses a person may still cancel, transfer or move.
     OPEN_STATUSES = (Status.WAITLISTED, Status.CONFIRMED, Status.ACTIVE)
 
@@ -135,10 +132,6 @@ class Reservation(models.Model):
         return int((self.end - self.start).total_seconds() // (settings.SLOT_HOURS * 3600))
 
     @property
-    def holds_time(self):
-        return self.status in self.HOLDING_STATUSES
-
-    @property
     def allocation_list(self):
         """Its allocations in GPU order, each with its GPU and node loaded.
 
@@ -167,6 +160,8 @@ class Allocation(models.Model):
     gpu = models.ForeignKey(GPU, on_delete=models.PROTECT, related_name="allocations", db_index=False)
     start = models.DateTimeField()
     end = models.DateTimeField()
+    # True while the booking holds (or held) this time: confirmed, active, completed, or preempted up
+    # to its reclaim. False for a waitlisted request's wish and a cancelled booking.
     live = models.BooleanField(default=True)
 
     class Meta:
