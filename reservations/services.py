@@ -16,10 +16,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import Prefetch
 from django.utils import timezone
 
+from trainer.services import job_create, job_spec_check, job_stop_for_booking
+
 from . import policy, selectors
 from .errors import BookingConflict, BookingError
-from trainer.services import job_create, job_spec_check
-
 from .models import GPU, Allocation, AuditEntry, IdempotencyRecord, Node, Notice, Reservation
 
 log = logging.getLogger(__name__)
@@ -305,33 +305,11 @@ def reservation_cancel(*, reservation_id, actor, reason=""):
                 user=reservation.user, kind=Notice.Kind.CANCELLED, reservation=reservation,
                 message=f"{actor.get_username()} cancelled your reservation #{reservation.pk}: {reason}",
             )
-        _stop_job_of(reservation, f"Reservation cancelled by {actor.get_username()}: {reason}")
+        job_stop_for_booking(reservation=reservation, reason=f"Reservation cancelled by {actor.get_username()}: {reason}")
         if before["status"] != Status.WAITLISTED:
             # The window is free now: let the waitlist have it, after this commit is visible.
             transaction.on_commit(lambda: waitlist_promote())
     return reservation
-
-
-def _stop_job_of(reservation, reason):
-    """A running job of a booking that ends now is asked to stop with a checkpoint; its node's
-    worker hears at once (and its agent would see it within a second anyway)."""
-    from trainer.models import TrainingJob
-    from trainer.services import job_placement, job_request_stop
-
-    job = TrainingJob.objects.filter(reservation=reservation).first()
-    if job is None:
-        return
-    waiting = [TrainingJob.Status.QUEUED, TrainingJob.Status.INTERRUPTED]
-    if job.status in waiting:
-        TrainingJob.objects.filter(pk=job.pk, status__in=waiting).update(
-            status=TrainingJob.Status.STOPPED, reason=reason, ended_at=timezone.now()
-        )
-    elif job_request_stop(job_id=job.pk, reason=reason):
-        node, _ = job_placement(job)
-        if node is not None:
-            from trainer.tasks import send_stop
-
-            transaction.on_commit(lambda: send_stop(job, node.hostname, reason))
 
 
 def reservation_transfer(*, reservation_id, actor, to, reason=""):

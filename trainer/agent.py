@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from reservations.models import Reservation
+from reservations.models import Node, Reservation
 from reservations.services import node_register
 
 from . import services
@@ -74,22 +74,17 @@ class NodeAgent:
     def _heartbeat(self):
         if time.monotonic() - self.last_heartbeat < settings.HEARTBEAT_SECONDS:
             return
-        from reservations.models import Node
-
         Node.objects.filter(pk=self.node.pk).update(online=True, last_heartbeat=timezone.now())
         self.last_heartbeat = time.monotonic()
 
     def _reap_orphans(self):
         """A job this node was running when its worker died: make sure no old process still trains
         on the devices (it may have outlived a missed PDEATHSIG), then let reconcile resume it."""
-        live = TrainingJob.objects.filter(
-            node=self.node, status__in=[Status.STARTING, Status.RUNNING, Status.STOPPING]
-        )
-        for job in live:
+        for job in TrainingJob.objects.filter(node=self.node, status__in=TrainingJob.LIVE):
             if job.pid and _is_training_process(job.pid, job.pk):
                 os.killpg(job.pid, signal.SIGTERM)
                 _wait_gone(job.pid, settings.STOP_GRACE_SECONDS)
-            TrainingJob.objects.filter(pk=job.pk, status__in=[Status.STARTING, Status.RUNNING, Status.STOPPING]).update(
+            TrainingJob.objects.filter(pk=job.pk, status__in=TrainingJob.LIVE).update(
                 status=Status.INTERRUPTED, reason="Its worker restarted; resuming from the checkpoint.", pid=None
             )
 
@@ -107,7 +102,7 @@ class NodeAgent:
             running = job.pk in self.children
             if running and self._should_stop(job, reservation, now):
                 self.request_stop(job.pk, self._stop_reason(job, reservation, now))
-            elif not running and job.status in (Status.QUEUED, Status.INTERRUPTED):
+            elif not running and job.status in TrainingJob.WAITING:
                 if reservation.status in (Reservation.Status.CONFIRMED, Reservation.Status.ACTIVE) and (
                     reservation.start <= now < reservation.end
                 ):
@@ -190,11 +185,7 @@ class NodeAgent:
             if job is not None:
                 job.refresh_from_db()
                 if job.status == Status.COMPLETED:
-                    from reservations.services import reservation_release_early
-
-                    reservation_release_early(
-                        reservation_id=job.reservation_id, reason=f"Job {job_id} finished before the booking's end."
-                    )
+                    services.release_after_finish(reservation_id=job.reservation_id, job_id=job_id)
         finally:
             connection.close()
         self.nudge()  # its devices are free: a waiting gang may start now

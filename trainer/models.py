@@ -18,6 +18,10 @@ class TrainingJob(models.Model):
         STOPPED = "stopped", "Stopped"
 
     FINISHED = (Status.COMPLETED, Status.FAILED, Status.STOPPED)
+    # Waiting for its devices: to be started (or resumed) when its booking is on.
+    WAITING = (Status.QUEUED, Status.INTERRUPTED)
+    # A training process exists, or is about to.
+    LIVE = (Status.STARTING, Status.RUNNING, Status.STOPPING)
 
     reservation = models.OneToOneField(Reservation, on_delete=models.PROTECT, related_name="job")
     spec = models.JSONField(help_text="The validated training arguments (trainer.spec).")

@@ -98,7 +98,7 @@ def _record_progress(job_id, trainer):
 
 
 def _record_start(job_id, trainer):
-    TrainingJob.objects.filter(pk=job_id, status__in=[Status.QUEUED, Status.STARTING, Status.INTERRUPTED]).update(
+    TrainingJob.objects.filter(pk=job_id, status__in=(*TrainingJob.WAITING, Status.STARTING)).update(
         status=Status.RUNNING,
         start_epoch=trainer.start_epoch,
         epochs=trainer.epochs,

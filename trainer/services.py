@@ -1,8 +1,17 @@
-"""Writes for training jobs. The booking service creates a job with its reservation."""
+"""Writes for training jobs. The booking service creates a job with its reservation.
 
+reservations.services imports this module, so calls back into it are imported where they are used.
+"""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
+from reservations import policy
 from reservations.errors import BookingError
+from reservations.models import Allocation, Node, Notice, Reservation
 
 from .models import TrainingJob
 
@@ -34,6 +43,25 @@ def job_create(*, reservation, spec):
     )
 
 
+def job_stop_for_booking(*, reservation, reason):
+    """The booking ends now (cancelled): a job still waiting ends with it; a live one is asked to
+    stop with a checkpoint, and its node's worker hears at once (its agent would see it within a
+    second anyway)."""
+    job = TrainingJob.objects.filter(reservation=reservation).first()
+    if job is None:
+        return
+    if job.status in TrainingJob.WAITING:
+        TrainingJob.objects.filter(pk=job.pk, status__in=TrainingJob.WAITING).update(
+            status=TrainingJob.Status.STOPPED, reason=reason, ended_at=timezone.now()
+        )
+    elif job_request_stop(job_id=job.pk, reason=reason):
+        node, _ = job_placement(job)
+        if node is not None:
+            from .tasks import send_stop  # tasks -> agent -> reservations.services -> here
+
+            transaction.on_commit(lambda: send_stop(job, node.hostname, reason))
+
+
 def node_queue(hostname):
     return f"node.{hostname}"
 
@@ -51,10 +79,6 @@ def job_placement(job):
 def overrun_deadline(reservation):
     """When a job still running past its booking must stop: up to OVERRUN_GRACE_PCT of the booking's
     length after its end, but never past the start of the next booking on any of its GPUs."""
-    from django.conf import settings
-
-    from reservations.models import Allocation
-
     grace = (reservation.end - reservation.start) * settings.OVERRUN_GRACE_PCT / 100
     gpu_ids = [a.gpu_id for a in reservation.allocation_list]
     next_start = (
@@ -70,9 +94,7 @@ def overrun_deadline(reservation):
 
 def job_claim_start(*, job_id, node, devices, now=None):
     """Atomically move a queued or interrupted job to starting: a second start is a no-op."""
-    claimed = TrainingJob.objects.filter(
-        pk=job_id, status__in=[TrainingJob.Status.QUEUED, TrainingJob.Status.INTERRUPTED]
-    ).update(
+    claimed = TrainingJob.objects.filter(pk=job_id, status__in=TrainingJob.WAITING).update(
         status=TrainingJob.Status.STARTING,
         node=node,
         devices=",".join(map(str, devices)) or "cpu",
@@ -111,22 +133,13 @@ def job_exited(*, job_id, returncode, killed):
 def nodes_mark_lost(*, now=None):
     """Nodes silent for NODE_LOST_SECONDS go offline; their live jobs are interrupted (and resumed
     from their checkpoints when the node is back inside the booking)."""
-    from datetime import timedelta
-
-    from django.conf import settings
-
-    from reservations.models import Node
-
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.NODE_LOST_SECONDS)
     lost = list(Node.objects.filter(online=True, last_heartbeat__lt=cutoff).values_list("pk", flat=True))
     if not lost:
         return 0
     Node.objects.filter(pk__in=lost).update(online=False)
-    return TrainingJob.objects.filter(
-        node_id__in=lost,
-        status__in=[TrainingJob.Status.STARTING, TrainingJob.Status.RUNNING, TrainingJob.Status.STOPPING],
-    ).update(
+    return TrainingJob.objects.filter(node_id__in=lost, status__in=TrainingJob.LIVE).update(
         status=TrainingJob.Status.INTERRUPTED,
         reason="The node stopped sending heartbeats; resumes from its checkpoint when the node is back.",
         pid=None,
@@ -138,8 +151,8 @@ def jobs_nudge_due(*, now, lookahead, send):
     """Tell each node's worker, with an eta of the slot start, about jobs starting within `lookahead`
     (its agent would find them within a second anyway; this makes the start land on time)."""
     due = TrainingJob.objects.filter(
-        status__in=[TrainingJob.Status.QUEUED, TrainingJob.Status.INTERRUPTED],
-        reservation__status__in=["confirmed", "active"],
+        status__in=TrainingJob.WAITING,
+        reservation__status__in=[Reservation.Status.CONFIRMED, Reservation.Status.ACTIVE],
         reservation__start__lte=now + lookahead,
         reservation__end__gt=now,
     ).select_related("reservation")
@@ -152,57 +165,45 @@ def jobs_nudge_due(*, now, lookahead, send):
     return count
 
 
-def reservations_release_finished(*, now):
-    """Level-triggered twin of the agent's release on exit: an active booking whose job completed
-    gives back its unused whole slots."""
-    from reservations.models import Reservation
+def release_after_finish(*, reservation_id, job_id, now=None):
+    """A job completed: its booking gives back the whole slots it will not use."""
     from reservations.services import reservation_release_early
-    from reservations import policy
 
-    candidates = Reservation.objects.filter(
+    return reservation_release_early(
+        reservation_id=reservation_id, reason=f"Job {job_id} finished before the booking's end.", now=now
+    )
+
+
+def reservations_release_unused(*, now):
+    """Level-triggered twin of the agent's release on exit. A started booking with whole slots left
+    gives them back when its job completed or, with NO_SHOW_RELEASE, when it has no job after its
+    first slot (a no-show)."""
+    from reservations.services import reservation_release_early
+
+    started = Reservation.objects.filter(
         status__in=[Reservation.Status.CONFIRMED, Reservation.Status.ACTIVE],
         start__lte=now,
-        job__status=TrainingJob.Status.COMPLETED,
         end__gt=policy.ceil_to_slot(now),
-    ).values_list("pk", "job__pk")
-    released = 0
-    for reservation_id, job_id in candidates:
-        if reservation_release_early(
-            reservation_id=reservation_id, reason=f"Job {job_id} finished before the booking's end.", now=now
-        ):
-            released += 1
-    return released
-
-
-def reservations_release_no_shows(*, now):
-    """With NO_SHOW_RELEASE: a started booking without a job whose first slot has passed is a
-    no-show; its remaining whole slots are released like an early finish."""
-    from django.conf import settings
-
-    from reservations import policy
-    from reservations.models import Reservation
-    from reservations.services import reservation_release_early
-
-    if not settings.NO_SHOW_RELEASE:
-        return 0
-    no_shows = Reservation.objects.filter(
-        status__in=[Reservation.Status.CONFIRMED, Reservation.Status.ACTIVE],
-        start__lte=now - policy.slot_length(),
-        end__gt=policy.ceil_to_slot(now),
-        job__isnull=True,
-    ).values_list("pk", flat=True)
-    return sum(
-        1
-        for reservation_id in no_shows
-        if reservation_release_early(
-            reservation_id=reservation_id, reason="No-show: nothing ran in the first slot.", now=now
-        )
     )
+    released = sum(
+        1
+        for reservation_id, job_id in started.filter(job__status=TrainingJob.Status.COMPLETED).values_list("pk", "job__pk")
+        if release_after_finish(reservation_id=reservation_id, job_id=job_id, now=now)
+    )
+    if settings.NO_SHOW_RELEASE:
+        no_shows = started.filter(start__lte=now - policy.slot_length(), job__isnull=True).values_list("pk", flat=True)
+        released += sum(
+            1
+            for reservation_id in no_shows
+            if reservation_release_early(
+                reservation_id=reservation_id, reason="No-show: nothing ran in the first slot.", now=now
+            )
+        )
+    return released
 
 
 def slot_end_notices(*, now, lead):
     """Once per booking with a running job: tell the owner its slot ends within `lead`."""
-    from reservations.models import Notice, Reservation
     from reservations.services import notice_send
 
     ending = Reservation.objects.filter(

@@ -30,7 +30,7 @@ def reconcile():
     now = timezone.now()
     interrupted = services.nodes_mark_lost(now=now)
     nudged = services.jobs_nudge_due(now=now, lookahead=START_LOOKAHEAD, send=_send_start)
-    released = services.reservations_release_finished(now=now) + services.reservations_release_no_shows(now=now)
+    released = services.reservations_release_unused(now=now)
     warned = services.slot_end_notices(now=now, lead=timedelta(minutes=settings.PREEMPTION_NOTICE_MINUTES))
     return {"interrupted": interrupted, "nudged": nudged, "released": released, "warned": warned}
 

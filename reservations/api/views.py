@@ -65,8 +65,8 @@ class ReservationViewSet(
     serializer_class = ReservationSerializer
     filterset_class = ReservationFilter
 
-    def _render(self, reservation, code=status.HTTP_200_OK):
-        return ReservationSerializer(reservation).data, code
+    def _render(self, reservation):
+        return ReservationSerializer(reservation).data
 
     @extend_schema(
         request=ReservationCreateSerializer,
@@ -93,7 +93,7 @@ class ReservationViewSet(
                 waitlist=data["waitlist"],
                 job=data.get("job"),
             )
-            return self._render(reservation, status.HTTP_201_CREATED)
+            return self._render(reservation), status.HTTP_201_CREATED
 
         return idempotent_create(request, book)
 
@@ -106,7 +106,7 @@ class ReservationViewSet(
         reservation = services.reservation_cancel(
             reservation_id=reservation.pk, actor=request.user, reason=serializer.validated_data["reason"]
         )
-        return Response(self._render(reservation)[0])
+        return Response(self._render(reservation))
 
     @extend_schema(request=TransferSerializer, responses=ReservationSerializer)
     @action(detail=True, methods=["post"])
@@ -120,7 +120,7 @@ class ReservationViewSet(
             to=serializer.validated_data["to"],
             reason=serializer.validated_data["reason"],
         )
-        return Response(self._render(reservation)[0])
+        return Response(self._render(reservation))
 
 
 class JobViewSet(viewsets.ReadOnlyModelViewSet):

@@ -122,9 +122,9 @@ def test_a_no_show_releases_its_remaining_slots_only_when_enabled(cluster, owner
     frozen.move_to(NEXT_SLOT + SLOT + timedelta(minutes=5))
 
     settings.NO_SHOW_RELEASE = False
-    assert services.reservations_release_no_shows(now=timezone.now()) == 0
+    assert services.reservations_release_unused(now=timezone.now()) == 0
     settings.NO_SHOW_RELEASE = True
-    assert services.reservations_release_no_shows(now=timezone.now()) == 1
+    assert services.reservations_release_unused(now=timezone.now()) == 1
 
     reservation.refresh_from_db()
     assert reservation.end == NEXT_SLOT + 2 * SLOT  # the slot in progress is kept
@@ -137,7 +137,7 @@ def test_a_booking_with_a_job_is_not_a_no_show(cluster, owner, team, frozen, set
     job_for(reservation, status="running")
     frozen.move_to(NEXT_SLOT + SLOT + timedelta(minutes=5))
 
-    assert services.reservations_release_no_shows(now=timezone.now()) == 0
+    assert services.reservations_release_unused(now=timezone.now()) == 0
 
 
 def test_a_gang_waits_until_every_one_of_its_gpus_is_free(cluster, owner, team):
