@@ -121,11 +121,26 @@ def test_the_cancel_action_cancels_through_the_service(admin_client, cluster, ow
     assert AuditEntry.objects.get(action="cancel").actor == admin_client.user
 
 
+def test_the_audit_log_admin_filters_by_action_and_searches_the_reason(admin_client, cluster, owner, team_admin):
+    from reservations import services
+
+    kept = book(owner, cluster["node1"][:1])
+    dropped = book(owner, cluster["node1"][1:2])
+    services.reservation_cancel(reservation_id=dropped.pk, actor=team_admin, reason="rack maintenance")
+
+    cancels = admin_client.get("/admin/reservations/auditentry/", {"action__exact": "cancel"}).context["cl"]
+    found = admin_client.get("/admin/reservations/auditentry/", {"q": "maintenance"}).context["cl"]
+
+    assert [e.reservation_id for e in cancels.result_list] == [dropped.pk]
+    assert [e.reason for e in found.result_list] == ["rack maintenance"]
+    assert kept.pk not in {e.reservation_id for e in found.result_list}
+
+
 def test_the_audit_log_admin_is_read_only_even_for_a_superuser(admin_client, cluster, owner):
     book(owner, cluster["node1"][:1])
     entry = AuditEntry.objects.get()
 
-    listing = admin_client.get("/admin/reservations/auditentry/", {"action__exact": "create", "q": ""})
+    listing = admin_client.get("/admin/reservations/auditentry/", {"action__exact": "create"})
     detail = admin_client.get(f"/admin/reservations/auditentry/{entry.pk}/change/")
     edit = admin_client.post(f"/admin/reservations/auditentry/{entry.pk}/change/", {"reason": "rewritten"})
     delete = admin_client.post(f"/admin/reservations/auditentry/{entry.pk}/delete/", {"post": "yes"})

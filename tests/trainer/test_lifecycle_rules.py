@@ -189,3 +189,28 @@ def test_make_demo_dataset_writes_a_yolo_dataset(tmp_path):
             cls, *box = line.split()
             assert cls in ("0", "1") and all(0 < float(v) <= 1 for v in box)
     assert str(tmp_path / "demo" / "data.yaml") in out.getvalue()
+
+
+def test_the_child_sees_exactly_the_booked_gpus_and_ultralytics_gets_them_renumbered(monkeypatch):
+    from trainer.process import child_environment
+    from trainer.runner import _device_argument
+
+    gpu_env = child_environment([1, 3])
+    cpu_env = child_environment([])
+
+    assert gpu_env["CUDA_VISIBLE_DEVICES"] == "1,3" and gpu_env["YOLO_OFFLINE"] == "1"
+    assert cpu_env["CUDA_VISIBLE_DEVICES"] == ""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", gpu_env["CUDA_VISIBLE_DEVICES"])
+    assert _device_argument() == "0,1"  # the two visible devices, as CUDA numbers them in the child
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert _device_argument() == "cpu"
+
+
+def test_a_booking_of_gpus_places_its_job_on_their_node_with_their_indices(cluster, owner, team):
+    reservation = booking(owner, team, [cluster["node2"][1], cluster["node2"][3]], NEXT_SLOT, SLOT)
+    spanning = booking(owner, team, [cluster["node1"][0], cluster["node2"][0]], NEXT_SLOT, SLOT)
+
+    node, devices = services.job_placement(job_for(reservation, status="queued"))
+
+    assert (node.hostname, devices) == ("node2", [1, 3])
+    assert services.job_placement(job_for(spanning, status="queued")) == (None, None)
