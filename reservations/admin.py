@@ -3,6 +3,7 @@ every admin edit is checked and audited like an API call); the audit log read-on
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import models
 from django.core.exceptions import PermissionDenied
 from django.forms.models import model_to_dict
 
@@ -60,7 +61,8 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Team)
 class TeamAdmin(AuditedAdmin):
-    list_display = ["name", "slug", "colour"]
+    list_display = ["name", "slug", "colour", "webhook_url"]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}  # Django 6's default
     prepopulated_fields = {"slug": ["name"]}
     search_fields = ["name", "slug"]
     inlines = [MembershipInline]
@@ -120,7 +122,7 @@ class ReservationAddForm(ServiceForm):
 
     class Meta:
         model = Reservation
-        fields = ["user", "team", "title", "start", "priority", "preemptible"]
+        fields = ["user", "team", "title", "start", "priority", "preemptible", "auto_rebook"]
 
     def perform(self, data):
         picked = [g.pk for g in data.get("gpus") or []]
@@ -136,6 +138,7 @@ class ReservationAddForm(ServiceForm):
             priority=data["priority"],
             preemptible=data["preemptible"],
             waitlist=data.get("waitlist", False),
+            auto_rebook=data["auto_rebook"],
         )
 
 
@@ -184,14 +187,15 @@ class ReservationAdmin(admin.ModelAdmin):
 
     def get_fields(self, request, obj=None):
         if obj is None:
-            return ["user", "team", "title", "gpus", "gpu_count", "start", "slots", "priority", "preemptible", "waitlist"]
+            return ["user", "team", "title", "gpus", "gpu_count", "start", "slots", "priority", "preemptible",
+                    "auto_rebook", "waitlist"]
         return ["user", "team", "title", "gpu_list", "start", "slots", "end", "priority", "preemptible",
-                "status", "preempted_by", "created", "reason"]
+                "status", "preempted_by", "reclaim_at", "rebook_of", "created", "reason"]
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return []
-        return ["user", "team", "gpu_list", "end", "status", "preempted_by", "created"]
+        return ["user", "team", "gpu_list", "end", "status", "preempted_by", "reclaim_at", "rebook_of", "created"]
 
     def get_changeform_initial_data(self, request):
         return {"user": request.user.pk, "slots": 1}
@@ -249,8 +253,8 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
 @admin.register(Notice)
 class NoticeAdmin(admin.ModelAdmin):
-    list_display = ["created", "user", "kind", "reservation"]
+    list_display = ["created", "user", "kind", "reservation", "emailed_at", "webhook_delivered_at", "webhook_attempts"]
     list_filter = ["kind"]
     list_select_related = ["user", "reservation"]
     raw_id_fields = ["user", "reservation"]
-    readonly_fields = ["created"]
+    readonly_fields = ["created", "data", "emailed_at", "webhook_delivered_at", "webhook_attempts", "webhook_error"]

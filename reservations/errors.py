@@ -16,8 +16,10 @@ class BookingError(Exception):
 class BookingConflict(Exception):
     """The GPUs are taken for (part of) the window: a 409 with the conflicts and suggestions."""
 
-    def __init__(self, message, *, conflicts, suggestions):
+    def __init__(self, message, *, conflicts, suggestions, earliest_allowed_start=None):
         super().__init__(message)
         self.message = message
         self.conflicts = conflicts
         self.suggestions = suggestions
+        # Set when preemption was refused only for lack of notice: the first start that would do.
+        self.earliest_allowed_start = earliest_allowed_start

@@ -1,6 +1,6 @@
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.core.validators import RegexValidator
+from django.core.validators import RegexValidator, URLValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -13,6 +13,10 @@ class Team(models.Model):
         max_length=7,
         default="#4e79a7",
         validators=[RegexValidator(r"^#[0-9a-fA-F]{6}$", "Use a #rrggbb colour.")],
+    )
+    webhook_url = models.URLField(
+        blank=True,
+        validators=[URLValidator(schemes=["http", "https"])], help_text="Notices about the team's bookings are POSTed here as JSON (optional)."
     )
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="teams", blank=True
@@ -104,7 +108,19 @@ class Reservation(models.Model):
     preemptible = models.BooleanField(default=False)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.CONFIRMED)
     preempted_by = models.ForeignKey(
-        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="preempted"
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="preempted",
+        help_text="The booking that took (or is about to take) this one's GPUs.",
+    )
+    reclaim_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="When a preempted booking's GPUs are (or were) taken back and its job stopped.",
+    )
+    auto_rebook = models.BooleanField(
+        default=True, help_text="If preempted, book the unused part again and resume the job from its checkpoint."
+    )
+    rebook_of = models.ForeignKey(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="rebooks",
+        help_text="The preempted booking this one continues.",
     )
     # What was asked for: a waitlisted gpu_count request holds no GPUs until it is promoted.
     gpu_count = models.PositiveSmallIntegerField()
@@ -129,7 +145,7 @@ class Reservation(models.Model):
 
     @property
     def slots(self):
-        return int((self.end - self.start).total_seconds() // (settings.SLOT_HOURS * 3600))
+        return int((self.end - self.start).total_seconds() // (settings.SLOT_MINUTES * 60))
 
     @property
     def allocation_list(self):
@@ -191,6 +207,10 @@ class AuditEntry(models.Model):
         COMPLETE = "complete", "Completed"
         RELEASE = "release", "Released early"
         DELETE = "delete", "Deleted"
+        PREEMPT = "preempt", "Preemption scheduled"
+        RECLAIM = "reclaim", "Preempted (GPUs reclaimed)"
+        REBOOK = "rebook", "Rebooked after preemption"
+        NOTICE = "notice", "Notice sent"
 
     created = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
     actor = models.ForeignKey(
@@ -236,6 +256,8 @@ class Notice(models.Model):
         MOVED = "moved", "Booking moved"
         RELEASED = "released", "Unused slots released"
         SLOT_ENDING = "slot_ending", "Slot ending soon"
+        PREEMPTION_WARNING = "preemption_warning", "Preemption warning"
+        PREEMPTED = "preempted", "Booking preempted"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notices")
     kind = models.CharField(max_length=30, choices=Kind.choices)
@@ -243,8 +265,15 @@ class Notice(models.Model):
         Reservation, on_delete=models.SET_NULL, null=True, blank=True, related_name="notices"
     )
     message = models.TextField()
+    # The facts behind the message, for programs (webhook and API): times, GPUs, bookings.
+    data = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
     created = models.DateTimeField(default=timezone.now, db_index=True)
     read_at = models.DateTimeField(null=True, blank=True)
+    # Delivery outside the app, done by Celery after the notice is committed.
+    emailed_at = models.DateTimeField(null=True, blank=True)
+    webhook_delivered_at = models.DateTimeField(null=True, blank=True)
+    webhook_attempts = models.PositiveSmallIntegerField(default=0)
+    webhook_error = models.TextField(blank=True)
 
     class Meta:
         ordering = ["-created", "-id"]

@@ -16,7 +16,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=dt_timezone.utc)
 
 
 def slot_length():
-    return timedelta(hours=settings.SLOT_HOURS)
+    return timedelta(minutes=settings.SLOT_MINUTES)
+
+
+def _slot_words():
+    minutes = settings.SLOT_MINUTES
+    return f"{minutes // 60}-hour" if minutes % 60 == 0 else f"{minutes}-minute"
 
 
 def floor_to_slot(moment):
@@ -57,7 +62,7 @@ def validate_window(start, slots, now):
     if not is_on_boundary(start):
         raise BookingError(
             "start",
-            f"Start on a {settings.SLOT_HOURS}-hour slot boundary (UTC), e.g. "
+            f"Start on a {_slot_words()} slot boundary (UTC), e.g. "
             f"{ceil_to_slot(start).astimezone(dt_timezone.utc):%Y-%m-%dT%H:%M}Z.",
         )
     if start < now:
@@ -114,3 +119,62 @@ def can_manage(user, reservation):
     return Membership.objects.filter(
         team_id=reservation.team_id, user=user, role=Membership.Role.ADMIN
     ).exists()
+
+
+# --- Preemption -------------------------------------------------------------------------------
+# A booking that overlaps others may take their GPUs (preempt them) under the rules below. The
+# services apply them inside the booking's transaction; reservations.services.preemption_apply does
+# the taking (victims warned, cut, moved or rebooked) and reservation_reclaim the stop at the
+# reclaim time.
+
+_RANK = {Reservation.Priority.LOW: 0, Reservation.Priority.NORMAL: 1, Reservation.Priority.HIGH: 2}
+
+
+def notice_length():
+    return timedelta(minutes=settings.PREEMPTION_NOTICE_MINUTES)
+
+
+def min_runtime():
+    return timedelta(minutes=settings.PREEMPT_MIN_RUNTIME_MINUTES)
+
+
+def may_preempt(priority, *, victim_priority, victim_preemptible):
+    """Rule: only a preemptible booking of strictly lower priority may be preempted (so `high`,
+    never preemptible, is never preempted, and equals never evict each other)."""
+    return victim_preemptible and _RANK[victim_priority] < _RANK[priority]
+
+
+def preemption_refusal(priority, victims):
+    """Why `victims` may not be preempted by a booking of `priority`, or None if they all may.
+    Rule: every overlapping booking must be preemptible and of lower priority, or none is taken."""
+    for victim in victims:
+        if not victim.preemptible:
+            return f"reservation #{victim.pk} is not preemptible"
+        if not may_preempt(priority, victim_priority=victim.priority, victim_preemptible=True):
+            return f"reservation #{victim.pk} is {victim.priority} priority, not lower than {priority}"
+    return None
+
+
+def needs_notice(victims, now):
+    """Rule: taking GPUs from a booking that has begun, or begins within the notice, needs notice."""
+    return any(victim.start < now + notice_length() for victim in victims)
+
+
+def earliest_preempting_start(now):
+    """Rule: with notice needed, a preempting booking starts no sooner than now + the notice (on
+    the next slot boundary at or after it)."""
+    return ceil_to_slot(now + notice_length())
+
+
+def has_begun(victim, start, now):
+    """A victim that has begun is cut at the preemptor's start (its job stopped with a checkpoint,
+    the rest rebooked); one that has not is moved whole, or cancelled if its owner opted out."""
+    return victim.start <= now and victim.start < start
+
+
+def reclaim_time(cut_at, job_spawned_at):
+    """Rule: a job is not stopped within its first PREEMPT_MIN_RUNTIME_MINUTES, against start-stop
+    thrashing (Kueue, KAI). The reclaim moves to after it; the preemptor's job waits for the GPUs."""
+    if job_spawned_at is None:
+        return cut_at
+    return max(cut_at, job_spawned_at + min_runtime())

@@ -134,6 +134,39 @@ def _fits(free_gpus, count, allow_multi_node, start, end):
     return windows
 
 
+def preemption_candidate(*, priority, start, end, gpu_count, allow_multi_node=False):
+    """For a gpu_count booking that found no free GPUs: the GPUs it could have by preempting, as
+    (gpu ids, ids of the bookings in the way), or None. Only GPUs whose every booking in the window
+    this one may preempt (policy.may_preempt) count; free GPUs are taken first, then those that
+    evict the fewest bookings, on the node that evicts the fewest."""
+    gpus = list(GPU.objects.filter(healthy=True).select_related("node").order_by("id"))
+    holders, blocked = defaultdict(set), set()
+    rows = Allocation.objects.filter(live=True, start__lt=end, end__gt=start).values_list(
+        "gpu_id", "reservation_id", "reservation__priority", "reservation__preemptible"
+    )
+    for gpu_id, reservation_id, victim_priority, victim_preemptible in rows:
+        if policy.may_preempt(priority, victim_priority=victim_priority, victim_preemptible=victim_preemptible):
+            holders[gpu_id].add(reservation_id)
+        else:
+            blocked.add(gpu_id)
+    takeable = [g for g in gpus if g.id not in blocked]
+
+    def pick(pool):
+        chosen = sorted(pool, key=lambda g: (len(holders[g.id]), g.id))[:gpu_count]
+        return chosen, set().union(*(holders[g.id] for g in chosen))
+
+    by_node = defaultdict(list)
+    for gpu in takeable:
+        by_node[gpu.node_id].append(gpu)
+    options = [pick(pool) for pool in by_node.values() if len(pool) >= gpu_count]
+    if not options and allow_multi_node and len(takeable) >= gpu_count:
+        options = [pick(takeable)]
+    if not options:
+        return None
+    chosen, victims = min(options, key=lambda option: (len(option[1]), option[0][0].node.hostname))
+    return tuple(sorted(g.id for g in chosen)), victims
+
+
 def booking_suggestions(*, now, start, slots, gpu_ids=None, gpu_count=None, allow_multi_node=False, limit=5):
     """Up to `limit` windows for a request that conflicted, nearest to its start first:
     the same GPUs later, or other GPUs at the same time (or later, for a gpu_count request)."""

@@ -8,14 +8,22 @@ order is the same everywhere and no two transactions can deadlock. On PostgreSQL
 constraint backs this up: should two live allocations ever overlap on one GPU, the insert fails.
 """
 
+import json
 import logging
+import math
+import urllib.request
+from dataclasses import dataclass
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
+from django.core.mail import send_mail
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
-from django.db.models import Prefetch
+from django.db.models import F, Prefetch
 from django.utils import timezone
 
+from trainer.models import TrainingJob
 from trainer.services import job_create, job_spec_check, job_stop_for_booking
 
 from . import policy, selectors
@@ -44,6 +52,8 @@ def snapshot(reservation, gpu_ids=None):
         "priority": reservation.priority,
         "preemptible": reservation.preemptible,
         "status": reservation.status,
+        "preempted_by": reservation.preempted_by_id,
+        "reclaim_at": reservation.reclaim_at.isoformat() if reservation.reclaim_at else None,
     }
 
 
@@ -59,8 +69,90 @@ def audit_record(*, action, actor=None, reservation=None, target="", reason="", 
     )
 
 
-def notice_send(*, user, kind, message, reservation=None):
-    return Notice.objects.create(user=user, kind=kind, message=message, reservation=reservation)
+def notice_send(*, user, kind, message, reservation=None, data=None, audited=False, actor=None):
+    """A notice in the app and the API; after commit, also by e-mail (if the user has an address)
+    and to the reservation's team webhook (if it has one). With `audited`, the audit log records
+    that it was sent, in the same transaction."""
+    notice = Notice.objects.create(
+        user=user, kind=kind, message=message, reservation=reservation, data=data or {}
+    )
+    if audited:
+        audit_record(
+            action=AuditEntry.Action.NOTICE, actor=actor, reservation=reservation,
+            target=f"notice:{notice.pk}", reason=f"{notice.get_kind_display()} to {user.get_username()}: {message}",
+        )
+    from .tasks import notice_deliver  # tasks import this module
+
+    transaction.on_commit(lambda: notice_deliver(notice.pk))
+    return notice
+
+
+def notice_payload(notice):
+    """What a team's webhook receives for a notice."""
+    return {
+        "id": notice.pk,
+        "kind": notice.kind,
+        "user": notice.user.get_username(),
+        "team": notice.reservation.team.slug if notice.reservation else None,
+        "reservation": notice.reservation_id,
+        "message": notice.message,
+        "data": notice.data,
+        "created": notice.created.isoformat(),
+    }
+
+
+def notice_email(*, notice_id):
+    """E-mail a notice to its user, once. SMTP errors propagate (the task retries)."""
+    notice = Notice.objects.select_related("user").filter(pk=notice_id, emailed_at=None).first()
+    if notice is None or not notice.user.email:
+        return False
+    send_mail(
+        subject=f"[GPU scheduler] {notice.get_kind_display()}"
+        + (f": reservation #{notice.reservation_id}" if notice.reservation_id else ""),
+        message=notice.message,
+        from_email=None,
+        recipient_list=[notice.user.email],
+    )
+    Notice.objects.filter(pk=notice_id).update(emailed_at=timezone.now())
+    return True
+
+
+def notice_webhook_post(*, notice_id):
+    """POST a notice to its reservation's team webhook. Returns None when delivered (or nothing to
+    deliver), else the error, for the task to retry. Never called inside a transaction."""
+    notice = (
+        Notice.objects.select_related("user", "reservation__team")
+        .filter(pk=notice_id, webhook_delivered_at=None)
+        .first()
+    )
+    if notice is None or notice.reservation is None or not notice.reservation.team.webhook_url:
+        return None
+    Notice.objects.filter(pk=notice_id).update(webhook_attempts=F("webhook_attempts") + 1)
+    request = urllib.request.Request(
+        notice.reservation.team.webhook_url,
+        data=json.dumps(notice_payload(notice), cls=DjangoJSONEncoder).encode(),
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "gpu-scheduler-webhook/1",
+            # The same id on every retry, so a receiver can drop duplicates.
+            "X-Notice-Id": str(notice.pk),
+            "X-Notice-Kind": notice.kind,
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=settings.WEBHOOK_TIMEOUT_SECONDS) as response:
+            response.read(1024)
+    except (OSError, ValueError) as exc:  # URLError, HTTPError (non-2xx), timeouts
+        error = f"{type(exc).__name__}: {exc}"
+        Notice.objects.filter(pk=notice_id).update(webhook_error=error[:2000])
+        return error
+    Notice.objects.filter(pk=notice_id).update(webhook_delivered_at=timezone.now(), webhook_error="")
+    return None
+
+
+def notice_webhook_gave_up(*, notice_id, error):
+    Notice.objects.filter(pk=notice_id).update(webhook_error=f"Gave up after retries: {error}"[:2000])
 
 
 def _is_overlap_violation(exc):
@@ -159,13 +251,15 @@ def reservation_create(
     title="",
     waitlist=False,
     job=None,
+    auto_rebook=True,
     actor=None,
     now=None,
 ):
     """Book `gpu_ids` (or any `gpu_count` GPUs) for `slots` slots from `start` ("earliest": the
     nearest free window). On conflict: BookingConflict, or with `waitlist` a waitlisted booking.
     `actor` is who asked, when not the owner (an admin booking for someone). `job` is a validated
-    training spec (trainer.spec) to run in the booked slot."""
+    training spec (trainer.spec) to run in the booked slot. A booking that overlaps others may
+    preempt them (rules in policy); `auto_rebook` says what happens if this one is preempted."""
     now = now or timezone.now()
     if (gpu_ids is None) == (gpu_count is None):
         raise BookingError("gpus", "Give exactly one of gpus or gpu_count.")
@@ -186,10 +280,12 @@ def reservation_create(
         preemptible=preemptible,
         gpu_count=len(gpu_ids) if gpu_ids is not None else gpu_count,
         allow_multi_node=allow_multi_node,
+        auto_rebook=auto_rebook,
     )
 
     if start == policy.EARLIEST and gpu_ids is not None:
         _bookable_gpus(gpu_ids, lock=False)  # a clear 400 for a bad id, not "no free window"
+    refusal = None
     for _ in range(EARLIEST_ATTEMPTS if start == policy.EARLIEST else 1):
         if start == policy.EARLIEST:
             found = selectors.find_windows(
@@ -206,32 +302,52 @@ def reservation_create(
             window_start = start
             window_end = policy.validate_window(start, slots, now)
             wanted = gpu_ids
-        try:
-            with transaction.atomic():
-                reservation, conflicts = _book(
-                    fields, window_start, window_end, wanted, waitlist=waitlist, job=job,
-                    actor=actor or user, now=now,
-                )
-        except IntegrityError as exc:
-            if not _is_overlap_violation(exc):
-                raise
-            reservation, conflicts = None, None
+        booking = dict(fields=fields, start=window_start, end=window_end, job=job, actor=actor or user, now=now)
+        reservation, conflicts = _attempt(_book, gpu_ids=wanted, **booking)
+        if reservation is None and start != policy.EARLIEST and priority != Reservation.Priority.LOW:
+            # Taken: perhaps by bookings this one may preempt (rules in policy). "earliest" only
+            # ever looks for free time.
+            reservation, conflicts, refusal = _preempt_or_refuse(gpu_ids=wanted, **booking)
+        if reservation is None and waitlist:
+            reservation, conflicts = _attempt(_book, gpu_ids=wanted, waitlist=True, **booking)
         if reservation is not None:
             return reservation
     if conflicts is None:
         ids = wanted or [g for g in GPU.objects.filter(healthy=True).values_list("id", flat=True)]
         conflicts = list(selectors.conflicting_allocations(ids, window_start, window_end))
-    raise BookingConflict(
-        "The GPUs are already booked for that window.",
-        conflicts=conflicts,
-        suggestions=selectors.booking_suggestions(
-            now=now, start=window_start, slots=slots, gpu_ids=gpu_ids, gpu_count=gpu_count,
-            allow_multi_node=allow_multi_node,
-        ),
+    suggestions = selectors.booking_suggestions(
+        now=now, start=window_start, slots=slots, gpu_ids=gpu_ids, gpu_count=gpu_count,
+        allow_multi_node=allow_multi_node,
     )
+    message = "The GPUs are already booked for that window."
+    earliest = None
+    if refusal is not None:
+        message = f"The GPUs are already booked for that window, and cannot be preempted: {refusal.reason}."
+        earliest = refusal.earliest
+        if earliest is not None:
+            message = (
+                f"Preempting needs {settings.PREEMPTION_NOTICE_MINUTES:g} minutes' notice to its owners: "
+                f"start at {earliest:%Y-%m-%d %H:%M} UTC or later."
+            )
+            suggestions = [
+                selectors.Window(tuple(refusal.gpu_ids), earliest, earliest + (window_end - window_start))
+            ] + [w for w in suggestions if w.start >= earliest][:4]
+    raise BookingConflict(message, conflicts=conflicts, suggestions=suggestions, earliest_allowed_start=earliest)
 
 
-def _book(fields, start, end, gpu_ids, *, waitlist, job, actor, now):
+def _attempt(write, **kwargs):
+    """One booking transaction. An overlap caught by the exclusion constraint (a race the locks did
+    not cover) reads as "taken": (None, None)."""
+    try:
+        with transaction.atomic():
+            return write(**kwargs)
+    except IntegrityError as exc:
+        if not _is_overlap_violation(exc):
+            raise
+        return None, None
+
+
+def _book(*, fields, start, end, gpu_ids, job, actor, now, waitlist=False):
     """Inside a transaction: lock, check, insert. Returns (reservation, None) or (None, conflicts)."""
     if gpu_ids is not None:
         gpus = _bookable_gpus(gpu_ids, lock=True)
@@ -251,21 +367,346 @@ def _book(fields, start, end, gpu_ids, *, waitlist, job, actor, now):
         )
     if chosen is None and not waitlist:
         return None, conflicts
-
-    status = Status.CONFIRMED if chosen else Status.WAITLISTED
-    reservation = Reservation.objects.create(start=start, end=end, status=status, **fields)
     # A waitlisted request remembers the exact GPUs it asked for, not live; a gpu_count request
     # picks its GPUs when promoted.
-    _hold(reservation, chosen or gpu_ids or [], live=bool(chosen))
+    reservation = _insert(
+        fields, start, end, chosen or gpu_ids or [], confirmed=bool(chosen), job=job, actor=actor
+    )
+    return reservation, None
+
+
+def _insert(fields, start, end, gpus, *, confirmed, job, actor, action=None, reason=""):
+    """Write a reservation, its allocations (live when confirmed), its job and its audit entry."""
+    status = Status.CONFIRMED if confirmed else Status.WAITLISTED
+    reservation = Reservation.objects.create(start=start, end=end, status=status, **fields)
+    _hold(reservation, gpus, live=confirmed)
     # Cache the reverse one-to-one either way, so rendering the booking asks nothing more.
     Reservation.job.related.set_cached_value(reservation, job_create(reservation=reservation, spec=job) if job else None)
     audit_record(
-        action=AuditEntry.Action.CREATE if chosen else AuditEntry.Action.WAITLIST,
+        action=action or (AuditEntry.Action.CREATE if confirmed else AuditEntry.Action.WAITLIST),
         actor=actor,
         reservation=reservation,
+        reason=reason,
         after=snapshot(reservation),
     )
-    return reservation, None
+    return reservation
+
+
+# --- Preemption: the rules are in policy; here, taking the GPUs and what follows ---------------
+
+PREEMPT_ATTEMPTS = 3
+# Jobs in these states have nothing left to resume: their preempted booking is not rebooked.
+ENDED_JOBS = TrainingJob.FINISHED
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    reason: str
+    gpu_ids: tuple = ()
+    earliest: object = None
+
+
+def _preempt_or_refuse(*, fields, start, end, gpu_ids, job, actor, now):
+    """Book [start, end) by preempting the bookings in the way, if the rules allow. Returns
+    (reservation, None, None) or (None, conflicts, refusal); refusal is None when there was nothing
+    this booking could take."""
+    for _ in range(PREEMPT_ATTEMPTS):
+        if gpu_ids is None:
+            plan = selectors.preemption_candidate(
+                priority=fields["priority"], start=start, end=end, gpu_count=fields["gpu_count"],
+                allow_multi_node=fields["allow_multi_node"],
+            )
+            if plan is None:
+                return None, None, None
+            wanted, victim_ids = plan
+        else:
+            wanted = gpu_ids
+            victim_ids = set(
+                selectors.overlapping_allocations(gpu_ids, start, end).values_list("reservation_id", flat=True)
+            )
+        outcome = _attempt(
+            _take, fields=fields, start=start, end=end, gpu_ids=list(wanted), victim_ids=victim_ids,
+            job=job, actor=actor, now=now,
+        )
+        if outcome != (None, None):  # not a race lost (bookings in the way changed): decided
+            return outcome
+    return None, None, None
+
+
+def _take(*, fields, start, end, gpu_ids, victim_ids, job, actor, now):
+    """Inside a transaction: lock the bookings in the way, check the rules, and take their GPUs.
+    Returns (None, None) if the bookings in the way changed since they were read."""
+    # The usual order: reservations (id order), then GPUs (id order). Every GPU, because a victim
+    # may be moved or rebooked onto any of them.
+    victims = list(
+        Reservation.objects.select_for_update(of=("self",))
+        .select_related("user", "team")
+        .filter(pk__in=victim_ids)
+        .order_by("id")
+    )
+    _lock_gpus(GPU.objects.values("id"))
+    gpus = _bookable_gpus(gpu_ids, lock=False)
+    conflicts = list(selectors.conflicting_allocations(gpu_ids, start, end))
+    in_way = {c.reservation_id for c in conflicts}
+    if not in_way <= {v.pk for v in victims}:
+        return None, None
+    if not in_way:  # freed meanwhile
+        return _insert(fields, start, end, gpus, confirmed=True, job=job, actor=actor), None, None
+    victims = [v for v in victims if v.pk in in_way]
+    why = policy.preemption_refusal(fields["priority"], victims)
+    if why:
+        return None, conflicts, _Refusal(why)
+    earliest = policy.earliest_preempting_start(now)
+    if policy.needs_notice(victims, now) and start < earliest:
+        return None, conflicts, _Refusal("not enough notice", tuple(gpu_ids), earliest)
+
+    before = {v.pk: snapshot(v) for v in victims}
+    original_end = {v.pk: v.end for v in victims}
+    begun = {v.pk for v in victims if policy.has_begun(v, start, now)}
+    for victim in victims:
+        # Free what the new booking needs before inserting it: the exclusion constraint checks rows.
+        if victim.pk in begun:
+            victim.allocations.update(end=start)
+        else:
+            victim.allocations.update(live=False)
+    preemptor = _insert(
+        fields, start, end, gpus, confirmed=True, job=job, actor=actor,
+        reason="Preempts " + ", ".join(f"#{v.pk}" for v in victims) + ".",
+    )
+    for victim in victims:
+        if victim.pk in begun:
+            _cut(victim, preemptor, before[victim.pk], original_end[victim.pk], actor=actor, now=now)
+        else:
+            _displace(victim, preemptor, before[victim.pk], actor=actor, now=now)
+    transaction.on_commit(lambda: waitlist_promote())  # a victim may have freed more than was taken
+    return preemptor, None, None
+
+
+def _who(reservation):
+    return f"#{reservation.pk} ({reservation.priority}, {reservation.user.get_username()})"
+
+
+def _span(start, end):
+    return f"{start:%Y-%m-%d %H:%M}-{end:%H:%M} UTC"
+
+
+def _gpu_names(gpu_ids):
+    names = {g.pk: g.name for g in GPU.objects.select_related("node").filter(pk__in=gpu_ids)}
+    return [names[pk] for pk in sorted(gpu_ids)]
+
+
+def _cut(victim, preemptor, before, original_end, *, actor, now):
+    """A victim that has begun ends where the preemptor starts. Its job is stopped at the reclaim
+    time (reservation_reclaim, and the node agent), and the unused part is rebooked."""
+    job = TrainingJob.objects.filter(reservation=victim).first()
+    live = job is not None and job.status in TrainingJob.LIVE
+    victim.end = preemptor.start
+    victim.preempted_by = preemptor
+    victim.reclaim_at = policy.reclaim_time(victim.end, job.spawned_at if live else None)
+    victim.save(update_fields=["end", "preempted_by", "reclaim_at", "updated"])
+    gpu_ids = before["gpus"]
+    audit_record(
+        action=AuditEntry.Action.PREEMPT, actor=actor, reservation=victim,
+        reason=(
+            f"Preempted by {_who(preemptor)}, booked {_span(preemptor.start, preemptor.end)}; "
+            f"GPUs reclaimed at {victim.reclaim_at:%Y-%m-%d %H:%M:%S} UTC."
+        ),
+        before=before, after=snapshot(victim, gpu_ids),
+    )
+    rebook, not_rebooked = None, ""
+    if not victim.auto_rebook:
+        not_rebooked = "you opted out of automatic rebooking"
+    elif job is not None and job.status in ENDED_JOBS:
+        not_rebooked = f"its job has already ended ({job.status})"
+    else:
+        slots = math.ceil((original_end - victim.end) / policy.slot_length())
+        rebook = _rebook(victim, preemptor, job, slots=slots, now=now)
+        if rebook is None:
+            not_rebooked = f"no free window of {slots} slot(s) within the booking horizon"
+
+    message = (
+        f"Reservation #{victim.pk} ({', '.join(_gpu_names(gpu_ids))}) is preempted by {_who(preemptor)}: "
+        f"its GPUs are reclaimed at {victim.reclaim_at:%Y-%m-%d %H:%M} UTC"
+        + (", when its job is stopped with a resumable checkpoint." if job is not None else ".")
+    )
+    if rebook is not None:
+        message += f" Rebooked as #{rebook.pk} for {_span(rebook.start, rebook.end)}" + (
+            "; the job resumes there from its checkpoint." if job is not None else "."
+        )
+    else:
+        message += f" Not rebooked: {not_rebooked}."
+    notice_send(
+        user=victim.user, kind=Notice.Kind.PREEMPTION_WARNING, reservation=victim, message=message,
+        audited=True, actor=actor,
+        data={
+            "reservation": victim.pk,
+            "preempted_by": preemptor.pk,
+            "reclaim_at": victim.reclaim_at,
+            "gpus": gpu_ids,
+            "gpu_names": _gpu_names(gpu_ids),
+            "job": job.pk if job is not None else None,
+            "rebooked_as": rebook.pk if rebook else None,
+            "rebook_start": rebook.start if rebook else None,
+            "rebook_end": rebook.end if rebook else None,
+        },
+    )
+    from .tasks import reclaim_at  # tasks import this module
+
+    victim_id, when = victim.pk, victim.reclaim_at
+    transaction.on_commit(lambda: reclaim_at(victim_id, when))
+
+
+def _rebook(victim, preemptor, job, *, slots, now):
+    """The unused part of a cut victim, in the nearest free window of the same size (on its own
+    node when one there starts as early), its job resuming from the victim's checkpoint."""
+    windows = selectors.find_windows(
+        slots=slots, after=preemptor.start, now=now, gpu_count=victim.gpu_count,
+        allow_multi_node=victim.allow_multi_node, limit=5,
+    )
+    if not windows:
+        return None
+    node_of = dict(GPU.objects.values_list("id", "node_id"))
+    own_nodes = {node_of[g] for g in snapshot(victim)["gpus"]}
+    earliest = [w for w in windows if w.start == windows[0].start]
+    window = next((w for w in earliest if {node_of[g] for g in w.gpus} <= own_nodes), earliest[0])
+    fields = dict(
+        user=victim.user, team=victim.team, title=victim.title, priority=victim.priority,
+        preemptible=victim.preemptible, gpu_count=victim.gpu_count, allow_multi_node=victim.allow_multi_node,
+        auto_rebook=victim.auto_rebook, rebook_of=victim,
+    )
+    spec = dict(job.spec, resume_from=job.pk) if job is not None else None
+    rebook = _insert(
+        fields, window.start, window.end, list(window.gpus), confirmed=True, job=spec, actor=None,
+        action=AuditEntry.Action.REBOOK,
+        reason=(
+            f"The unused part of #{victim.pk}, preempted by {_who(preemptor)}"
+            + (f"; job resumes from job {job.pk}'s checkpoint." if job is not None else ".")
+        ),
+    )
+    return rebook
+
+
+def _displace(victim, preemptor, before, *, actor, now):
+    """A victim that has not begun is moved whole to the nearest free window of its size, or
+    cancelled if its owner opted out of rebooking (or there is no such window)."""
+    window = None
+    if victim.auto_rebook:
+        found = selectors.find_windows(
+            slots=max(victim.slots, 1), after=victim.start, now=now, gpu_count=victim.gpu_count,
+            allow_multi_node=victim.allow_multi_node, limit=1,
+        )
+        window = found[0] if found else None
+    taken = f"its GPUs were taken by {_who(preemptor)} for {_span(preemptor.start, preemptor.end)}"
+    if window is not None:
+        victim.start, victim.end = window.start, window.end
+        victim.save(update_fields=["start", "end", "updated"])
+        victim.allocations.all().delete()
+        _hold(victim, window.gpus)
+        audit_record(
+            action=AuditEntry.Action.MOVE, actor=actor, reservation=victim,
+            reason=f"Moved before it began: {taken}.", before=before, after=snapshot(victim),
+        )
+        kind = Notice.Kind.MOVED
+        message = (
+            f"Reservation #{victim.pk} had not begun; {taken}. It is moved to {_span(window.start, window.end)} "
+            f"on {', '.join(_gpu_names(window.gpus))}."
+        )
+    else:
+        why = "you opted out of automatic rebooking" if not victim.auto_rebook else "no free window of its size"
+        victim.status = Status.CANCELLED
+        victim.preempted_by = preemptor
+        victim.save(update_fields=["status", "preempted_by", "updated"])
+        audit_record(
+            action=AuditEntry.Action.PREEMPT, actor=actor, reservation=victim,
+            reason=f"Cancelled before it began: {taken}; not moved: {why}.",
+            before=before, after=snapshot(victim, before["gpus"]),
+        )
+        job_stop_for_booking(reservation=victim, reason=f"Reservation preempted by #{preemptor.pk} before it began.")
+        kind = Notice.Kind.CANCELLED
+        message = f"Reservation #{victim.pk} had not begun; {taken}. It is cancelled ({why})."
+    notice_send(
+        user=victim.user, kind=kind, reservation=victim, message=message, audited=True, actor=actor,
+        data={
+            "reservation": victim.pk,
+            "preempted_by": preemptor.pk,
+            "status": victim.status,
+            "start": victim.start,
+            "end": victim.end,
+            "gpus": snapshot(victim)["gpus"] if window is not None else before["gpus"],
+        },
+    )
+
+
+def reservation_reclaim(*, reservation_id, now=None):
+    """At the reclaim time: the preempted booking ends with status preempted and its job gets the
+    stop request of the slot lifecycle (checkpoint, grace, kill). Returns the time to try again when
+    the job's minimum runtime still protects it, else None. Safe to call any number of times."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        victim = (
+            Reservation.objects.select_for_update(of=("self",))
+            .select_related("user", "team")
+            .filter(pk=reservation_id, preempted_by__isnull=False, status__in=[Status.CONFIRMED, Status.ACTIVE])
+            .first()
+        )
+        if victim is None:
+            return None
+        job = TrainingJob.objects.filter(reservation=victim).first()
+        live = job is not None and job.status in TrainingJob.LIVE
+        due = policy.reclaim_time(victim.end, job.spawned_at if live else None)
+        if due > now:
+            if victim.reclaim_at != due:
+                Reservation.objects.filter(pk=victim.pk).update(reclaim_at=due)
+            return due
+        before = snapshot(victim)
+        victim.status = Status.PREEMPTED
+        victim.reclaim_at = due
+        victim.save(update_fields=["status", "reclaim_at", "updated"])
+        reason = f"Preempted by reservation #{victim.preempted_by_id}: stopping with a resumable checkpoint."
+        audit_record(
+            action=AuditEntry.Action.RECLAIM, reservation=victim,
+            reason=f"GPUs reclaimed for #{victim.preempted_by_id}" + (f"; job {job.pk} asked to stop." if live else "."),
+            before=before, after=snapshot(victim, before["gpus"]),
+        )
+        job_stop_for_booking(reservation=victim, reason=reason)
+        rebooks = list(victim.rebooks.filter(status__in=[Status.CONFIRMED, Status.WAITLISTED]))
+        if job is not None and job.status == TrainingJob.Status.COMPLETED:
+            for rebook in rebooks:
+                _cancel_rebook(rebook.pk, f"Job {job.pk} completed before #{victim.pk} was preempted.")
+            rebooks = []
+        message = f"Reservation #{victim.pk} was preempted by #{victim.preempted_by_id} at {due:%Y-%m-%d %H:%M} UTC"
+        message += "; its job is stopping with a resumable checkpoint" if live else ""
+        message += "".join(f"; it continues in #{r.pk} at {_span(r.start, r.end)}" for r in rebooks) + "."
+        notice_send(
+            user=victim.user, kind=Notice.Kind.PREEMPTED, reservation=victim, message=message, audited=True,
+            data={
+                "reservation": victim.pk, "preempted_by": victim.preempted_by_id, "reclaim_at": due,
+                "job": job.pk if job is not None else None, "rebooked_as": [r.pk for r in rebooks],
+            },
+        )
+    return None
+
+
+def _cancel_rebook(reservation_id, reason):
+    rebook = Reservation.objects.select_for_update(of=("self",)).select_related("user", "team").get(pk=reservation_id)
+    before = snapshot(rebook)
+    rebook.status = Status.CANCELLED
+    rebook.save(update_fields=["status", "updated"])
+    rebook.allocations.update(live=False)
+    audit_record(action=AuditEntry.Action.CANCEL, reservation=rebook, reason=reason, before=before,
+                 after=snapshot(rebook, before["gpus"]))
+    job_stop_for_booking(reservation=rebook, reason=reason)
+    notice_send(user=rebook.user, kind=Notice.Kind.CANCELLED, reservation=rebook, audited=True,
+                message=f"Rebooked reservation #{rebook.pk} is cancelled: {reason}")
+
+
+def reservations_reclaim_due(*, now=None):
+    """Level-triggered twin of the reclaim task: every preempted booking whose time has come."""
+    now = now or timezone.now()
+    due = Reservation.objects.filter(
+        preempted_by__isnull=False, status__in=[Status.CONFIRMED, Status.ACTIVE], end__lte=now
+    ).values_list("pk", flat=True)
+    return sum(1 for pk in list(due) if reservation_reclaim(reservation_id=pk, now=now) is None)
 
 
 def _locked_open_reservation(reservation_id, actor):
@@ -513,8 +954,9 @@ def reservations_advance(*, now=None):
     changed = 0
     transitions = [
         (Status.CONFIRMED, {"start__lte": now, "end__gt": now}, Status.ACTIVE, AuditEntry.Action.ACTIVATE),
-        (Status.CONFIRMED, {"end__lte": now}, Status.COMPLETED, AuditEntry.Action.COMPLETE),
-        (Status.ACTIVE, {"end__lte": now}, Status.COMPLETED, AuditEntry.Action.COMPLETE),
+        # A preempted booking ends through reservation_reclaim, as "preempted".
+        (Status.CONFIRMED, {"end__lte": now, "preempted_by": None}, Status.COMPLETED, AuditEntry.Action.COMPLETE),
+        (Status.ACTIVE, {"end__lte": now, "preempted_by": None}, Status.COMPLETED, AuditEntry.Action.COMPLETE),
     ]
     for old, when, new, action in transitions:
         with transaction.atomic():

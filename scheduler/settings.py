@@ -34,6 +34,19 @@ def env_int(name, default, *, minimum=None):
     return value
 
 
+def env_float(name, default, *, minimum=None):
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
 def env_bool(name, default):
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -64,10 +77,15 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 # --- Booking policy knobs (read by reservations.policy) ---
 SLOT_HOURS = env_int("SLOT_HOURS", 2, minimum=1)
-if 24 % SLOT_HOURS:
-    raise ImproperlyConfigured(f"SLOT_HOURS must divide 24, got {SLOT_HOURS}")
+# The slot in minutes; SLOT_MINUTES overrides SLOT_HOURS for short slots (demos, end-to-end tests).
+SLOT_MINUTES = env_int("SLOT_MINUTES", SLOT_HOURS * 60, minimum=1)
+if (24 * 60) % SLOT_MINUTES:
+    raise ImproperlyConfigured(f"The slot ({SLOT_MINUTES} minutes) must divide a day")
 BOOKING_HORIZON_DAYS = env_int("BOOKING_HORIZON_DAYS", 28, minimum=1)
-PREEMPTION_NOTICE_MINUTES = env_int("PREEMPTION_NOTICE_MINUTES", 30, minimum=0)
+# Preemption (reservations.policy): how far ahead a victim is warned, and how long a job that has
+# just started runs before it may be preempted (against start-stop thrashing). Fractions allowed.
+PREEMPTION_NOTICE_MINUTES = env_float("PREEMPTION_NOTICE_MINUTES", 30, minimum=0)
+PREEMPT_MIN_RUNTIME_MINUTES = env_float("PREEMPT_MIN_RUNTIME_MINUTES", 15, minimum=0)
 # Idempotency records older than this are pruned; a retry after it books again.
 IDEMPOTENCY_TTL_HOURS = env_int("IDEMPOTENCY_TTL_HOURS", 24, minimum=1)
 # Largest JSON body the API reads; DRF's parsers bypass DATA_UPLOAD_MAX_MEMORY_SIZE.
@@ -176,6 +194,18 @@ LOGIN_URL = "/admin/login/"
 
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "gpu-scheduler@localhost")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH", str(VAR_DIR / "mail"))
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
+# Team webhooks (notices as JSON POSTs): per-attempt timeout, and how often a failure is retried
+# (with exponential backoff) before the notice records the delivery as failed.
+WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 5, minimum=1)
+WEBHOOK_MAX_RETRIES = env_int("WEBHOOK_MAX_RETRIES", 8, minimum=0)
+WEBHOOK_RETRY_BACKOFF_MAX_SECONDS = env_int("WEBHOOK_RETRY_BACKOFF_MAX_SECONDS", 600, minimum=1)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

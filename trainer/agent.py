@@ -113,11 +113,13 @@ class NodeAgent:
             return True
         if reservation.status in (Reservation.Status.CANCELLED, Reservation.Status.PREEMPTED):
             return True
-        return now >= reservation.end and now >= services.overrun_deadline(reservation)
+        return now >= reservation.end and now >= services.stop_deadline(reservation, job)
 
     def _stop_reason(self, job, reservation, now):
         if job.status == Status.STOPPING:
             return job.reason
+        if reservation.preempted_by_id is not None:
+            return f"Preempted by reservation #{reservation.preempted_by_id}: stopping with a resumable checkpoint."
         if reservation.status != Reservation.Status.ACTIVE and now < reservation.end:
             return f"The booking was {reservation.status}."
         return "The booking ended."
@@ -131,6 +133,8 @@ class NodeAgent:
             return
         if not self._devices_free(job):
             return  # gang readiness: the previous job on one of its GPUs has not exited yet
+        if not services.job_ready_to_start(job):
+            return  # the job it resumes is still saving its last checkpoint
         if not services.job_claim_start(job_id=job.pk, node=self.node, devices=devices):
             return
         # Spawned from the agent's own long-lived thread: PDEATHSIG follows the spawning thread.

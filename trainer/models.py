@@ -33,6 +33,9 @@ class TrainingJob(models.Model):
     checkpoint = models.CharField(max_length=1000, blank=True, help_text="Latest resumable checkpoint.")
     checkpoint_sha256 = models.CharField(max_length=64, blank=True)
     checkpoint_epoch = models.PositiveIntegerField(null=True, blank=True)
+    batches_lost = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Batches trained after the last checkpoint when the run ended."
+    )
     resumed_from = models.ForeignKey("self", on_delete=models.PROTECT, null=True, blank=True, related_name="resumed_by")
     start_epoch = models.PositiveIntegerField(null=True, blank=True, help_text="First epoch this run trained.")
     node = models.ForeignKey(Node, on_delete=models.PROTECT, null=True, blank=True, related_name="jobs")

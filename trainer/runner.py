@@ -81,6 +81,7 @@ def _record_checkpoint(job_id, trainer, checkpoint_dir):
     partial = target.with_suffix(".pt.partial")
     digest = _copy_hashing(trainer.last, partial)  # one read for both, on every epoch's save
     os.replace(partial, target)  # atomic: a reader sees the whole file or none
+    BatchCount.saved = BatchCount.trained
     TrainingJob.objects.filter(pk=job_id).update(
         checkpoint=str(target), checkpoint_sha256=digest, checkpoint_epoch=epoch, updated=timezone.now()
     )
@@ -107,7 +108,16 @@ def _record_start(job_id, trainer):
     )
 
 
-def _stop_between_batches(trainer):
+class BatchCount:
+    """Batches trained, and how many of them the newest checkpoint holds: the difference is the
+    progress a stop or crash loses."""
+
+    trained = 0
+    saved = 0
+
+
+def _count_batch(trainer):
+    BatchCount.trained += 1
     if STOP.is_set():
         trainer.stop = True
 
@@ -127,7 +137,9 @@ def train(job_id):
     run_dir, checkpoint_dir = job_dirs(job)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     spec = dict(job.spec)
-    source = job.resumed_from.checkpoint if job.resumed_from_id else (job.checkpoint or None)
+    from .services import resume_source
+
+    source = resume_source(job)
 
     from ultralytics import YOLO
 
@@ -153,7 +165,7 @@ def train(job_id):
             arguments = {k: v for k, v in spec.items() if k not in ("model", "resume_from", "workers")}
             arguments.update(common, project=str(run_dir), name="train")
         model.add_callback("on_train_start", lambda t: _record_start(job_id, t))
-        model.add_callback("on_train_batch_end", _stop_between_batches)
+        model.add_callback("on_train_batch_end", _count_batch)
         model.add_callback("on_model_save", lambda t: _record_checkpoint(job_id, t, checkpoint_dir))
         model.add_callback("on_fit_epoch_end", lambda t: _record_progress(job_id, t))
         model.train(trainer=_trainer_class(), **arguments)
@@ -175,5 +187,6 @@ def train(job_id):
 
 def _finish(job_id, status, reason):
     TrainingJob.objects.filter(pk=job_id).exclude(status__in=TrainingJob.FINISHED + (Status.INTERRUPTED,)).update(
-        status=status, reason=reason, ended_at=timezone.now(), pid=None
+        status=status, reason=reason, ended_at=timezone.now(), pid=None,
+        batches_lost=BatchCount.trained - BatchCount.saved,
     )

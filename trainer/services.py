@@ -92,6 +92,35 @@ def overrun_deadline(reservation):
     return min(deadline, next_start) if next_start else deadline
 
 
+def stop_deadline(reservation, job):
+    """When the agent stops a live job: at its booking's end plus any overrun grace; a preempted
+    booking's job at the reclaim time, but never within its minimum runtime (policy.reclaim_time)."""
+    deadline = overrun_deadline(reservation)
+    if reservation.preempted_by_id is not None:
+        deadline = policy.reclaim_time(reservation.end, job.spawned_at)
+    return deadline
+
+
+def job_ready_to_start(job):
+    """A job that resumes another waits until that one has exited, so it resumes from its final
+    checkpoint (a preempted job may still be saving when the rebooked one's slot begins)."""
+    if job.resumed_from_id is None:
+        return True
+    return not TrainingJob.objects.filter(pk=job.resumed_from_id, status__in=TrainingJob.LIVE).exists()
+
+
+def resume_source(job):
+    """The checkpoint a job starts from: its own (it was interrupted), else the newest one along
+    the jobs it resumes (one that stopped before its first checkpoint passes on its source's)."""
+    seen = set()
+    while job is not None and job.pk not in seen:
+        if job.checkpoint:
+            return job.checkpoint
+        seen.add(job.pk)
+        job = job.resumed_from
+    return None
+
+
 def job_claim_start(*, job_id, node, devices, now=None):
     """Atomically move a queued or interrupted job to starting: a second start is a no-op."""
     claimed = TrainingJob.objects.filter(pk=job_id, status__in=TrainingJob.WAITING).update(
@@ -208,6 +237,7 @@ def slot_end_notices(*, now, lead):
 
     ending = Reservation.objects.filter(
         status=Reservation.Status.ACTIVE,
+        preempted_by=None,  # warned of its preemption instead
         end__lte=now + lead,
         end__gt=now,
         job__status__in=[TrainingJob.Status.RUNNING, TrainingJob.Status.STARTING],

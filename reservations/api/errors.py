@@ -8,16 +8,16 @@ from ..errors import BookingConflict, BookingError
 
 
 def conflict_response(exc):
-    from .serializers import ConflictSerializer, WindowSerializer
+    from .serializers import AwareDateTimeField, ConflictSerializer, WindowSerializer
 
-    return Response(
-        {
-            "detail": exc.message,
-            "conflicts": ConflictSerializer(exc.conflicts, many=True).data,
-            "suggestions": WindowSerializer(exc.suggestions, many=True).data,
-        },
-        status=status.HTTP_409_CONFLICT,
-    )
+    body = {
+        "detail": exc.message,
+        "conflicts": ConflictSerializer(exc.conflicts, many=True).data,
+        "suggestions": WindowSerializer(exc.suggestions, many=True).data,
+    }
+    if exc.earliest_allowed_start is not None:
+        body["earliest_allowed_start"] = AwareDateTimeField().to_representation(exc.earliest_allowed_start)
+    return Response(body, status=status.HTTP_409_CONFLICT)
 
 
 def exception_handler(exc, context):

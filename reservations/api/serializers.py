@@ -56,6 +56,9 @@ class ReservationCreateSerializer(StrictSerializer):
     team = serializers.SlugField(required=False, allow_blank=False)
     title = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     waitlist = serializers.BooleanField(default=False)
+    auto_rebook = serializers.BooleanField(
+        default=True, help_text="If preempted, rebook the unused part and resume the job from its checkpoint."
+    )
     job = JobSpecSerializer(required=False)
 
     def validate(self, attrs):
@@ -75,6 +78,7 @@ class JobSerializer(serializers.Serializer):
     checkpoint = serializers.CharField()
     resumed_from = serializers.IntegerField(source="resumed_from_id", allow_null=True)
     start_epoch = serializers.IntegerField(allow_null=True)
+    batches_lost = serializers.IntegerField(allow_null=True)
     spec = serializers.DictField()
     started_at = AwareDateTimeField(allow_null=True)
     ended_at = AwareDateTimeField(allow_null=True)
@@ -97,6 +101,9 @@ class ReservationSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=Reservation.Status.choices, read_only=True)
     created = AwareDateTimeField(read_only=True)
     preempted_by = serializers.IntegerField(source="preempted_by_id", read_only=True, allow_null=True)
+    reclaim_at = AwareDateTimeField(read_only=True, allow_null=True)
+    auto_rebook = serializers.BooleanField(read_only=True)
+    rebook_of = serializers.IntegerField(source="rebook_of_id", read_only=True, allow_null=True)
     job = serializers.SerializerMethodField()
 
     def get_gpus(self, obj) -> list[int]:
@@ -177,7 +184,7 @@ class NoticeSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Notice
-        fields = ["id", "kind", "reservation", "message", "created", "read_at"]
+        fields = ["id", "kind", "reservation", "message", "data", "created", "read_at"]
 
 
 class AuditEntrySerializer(serializers.ModelSerializer):

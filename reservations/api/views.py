@@ -92,6 +92,7 @@ class ReservationViewSet(
                 title=data["title"],
                 waitlist=data["waitlist"],
                 job=data.get("job"),
+                auto_rebook=data["auto_rebook"],
             )
             return self._render(reservation), status.HTTP_201_CREATED
 

@@ -28,7 +28,7 @@ def test_it_books_named_gpus_and_returns_the_contract_shape(api, cluster, owner)
     body = response.json()
     assert set(body) == {
         "id", "user", "team", "title", "gpus", "gpu_names", "start", "end", "slots", "priority",
-        "preemptible", "status", "created", "preempted_by", "job",
+        "preemptible", "status", "created", "preempted_by", "reclaim_at", "auto_rebook", "rebook_of", "job",
     }
     assert body["gpus"] == [g.pk for g in gpus]
     assert body["gpu_names"] == ["node1/gpu0", "node1/gpu1"]
