@@ -1,10 +1,9 @@
 """Priorities and soft preemption: each rule of reservations.policy, through the API and the services,
 with time frozen at 09:17 (next slot 10:00, slots of two hours, 30 minutes' notice)."""
 
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import datetime, timezone as dt_timezone
 
 import pytest
-from django.utils import timezone
 
 from reservations import services
 from reservations.models import AuditEntry, Notice, Reservation

@@ -1,81 +1,33 @@
 """The slot lifecycle with a real node worker (a `celery worker` process on the node's queue, with
 its agent), real Redis and PostgreSQL, and real ultralytics training on CPU devices."""
 
-import os
-import signal
 import subprocess
-import sys
 import time
 from datetime import timedelta
 
 import pytest
-from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from reservations import policy, services
-from reservations.models import GPU, Allocation, AuditEntry, Node, Reservation
+from reservations.models import GPU, Allocation, AuditEntry, Reservation
 from trainer.models import TrainingJob
 from trainer.runner import sha256_of
 from trainer.spec import JobSpecSerializer
 
 from .conftest import wait_for
 from ..conftest import client_for, make_user
+from ..workers import NodeWorker, kill_training_children
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
 HOST = "lifecycle-node"
 
 
-class NodeWorker:
-    """A node's Celery worker in its own process, as `celery -A scheduler worker` runs it."""
-
-    def __init__(self, tmp_path):
-        self.log = tmp_path / "node-worker.log"
-        self.process = None
-
-    def start(self):
-        db = connection.settings_dict
-        env = dict(
-            os.environ,
-            DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-            NODE_AGENT_HOSTNAME=HOST,
-            CPU_DEVICE_COUNT="2",
-            STOP_GRACE_SECONDS="60",
-            HEARTBEAT_SECONDS="1",
-        )
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "scheduler", "worker", "-Q", f"node.{HOST}",
-                 "--pool", "threads", "--concurrency", "2", "-n", f"{HOST}@%h", "--loglevel", "INFO"],
-                cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
-        wait_for(lambda: Node.objects.filter(hostname=HOST, online=True).exists(), 60, "the node to register")
-        return self
-
-    def kill(self):
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
 @pytest.fixture
 def node_worker(tmp_path, training_data):
-    worker = NodeWorker(tmp_path)
+    worker = NodeWorker(tmp_path / "node-worker.log", HOST)
     yield worker
     worker.stop()
-    # No training child may outlive the test.
-    for job in TrainingJob.objects.exclude(pid=None):
-        try:
-            os.killpg(job.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    kill_training_children()
 
 
 def booking_now(user, team, gpus, *, starts_in, length, spec=None):

@@ -1,0 +1,81 @@
+"""Real Celery workers for tests: `celery -A scheduler worker` processes against the test database
+and Redis, as production runs them."""
+
+import os
+import signal
+import subprocess
+import sys
+
+from django.conf import settings
+from django.db import connection
+
+from reservations.models import Node
+from trainer.models import TrainingJob
+
+from .trainer.conftest import wait_for
+
+
+class Worker:
+    """A worker process on `queues`, with `env` on top of this process's environment."""
+
+    def __init__(self, log, queues, name, **env):
+        self.log, self.queues, self.name, self.env = log, queues, name, env
+        self.process = None
+
+    def start(self):
+        db = connection.settings_dict
+        env = dict(
+            os.environ, DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}", **self.env
+        )
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "scheduler", "worker", "-Q", ",".join(self.queues),
+                 "--pool", "threads", "--concurrency", "4", "-n", f"{self.name}@%h", "--loglevel", "INFO"],
+                cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def kill(self):
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+class NodeWorker(Worker):
+    """A GPU node's worker (its node agent trains there), here with two CPU devices. With
+    `central`, it also takes the central queue (reclaims, notice delivery)."""
+
+    def __init__(self, log, host, central=False, **env):
+        queues = [f"node.{host}"] + (["celery"] if central else [])
+        env = dict(dict(NODE_AGENT_HOSTNAME=host, CPU_DEVICE_COUNT="2", STOP_GRACE_SECONDS="60", HEARTBEAT_SECONDS="1"), **env)
+        super().__init__(log, queues, host, **env)
+        self.host = host
+
+    def start(self):
+        super().start()
+        wait_for(lambda: Node.objects.filter(hostname=self.host, online=True).exists(), 60, "the node to register")
+        return self
+
+
+def purge_central_queue():
+    """Drop central tasks queued by earlier tests (their rows are gone) before a worker takes it."""
+    subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "scheduler", "purge", "-f", "-Q", "celery"],
+        cwd=settings.BASE_DIR, check=True, capture_output=True,
+    )
+
+
+def kill_training_children():
+    """No training child may outlive a test."""
+    for job in TrainingJob.objects.exclude(pid=None):
+        try:
+            os.killpg(job.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
