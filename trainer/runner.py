@@ -176,8 +176,9 @@ def train(job_id):
     if STOP.is_set():
         # A stop the service asked for (status stopping) is "stopped"; any other SIGTERM (the
         # worker died, the node shuts down) is an interruption, resumed within the booking.
-        if TrainingJob.objects.filter(pk=job_id, status=Status.STOPPING).exists():
-            _finish(job_id, Status.STOPPED, "Stopped on request with a resumable checkpoint.")
+        asked = TrainingJob.objects.filter(pk=job_id, status=Status.STOPPING).values_list("reason", flat=True).first()
+        if asked is not None:
+            _finish(job_id, Status.STOPPED, f"Stopped with a resumable checkpoint. Asked: {asked}")
             return Status.STOPPED
         _finish(job_id, Status.INTERRUPTED, "Interrupted (SIGTERM not from the scheduler); resumable checkpoint saved.")
         return Status.INTERRUPTED

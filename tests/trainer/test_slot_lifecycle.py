@@ -77,7 +77,7 @@ def test_a_booking_trains_at_its_start_reports_progress_and_a_cancel_stops_it_wi
     stopped = wait_for(lambda: (j := job(training.pk)).status == "stopped" and j, 120, "the stop")
     assert stopped.checkpoint and sha256_of(stopped.checkpoint) == stopped.checkpoint_sha256
     assert stopped.checkpoint_epoch >= 1
-    assert "cancelled" in stopped.reason.lower() or stopped.reason.startswith("Stopped")
+    assert stopped.reason.startswith("Stopped with a resumable checkpoint") and "cancelled" in stopped.reason
 
 
 def test_a_worker_killed_mid_run_interrupts_the_job_and_a_new_worker_resumes_it(node_worker, team, training_data):
