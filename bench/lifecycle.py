@@ -20,7 +20,6 @@ wall-time ratio <= 1.03.
 
 import argparse
 import os
-import platform
 import random
 import signal
 import subprocess
@@ -30,9 +29,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import psycopg
+from benchlib import REPO, machine, setup_environment, start_worker, wait_for
 
-REPO = Path(__file__).resolve().parent.parent
 DB = "gpu_bench_lifecycle"
 HOST = "bench-node"
 
@@ -40,49 +38,6 @@ HOST = "bench-node"
 def percentile(values, p):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
-
-
-def setup_environment(work):
-    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DB}"')
-    os.environ.update(
-        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{DB}",
-        CELERY_BROKER_URL="redis://127.0.0.1:6379/14",
-        SECRET_KEY="bench",
-        DEBUG="0",
-        LOG_LEVEL="WARNING",
-        TRAINING_DATA_ROOTS=str(work / "data"),
-        TRAINING_RUNS_DIR=str(work / "runs"),
-        VAR_DIR=str(work / "var"),
-        CPU_DEVICE_COUNT="1",
-        HEARTBEAT_SECONDS="1",
-        DJANGO_SETTINGS_MODULE="scheduler.settings",
-    )
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=REPO, check=True)
-    sys.path.insert(0, str(REPO))
-    import django
-
-    django.setup()
-
-
-def start_worker(log):
-    env = dict(os.environ, NODE_AGENT_HOSTNAME=HOST)
-    return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "scheduler", "worker", "-Q", f"node.{HOST}", "--pool", "threads",
-         "--concurrency", "2", "-n", f"{HOST}@%h", "--loglevel", "WARNING"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def booking_with_job(user, team, gpu, spec, starts_in):
@@ -107,7 +62,7 @@ def main():
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="lifecycle-bench-"))
-    setup_environment(work)
+    setup_environment(DB, work, redis_db=14, CPU_DEVICE_COUNT="1")
     from django.contrib.auth import get_user_model
     from django.utils import timezone
 
@@ -131,7 +86,7 @@ def main():
         return serializer.validated_data
 
     log = open(work / "worker.log", "ab")
-    worker = start_worker(log)
+    worker = start_worker(log, HOST)
     try:
         gpu = wait_for(lambda: GPU.objects.filter(node__hostname=HOST).first(), 60, "the node to register")
         starts, stops = [], []
@@ -184,9 +139,8 @@ def main():
                        env=dict(os.environ, YOLO_OFFLINE="1", CUDA_VISIBLE_DEVICES=""))
         direct_runs.append(time.monotonic() - began)
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     ratio = min(service_runs) / min(direct_runs)
-    print(f"machine   : {os.cpu_count()} CPUs ({cpu}), {platform.platform()}, Python {platform.python_version()}")
+    print(f"machine   : {machine()}")
     print("setup     : node worker (celery threads pool + agent), Redis broker, PostgreSQL; CPU device; "
           "YOLOv8n, 64 px, batch 4, 24 train / 8 val images")
     print(f"start     : slot start -> training process running, {len(starts)} starts: "

@@ -23,67 +23,14 @@ postgres; Redis at 127.0.0.1:6379, db 13).
 
 import argparse
 import os
-import platform
 import signal
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import psycopg
+from benchlib import machine, setup_environment, start_worker, wait_for
 
-REPO = Path(__file__).resolve().parent.parent
 DB = "gpu_bench_preemption"
 HOST = "bench-node"
-
-
-def setup_environment(work, notice_seconds):
-    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DB}"')
-    os.environ.update(
-        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{DB}",
-        CELERY_BROKER_URL="redis://127.0.0.1:6379/13",
-        SECRET_KEY="bench",
-        DEBUG="0",
-        LOG_LEVEL="WARNING",
-        TRAINING_DATA_ROOTS=str(work / "data"),
-        TRAINING_RUNS_DIR=str(work / "runs"),
-        VAR_DIR=str(work / "var"),
-        CPU_DEVICE_COUNT="2",
-        HEARTBEAT_SECONDS="1",
-        SLOT_MINUTES="1",
-        PREEMPTION_NOTICE_MINUTES=str(notice_seconds / 60),
-        PREEMPT_MIN_RUNTIME_MINUTES="0.1",
-        DJANGO_SETTINGS_MODULE="scheduler.settings",
-    )
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=REPO, check=True)
-    subprocess.run([sys.executable, "-m", "celery", "-A", "scheduler", "purge", "-f"], cwd=REPO, check=True,
-                   capture_output=True)
-    sys.path.insert(0, str(REPO))
-    import django
-
-    django.setup()
-
-
-def start_worker(log):
-    env = dict(os.environ, NODE_AGENT_HOSTNAME=HOST)
-    return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "scheduler", "worker", "-Q", f"node.{HOST},celery", "--pool",
-         "threads", "--concurrency", "4", "-n", f"{HOST}@%h", "--loglevel", "WARNING"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def summary(values, unit):
@@ -98,7 +45,10 @@ def main():
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="preemption-bench-"))
-    setup_environment(work, args.notice_seconds)
+    setup_environment(
+        DB, work, redis_db=13, CPU_DEVICE_COUNT="2", SLOT_MINUTES="1",
+        PREEMPTION_NOTICE_MINUTES=str(args.notice_seconds / 60), PREEMPT_MIN_RUNTIME_MINUTES="0.1",
+    )
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Permission
     from django.utils import timezone
@@ -131,7 +81,7 @@ def main():
         return TrainingJob.objects.get(reservation=reservation)
 
     log = open(work / "worker.log", "ab")
-    worker = start_worker(log)
+    worker = start_worker(log, HOST, central=True, concurrency=4)
     leads, saved, freed, lost, spawned, training = [], [], [], [], [], []
     try:
         gpu = wait_for(lambda: GPU.objects.filter(node__hostname=HOST).order_by("index").first(), 60, "the node")
@@ -174,8 +124,7 @@ def main():
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=60)
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    print(f"machine        : {os.cpu_count()} CPUs ({cpu}), {platform.platform()}, Python {platform.python_version()}")
+    print(f"machine        : {machine()}")
     print(f"setup          : node worker (threads pool + agent + central queue), Redis, PostgreSQL; CPU devices; "
           f"YOLOv8n 64 px batch 4; 1-minute slots, notice {args.notice_seconds:g} s, min runtime 6 s; {args.rounds} rounds")
     print(f"notice lead    : warning notice -> reclaim time: {summary(leads, 's')}")

@@ -66,8 +66,15 @@ def _publish(task, *, args, **options):
         log.exception("could not queue %s%s", task.name, tuple(args))
 
 
+# A task with an eta waits unacknowledged in a worker; with Redis, one held past the visibility
+# timeout is delivered again. Reclaims further off are left to tick's sweep (every TICK_SECONDS);
+# the node agent stops the job itself at the reclaim time either way.
+RECLAIM_ETA_HORIZON = timedelta(minutes=50)
+
+
 def reclaim_at(reservation_id, when):
-    _publish(reclaim, args=[reservation_id], eta=when)
+    if when - timezone.now() <= RECLAIM_ETA_HORIZON:
+        _publish(reclaim, args=[reservation_id], eta=when)
 
 
 def notice_deliver(notice_id):
