@@ -182,3 +182,28 @@ def test_a_membership_added_in_the_team_admin_is_audited(admin_client, team, out
     assert response.status_code == 302, response.content.decode()[:3000]
     entry = AuditEntry.objects.get(target__startswith="membership:")
     assert (entry.action, entry.after["user"], entry.after["role"]) == ("create", outsider.pk, "admin")
+
+
+def test_an_admin_high_booking_preempts_like_the_api_with_the_admin_as_actor(admin_client, cluster, owner, team, high_booker):
+    victim = book(owner, cluster["node1"][:1], priority="low")
+
+    response = admin_client.post(
+        "/admin/reservations/reservation/add/",
+        add_form(high_booker, team, cluster["node1"][:1], priority="high", slots=1, auto_rebook="on"),
+    )
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    victim.refresh_from_db()
+    assert victim.allocations.get().gpu_id == cluster["node1"][1].pk
+    assert AuditEntry.objects.get(action="move", reservation=victim).actor == admin_client.user
+
+
+def test_an_admin_booking_refused_preemption_says_why(admin_client, cluster, owner, team, high_booker):
+    book(owner, cluster["node1"][:1], priority="low", preemptible=False)
+
+    response = admin_client.post(
+        "/admin/reservations/reservation/add/", add_form(high_booker, team, cluster["node1"][:1], priority="high")
+    )
+
+    assert response.status_code == 200
+    assert "cannot be preempted" in response.content.decode() and "is not preemptible" in response.content.decode()
