@@ -307,7 +307,8 @@ def reservation_create(
         if reservation is None and start != policy.EARLIEST and priority != Reservation.Priority.LOW:
             # Taken: perhaps by bookings this one may preempt (rules in policy). "earliest" only
             # ever looks for free time.
-            reservation, conflicts, refusal = _preempt_or_refuse(gpu_ids=wanted, **booking)
+            reservation, in_way, refusal = _preempt_or_refuse(gpu_ids=wanted, **booking)
+            conflicts = in_way or conflicts
         if reservation is None and waitlist:
             reservation, conflicts = _attempt(_book, gpu_ids=wanted, waitlist=True, **booking)
         if reservation is not None:
@@ -424,6 +425,11 @@ def _preempt_or_refuse(*, fields, start, end, gpu_ids, job, actor, now):
             victim_ids = set(
                 selectors.overlapping_allocations(gpu_ids, start, end).values_list("reservation_id", flat=True)
             )
+            # Most conflicts are with bookings that may not be preempted: say so from a plain read,
+            # without the locks that taking needs.
+            refusal = _preemption_refusal(fields["priority"], Reservation.objects.filter(pk__in=victim_ids), start, now, wanted)
+            if refusal is not None:
+                return None, None, refusal
         outcome = _attempt(
             _take, fields=fields, start=start, end=end, gpu_ids=list(wanted), victim_ids=victim_ids,
             job=job, actor=actor, now=now,
@@ -431,6 +437,18 @@ def _preempt_or_refuse(*, fields, start, end, gpu_ids, job, actor, now):
         if outcome != (None, None):  # not a race lost (bookings in the way changed): decided
             return outcome
     return None, None, None
+
+
+def _preemption_refusal(priority, victims, start, now, gpu_ids):
+    """Why the rules (policy) forbid taking the GPUs of `victims` for a booking starting at `start`."""
+    victims = list(victims)
+    why = policy.preemption_refusal(priority, victims)
+    if why:
+        return _Refusal(why)
+    earliest = policy.earliest_preempting_start(now)
+    if policy.needs_notice(victims, now) and start < earliest:
+        return _Refusal("not enough notice", tuple(gpu_ids), earliest)
+    return None
 
 
 def _take(*, fields, start, end, gpu_ids, victim_ids, job, actor, now):
@@ -453,12 +471,9 @@ def _take(*, fields, start, end, gpu_ids, victim_ids, job, actor, now):
     if not in_way:  # freed meanwhile
         return _insert(fields, start, end, gpus, confirmed=True, job=job, actor=actor), None, None
     victims = [v for v in victims if v.pk in in_way]
-    why = policy.preemption_refusal(fields["priority"], victims)
-    if why:
-        return None, conflicts, _Refusal(why)
-    earliest = policy.earliest_preempting_start(now)
-    if policy.needs_notice(victims, now) and start < earliest:
-        return None, conflicts, _Refusal("not enough notice", tuple(gpu_ids), earliest)
+    refusal = _preemption_refusal(fields["priority"], victims, start, now, gpu_ids)
+    if refusal is not None:
+        return None, conflicts, refusal
 
     before = {v.pk: snapshot(v) for v in victims}
     original_end = {v.pk: v.end for v in victims}
