@@ -307,7 +307,7 @@ def reservation_create(
         if reservation is None and start != policy.EARLIEST and priority != Reservation.Priority.LOW:
             # Taken: perhaps by bookings this one may preempt (rules in policy). "earliest" only
             # ever looks for free time.
-            reservation, in_way, refusal = _preempt_or_refuse(gpu_ids=wanted, **booking)
+            reservation, in_way, refusal = _preempt_or_refuse(gpu_ids=wanted, conflicts=conflicts, **booking)
             conflicts = in_way or conflicts
         if reservation is None and waitlist:
             reservation, conflicts = _attempt(_book, gpu_ids=wanted, waitlist=True, **booking)
@@ -407,7 +407,7 @@ class _Refusal:
     earliest: object = None
 
 
-def _preempt_or_refuse(*, fields, start, end, gpu_ids, job, actor, now):
+def _preempt_or_refuse(*, fields, start, end, gpu_ids, conflicts, job, actor, now):
     """Book [start, end) by preempting the bookings in the way, if the rules allow. Returns
     (reservation, None, None) or (None, conflicts, refusal); refusal is None when there was nothing
     this booking could take."""
@@ -422,14 +422,16 @@ def _preempt_or_refuse(*, fields, start, end, gpu_ids, job, actor, now):
             wanted, victim_ids = plan
         else:
             wanted = gpu_ids
-            victim_ids = set(
-                selectors.overlapping_allocations(gpu_ids, start, end).values_list("reservation_id", flat=True)
-            )
-            # Most conflicts are with bookings that may not be preempted: say so from a plain read,
-            # without the locks that taking needs.
-            refusal = _preemption_refusal(fields["priority"], Reservation.objects.filter(pk__in=victim_ids), start, now, wanted)
+            if conflicts is None:
+                conflicts = list(selectors.conflicting_allocations(gpu_ids, start, end))
+            victims = {c.reservation_id: c.reservation for c in conflicts}
+            victim_ids = set(victims)
+            # Most conflicts are with bookings that may not be preempted: say so from what the
+            # conflict check read, without the locks that taking needs.
+            refusal = _preemption_refusal(fields["priority"], victims.values(), start, now, wanted)
             if refusal is not None:
-                return None, None, refusal
+                return None, conflicts, refusal
+            conflicts = None  # read again under the locks
         outcome = _attempt(
             _take, fields=fields, start=start, end=end, gpu_ids=list(wanted), victim_ids=victim_ids,
             job=job, actor=actor, now=now,
