@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 # A built-in model config is a bare file name that ultralytics resolves itself (yolov8n.yaml,
@@ -30,6 +31,7 @@ def path_under_roots(value, roots, suffixes, what):
     return str(resolved)
 
 
+@extend_schema_field({"oneOf": [{"type": "boolean"}, {"type": "string", "enum": ["ram", "disk"]}]})
 class CacheField(serializers.Field):
     """ultralytics' `cache`: false, true (same as "ram"), "ram" or "disk"."""
 

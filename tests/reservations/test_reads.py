@@ -132,3 +132,12 @@ def test_session_auth_enforces_csrf(cluster, owner):
 
     assert response.status_code == 403
     assert "CSRF" in response.json()["detail"]
+
+
+def test_the_schema_generates_without_warnings_and_documents_preemption_fields(tmp_path):
+    from django.core.management import call_command
+
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yaml"))
+
+    schema = (tmp_path / "schema.yaml").read_text()
+    assert "reclaim_at" in schema and "auto_rebook" in schema and "rebook_of" in schema
