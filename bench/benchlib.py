@@ -66,3 +66,17 @@ def machine():
 
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     return f"{os.cpu_count()} CPUs ({cpu}), {platform.platform()}, Python {platform.python_version()}"
+
+
+def spec_maker(data):
+    """spec(epochs): a validated YOLOv8n job spec on the dataset `data` (64 px, batch 4, seed 0)."""
+    from trainer.spec import JobSpecSerializer
+
+    def spec(epochs):
+        serializer = JobSpecSerializer(
+            data={"model": "yolov8n.yaml", "data": str(data), "epochs": epochs, "imgsz": 64, "batch": 4, "seed": 0}
+        )
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+    return spec

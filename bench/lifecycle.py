@@ -29,7 +29,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from benchlib import REPO, machine, setup_environment, start_worker, wait_for
+from benchlib import REPO, machine, setup_environment, spec_maker, start_worker, wait_for
 
 DB = "gpu_bench_lifecycle"
 HOST = "bench-node"
@@ -71,19 +71,13 @@ def main():
     from trainer.dataset import make_dataset
     from trainer.models import TrainingJob
     from trainer.runner import sha256_of
-    from trainer.spec import JobSpecSerializer
 
     data = make_dataset(work / "data" / "demo", images=32, size=64)
     user = get_user_model().objects.create_user("bench")
     team = Team.objects.create(name="Bench", slug="bench")
     Membership.objects.create(team=team, user=user)
 
-    def spec(epochs):
-        serializer = JobSpecSerializer(
-            data={"model": "yolov8n.yaml", "data": str(data), "epochs": epochs, "imgsz": 64, "batch": 4, "seed": 0}
-        )
-        serializer.is_valid(raise_exception=True)
-        return serializer.validated_data
+    spec = spec_maker(data)
 
     log = open(work / "worker.log", "ab")
     worker = start_worker(log, HOST)

@@ -27,7 +27,7 @@ import signal
 import tempfile
 from pathlib import Path
 
-from benchlib import machine, setup_environment, start_worker, wait_for
+from benchlib import machine, setup_environment, spec_maker, start_worker, wait_for
 
 DB = "gpu_bench_preemption"
 HOST = "bench-node"
@@ -59,7 +59,6 @@ def main():
     from trainer.dataset import make_dataset
     from trainer.models import TrainingJob
     from trainer.runner import sha256_of
-    from trainer.spec import JobSpecSerializer
 
     data = make_dataset(work / "data" / "demo", images=32, size=64)
     team = Team.objects.create(name="Bench", slug="bench")
@@ -70,12 +69,7 @@ def main():
     for user in (researcher, production):
         Membership.objects.create(team=team, user=user)
 
-    def spec(epochs):
-        serializer = JobSpecSerializer(
-            data={"model": "yolov8n.yaml", "data": str(data), "epochs": epochs, "imgsz": 64, "batch": 4, "seed": 0}
-        )
-        serializer.is_valid(raise_exception=True)
-        return serializer.validated_data
+    spec = spec_maker(data)
 
     def job_of(reservation):
         return TrainingJob.objects.get(reservation=reservation)
