@@ -115,6 +115,10 @@ class Reservation(models.Model):
         null=True, blank=True,
         help_text="When a preempted booking's GPUs are (or were) taken back and its job stopped.",
     )
+    end_before_preemption = models.DateTimeField(
+        null=True, blank=True, editable=False,
+        help_text="Where a booking cut by a preemption ended before, to give the time back if the preemptor is cancelled.",
+    )
     auto_rebook = models.BooleanField(
         default=True, help_text="If preempted, book the unused part again and resume the job from its checkpoint."
     )
@@ -211,6 +215,7 @@ class AuditEntry(models.Model):
         RECLAIM = "reclaim", "Preempted (GPUs reclaimed)"
         REBOOK = "rebook", "Rebooked after preemption"
         NOTICE = "notice", "Notice sent"
+        WITHDRAW = "withdraw", "Preemption withdrawn"
 
     created = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
     actor = models.ForeignKey(
@@ -258,6 +263,7 @@ class Notice(models.Model):
         SLOT_ENDING = "slot_ending", "Slot ending soon"
         PREEMPTION_WARNING = "preemption_warning", "Preemption warning"
         PREEMPTED = "preempted", "Booking preempted"
+        PREEMPTION_WITHDRAWN = "preemption_withdrawn", "Preemption withdrawn"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notices")
     kind = models.CharField(max_length=30, choices=Kind.choices)

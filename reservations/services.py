@@ -517,10 +517,11 @@ def _cut(victim, preemptor, before, original_end, *, actor, now):
     time (reservation_reclaim, and the node agent), and the unused part is rebooked."""
     job = TrainingJob.objects.filter(reservation=victim).first()
     live = job is not None and job.status in TrainingJob.LIVE
+    victim.end_before_preemption = original_end
     victim.end = preemptor.start
     victim.preempted_by = preemptor
     victim.reclaim_at = policy.reclaim_time(victim.end, job.spawned_at if live else None)
-    victim.save(update_fields=["end", "preempted_by", "reclaim_at", "updated"])
+    victim.save(update_fields=["end", "end_before_preemption", "preempted_by", "reclaim_at", "updated"])
     gpu_ids = before["gpus"]
     audit_record(
         action=AuditEntry.Action.PREEMPT, actor=actor, reservation=victim,
@@ -704,7 +705,7 @@ def reservation_reclaim(*, reservation_id, now=None):
     return None
 
 
-def _cancel_rebook(reservation_id, reason):
+def _cancel_rebook(reservation_id, reason, *, notify=True):
     rebook = Reservation.objects.select_for_update(of=("self",)).select_related("user", "team").get(pk=reservation_id)
     before = snapshot(rebook)
     rebook.status = Status.CANCELLED
@@ -713,8 +714,62 @@ def _cancel_rebook(reservation_id, reason):
     audit_record(action=AuditEntry.Action.CANCEL, reservation=rebook, reason=reason, before=before,
                  after=snapshot(rebook, before["gpus"]))
     job_stop_for_booking(reservation=rebook, reason=reason)
-    notice_send(user=rebook.user, kind=Notice.Kind.CANCELLED, reservation=rebook, audited=True,
-                message=f"Rebooked reservation #{rebook.pk} is cancelled: {reason}")
+    if notify:
+        notice_send(user=rebook.user, kind=Notice.Kind.CANCELLED, reservation=rebook, audited=True,
+                    message=f"Rebooked reservation #{rebook.pk} is cancelled: {reason}")
+
+
+def preemption_withdraw(*, preemptor_id, now=None):
+    """The preemptor is gone (cancelled) before it took the GPUs: each booking it cut and has not yet
+    reclaimed gets its time back, where that time is still free and its rebooking has not begun
+    (the rebooking, no longer needed, is cancelled). Otherwise the cut stands: the booking ends at the
+    cut and continues in its rebooking, as it was told."""
+    now = now or timezone.now()
+    pending = Reservation.objects.filter(
+        preempted_by_id=preemptor_id, status__in=[Status.CONFIRMED, Status.ACTIVE], end__gt=now
+    )
+    restored = []
+    for victim_id in pending.order_by("id").values_list("pk", flat=True):
+        with transaction.atomic():
+            victim = pending.select_for_update(of=("self",)).select_related("user", "team").filter(pk=victim_id).first()
+            original = victim.end_before_preemption if victim else None
+            if original is None:
+                continue
+            rebooks = list(
+                victim.rebooks.select_for_update(of=("self",)).select_related("user", "team")
+                .filter(status=Status.CONFIRMED).order_by("id")
+            )
+            if any(r.start <= now for r in rebooks):
+                continue  # its job may be running there already
+            gpu_ids = sorted(victim.allocations.values_list("gpu_id", flat=True))
+            _lock_gpus(gpu_ids)
+            taken = selectors.overlapping_allocations(gpu_ids, victim.end, original).exclude(
+                reservation__in=[victim.pk, *(r.pk for r in rebooks)]
+            )
+            if taken.exists():
+                continue  # someone else has the time now
+            reason = f"Preemptor #{preemptor_id} was cancelled before it took the GPUs."
+            for rebook in rebooks:
+                _cancel_rebook(rebook.pk, f"Not needed: #{victim.pk} keeps its time. {reason}", notify=False)
+            before = snapshot(victim, gpu_ids)
+            victim.end, victim.end_before_preemption = original, None
+            victim.preempted_by, victim.reclaim_at = None, None
+            victim.save(update_fields=["end", "end_before_preemption", "preempted_by", "reclaim_at", "updated"])
+            victim.allocations.update(end=original)
+            audit_record(
+                action=AuditEntry.Action.WITHDRAW, reservation=victim, reason=reason,
+                before=before, after=snapshot(victim, gpu_ids),
+            )
+            notice_send(
+                user=victim.user, kind=Notice.Kind.PREEMPTION_WITHDRAWN, reservation=victim, audited=True,
+                message=(
+                    f"{reason} Reservation #{victim.pk} keeps its GPUs until {original:%Y-%m-%d %H:%M} UTC"
+                    + "".join(f"; rebooking #{r.pk} is cancelled" for r in rebooks) + "."
+                ),
+                data={"reservation": victim.pk, "end": original, "cancelled_rebooks": [r.pk for r in rebooks]},
+            )
+            restored.append(victim.pk)
+    return restored
 
 
 def reservations_reclaim_due(*, now=None):
@@ -764,6 +819,10 @@ def reservation_cancel(*, reservation_id, actor, reason=""):
                 message=f"{actor.get_username()} cancelled your reservation #{reservation.pk}: {reason}",
             )
         job_stop_for_booking(reservation=reservation, reason=f"Reservation cancelled by {actor.get_username()}: {reason}")
+        if reservation.preempted.filter(status__in=[Status.CONFIRMED, Status.ACTIVE]).exists():
+            # Bookings it was about to preempt get their time back first, before the waitlist.
+            preemptor_id = reservation.pk
+            transaction.on_commit(lambda: preemption_withdraw(preemptor_id=preemptor_id))
         if before["status"] != Status.WAITLISTED:
             # The window is free now: let the waitlist have it, after this commit is visible.
             transaction.on_commit(lambda: waitlist_promote())

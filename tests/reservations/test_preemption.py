@@ -370,3 +370,41 @@ def test_a_preempted_job_that_completed_before_the_reclaim_cancels_its_rebook(cl
     assert refreshed(rebook).status == "cancelled"
     assert refreshed(rebook).job.status == "stopped"
     assert Notice.objects.filter(user=owner, kind="cancelled", reservation=rebook).exists()
+
+
+# --- The preemptor cancelled before the reclaim --------------------------------------------------
+
+def test_cancelling_the_preemptor_before_the_reclaim_gives_the_victim_its_time_back(
+    cluster, running_low, owner, high_booker, frozen, django_capture_on_commit_callbacks
+):
+    preemptor_id = post_high(high_booker, cluster["node1"][:1], at(12)).json()["id"]
+    rebook = Reservation.objects.get(rebook_of=running_low)
+    frozen.move_to(at(11))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client_for(high_booker).post(f"{URL}{preemptor_id}/cancel/", {"reason": "pipeline aborted"}, format="json")
+
+    assert response.status_code == 200
+    victim = refreshed(running_low)
+    assert (victim.end, victim.preempted_by_id, victim.reclaim_at, victim.status) == (at(16), None, None, "active")
+    assert list(victim.allocations.values_list("end", flat=True)) == [at(16)]
+    assert refreshed(rebook).status == "cancelled" and refreshed(rebook).job.status == "stopped"
+    notice = Notice.objects.filter(user=owner).first()
+    assert notice.kind == "preemption_withdrawn" and f"#{rebook.pk} is cancelled" in notice.message
+    assert AuditEntry.objects.get(action="withdraw").after["end"] == at(16).isoformat()
+    frozen.move_to(at(12, 0, 1))
+    assert services.reservations_reclaim_due() == 0
+    assert trainer_services.stop_deadline(refreshed(running_low), running_low.job) > at(16)
+
+
+def test_a_victim_whose_freed_time_was_booked_meanwhile_keeps_the_cut_and_its_rebooking(
+    cluster, running_low, teammate, high_booker, frozen, django_capture_on_commit_callbacks
+):
+    preemptor_id = post_high(high_booker, cluster["node1"][:1], at(12)).json()["id"]
+    rebook = Reservation.objects.get(rebook_of=running_low)
+    services.reservation_cancel(reservation_id=preemptor_id, actor=high_booker)  # on_commit not run here
+    book(teammate, cluster["node1"][:1], start=at(14), priority="normal")
+
+    assert services.preemption_withdraw(preemptor_id=preemptor_id) == []
+
+    assert refreshed(running_low).end == at(12) and refreshed(rebook).status == "confirmed"
