@@ -538,12 +538,13 @@ def _cut(victim, preemptor, before, original_end, *, actor, now):
         not_rebooked = f"its job has already ended ({job.status})"
     else:
         slots = math.ceil((original_end - victim.end) / policy.slot_length())
-        rebook = _rebook(victim, preemptor, job, slots=slots, now=now)
+        rebook = _rebook(victim, preemptor, job, gpu_ids=gpu_ids, slots=slots, now=now)
         if rebook is None:
             not_rebooked = f"no free window of {slots} slot(s) within the booking horizon"
 
+    gpu_names = _gpu_names(gpu_ids)
     message = (
-        f"Reservation #{victim.pk} ({', '.join(_gpu_names(gpu_ids))}) is preempted by {_who(preemptor)}: "
+        f"Reservation #{victim.pk} ({', '.join(gpu_names)}) is preempted by {_who(preemptor)}: "
         f"its GPUs are reclaimed at {victim.reclaim_at:%Y-%m-%d %H:%M} UTC"
         + (", when its job is stopped with a resumable checkpoint." if job is not None else ".")
     )
@@ -561,7 +562,7 @@ def _cut(victim, preemptor, before, original_end, *, actor, now):
             "preempted_by": preemptor.pk,
             "reclaim_at": victim.reclaim_at,
             "gpus": gpu_ids,
-            "gpu_names": _gpu_names(gpu_ids),
+            "gpu_names": gpu_names,
             "job": job.pk if job is not None else None,
             "rebooked_as": rebook.pk if rebook else None,
             "rebook_start": rebook.start if rebook else None,
@@ -574,7 +575,7 @@ def _cut(victim, preemptor, before, original_end, *, actor, now):
     transaction.on_commit(lambda: reclaim_at(victim_id, when))
 
 
-def _rebook(victim, preemptor, job, *, slots, now):
+def _rebook(victim, preemptor, job, *, gpu_ids, slots, now):
     """The unused part of a cut victim, in the nearest free window of the same size (on its own
     node when one there starts as early), its job resuming from the victim's checkpoint."""
     windows = selectors.find_windows(
@@ -584,7 +585,7 @@ def _rebook(victim, preemptor, job, *, slots, now):
     if not windows:
         return None
     node_of = dict(GPU.objects.values_list("id", "node_id"))
-    own_nodes = {node_of[g] for g in snapshot(victim)["gpus"]}
+    own_nodes = {node_of[g] for g in gpu_ids}
     earliest = [w for w in windows if w.start == windows[0].start]
     window = next((w for w in earliest if {node_of[g] for g in w.gpus} <= own_nodes), earliest[0])
     fields = dict(
@@ -631,15 +632,11 @@ def _displace(victim, preemptor, before, *, actor, now):
         )
     else:
         why = "you opted out of automatic rebooking" if not victim.auto_rebook else "no free window of its size"
-        victim.status = Status.CANCELLED
-        victim.preempted_by = preemptor
-        victim.save(update_fields=["status", "preempted_by", "updated"])
-        audit_record(
-            action=AuditEntry.Action.PREEMPT, actor=actor, reservation=victim,
+        _cancel_locked(
+            victim, action=AuditEntry.Action.PREEMPT, actor=actor, before=before, preempted_by=preemptor,
             reason=f"Cancelled before it began: {taken}; not moved: {why}.",
-            before=before, after=snapshot(victim, before["gpus"]),
+            job_reason=f"Reservation preempted by #{preemptor.pk} before it began.",
         )
-        job_stop_for_booking(reservation=victim, reason=f"Reservation preempted by #{preemptor.pk} before it began.")
         kind = Notice.Kind.CANCELLED
         message = f"Reservation #{victim.pk} had not begun; {taken}. It is cancelled ({why})."
     notice_send(
@@ -650,7 +647,7 @@ def _displace(victim, preemptor, before, *, actor, now):
             "status": victim.status,
             "start": victim.start,
             "end": victim.end,
-            "gpus": snapshot(victim)["gpus"] if window is not None else before["gpus"],
+            "gpus": list(window.gpus) if window is not None else before["gpus"],
         },
     )
 
@@ -707,13 +704,7 @@ def reservation_reclaim(*, reservation_id, now=None):
 
 def _cancel_rebook(reservation_id, reason, *, notify=True):
     rebook = Reservation.objects.select_for_update(of=("self",)).select_related("user", "team").get(pk=reservation_id)
-    before = snapshot(rebook)
-    rebook.status = Status.CANCELLED
-    rebook.save(update_fields=["status", "updated"])
-    rebook.allocations.update(live=False)
-    audit_record(action=AuditEntry.Action.CANCEL, reservation=rebook, reason=reason, before=before,
-                 after=snapshot(rebook, before["gpus"]))
-    job_stop_for_booking(reservation=rebook, reason=reason)
+    _cancel_locked(rebook, action=AuditEntry.Action.CANCEL, actor=None, reason=reason, job_reason=reason)
     if notify:
         notice_send(user=rebook.user, kind=Notice.Kind.CANCELLED, reservation=rebook, audited=True,
                     message=f"Rebooked reservation #{rebook.pk} is cancelled: {reason}")
@@ -801,24 +792,36 @@ def _require_reason(actor, reservation, reason):
         raise BookingError("reason", "Say why when you change someone else's reservation.")
 
 
+def _cancel_locked(reservation, *, action, actor, reason, job_reason, before=None, **changes):
+    """Inside a transaction, on a locked reservation: cancel it (with `changes` to other fields),
+    free its GPU time, stop its job, and audit it. Returns the state before."""
+    before = before or snapshot(reservation)
+    reservation.status = Status.CANCELLED
+    for field, value in changes.items():
+        setattr(reservation, field, value)
+    reservation.save(update_fields=["status", *changes, "updated"])
+    reservation.allocations.update(live=False)
+    audit_record(
+        action=action, actor=actor, reservation=reservation, reason=reason,
+        before=before, after=snapshot(reservation, before["gpus"]),
+    )
+    job_stop_for_booking(reservation=reservation, reason=job_reason)
+    return before
+
+
 def reservation_cancel(*, reservation_id, actor, reason=""):
     with transaction.atomic():
         reservation = _locked_open_reservation(reservation_id, actor)
         _require_reason(actor, reservation, reason)
-        before = snapshot(reservation)
-        reservation.status = Status.CANCELLED
-        reservation.save(update_fields=["status", "updated"])
-        reservation.allocations.update(live=False)
-        audit_record(
-            action=AuditEntry.Action.CANCEL, actor=actor, reservation=reservation, reason=reason,
-            before=before, after=snapshot(reservation, before["gpus"]),
+        before = _cancel_locked(
+            reservation, action=AuditEntry.Action.CANCEL, actor=actor, reason=reason,
+            job_reason=f"Reservation cancelled by {actor.get_username()}: {reason}",
         )
         if actor.pk != reservation.user_id:
             notice_send(
                 user=reservation.user, kind=Notice.Kind.CANCELLED, reservation=reservation,
                 message=f"{actor.get_username()} cancelled your reservation #{reservation.pk}: {reason}",
             )
-        job_stop_for_booking(reservation=reservation, reason=f"Reservation cancelled by {actor.get_username()}: {reason}")
         if reservation.preempted.filter(status__in=[Status.CONFIRMED, Status.ACTIVE]).exists():
             # Bookings it was about to preempt get their time back first, before the waitlist.
             preemptor_id = reservation.pk

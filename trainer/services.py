@@ -95,10 +95,9 @@ def overrun_deadline(reservation):
 def stop_deadline(reservation, job):
     """When the agent stops a live job: at its booking's end plus any overrun grace; a preempted
     booking's job at the reclaim time, but never within its minimum runtime (policy.reclaim_time)."""
-    deadline = overrun_deadline(reservation)
     if reservation.preempted_by_id is not None:
-        deadline = policy.reclaim_time(reservation.end, job.spawned_at)
-    return deadline
+        return policy.reclaim_time(reservation.end, job.spawned_at)
+    return overrun_deadline(reservation)
 
 
 def job_ready_to_start(job):
