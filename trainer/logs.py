@@ -32,6 +32,7 @@ CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # raw tail read to fill `size` bytes of text grows by this factor each time, up to MAX_RAW_BYTES.
 RAW_GROWTH = 8
 MAX_RAW_BYTES = 16 << 20
+PROBE_BYTES = 4096
 
 
 def clean_log(text):
@@ -117,4 +118,8 @@ def _nothing_logged(job, now):
 def job_log_text(job, size, *, now=None):
     """What GET /api/v1/jobs/{id}/log/ answers (as text/plain; charset=utf-8): the clean tail of
     job `job`'s training log (at most `size` bytes), or one line saying why there is none yet."""
-    return log_tail(job.log_path, size) or _nothing_logged(job, now or timezone.now()) + "\n"
+    text = log_tail(job.log_path, size)
+    # Empty also when `size` is too small for the last line: then say nothing rather than "not started".
+    if text or log_tail(job.log_path, PROBE_BYTES):
+        return text
+    return _nothing_logged(job, now or timezone.now()) + "\n"

@@ -170,3 +170,12 @@ def test_a_running_job_serves_the_clean_tail_of_its_log(demo_job, tmp_path):
     job.refresh_from_db()
     text = job_log_text(job, 400)
     assert text.endswith(VALIDATION + "\n") and "\x1b" not in text and len(text.encode()) <= 400
+
+
+def test_a_running_job_asked_for_less_than_a_line_gets_nothing_rather_than_not_started(demo_job, tmp_path):
+    job, _ = demo_job
+    TrainingJob.objects.filter(pk=job.pk).update(
+        status=TrainingJob.Status.RUNNING, log_path=write_log(tmp_path, RAW.read_bytes())
+    )
+    job.refresh_from_db()
+    assert job_log_text(job, 1) == ""
