@@ -94,7 +94,8 @@ class GPUAdmin(AuditedAdmin):
 class ServiceForm(forms.ModelForm):
     """A reservation form whose clean() performs the change through the booking services, so the
     admin is checked and audited exactly like the API, and a refused rule is a form error by field.
-    The admin wraps the whole request in one transaction: a later failure undoes the change."""
+    The service's transaction is the only one (ReservationAdmin.changeform_view): one call makes
+    the whole change or none of it."""
 
     actor = None  # set per request by ReservationAdmin.get_form
 
@@ -157,15 +158,11 @@ class ReservationChangeForm(ServiceForm):
         self.initial.setdefault("slots", self.instance.slots)
 
     def perform(self, data):
-        reason = data.get("reason", "")
-        if {"start", "slots"} & set(self.changed_data):
-            services.reservation_move(
-                reservation_id=self.instance.pk, actor=self.actor, start=data["start"],
-                slots=data["slots"], reason=reason,
-            )
-        return services.reservation_update(
-            reservation_id=self.instance.pk, actor=self.actor, reason=reason,
+        moved = bool({"start", "slots"} & set(self.changed_data))
+        return services.reservation_edit(
+            reservation_id=self.instance.pk, actor=self.actor, reason=data.get("reason", ""),
             title=data["title"], priority=data["priority"], preemptible=data["preemptible"],
+            start=data["start"] if moved else None, slots=data["slots"] if moved else None,
         )
 
 
@@ -178,6 +175,13 @@ class ReservationAdmin(admin.ModelAdmin):
     search_fields = ["title", "user__username", "team__slug"]
     date_hierarchy = "start"
     actions = ["cancel_selected"]
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        # Not inside the admin's usual request-wide transaction: the booking services lock rows in
+        # one order and must own their transaction (reservations/services/locks.py). The form's
+        # clean() makes the whole change in one service call; what the admin writes after it (its
+        # history entry) needs no lock.
+        return self._changeform_view(request, object_id, form_url, extra_context)
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         kwargs["form"] = ReservationChangeForm if obj is not None else ReservationAddForm

@@ -1,3 +1,5 @@
+import math
+
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import RegexValidator, URLValidator
@@ -149,7 +151,8 @@ class Reservation(models.Model):
 
     @property
     def slots(self):
-        return int((self.end - self.start).total_seconds() // (settings.SLOT_MINUTES * 60))
+        """The slots it touches: a booking that started "now" has a part of its first slot."""
+        return math.ceil((self.end - self.start).total_seconds() / (settings.SLOT_MINUTES * 60))
 
     @property
     def allocation_list(self):
@@ -264,6 +267,7 @@ class Notice(models.Model):
         PREEMPTION_WARNING = "preemption_warning", "Preemption warning"
         PREEMPTED = "preempted", "Booking preempted"
         PREEMPTION_WITHDRAWN = "preemption_withdrawn", "Preemption withdrawn"
+        NODE_OFFLINE = "node_offline", "Node offline"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notices")
     kind = models.CharField(max_length=30, choices=Kind.choices)

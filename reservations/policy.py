@@ -7,11 +7,14 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
+from django.db.models import Q
 
 from .errors import BookingError
 from .models import Membership, Reservation, Team
 
+# The two words `start` takes besides a datetime: the nearest free window, or from now on.
 EARLIEST = "earliest"
+NOW = "now"
 _EPOCH = datetime(1970, 1, 1, tzinfo=dt_timezone.utc)
 
 
@@ -45,6 +48,29 @@ def horizon_end(now):
     return now + timedelta(days=settings.BOOKING_HORIZON_DAYS)
 
 
+def overlapping(start, end, prefix=""):
+    """Rule: half-open windows [a, b) and [start, end) overlap when each starts before the other
+    ends (so back-to-back bookings do not). As a filter on `start`/`end` fields (of `prefix`)."""
+    return Q(**{f"{prefix}start__lt": end, f"{prefix}end__gt": start})
+
+
+def windows_overlap(start, end, other_start, other_end):
+    """The same rule for two windows in hand."""
+    return start < other_end and other_start < end
+
+
+def require_aware(field, moment):
+    """Rule: a time without a zone is refused, never read in some zone."""
+    if moment.tzinfo is None:
+        raise BookingError(field, "Give the time zone (an offset or Z).")
+
+
+def require_one_target(gpu_ids, gpu_count):
+    """Rule: a booking names its GPUs or asks for a number of them, exactly one of the two."""
+    if (gpu_ids is None) == (gpu_count is None):
+        raise BookingError("gpus", "Give exactly one of gpus or gpu_count.")
+
+
 def validate_slots(slots):
     # Rule: a booking is one or more whole slots; its length is checked against the horizon below.
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
@@ -57,8 +83,7 @@ def validate_window(start, slots, now):
     Returns the end of the window.
     """
     validate_slots(slots)
-    if start.tzinfo is None:
-        raise BookingError("start", "Give the time zone (an offset or Z).")
+    require_aware("start", start)
     if not is_on_boundary(start):
         raise BookingError(
             "start",
@@ -74,6 +99,21 @@ def validate_window(start, slots, now):
             f"The booking would end after the {settings.BOOKING_HORIZON_DAYS}-day booking horizon.",
         )
     return end
+
+
+def now_window(now, slots):
+    """Rule: "start": "now" books from now to the end of the current slot, plus `slots - 1` more.
+
+    Returns (start, end); the end is checked against the horizon like any other booking's."""
+    validate_slots(slots)
+    start = now.replace(microsecond=0)
+    end = floor_to_slot(now) + slots * slot_length()
+    if end > horizon_end(now):
+        raise BookingError(
+            "slots",
+            f"The booking would end after the {settings.BOOKING_HORIZON_DAYS}-day booking horizon.",
+        )
+    return start, end
 
 
 def resolve_preemptible(user, priority, preemptible):
@@ -121,6 +161,68 @@ def can_manage(user, reservation):
     ).exists()
 
 
+def transfer_refusal(actor, reservation, target):
+    """Rule: a booking passes only to a member of its team who may book its priority (staff may
+    override both). Returns why not, or None."""
+    if actor.is_staff:
+        return None
+    if not Membership.objects.filter(team_id=reservation.team_id, user=target).exists():
+        return f"{target.get_username()} is not in team {reservation.team.slug}, which the booking is charged to."
+    if reservation.priority == Reservation.Priority.HIGH and not target.has_perm("reservations.book_high_priority"):
+        return f"{target.get_username()} may not book high priority."
+    return None
+
+
+def visible_job_teams(user):
+    """Rule: a booking's training job (its log, checkpoints and paths) is for the booking's team and
+    staff only; everyone sees the booking itself (the calendar is shared). Returns the ids of the
+    teams whose jobs `user` may see, or None for all (staff)."""
+    if user.is_staff:
+        return None
+    return set(Membership.objects.filter(user=user).values_list("team_id", flat=True))
+
+
+def may_see_job(visible_teams, reservation):
+    return visible_teams is None or reservation.team_id in visible_teams
+
+
+# --- The slot lifecycle -----------------------------------------------------------------------
+
+LIVE_STATUSES = (Reservation.Status.CONFIRMED, Reservation.Status.ACTIVE)
+
+
+def job_window_open(reservation, now):
+    """Rule: a booking's job runs while the booking holds its GPUs: confirmed or active, and between
+    its start and its end."""
+    return reservation.status in LIVE_STATUSES and reservation.start <= now < reservation.end
+
+
+def overrun_deadline(start, end, next_start):
+    """Rule: a job still running past its booking may overrun by OVERRUN_GRACE_PCT of the booking's
+    length (Slurm's OverTimeLimit), but never past `next_start`, the next booking on its GPUs."""
+    deadline = end + (end - start) * settings.OVERRUN_GRACE_PCT / 100
+    return min(deadline, next_start) if next_start else deadline
+
+
+def released_end(reservation, now):
+    """Rule: a started booking whose job has finished (or that is a no-show) gives back the whole
+    slots it will not use; the slot in progress, and at least its first slot, are kept. Returns the
+    new end, or None when there is nothing to give back."""
+    started = reservation.status == Reservation.Status.ACTIVE or (
+        reservation.status == Reservation.Status.CONFIRMED and reservation.start <= now  # before the clock's tick
+    )
+    new_end = max(ceil_to_slot(now), reservation.start + slot_length())
+    if not started or new_end >= reservation.end:
+        return None
+    return new_end
+
+
+def no_show_cutoff(now):
+    """Rule (with NO_SHOW_RELEASE): a booking that began before this and has no job is a no-show:
+    its whole first slot passed with nothing to run."""
+    return now - slot_length()
+
+
 # --- Preemption -------------------------------------------------------------------------------
 # A booking that overlaps others may take their GPUs (preempt them) under the rules below. The
 # services apply them inside the booking's transaction; reservations.services.preemption_apply does
@@ -136,6 +238,12 @@ def notice_length():
 
 def min_runtime():
     return timedelta(minutes=settings.PREEMPT_MIN_RUNTIME_MINUTES)
+
+
+def may_try_preemption(start, priority):
+    """Rule: only a booking for a named start may preempt ("earliest" and "now" only look for free
+    time), and a low one never does (nothing ranks below it)."""
+    return start not in (EARLIEST, NOW) and priority != Reservation.Priority.LOW
 
 
 def may_preempt(priority, *, victim_priority, victim_preemptible):
@@ -178,3 +286,20 @@ def reclaim_time(cut_at, job_spawned_at):
     if job_spawned_at is None:
         return cut_at
     return max(cut_at, job_spawned_at + min_runtime())
+
+
+def stop_deadline(reservation, job_spawned_at, next_start):
+    """When a live job must stop: a preempted booking's at the reclaim time (never within the job's
+    minimum runtime); any other at its booking's end plus the overrun grace."""
+    if reservation.preempted_by_id is not None:
+        return reclaim_time(reservation.end, job_spawned_at)
+    return overrun_deadline(reservation.start, reservation.end, next_start)
+
+
+def rebook_window(windows, own_node_ids, node_of):
+    """Rule: a cut victim's unused part goes to the earliest free window of its size, on its own
+    node(s) when a window there starts as early. `node_of` maps GPU id -> node id."""
+    if not windows:
+        return None
+    earliest = [w for w in windows if w.start == windows[0].start]
+    return next((w for w in earliest if {node_of[g] for g in w.gpus} <= own_node_ids), earliest[0])

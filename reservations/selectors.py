@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from django.db.models import Prefetch
 
-from . import policy
+from . import jobs, policy
 from .models import GPU, Allocation, Reservation
 
 
@@ -19,7 +19,7 @@ class Window:
 
 def reservation_queryset():
     """Reservations with everything their JSON shows, in a fixed number of queries."""
-    return Reservation.objects.select_related("user", "team", "job").prefetch_related(
+    return Reservation.objects.select_related("user", "team", *jobs.hooks().select_related).prefetch_related(
         Prefetch(
             "allocations",
             queryset=Allocation.objects.select_related("gpu__node").order_by("gpu_id"),
@@ -30,7 +30,7 @@ def reservation_queryset():
 
 def overlapping_allocations(gpu_ids, start, end, *, exclude_reservation=None):
     """Live allocations on any of `gpu_ids` that overlap [start, end), bare: for an existence check."""
-    qs = Allocation.objects.filter(gpu_id__in=gpu_ids, live=True, start__lt=end, end__gt=start)
+    qs = Allocation.objects.filter(policy.overlapping(start, end), gpu_id__in=gpu_ids, live=True)
     if exclude_reservation is not None:
         qs = qs.exclude(reservation_id=exclude_reservation)
     return qs
@@ -46,7 +46,7 @@ def conflicting_allocations(gpu_ids, start, end, *, exclude_reservation=None):
 def _busy_by_gpu(gpu_ids, start, end):
     busy = defaultdict(list)
     rows = (
-        Allocation.objects.filter(gpu_id__in=gpu_ids, live=True, start__lt=end, end__gt=start)
+        overlapping_allocations(gpu_ids, start, end)
         .order_by("start")
         .values_list("gpu_id", "start", "end")
     )
@@ -118,6 +118,14 @@ def find_windows(
     return windows[:limit]
 
 
+def pick_gpus(*, start, end, gpu_count, allow_multi_node=False):
+    """Any `gpu_count` healthy GPUs free for exactly [start, end), chosen as find_windows does, or None."""
+    gpus = list(GPU.objects.filter(healthy=True).select_related("node").order_by("id"))
+    busy = set(overlapping_allocations([g.id for g in gpus], start, end).values_list("gpu_id", flat=True))
+    fits = _fits([g for g in gpus if g.id not in busy], gpu_count, allow_multi_node, start, end)
+    return list(fits[0].gpus) if fits else None
+
+
 def _fits(free_gpus, count, allow_multi_node, start, end):
     by_node = defaultdict(list)
     for gpu in free_gpus:
@@ -141,7 +149,7 @@ def preemption_candidate(*, priority, start, end, gpu_count, allow_multi_node=Fa
     evict the fewest bookings, on the node that evicts the fewest."""
     gpus = list(GPU.objects.filter(healthy=True).select_related("node").order_by("id"))
     holders, blocked = defaultdict(set), set()
-    rows = Allocation.objects.filter(live=True, start__lt=end, end__gt=start).values_list(
+    rows = Allocation.objects.filter(policy.overlapping(start, end), live=True).values_list(
         "gpu_id", "reservation_id", "reservation__priority", "reservation__preemptible"
     )
     for gpu_id, reservation_id, victim_priority, victim_preemptible in rows:

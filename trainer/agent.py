@@ -14,14 +14,17 @@ import signal
 import threading
 import time
 
+from celery import signals
 from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
+from reservations import policy
 from reservations.models import Node, Reservation
 from reservations.services import node_register
 
 from . import services
+from .hardware import detect
 from .models import TrainingJob
 from .process import spawn, stop
 
@@ -102,11 +105,8 @@ class NodeAgent:
             running = job.pk in self.children
             if running and self._should_stop(job, reservation, now):
                 self.request_stop(job.pk, self._stop_reason(job, reservation, now))
-            elif not running and job.status in TrainingJob.WAITING:
-                if reservation.status in (Reservation.Status.CONFIRMED, Reservation.Status.ACTIVE) and (
-                    reservation.start <= now < reservation.end
-                ):
-                    self._start(job)
+            elif not running and job.status in TrainingJob.WAITING and policy.job_window_open(reservation, now):
+                self._start(job)
 
     def _should_stop(self, job, reservation, now):
         if job.status == Status.STOPPING:
@@ -229,4 +229,20 @@ def start_agent(hostname, hardware):
 def reconcile_soon():
     if AGENT is not None:
         AGENT.nudge()
+
+
+# The agent lives in a GPU node's worker: one started with NODE_AGENT_HOSTNAME registers the node's
+# devices (NVML, or CPU devices) and runs the agent. Celery imports this module with the worker's
+# tasks (trainer.tasks), before the worker is ready.
+@signals.worker_ready.connect
+def start_node_agent(sender, **kwargs):
+    hostname = os.environ.get("NODE_AGENT_HOSTNAME")
+    if hostname:
+        start_agent(hostname, detect())
+
+
+@signals.worker_shutting_down.connect
+def stop_node_agent(sender, **kwargs):
+    if AGENT is not None:
+        AGENT.shutdown()
 

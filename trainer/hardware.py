@@ -11,15 +11,9 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from reservations.services import Device  # what node registration takes
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Device:
-    index: int
-    model: str
-    memory_mb: int
-    uuid: str = ""
 
 
 @dataclass(frozen=True)

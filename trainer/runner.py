@@ -24,6 +24,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from .models import TrainingJob
+from .services import resume_source
 
 log = logging.getLogger(__name__)
 Status = TrainingJob.Status
@@ -137,8 +138,6 @@ def train(job_id):
     run_dir, checkpoint_dir = job_dirs(job)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     spec = dict(job.spec)
-    from .services import resume_source
-
     source = resume_source(job)
 
     from ultralytics import YOLO

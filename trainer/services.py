@@ -1,7 +1,5 @@
-"""Writes for training jobs. The booking service creates a job with its reservation.
-
-reservations.services imports this module, so calls back into it are imported where they are used.
-"""
+"""Writes and reads for training jobs. The booking services create and stop jobs through the hooks
+in trainer.hooks; the node agent and the central reconcile task call the rest."""
 
 from datetime import timedelta
 
@@ -12,7 +10,9 @@ from django.utils import timezone
 from reservations import policy
 from reservations.errors import BookingError
 from reservations.models import Allocation, Node, Notice, Reservation
+from reservations.services import notice_send, reservation_release_early
 
+from . import queue
 from .models import TrainingJob
 
 
@@ -31,22 +31,37 @@ def job_spec_check(*, user, team, spec):
     return spec
 
 
-def job_create(*, reservation, spec):
-    """Inside the booking's transaction: the job waits (queued) for its slot."""
-    return TrainingJob.objects.create(
+def job_create(*, reservation, spec, now):
+    """Inside the booking's transaction: the job waits (queued) for its slot. Returns warnings for
+    the person booking: a job booked on a node that is offline is accepted (the node may be back by
+    the slot's start), but they are told, in the response and in a notice."""
+    job = TrainingJob.objects.create(
         reservation=reservation,
         spec=spec,
         epochs=spec["epochs"],
         resumed_from_id=spec.get("resume_from"),
         reason="Booked; waits for the slot to start.",
-        created=timezone.now(),
+        created=now,
     )
+    node, _ = job_placement(job)
+    if node is None or node.online:
+        return []
+    warning = (
+        f"Node {node.hostname} is offline now (last heard from "
+        + (f"{node.last_heartbeat:%Y-%m-%d %H:%M} UTC" if node.last_heartbeat else "never")
+        + f"); job {job.pk} starts when the node is back within the booking."
+    )
+    notice_send(
+        user=reservation.user, kind=Notice.Kind.NODE_OFFLINE, reservation=reservation, message=warning,
+        data={"node": node.hostname, "job": job.pk, "at": "booking"},
+    )
+    return [warning]
 
 
 def job_stop_for_booking(*, reservation, reason):
-    """The booking ends now (cancelled): a job still waiting ends with it; a live one is asked to
-    stop with a checkpoint, and its node's worker hears at once (its agent would see it within a
-    second anyway)."""
+    """The booking ends now (cancelled, preempted): a job still waiting ends with it; a live one is
+    asked to stop with a checkpoint, and its node's worker hears at once (its agent would see it
+    within a second anyway)."""
     job = TrainingJob.objects.filter(reservation=reservation).first()
     if job is None:
         return
@@ -57,13 +72,8 @@ def job_stop_for_booking(*, reservation, reason):
     elif job_request_stop(job_id=job.pk, reason=reason):
         node, _ = job_placement(job)
         if node is not None:
-            from .tasks import send_stop  # tasks -> agent -> reservations.services -> here
-
-            transaction.on_commit(lambda: send_stop(job, node.hostname, reason))
-
-
-def node_queue(hostname):
-    return f"node.{hostname}"
+            job_id, hostname = job.pk, node.hostname
+            transaction.on_commit(lambda: queue.send_stop(job_id, hostname, reason))
 
 
 def job_placement(job):
@@ -76,28 +86,27 @@ def job_placement(job):
     return gpus[0].node, devices
 
 
-def overrun_deadline(reservation):
-    """When a job still running past its booking must stop: up to OVERRUN_GRACE_PCT of the booking's
-    length after its end, but never past the start of the next booking on any of its GPUs."""
-    grace = (reservation.end - reservation.start) * settings.OVERRUN_GRACE_PCT / 100
+def _next_start_on_gpus(reservation):
+    """When the next booking on any of `reservation`'s GPUs starts (None: none is booked)."""
     gpu_ids = [a.gpu_id for a in reservation.allocation_list]
-    next_start = (
+    return (
         Allocation.objects.filter(gpu_id__in=gpu_ids, live=True, start__gte=reservation.end)
         .exclude(reservation_id=reservation.pk)
         .order_by("start")
         .values_list("start", flat=True)
         .first()
     )
-    deadline = reservation.end + grace
-    return min(deadline, next_start) if next_start else deadline
+
+
+def overrun_deadline(reservation):
+    """When a job still running past its booking must stop (rule: policy.overrun_deadline)."""
+    return policy.overrun_deadline(reservation.start, reservation.end, _next_start_on_gpus(reservation))
 
 
 def stop_deadline(reservation, job):
-    """When the agent stops a live job: at its booking's end plus any overrun grace; a preempted
-    booking's job at the reclaim time, but never within its minimum runtime (policy.reclaim_time)."""
-    if reservation.preempted_by_id is not None:
-        return policy.reclaim_time(reservation.end, job.spawned_at)
-    return overrun_deadline(reservation)
+    """When the agent stops a live job (rule: policy.stop_deadline)."""
+    next_start = None if reservation.preempted_by_id is not None else _next_start_on_gpus(reservation)
+    return policy.stop_deadline(reservation, job.spawned_at, next_start)
 
 
 def job_ready_to_start(job):
@@ -175,12 +184,12 @@ def nodes_mark_lost(*, now=None):
     )
 
 
-def jobs_nudge_due(*, now, lookahead, send):
+def jobs_nudge_due(*, now, lookahead):
     """Tell each node's worker, with an eta of the slot start, about jobs starting within `lookahead`
     (its agent would find them within a second anyway; this makes the start land on time)."""
     due = TrainingJob.objects.filter(
         status__in=TrainingJob.WAITING,
-        reservation__status__in=[Reservation.Status.CONFIRMED, Reservation.Status.ACTIVE],
+        reservation__status__in=policy.LIVE_STATUSES,
         reservation__start__lte=now + lookahead,
         reservation__end__gt=now,
     ).select_related("reservation")
@@ -188,15 +197,13 @@ def jobs_nudge_due(*, now, lookahead, send):
     for job in due:
         node, _ = job_placement(job)
         if node is not None and node.online:
-            send(job, node.hostname, max(job.reservation.start, now))
+            queue.send_start(job.pk, node.hostname, max(job.reservation.start, now))
             count += 1
     return count
 
 
 def release_after_finish(*, reservation_id, job_id, now=None):
     """A job completed: its booking gives back the whole slots it will not use."""
-    from reservations.services import reservation_release_early
-
     return reservation_release_early(
         reservation_id=reservation_id, reason=f"Job {job_id} finished before the booking's end.", now=now
     )
@@ -205,13 +212,11 @@ def release_after_finish(*, reservation_id, job_id, now=None):
 def reservations_release_unused(*, now):
     """Level-triggered twin of the agent's release on exit. A started booking with whole slots left
     gives them back when its job completed or, with NO_SHOW_RELEASE, when it has no job after its
-    first slot (a no-show)."""
-    from reservations.services import reservation_release_early
-
+    first slot (a no-show; rules: policy.released_end, policy.no_show_cutoff)."""
     started = Reservation.objects.filter(
-        status__in=[Reservation.Status.CONFIRMED, Reservation.Status.ACTIVE],
+        status__in=policy.LIVE_STATUSES,
         start__lte=now,
-        end__gt=policy.ceil_to_slot(now),
+        end__gt=policy.ceil_to_slot(now),  # cheap: only bookings with a whole slot still ahead
     )
     released = sum(
         1
@@ -219,7 +224,7 @@ def reservations_release_unused(*, now):
         if release_after_finish(reservation_id=reservation_id, job_id=job_id, now=now)
     )
     if settings.NO_SHOW_RELEASE:
-        no_shows = started.filter(start__lte=now - policy.slot_length(), job__isnull=True).values_list("pk", flat=True)
+        no_shows = started.filter(start__lte=policy.no_show_cutoff(now), job__isnull=True).values_list("pk", flat=True)
         released += sum(
             1
             for reservation_id in no_shows
@@ -232,8 +237,6 @@ def reservations_release_unused(*, now):
 
 def slot_end_notices(*, now, lead):
     """Once per booking with a running job: tell the owner its slot ends within `lead`."""
-    from reservations.services import notice_send
-
     ending = Reservation.objects.filter(
         status=Reservation.Status.ACTIVE,
         preempted_by=None,  # warned of its preemption instead
@@ -249,6 +252,38 @@ def slot_end_notices(*, now, lead):
                 f"Reservation #{reservation.pk} ends at {reservation.end:%H:%M} UTC; its job will be "
                 "stopped then with a resumable checkpoint (it may overrun while nobody else needs the GPUs)."
             ),
+        )
+        sent += 1
+    return sent
+
+
+def node_away_notices(*, now):
+    """Once per booking: its slot has begun, its job waits, and its node is still offline. Tell the
+    owner, who may cancel and book elsewhere."""
+    waiting = (
+        TrainingJob.objects.filter(
+            status=TrainingJob.Status.QUEUED,
+            reservation__status__in=policy.LIVE_STATUSES,
+            reservation__start__lte=now,
+            reservation__end__gt=now,
+        )
+        .exclude(reservation__notices__kind=Notice.Kind.NODE_OFFLINE, reservation__notices__data__at="slot_start")
+        .select_related("reservation__user", "reservation__team")
+    )
+    sent = 0
+    for job in waiting:
+        node, _ = job_placement(job)
+        if node is None or node.online:
+            continue
+        reservation = job.reservation
+        notice_send(
+            user=reservation.user, kind=Notice.Kind.NODE_OFFLINE, reservation=reservation,
+            message=(
+                f"Reservation #{reservation.pk} has begun, but node {node.hostname} is still offline: job "
+                f"{job.pk} has not started. It starts if the node comes back before "
+                f"{reservation.end:%Y-%m-%d %H:%M} UTC; or cancel it and book other GPUs."
+            ),
+            data={"node": node.hostname, "job": job.pk, "at": "slot_start"},
         )
         sent += 1
     return sent

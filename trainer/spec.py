@@ -1,6 +1,7 @@
 """The training spec a booking may carry (`job` in the API): whitelisted ultralytics arguments only,
 paths only under the configured roots. Devices, output folder and run name are the service's."""
 
+import errno
 import re
 from pathlib import Path
 
@@ -21,13 +22,21 @@ def path_under_roots(value, roots, suffixes, what):
     path = Path(value)
     if not path.is_absolute():
         raise serializers.ValidationError(f"Give an absolute path under {', '.join(map(str, roots))}.")
-    resolved = path.resolve()
-    if not any(resolved.is_relative_to(root) for root in roots):
-        raise serializers.ValidationError(f"{what} must be under {', '.join(map(str, roots))}.")
-    if resolved.suffix.lower() not in suffixes:
-        raise serializers.ValidationError(f"{what} must be a {' or '.join(suffixes)} file.")
-    if not resolved.is_file():
-        raise serializers.ValidationError(f"No such file: {value}.")
+    try:
+        resolved = path.resolve()
+        if not any(resolved.is_relative_to(root) for root in roots):
+            raise serializers.ValidationError(f"{what} must be under {', '.join(map(str, roots))}.")
+        if resolved.suffix.lower() not in suffixes:
+            raise serializers.ValidationError(f"{what} must be a {' or '.join(suffixes)} file.")
+        if not resolved.is_file():
+            raise serializers.ValidationError(f"No such file: {value}.")
+    # The file system has the last word on a path it is handed: a name too long, a symlink loop
+    # (RuntimeError from resolve() before Python 3.13, ELOOP after), no permission to look.
+    except RuntimeError:
+        raise serializers.ValidationError("Not a usable path: a symlink loop.") from None
+    except OSError as exc:
+        reason = "a symlink loop" if exc.errno == errno.ELOOP else (exc.strerror or "unreadable").lower()
+        raise serializers.ValidationError(f"Not a usable path: {reason}.") from None
     return str(resolved)
 
 

@@ -7,18 +7,18 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from . import services
+from . import queue, services
 from .agent import reconcile_soon
 
 START_LOOKAHEAD = timedelta(seconds=30)
 
 
-@shared_task(name="trainer.tasks.start_job")
+@shared_task(name=queue.START_JOB)
 def start_job(job_id):
     reconcile_soon()
 
 
-@shared_task(name="trainer.tasks.stop_job")
+@shared_task(name=queue.STOP_JOB)
 def stop_job(job_id, reason):
     services.job_request_stop(job_id=job_id, reason=reason)
     reconcile_soon()
@@ -26,19 +26,12 @@ def stop_job(job_id, reason):
 
 @shared_task(name="trainer.tasks.reconcile")
 def reconcile():
-    """Central, level-triggered: lost nodes, precise start nudges, early release, end-of-slot notices."""
+    """Central, level-triggered: lost nodes, precise start nudges, early release, end-of-slot and
+    node-away notices."""
     now = timezone.now()
     interrupted = services.nodes_mark_lost(now=now)
-    nudged = services.jobs_nudge_due(now=now, lookahead=START_LOOKAHEAD, send=_send_start)
+    nudged = services.jobs_nudge_due(now=now, lookahead=START_LOOKAHEAD)
     released = services.reservations_release_unused(now=now)
     warned = services.slot_end_notices(now=now, lead=timedelta(minutes=settings.PREEMPTION_NOTICE_MINUTES))
-    return {"interrupted": interrupted, "nudged": nudged, "released": released, "warned": warned}
-
-
-def _send_start(job, hostname, eta):
-    start_job.apply_async(args=[job.pk], queue=services.node_queue(hostname), eta=eta)
-
-
-def send_stop(job, hostname, reason):
-    stop_job.apply_async(args=[job.pk, reason], queue=services.node_queue(hostname))
-
+    away = services.node_away_notices(now=now)
+    return {"interrupted": interrupted, "nudged": nudged, "released": released, "warned": warned, "away": away}

@@ -5,11 +5,10 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from ..errors import BookingConflict, BookingError
+from .serializers import AwareDateTimeField, ConflictSerializer, WindowSerializer
 
 
 def conflict_response(exc):
-    from .serializers import AwareDateTimeField, ConflictSerializer, WindowSerializer
-
     body = {
         "detail": exc.message,
         "conflicts": ConflictSerializer(exc.conflicts, many=True).data,

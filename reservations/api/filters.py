@@ -1,30 +1,7 @@
 import django_filters
-from django import forms
-from django.core.exceptions import ValidationError
-from django.utils.dateparse import parse_datetime
 
 from ..models import AuditEntry, Reservation
-
-
-class AwareDateTimeFormField(forms.Field):
-    """ISO 8601 with an offset or Z; a naive value is rejected rather than read in some zone."""
-
-    def to_python(self, value):
-        if value in self.empty_values:
-            return None
-        try:
-            parsed = parse_datetime(value.strip())
-        except ValueError:
-            parsed = None
-        if parsed is None:
-            raise ValidationError("Enter an ISO 8601 datetime, e.g. 2030-01-01T10:00:00Z.")
-        if parsed.tzinfo is None:
-            raise ValidationError("Give the time zone (an offset or Z).")
-        return parsed
-
-
-class AwareDateTimeFilter(django_filters.Filter):
-    field_class = AwareDateTimeFormField
+from .fields import AwareDateTimeFilter
 
 
 class ReservationFilter(django_filters.FilterSet):

@@ -1,7 +1,8 @@
 """Idempotency-Key for creates: a retry with the same key and user gets the first response back.
 
 Only successful creates are stored: a 400 or 409 is worth retrying as a fresh request. The record is
-written in the same transaction as the booking, so either both exist or neither does; two
+written inside the booking's own transaction (the service calls back), so either both exist or
+neither does; two
 concurrent requests with one key race on the unique (user, key) and the loser replays the winner's
 response.
 """
@@ -9,7 +10,7 @@ response.
 import hashlib
 import json
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
@@ -33,24 +34,30 @@ def _replay(record, fingerprint):
     return Response(record.response, status=record.status_code, headers={"Idempotent-Replayed": "true"})
 
 
-def idempotent_create(request, create):
-    """Run `create()` (returns (data, status_code)) at most once per (user, Idempotency-Key)."""
+def idempotent_create(request, book, render):
+    """Book at most once per (user, Idempotency-Key). `book(on_booked)` makes the booking, calling
+    `on_booked(reservation)` inside its transaction (the service owns the transaction: locks.py);
+    `render(reservation)` is the response body. Answers 201 with it, or the first response again."""
     key = request.headers.get(HEADER)
     if key is None:
-        data, code = create()
-        return Response(data, status=code)
+        return Response(render(book(None)), status=status.HTTP_201_CREATED)
     if not key or len(key) > 255:
         raise ValidationError({HEADER: ["Use a key of 1 to 255 characters."]})
     fingerprint = _fingerprint(request.data)
     record = IdempotencyRecord.objects.filter(user=request.user, key=key).first()
     if record is not None:
         return _replay(record, fingerprint)
+    rendered = {}
+
+    def remember(reservation):
+        rendered["data"] = render(reservation)
+        IdempotencyRecord.objects.create(
+            user=request.user, key=key, fingerprint=fingerprint, status_code=status.HTTP_201_CREATED,
+            response=rendered["data"],
+        )
+
     try:
-        with transaction.atomic():
-            data, code = create()
-            IdempotencyRecord.objects.create(
-                user=request.user, key=key, fingerprint=fingerprint, status_code=code, response=data
-            )
+        book(remember)
     except (IntegrityError, BookingConflict):
         # A concurrent request with this key committed first: it either took the unique key or,
         # having booked the same GPUs, made ours conflict. Its record is visible now.
@@ -58,4 +65,4 @@ def idempotent_create(request, create):
         if record is None:
             raise
         return _replay(record, fingerprint)
-    return Response(data, status=code)
+    return Response(rendered["data"], status=status.HTTP_201_CREATED)

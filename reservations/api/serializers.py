@@ -1,33 +1,20 @@
-from datetime import timezone as dt_timezone
-
-from django.core.exceptions import ObjectDoesNotExist
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from trainer.spec import JobSpecSerializer
-
-from .. import policy
+from .. import jobs, policy
+from ..errors import BookingError
 from ..models import GPU, AuditEntry, Node, Notice, Reservation
+from .fields import AwareDateTimeField
 
 
-class AwareDateTimeField(serializers.DateTimeField):
-    """ISO 8601 with an offset or Z in; UTC with Z out. A naive datetime is an error, not a guess."""
-
-    default_error_messages = {"naive": "Give the time zone (an offset or Z), e.g. 2030-01-01T10:00:00Z."}
-
-    def __init__(self, **kwargs):
-        super().__init__(default_timezone=dt_timezone.utc, **kwargs)
-
-    def enforce_timezone(self, value):
-        if value.tzinfo is None:
-            self.fail("naive")
-        return value.astimezone(dt_timezone.utc)
-
-
+@extend_schema_field(
+    {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "string", "enum": [policy.EARLIEST, policy.NOW]}]}
+)
 class StartField(AwareDateTimeField):
-    """A slot-boundary datetime, or "earliest" for the nearest free window."""
+    """A slot-boundary datetime; "earliest" for the nearest free window; "now" to start at once."""
 
     def to_internal_value(self, value):
-        if value == policy.EARLIEST:
+        if value in (policy.EARLIEST, policy.NOW):
             return value
         return super().to_internal_value(value)
 
@@ -59,29 +46,19 @@ class ReservationCreateSerializer(StrictSerializer):
     auto_rebook = serializers.BooleanField(
         default=True, help_text="If preempted, rebook the unused part and resume the job from its checkpoint."
     )
-    job = JobSpecSerializer(required=False)
+
+    def get_fields(self):
+        # The training side validates `job` (reservations.jobs): this app does not know its fields.
+        fields = super().get_fields()
+        fields["job"] = jobs.hooks().spec_serializer()
+        return fields
 
     def validate(self, attrs):
-        if ("gpus" in attrs) == ("gpu_count" in attrs):
-            raise serializers.ValidationError({"gpus": ["Give exactly one of gpus or gpu_count."]})
+        try:
+            policy.require_one_target(attrs.get("gpus"), attrs.get("gpu_count"))
+        except BookingError as exc:
+            raise serializers.ValidationError(exc.as_dict()) from None
         return attrs
-
-
-class JobSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    reservation = serializers.IntegerField(source="reservation_id")
-    status = serializers.CharField()
-    reason = serializers.CharField()
-    epoch = serializers.IntegerField()
-    epochs = serializers.IntegerField()
-    metrics = serializers.DictField()
-    checkpoint = serializers.CharField()
-    resumed_from = serializers.IntegerField(source="resumed_from_id", allow_null=True)
-    start_epoch = serializers.IntegerField(allow_null=True)
-    batches_lost = serializers.IntegerField(allow_null=True)
-    spec = serializers.DictField()
-    started_at = AwareDateTimeField(allow_null=True)
-    ended_at = AwareDateTimeField(allow_null=True)
 
 
 class ReservationSerializer(serializers.Serializer):
@@ -113,11 +90,27 @@ class ReservationSerializer(serializers.Serializer):
         return [a.gpu.name for a in obj.allocation_list]
 
     def get_job(self, obj) -> dict | None:
-        try:
-            job = obj.job
-        except ObjectDoesNotExist:
+        """The booking's training job, for its team and staff only (policy.visible_job_teams);
+        null for everyone else, and when it carries none."""
+        if not policy.may_see_job(self._visible_job_teams(), obj):
             return None
-        return JobSerializer(job).data
+        return jobs.hooks().render(obj)
+
+    def _visible_job_teams(self):
+        # Once per response, not per booking: a list shows many.
+        root = self.root
+        if not hasattr(root, "_job_teams"):
+            request = self.context.get("request")
+            # No request (nobody to show it to): no job details.
+            root._job_teams = policy.visible_job_teams(request.user) if request is not None else set()
+        return root._job_teams
+
+
+class ReservationCreatedSerializer(ReservationSerializer):
+    warnings = serializers.ListField(
+        child=serializers.CharField(), read_only=True,
+        help_text="What the person booking should know at once, e.g. that the job's node is offline.",
+    )
 
 
 class ConflictSerializer(serializers.Serializer):

@@ -6,10 +6,9 @@ from . import views
 router = DefaultRouter()
 router.register("gpus", views.GPUViewSet)
 router.register("nodes", views.NodeViewSet)
-router.register("reservations", views.ReservationViewSet)
+router.register("reservations", views.ReservationViewSet, basename="reservation")
 router.register("notices", views.NoticeViewSet, basename="notice")
 router.register("audit", views.AuditViewSet)
-router.register("jobs", views.JobViewSet)
 
 urlpatterns = [
     path("availability/", views.AvailabilityView.as_view(), name="availability"),

@@ -7,45 +7,24 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from rest_framework.exceptions import ValidationError
-from rest_framework.renderers import BaseRenderer
-
-from trainer.logs import log_tail
-from trainer.models import TrainingJob
-
 from .. import selectors, services
 from ..models import GPU, AuditEntry, Node, Notice
 from .filters import AuditFilter, ReservationFilter
 from .idempotency import idempotent_create
 from .serializers import (
     AuditEntrySerializer,
-    JobSerializer,
     AvailabilityQuerySerializer,
     CancelSerializer,
     GPUSerializer,
     NodeSerializer,
     NoticeSerializer,
+    ReservationCreatedSerializer,
     ReservationCreateSerializer,
     ReservationSerializer,
     StatusSerializer,
     TransferSerializer,
     WindowSerializer,
 )
-
-
-LOG_TAIL_BYTES = 64 * 1024
-LOG_TAIL_MAX = 1024 * 1024
-
-
-class PlainTextRenderer(BaseRenderer):
-    media_type = "text/plain"
-    format = "txt"
-    charset = "utf-8"
-
-    def render(self, data, accepted_media_type=None, renderer_context=None):
-        if isinstance(data, dict):  # an error from DRF: keep it readable as text
-            return "\n".join(f"{k}: {v}" for k, v in data.items()).encode()
-        return data.encode() if isinstance(data, str) else data
 
 
 class GPUViewSet(viewsets.ReadOnlyModelViewSet):
@@ -61,16 +40,18 @@ class NodeViewSet(viewsets.ReadOnlyModelViewSet):
 class ReservationViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
 ):
-    queryset = selectors.reservation_queryset()
     serializer_class = ReservationSerializer
     filterset_class = ReservationFilter
 
+    def get_queryset(self):
+        return selectors.reservation_queryset()
+
     def _render(self, reservation):
-        return ReservationSerializer(reservation).data
+        return self.get_serializer(reservation).data
 
     @extend_schema(
         request=ReservationCreateSerializer,
-        responses={201: ReservationSerializer},
+        responses={201: ReservationCreatedSerializer},
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
     )
     def create(self, request, *args, **kwargs):
@@ -78,8 +59,8 @@ class ReservationViewSet(
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
 
-        def book():
-            reservation = services.reservation_create(
+        def book(on_booked):
+            return services.reservation_create(
                 user=request.user,
                 start=data["start"],
                 slots=data["slots"],
@@ -93,10 +74,14 @@ class ReservationViewSet(
                 waitlist=data["waitlist"],
                 job=data.get("job"),
                 auto_rebook=data["auto_rebook"],
+                on_booked=on_booked,
             )
-            return self._render(reservation), status.HTTP_201_CREATED
 
-        return idempotent_create(request, book)
+        def render(reservation):
+            # What the person booking should know at once (its node is offline, ...).
+            return {**self._render(reservation), "warnings": reservation.warnings}
+
+        return idempotent_create(request, book, render)
 
     @extend_schema(request=CancelSerializer, responses=ReservationSerializer)
     @action(detail=True, methods=["post"])
@@ -124,24 +109,6 @@ class ReservationViewSet(
         return Response(self._render(reservation))
 
 
-class JobViewSet(viewsets.ReadOnlyModelViewSet):
-    queryset = TrainingJob.objects.all()
-    serializer_class = JobSerializer
-
-    @extend_schema(
-        parameters=[OpenApiParameter("bytes", int, description="How much of the end of the log (default 65536).")],
-        responses={(200, "text/plain"): str},
-    )
-    @action(detail=True, methods=["get"], renderer_classes=[PlainTextRenderer])
-    def log(self, request, pk=None):
-        job = self.get_object()
-        try:
-            wanted = min(max(int(request.query_params.get("bytes", LOG_TAIL_BYTES)), 1), LOG_TAIL_MAX)
-        except ValueError:
-            raise ValidationError({"bytes": ["Give a whole number of bytes."]}) from None
-        return Response(log_tail(job.log_path, wanted), content_type="text/plain; charset=utf-8")
-
-
 class AvailabilityView(APIView):
     @extend_schema(parameters=[AvailabilityQuerySerializer], responses=WindowSerializer(many=True))
     def get(self, request):
@@ -165,7 +132,7 @@ class StatusView(APIView):
     @extend_schema(responses=StatusSerializer(many=True))
     def get(self, request):
         rows = selectors.gpu_status(now=timezone.now())
-        return Response(StatusSerializer(rows, many=True).data)
+        return Response(StatusSerializer(rows, many=True, context={"request": request}).data)
 
 
 class NoticeViewSet(viewsets.ReadOnlyModelViewSet):

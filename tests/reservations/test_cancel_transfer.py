@@ -2,8 +2,7 @@ import pytest
 
 from reservations.models import AuditEntry, Notice
 
-from ..conftest import client_for
-from .helpers import book
+from ..support import book, client_for
 
 pytestmark = pytest.mark.usefixtures("frozen")
 
@@ -81,17 +80,49 @@ def test_cancel_of_an_unknown_reservation_is_404(api, cluster):
     assert api.post("/api/v1/reservations/999999/cancel/", {}, format="json").status_code == 404
 
 
-def test_the_owner_may_transfer_to_another_user(cluster, owner, outsider):
+def test_the_owner_may_transfer_to_a_teammate(cluster, owner, teammate):
+    reservation = book(owner, cluster["node1"][:2])
+
+    response = transfer(owner, reservation, "teammate")
+
+    assert response.status_code == 200, response.content
+    assert response.json()["user"] == "teammate"
+    assert response.json()["gpus"] == [g.pk for g in cluster["node1"][:2]]
+    entry = AuditEntry.objects.get(action="transfer")
+    assert (entry.before["user"], entry.after["user"], entry.actor) == ("owner", "teammate", owner)
+    assert Notice.objects.filter(user=teammate, kind=Notice.Kind.TRANSFERRED).exists()
+
+
+def test_a_transfer_to_someone_outside_the_team_is_a_400_naming_to(cluster, owner, outsider):
     reservation = book(owner, cluster["node1"][:2])
 
     response = transfer(owner, reservation, "outsider")
 
+    assert response.status_code == 400
+    assert "not in team vision" in response.json()["to"][0]
+    reservation.refresh_from_db()
+    assert reservation.user == owner
+    assert not AuditEntry.objects.filter(action="transfer").exists()
+
+
+def test_a_high_booking_may_not_pass_to_a_teammate_who_may_not_book_high(cluster, high_booker, teammate):
+    reservation = book(high_booker, cluster["node1"][:1], priority="high")
+
+    response = transfer(high_booker, reservation, "teammate")
+
+    assert response.status_code == 400
+    assert "may not book high priority" in response.json()["to"][0]
+    reservation.refresh_from_db()
+    assert reservation.user == high_booker
+
+
+def test_staff_may_transfer_outside_the_team(cluster, owner, outsider, staff):
+    reservation = book(owner, cluster["node1"][:1])
+
+    response = transfer(staff, reservation, "outsider")
+
     assert response.status_code == 200, response.content
     assert response.json()["user"] == "outsider"
-    assert response.json()["gpus"] == [g.pk for g in cluster["node1"][:2]]
-    entry = AuditEntry.objects.get(action="transfer")
-    assert (entry.before["user"], entry.after["user"], entry.actor) == ("owner", "outsider", owner)
-    assert Notice.objects.filter(user=outsider, kind=Notice.Kind.TRANSFERRED).exists()
 
 
 def test_a_teammate_may_not_transfer(cluster, owner, teammate):

@@ -2,11 +2,11 @@ import json
 
 import pytest
 from django.test import override_settings
+from rest_framework.test import APIClient
 
-from reservations.models import Allocation, AuditEntry, Reservation
+from reservations.models import Allocation, AuditEntry, Membership, Reservation
 
-from ..conftest import NEXT_SLOT, SLOT, client_for, iso
-from .helpers import book
+from ..support import NEXT_SLOT, SLOT, book, client_for, iso
 
 pytestmark = pytest.mark.usefixtures("frozen")
 URL = "/api/v1/reservations/"
@@ -29,7 +29,9 @@ def test_it_books_named_gpus_and_returns_the_contract_shape(api, cluster, owner)
     assert set(body) == {
         "id", "user", "team", "title", "gpus", "gpu_names", "start", "end", "slots", "priority",
         "preemptible", "status", "created", "preempted_by", "reclaim_at", "auto_rebook", "rebook_of", "job",
+        "warnings",
     }
+    assert body["warnings"] == []
     assert body["gpus"] == [g.pk for g in gpus]
     assert body["gpu_names"] == ["node1/gpu0", "node1/gpu1"]
     assert body["start"] == "2030-01-07T10:00:00Z"
@@ -244,8 +246,6 @@ def test_an_oversize_body_is_a_400(api, cluster):
 
 
 def test_anonymous_requests_get_401(cluster):
-    from rest_framework.test import APIClient
-
     response = APIClient().post(URL, {"gpus": [cluster["node1"][0].pk], "start": iso(NEXT_SLOT), "slots": 1}, format="json")
 
     assert response.status_code == 401
@@ -290,8 +290,6 @@ def test_a_user_cannot_charge_another_teams_budget(api, cluster, other_team):
 
 
 def test_a_user_in_several_teams_must_name_one(api, cluster, owner, other_team):
-    from reservations.models import Membership
-
     Membership.objects.create(team=other_team, user=owner)
     unnamed = post(api, {"gpus": [cluster["node1"][0].pk], "start": iso(NEXT_SLOT), "slots": 1})
     named = post(api, {"gpus": [cluster["node1"][0].pk], "start": iso(NEXT_SLOT), "slots": 1, "team": "nlp"})

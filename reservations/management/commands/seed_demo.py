@@ -16,7 +16,7 @@ from rest_framework.authtoken.models import Token
 from reservations import policy, services
 from reservations.errors import BookingConflict
 from reservations.models import GPU, Membership, Node, Reservation, Team
-from trainer.hardware import Device
+from reservations.services import Device
 
 PASSWORD = "demo-password"
 TEAMS = [("Vision", "vision", "#4e79a7"), ("Language", "nlp", "#f28e2b"), ("Platform", "platform", "#59a14f")]
@@ -38,13 +38,14 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         User = get_user_model()
+        for n in (1, 2):
+            services.node_register(
+                hostname=f"node{n}",
+                devices=[Device(index=i, model="NVIDIA A100-SXM4-80GB", memory_mb=81920, uuid=f"GPU-demo-{n}-{i}") for i in range(4)],
+            )
+        # Demo nodes have no worker: bookable, but a job booked there waits for a node that never comes.
+        Node.objects.filter(hostname__in=["node1", "node2"]).update(online=False)
         with transaction.atomic():
-            for n in (1, 2):
-                services.node_register(
-                    hostname=f"node{n}",
-                    devices=[Device(index=i, model="NVIDIA A100-SXM4-80GB", memory_mb=81920, uuid=f"GPU-demo-{n}-{i}") for i in range(4)],
-                )
-            Node.objects.filter(hostname__in=["node1", "node2"]).update(online=False)
             teams = {}
             for name, slug, colour in TEAMS:
                 teams[slug], _ = Team.objects.get_or_create(slug=slug, defaults={"name": name, "colour": colour})

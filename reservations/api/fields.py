@@ -1,0 +1,75 @@
+"""One reading of a datetime for the whole API, in bodies and in query parameters alike: ISO 8601
+with an offset or Z in, an aware UTC datetime out. Anything else is the caller's error, never a 500."""
+
+from datetime import datetime, timedelta, timezone as dt_timezone
+
+import django_filters
+from django import forms
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.utils.dateparse import parse_datetime
+from rest_framework import serializers
+
+# PostgreSQL refuses a UTC offset of 16 hours or more ("time zone displacement out of range");
+# Python accepts up to 24. Real zones stay within -12:00..+14:00, so nothing of value is lost.
+MAX_UTC_OFFSET = timedelta(hours=16)
+# Far enough inside Python's years 1 to 9999 that adding a booking's length (10,000 slots of at
+# most a day) or the horizon to an accepted time cannot overflow.
+EARLIEST = datetime(1000, 1, 1, tzinfo=dt_timezone.utc)
+LATEST = datetime(9000, 1, 1, tzinfo=dt_timezone.utc)
+
+INVALID = "Enter an ISO 8601 datetime with an offset or Z, e.g. 2030-01-01T10:00:00Z."
+NAIVE = "Give the time zone (an offset or Z), e.g. 2030-01-01T10:00:00Z."
+OFFSET = "Use a UTC offset between -15:59 and +15:59."
+OUT_OF_RANGE = "Give a time between the years 1000 and 9000 (UTC)."
+
+
+def parse_aware_datetime(value):
+    """`value` (an ISO 8601 string or an aware datetime) as a UTC datetime; ValueError says why not."""
+    if isinstance(value, str):
+        try:
+            value = parse_datetime(value.strip())
+        except ValueError:  # well formed but impossible: 25 o'clock, an offset of a day
+            value = None
+    if not isinstance(value, datetime):
+        raise ValueError(INVALID)
+    offset = value.utcoffset()
+    if offset is None:
+        raise ValueError(NAIVE)
+    if abs(offset) >= MAX_UTC_OFFSET:
+        raise ValueError(OFFSET)
+    try:
+        value = value.astimezone(dt_timezone.utc)
+    except OverflowError:  # before year 1 or after 9999 once in UTC
+        raise ValueError(OUT_OF_RANGE) from None
+    if not EARLIEST <= value < LATEST:
+        raise ValueError(OUT_OF_RANGE)
+    return value
+
+
+class AwareDateTimeField(serializers.DateTimeField):
+    """The DRF field: parse_aware_datetime in; UTC with Z out."""
+
+    def __init__(self, **kwargs):
+        super().__init__(default_timezone=dt_timezone.utc, **kwargs)
+
+    def to_internal_value(self, value):
+        try:
+            return parse_aware_datetime(value)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc), code="invalid") from None
+
+
+class AwareDateTimeFormField(forms.Field):
+    """The django-filter form field: parse_aware_datetime for a query parameter."""
+
+    def to_python(self, value):
+        if value in self.empty_values:
+            return None
+        try:
+            return parse_aware_datetime(value)
+        except ValueError as exc:
+            raise DjangoValidationError(str(exc), code="invalid") from None
+
+
+class AwareDateTimeFilter(django_filters.Filter):
+    field_class = AwareDateTimeFormField

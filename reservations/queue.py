@@ -1,0 +1,37 @@
+"""Background work the booking services ask for, sent by task name: services never import tasks.
+
+Everything here is called after commit (`transaction.on_commit`), so a worker always finds the rows.
+A broker that is down must not fail the request that made the change (it is committed): the failure
+is logged. Nothing is lost that way: a reclaim still happens (tick's sweep and the node agent read
+the database), and a notice stays in the app and the API.
+"""
+
+import logging
+from datetime import timedelta
+
+from celery import current_app
+from django.utils import timezone
+
+log = logging.getLogger(__name__)
+
+RECLAIM = "reservations.tasks.reclaim"
+NOTICE_EMAIL = "reservations.tasks.notice_email"
+NOTICE_WEBHOOK = "reservations.tasks.notice_webhook"
+
+# A task with an eta waits unacknowledged in a worker, and Redis delivers a task again when it is not
+# acknowledged within the broker's visibility timeout (CELERY_VISIBILITY_TIMEOUT, 3600 s by default).
+# So no eta may lie further ahead than that: reclaims further off are left to tick's sweep (every
+# TICK_SECONDS), and the node agent stops the job itself at the reclaim time either way.
+RECLAIM_ETA_HORIZON = timedelta(minutes=50)
+
+
+def send(name, *args, **options):
+    try:
+        current_app.send_task(name, args=list(args), **options)
+    except Exception:
+        log.exception("could not queue %s%s", name, args)
+
+
+def reclaim_at(reservation_id, when):
+    if when - timezone.now() <= RECLAIM_ETA_HORIZON:
+        send(RECLAIM, reservation_id, eta=when)

@@ -1,0 +1,48 @@
+"""Writes. Every change to a reservation goes through a function here, inside one transaction of its
+own that also writes its audit entry. Locks are taken in the one order that locks.py documents.
+
+The package follows the seams of the work: locks, audit, notices, records (writes the flows share),
+booking, preemption, changes (cancel, transfer, edit, move, release), waitlist, clock, inventory.
+Callers use the names below.
+"""
+
+from .audit import audit_record, snapshot
+from .booking import reservation_create
+from .changes import (
+    reservation_cancel,
+    reservation_edit,
+    reservation_move,
+    reservation_release_early,
+    reservation_transfer,
+    reservation_update,
+)
+from .clock import idempotency_prune, reservations_advance
+from .inventory import Device, node_register
+from .notices import notice_email, notice_payload, notice_send, notice_webhook_gave_up, notice_webhook_post
+from .preemption import preemption_withdraw, reservation_reclaim, reservations_reclaim_due
+from .waitlist import waitlist_promote
+
+__all__ = [
+    "Device",
+    "audit_record",
+    "idempotency_prune",
+    "node_register",
+    "notice_email",
+    "notice_payload",
+    "notice_send",
+    "notice_webhook_gave_up",
+    "notice_webhook_post",
+    "preemption_withdraw",
+    "reservation_cancel",
+    "reservation_create",
+    "reservation_edit",
+    "reservation_move",
+    "reservation_release_early",
+    "reservation_reclaim",
+    "reservation_transfer",
+    "reservation_update",
+    "reservations_advance",
+    "reservations_reclaim_due",
+    "snapshot",
+    "waitlist_promote",
+]

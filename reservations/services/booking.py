@@ -1,0 +1,174 @@
+"""Booking: a request checked against the rules, a window chosen, the GPUs locked and taken (or
+preempted, or waitlisted), or a 409 with the conflicts and what would do instead."""
+
+from dataclasses import dataclass, replace
+
+from django.conf import settings
+from django.utils import timezone
+
+from .. import jobs, policy, selectors
+from ..errors import BookingConflict, BookingError
+from ..models import GPU, Reservation
+from .preemption import book_by_preempting
+from .records import Booking, attempt, bookable_gpus, check_gpu_count, check_gpu_ids, pick_free_gpus
+
+# Attempts for an "earliest" booking whose chosen window was taken between search and lock.
+EARLIEST_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """How a window's booking ended when it did not book: what was in the way, and why it could not
+    be preempted (None when there was nothing it could take)."""
+
+    conflicts: list | None = None
+    refusal: object = None
+
+
+def reservation_create(
+    *,
+    user,
+    start,
+    slots,
+    gpu_ids=None,
+    gpu_count=None,
+    allow_multi_node=False,
+    priority=Reservation.Priority.NORMAL,
+    preemptible=None,
+    team=None,
+    title="",
+    waitlist=False,
+    job=None,
+    auto_rebook=True,
+    actor=None,
+    now=None,
+    on_booked=None,
+):
+    """Book `gpu_ids` (or any `gpu_count` GPUs) for `slots` slots from `start` (a slot boundary;
+    "earliest": the nearest free window; "now": from now to the end of this slot, plus slots - 1).
+    On conflict: BookingConflict, or with `waitlist` a waitlisted booking. `actor` is who asked, when
+    not the owner (an admin booking for someone). `job` is a training spec to run in the booked slot.
+    A booking that overlaps others may preempt them (rules in policy); `auto_rebook` says what happens
+    if this one is preempted. `on_booked(reservation)` runs inside the booking's transaction, so what
+    it writes commits with the booking or not at all. Each step is its own short transaction: never
+    call this inside another one (locks.py)."""
+    now = now or timezone.now()
+    policy.require_one_target(gpu_ids, gpu_count)
+    team = policy.resolve_team(user, team)
+    fields = dict(
+        user=user,
+        team=team,
+        title=title,
+        priority=priority,
+        preemptible=policy.resolve_preemptible(user, priority, preemptible),
+        gpu_count=len(gpu_ids) if gpu_ids is not None else gpu_count,
+        allow_multi_node=allow_multi_node,
+        auto_rebook=auto_rebook,
+    )
+    policy.validate_slots(slots)
+    if gpu_ids is not None:
+        gpu_ids = check_gpu_ids(list(gpu_ids))
+    else:
+        check_gpu_count(gpu_count, allow_multi_node)
+    if job is not None:
+        job = jobs.hooks().check_spec(user=user, team=team, spec=job)
+    request = Booking(fields=fields, start=None, end=None, job=job, actor=actor or user, now=now, on_booked=on_booked)
+
+    for window in _windows_to_try(start, slots, gpu_ids, gpu_count, allow_multi_node, now):
+        booking = replace(request, start=window.start, end=window.end)
+        reservation, outcome = _book_window(
+            booking, gpu_ids=window.gpus, waitlist=waitlist, may_preempt=policy.may_try_preemption(start, priority)
+        )
+        if reservation is not None:
+            return reservation
+    raise _conflict(booking, outcome, gpu_ids=gpu_ids, wanted=window.gpus, slots=slots)
+
+
+def _windows_to_try(start, slots, gpu_ids, gpu_count, allow_multi_node, now):
+    """The window asked for; for "earliest", the nearest free one, searched again after each race lost
+    between the search and the locks. (gpus is None for a gpu_count request: picked under the lock.)"""
+    if start == policy.NOW:
+        window_start, window_end = policy.now_window(now, slots)
+        yield selectors.Window(gpu_ids, window_start, window_end)
+        return
+    if start != policy.EARLIEST:
+        yield selectors.Window(gpu_ids, start, policy.validate_window(start, slots, now))
+        return
+    if gpu_ids is not None:
+        bookable_gpus(gpu_ids, lock=False)  # a clear 400 for a bad id, not "no free window"
+    for _ in range(EARLIEST_ATTEMPTS):
+        found = selectors.find_windows(
+            slots=slots, after=now, now=now, gpu_ids=gpu_ids, gpu_count=gpu_count,
+            allow_multi_node=allow_multi_node, limit=1,
+        )
+        if not found:
+            raise BookingError("start", f"No free window of {slots} slot(s) within the booking horizon.")
+        yield selectors.Window(list(found[0].gpus), found[0].start, found[0].end)
+
+
+def _book_window(booking, *, gpu_ids, waitlist, may_preempt):
+    """Book the window: free GPUs, else by preempting (if the rules allow), else on the waitlist (if
+    asked). Returns (reservation, None) or (None, _Outcome)."""
+    reservation, conflicts = attempt(_book, booking=booking, gpu_ids=gpu_ids)
+    refusal = None
+    if reservation is None and may_preempt:
+        reservation, in_way, refusal = book_by_preempting(booking, gpu_ids=gpu_ids, conflicts=conflicts)
+        conflicts = in_way or conflicts
+    if reservation is None and waitlist:
+        reservation, conflicts = attempt(_book, booking=booking, gpu_ids=gpu_ids, waitlist=True)
+    return reservation, _Outcome(conflicts, refusal)
+
+
+def _book(*, booking, gpu_ids, waitlist=False):
+    """Inside a transaction: lock, check, insert. Returns (reservation, None) or (None, conflicts)."""
+    start, end = booking.start, booking.end
+    if gpu_ids is not None:
+        gpus = bookable_gpus(gpu_ids, lock=True)
+        # The common case is no conflict: ask cheaply, and build the details only for a 409.
+        taken = selectors.overlapping_allocations(gpu_ids, start, end).exists()
+        conflicts = list(selectors.conflicting_allocations(gpu_ids, start, end)) if taken else None
+        chosen = None if taken else gpus
+    else:
+        chosen = pick_free_gpus(
+            start=start, end=end, gpu_count=booking.fields["gpu_count"],
+            allow_multi_node=booking.fields["allow_multi_node"],
+        )
+        conflicts = None if chosen else list(
+            selectors.conflicting_allocations(GPU.objects.filter(healthy=True).values("id"), start, end)
+        )
+    if chosen is None and not waitlist:
+        return None, conflicts
+    # A waitlisted request remembers the exact GPUs it asked for, not live; a gpu_count request
+    # picks its GPUs when promoted.
+    return booking.write(chosen or gpu_ids or [], confirmed=bool(chosen)), None
+
+
+def _conflict(booking, outcome, *, gpu_ids, wanted, slots):
+    """The 409 for a window that could not be booked: what is in the way, and what would do."""
+    start, end = booking.start, booking.end
+    conflicts = outcome.conflicts
+    if conflicts is None:
+        ids = wanted or list(GPU.objects.filter(healthy=True).values_list("id", flat=True))
+        conflicts = list(selectors.conflicting_allocations(ids, start, end))
+    suggestions = selectors.booking_suggestions(
+        now=booking.now, start=start, slots=slots, gpu_ids=gpu_ids,
+        gpu_count=None if gpu_ids is not None else booking.fields["gpu_count"],
+        allow_multi_node=booking.fields["allow_multi_node"],
+    )
+    refusal = outcome.refusal
+    if refusal is None:
+        return BookingConflict("The GPUs are already booked for that window.", conflicts=conflicts, suggestions=suggestions)
+    if refusal.earliest is None:
+        return BookingConflict(
+            f"The GPUs are already booked for that window, and cannot be preempted: {refusal.reason}.",
+            conflicts=conflicts, suggestions=suggestions,
+        )
+    earliest = refusal.earliest
+    return BookingConflict(
+        f"Preempting needs {settings.PREEMPTION_NOTICE_MINUTES:g} minutes' notice to its owners: "
+        f"start at {earliest:%Y-%m-%d %H:%M} UTC or later.",
+        conflicts=conflicts,
+        suggestions=[selectors.Window(tuple(refusal.gpu_ids), earliest, earliest + (end - start))]
+        + [w for w in suggestions if w.start >= earliest][:4],
+        earliest_allowed_start=earliest,
+    )

@@ -1,0 +1,182 @@
+"""Changes to a booking after it is made: cancel, transfer, edit, move, release unused slots."""
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.utils import timezone
+
+from .. import policy, selectors
+from ..errors import BookingConflict, BookingError
+from ..models import AuditEntry, Notice, Reservation
+from .audit import audit_change, snapshot
+from .locks import lock_gpus, lock_reservation, service_transaction
+from .notices import notice_send
+from .preemption import preemption_withdraw
+from .records import cancel_locked
+from .waitlist import waitlist_promote
+
+Status = Reservation.Status
+
+
+def _lock_open(reservation_id, actor):
+    """Lock a reservation `actor` may change and that can still change."""
+    reservation = lock_reservation(reservation_id)
+    if reservation is None:
+        raise Reservation.DoesNotExist(f"No reservation {reservation_id}.")
+    if not policy.can_manage(actor, reservation):
+        raise PermissionDenied("Only the owner, a team admin or staff may change this reservation.")
+    if reservation.status not in Reservation.OPEN_STATUSES:
+        raise BookingError(
+            "non_field_errors", f"The reservation is {reservation.status}; it can no longer be changed."
+        )
+    return reservation
+
+
+def _require_reason(actor, reservation, reason):
+    if actor.pk != reservation.user_id and not reason.strip():
+        raise BookingError("reason", "Say why when you change someone else's reservation.")
+
+
+def reservation_cancel(*, reservation_id, actor, reason=""):
+    with service_transaction():
+        reservation = _lock_open(reservation_id, actor)
+        _require_reason(actor, reservation, reason)
+        before = cancel_locked(
+            reservation, action=AuditEntry.Action.CANCEL, actor=actor, reason=reason,
+            job_reason=f"Reservation cancelled by {actor.get_username()}: {reason}",
+        )
+        if actor.pk != reservation.user_id:
+            notice_send(
+                user=reservation.user, kind=Notice.Kind.CANCELLED, reservation=reservation,
+                message=f"{actor.get_username()} cancelled your reservation #{reservation.pk}: {reason}",
+            )
+        if reservation.preempted.filter(status__in=policy.LIVE_STATUSES).exists():
+            # Bookings it was about to preempt get their time back first, before the waitlist.
+            preemptor_id = reservation.pk
+            transaction.on_commit(lambda: preemption_withdraw(preemptor_id=preemptor_id))
+        if before["status"] != Status.WAITLISTED:
+            # The window is free now: let the waitlist have it, after this commit is visible.
+            transaction.on_commit(lambda: waitlist_promote())
+    return reservation
+
+
+def reservation_transfer(*, reservation_id, actor, to, reason=""):
+    target = get_user_model().objects.filter(username=to, is_active=True).first()
+    if target is None:
+        raise BookingError("to", f"No active user named {to!r}.")
+    with service_transaction():
+        reservation = _lock_open(reservation_id, actor)
+        _require_reason(actor, reservation, reason)
+        if target.pk == reservation.user_id:
+            raise BookingError("to", f"{to} already owns this reservation.")
+        refusal = policy.transfer_refusal(actor, reservation, target)
+        if refusal:
+            raise BookingError("to", refusal)
+        before = snapshot(reservation)
+        previous_owner = reservation.user
+        reservation.user = target
+        reservation.save(update_fields=["user", "updated"])
+        audit_change(action=AuditEntry.Action.TRANSFER, actor=actor, reservation=reservation, reason=reason, before=before)
+        notice_send(
+            user=target, kind=Notice.Kind.TRANSFERRED, reservation=reservation,
+            message=f"{actor.get_username()} transferred reservation #{reservation.pk} to you: {reason}",
+        )
+        if actor.pk != previous_owner.pk:
+            notice_send(
+                user=previous_owner, kind=Notice.Kind.TRANSFERRED, reservation=reservation,
+                message=f"{actor.get_username()} transferred your reservation #{reservation.pk} to {to}: {reason}",
+            )
+    return reservation
+
+
+def reservation_update(*, reservation_id, actor, reason="", title=None, priority=None, preemptible=None):
+    """Edit what does not move GPU time (title, priority, preemptible)."""
+    return reservation_edit(
+        reservation_id=reservation_id, actor=actor, reason=reason, title=title, priority=priority,
+        preemptible=preemptible,
+    )
+
+
+def reservation_move(*, reservation_id, actor, start, slots, reason="", now=None):
+    """Move a confirmed (not yet started) booking to another window on the same GPUs, whole."""
+    return reservation_edit(reservation_id=reservation_id, actor=actor, reason=reason, start=start, slots=slots, now=now)
+
+
+def reservation_edit(
+    *, reservation_id, actor, reason="", title=None, priority=None, preemptible=None, start=None, slots=None, now=None
+):
+    """Change a booking in one transaction: its window (`start` and `slots`: moved whole, same GPUs,
+    only before it starts) and what does not move GPU time (title, priority, preemptible). Each
+    change is audited; nothing is written when any part is refused."""
+    now = now or timezone.now()
+    with service_transaction():
+        reservation = _lock_open(reservation_id, actor)
+        if start is not None:
+            _move_locked(reservation, actor=actor, start=start, slots=slots, reason=reason, now=now)
+        _update_locked(reservation, actor=actor, reason=reason, title=title, priority=priority, preemptible=preemptible)
+    return reservation
+
+
+def _update_locked(reservation, *, actor, reason, title, priority, preemptible):
+    before = snapshot(reservation)
+    new_priority = priority if priority is not None else reservation.priority
+    new_preemptible = reservation.preemptible if preemptible is None else preemptible
+    if priority is not None or preemptible is not None:
+        new_preemptible = policy.resolve_preemptible(actor, new_priority, new_preemptible)
+    reservation.title = reservation.title if title is None else title
+    reservation.priority = new_priority
+    reservation.preemptible = new_preemptible
+    reservation.save(update_fields=["title", "priority", "preemptible", "updated"])
+    if snapshot(reservation, before["gpus"]) != before:
+        audit_change(action=AuditEntry.Action.UPDATE, actor=actor, reservation=reservation, reason=reason, before=before)
+
+
+def _move_locked(reservation, *, actor, start, slots, reason, now):
+    if reservation.status != Status.CONFIRMED:
+        raise BookingError("start", "Only a confirmed booking that has not started can be moved.")
+    end = policy.validate_window(start, slots, now)
+    gpu_ids = sorted(reservation.allocations.values_list("gpu_id", flat=True))
+    lock_gpus(gpu_ids)
+    conflicts = list(selectors.conflicting_allocations(gpu_ids, start, end, exclude_reservation=reservation.pk))
+    if conflicts:
+        raise BookingConflict(
+            "The GPUs are already booked for that window.",
+            conflicts=conflicts,
+            suggestions=selectors.booking_suggestions(now=now, start=start, slots=slots, gpu_ids=gpu_ids),
+        )
+    before = snapshot(reservation, gpu_ids)
+    reservation.start, reservation.end = start, end
+    reservation.save(update_fields=["start", "end", "updated"])
+    reservation.allocations.update(start=start, end=end)
+    audit_change(action=AuditEntry.Action.MOVE, actor=actor, reservation=reservation, reason=reason, before=before)
+    if actor.pk != reservation.user_id:
+        notice_send(
+            user=reservation.user, kind=Notice.Kind.MOVED, reservation=reservation,
+            message=(
+                f"{actor.get_username()} moved your reservation #{reservation.pk} to "
+                f"{start:%Y-%m-%d %H:%M} UTC: {reason}"
+            ),
+        )
+    transaction.on_commit(lambda: waitlist_promote())
+
+
+def reservation_release_early(*, reservation_id, reason, now=None):
+    """Give back the whole slots an active booking will not use (its job finished, or it is a
+    no-show), so others and the waitlist can have them (rule: policy.released_end)."""
+    now = now or timezone.now()
+    with service_transaction():
+        reservation = lock_reservation(reservation_id)
+        new_end = policy.released_end(reservation, now) if reservation is not None else None
+        if new_end is None:
+            return None
+        before = snapshot(reservation)
+        reservation.end = new_end
+        reservation.save(update_fields=["end", "updated"])
+        reservation.allocations.update(end=new_end)
+        audit_change(action=AuditEntry.Action.RELEASE, reservation=reservation, reason=reason, before=before)
+        notice_send(
+            user=reservation.user, kind=Notice.Kind.RELEASED, reservation=reservation,
+            message=f"Reservation #{reservation.pk} now ends at {new_end:%Y-%m-%d %H:%M} UTC: {reason}",
+        )
+        transaction.on_commit(lambda: waitlist_promote())
+    return reservation

@@ -1,0 +1,38 @@
+"""The inventory: nodes and their GPUs, as each node's discovery reports them."""
+
+from dataclasses import dataclass
+
+from django.utils import timezone
+
+from ..models import GPU, Node
+from .locks import service_transaction
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device as a node reports it (trainer.hardware discovers them: NVML, or CPU devices)."""
+
+    index: int
+    model: str
+    memory_mb: int
+    uuid: str = ""
+
+
+def node_register(*, hostname, devices, now=None):
+    """Create or update a node and its devices from discovery. A device that disappeared is kept
+    (bookings point at it) but marked unhealthy, so nothing new is booked on it."""
+    now = now or timezone.now()
+    with service_transaction():
+        node, _ = Node.objects.select_for_update().get_or_create(hostname=hostname)
+        node.online, node.last_heartbeat = True, now
+        node.save(update_fields=["online", "last_heartbeat"])
+        seen = []
+        for device in devices:
+            gpu, _ = GPU.objects.update_or_create(
+                node=node,
+                index=device.index,
+                defaults={"model": device.model, "memory_mb": device.memory_mb, "uuid": device.uuid, "healthy": True},
+            )
+            seen.append(gpu.pk)
+        node.gpus.exclude(pk__in=seen).update(healthy=False)
+    return node

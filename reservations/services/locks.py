@@ -1,0 +1,67 @@
+"""Row locks, taken in one order everywhere, and the transactions that hold them.
+
+The order (a transaction that needs several of these takes them in this order, never backwards):
+
+1. reservations, in id order (the one being changed; a preemption's victims; a victim's rebookings,
+   which always have higher ids than the victim);
+2. GPUs, in id order (whatever takes or moves GPU time);
+3. training jobs (stopping the job of a booking that ends early).
+
+Two transactions that follow one order cannot deadlock. The order only holds if each service's
+transaction is its own: a GPU lock taken inside someone else's transaction lives until that outer
+transaction ends, so a later step of the same request (a preemption locking its victims) would then
+lock a reservation while holding GPUs. So every service that locks opens its transaction with
+`service_transaction()`, which refuses to run inside another one (Django's durable atomic; test
+cases' own wrapping transactions are allowed). Callers that must write something together with a
+booking pass it in (`reservation_create(on_booked=...)`) instead of wrapping the service.
+
+On PostgreSQL an exclusion constraint backs the GPU locks up: should two live allocations ever
+overlap on one GPU, the insert fails (services read that as "taken").
+"""
+
+from django.db import transaction
+
+from ..models import GPU, Reservation
+
+EXCLUSION_CONSTRAINT = "allocation_no_overlap"
+
+
+def service_transaction():
+    """The transaction of a service that locks rows. Raises RuntimeError inside another transaction."""
+    return transaction.atomic(durable=True)
+
+
+def lock_reservation(reservation_id, *, skip_locked=False):
+    """Lock one reservation row (1st in the order); None if it is gone (or, with skip_locked, busy)."""
+    return (
+        Reservation.objects.select_for_update(of=("self",), skip_locked=skip_locked)
+        .select_related("user", "team")
+        .filter(pk=reservation_id)
+        .first()
+    )
+
+
+def lock_reservations(queryset):
+    """Lock several reservations, in id order (1st in the order)."""
+    return list(queryset.select_for_update(of=("self",)).select_related("user", "team").order_by("id"))
+
+
+def lock_gpus(ids):
+    """Lock GPU rows in id order (2nd in the order). `ids` may be a list or a values("id") queryset."""
+    return list(GPU.objects.select_for_update().filter(id__in=ids).order_by("id").values_list("id", flat=True))
+
+
+def lock_all_gpus():
+    """Every GPU: a preemption may move or rebook its victims onto any of them."""
+    return lock_gpus(GPU.objects.values("id"))
+
+
+def lock_healthy_gpus():
+    """Every healthy GPU: what makes picking `gpu_count` free GPUs safe (it serialises such picks)."""
+    return lock_gpus(GPU.objects.filter(healthy=True).values("id"))
+
+
+def is_overlap_violation(exc):
+    """Whether an IntegrityError is the exclusion constraint: two live bookings on one GPU."""
+    diag = getattr(exc.__cause__, "diag", None)
+    return getattr(diag, "constraint_name", None) == EXCLUSION_CONSTRAINT

@@ -1,0 +1,102 @@
+"""Notices: in the app and the API at once; by e-mail and to the team's webhook after commit."""
+
+import json
+import urllib.request
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from .. import queue
+from ..models import AuditEntry, Notice
+from .audit import audit_record
+
+
+def notice_send(*, user, kind, message, reservation=None, data=None, audited=False, actor=None):
+    """A notice in the app and the API; after commit, also by e-mail (if the user has an address)
+    and to the reservation's team webhook (if it has one). With `audited`, the audit log records
+    that it was sent, in the same transaction."""
+    notice = Notice.objects.create(
+        user=user, kind=kind, message=message, reservation=reservation, data=data or {}
+    )
+    if audited:
+        audit_record(
+            action=AuditEntry.Action.NOTICE, actor=actor, reservation=reservation,
+            target=f"notice:{notice.pk}", reason=f"{notice.get_kind_display()} to {user.get_username()}: {message}",
+        )
+    if user.email:
+        transaction.on_commit(lambda: queue.send(queue.NOTICE_EMAIL, notice.pk))
+    if reservation is not None and reservation.team.webhook_url:
+        transaction.on_commit(lambda: queue.send(queue.NOTICE_WEBHOOK, notice.pk))
+    return notice
+
+
+def notice_payload(notice):
+    """What a team's webhook receives for a notice."""
+    return {
+        "id": notice.pk,
+        "kind": notice.kind,
+        "user": notice.user.get_username(),
+        "team": notice.reservation.team.slug if notice.reservation else None,
+        "reservation": notice.reservation_id,
+        "message": notice.message,
+        "data": notice.data,
+        "created": notice.created.isoformat(),
+    }
+
+
+def notice_email(*, notice_id):
+    """E-mail a notice to its user, once. SMTP errors propagate (the task retries)."""
+    notice = Notice.objects.select_related("user").filter(pk=notice_id, emailed_at=None).first()
+    if notice is None or not notice.user.email:
+        return False
+    send_mail(
+        subject=f"[GPU scheduler] {notice.get_kind_display()}"
+        + (f": reservation #{notice.reservation_id}" if notice.reservation_id else ""),
+        message=notice.message,
+        from_email=None,
+        recipient_list=[notice.user.email],
+    )
+    Notice.objects.filter(pk=notice_id).update(emailed_at=timezone.now())
+    return True
+
+
+def notice_webhook_post(*, notice_id):
+    """POST a notice to its reservation's team webhook. Returns None when delivered (or nothing to
+    deliver), else the error, for the task to retry. Never called inside a transaction."""
+    notice = (
+        Notice.objects.select_related("user", "reservation__team")
+        .filter(pk=notice_id, webhook_delivered_at=None)
+        .first()
+    )
+    if notice is None or notice.reservation is None or not notice.reservation.team.webhook_url:
+        return None
+    Notice.objects.filter(pk=notice_id).update(webhook_attempts=F("webhook_attempts") + 1)
+    request = urllib.request.Request(
+        notice.reservation.team.webhook_url,
+        data=json.dumps(notice_payload(notice), cls=DjangoJSONEncoder).encode(),
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "gpu-scheduler-webhook/1",
+            # The same id on every retry, so a receiver can drop duplicates.
+            "X-Notice-Id": str(notice.pk),
+            "X-Notice-Kind": notice.kind,
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=settings.WEBHOOK_TIMEOUT_SECONDS) as response:
+            response.read(1024)
+    except (OSError, ValueError) as exc:  # URLError, HTTPError (non-2xx), timeouts
+        error = f"{type(exc).__name__}: {exc}"
+        Notice.objects.filter(pk=notice_id).update(webhook_error=error[:2000])
+        return error
+    Notice.objects.filter(pk=notice_id).update(webhook_delivered_at=timezone.now(), webhook_error="")
+    return None
+
+
+def notice_webhook_gave_up(*, notice_id, error):
+    Notice.objects.filter(pk=notice_id).update(webhook_error=f"Gave up after retries: {error}"[:2000])

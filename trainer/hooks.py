@@ -1,0 +1,57 @@
+"""The training side of a booking, as the booking services see it (reservations.jobs): settings
+name this class as JOB_HOOKS."""
+
+from django.core.exceptions import ObjectDoesNotExist
+
+from reservations.jobs import JobHooks, JobState
+from reservations.models import Reservation
+
+from . import services
+from .api import JobSerializer
+from .models import TrainingJob
+from .spec import JobSpecSerializer
+
+
+def _job(reservation):
+    try:
+        return reservation.job
+    except ObjectDoesNotExist:
+        return None
+
+
+class TrainerJobs(JobHooks):
+    select_related = ("job",)
+
+    def spec_serializer(self):
+        return JobSpecSerializer(required=False)
+
+    def check_spec(self, *, user, team, spec):
+        return services.job_spec_check(user=user, team=team, spec=spec)
+
+    def create(self, *, reservation, spec, now):
+        if spec is None:
+            # Cache "no job" on the booking, so showing it asks nothing more.
+            Reservation.job.related.set_cached_value(reservation, None)
+            return []
+        return services.job_create(reservation=reservation, spec=spec, now=now)
+
+    def stop(self, *, reservation, reason):
+        services.job_stop_for_booking(reservation=reservation, reason=reason)
+
+    def state(self, reservation):
+        job = TrainingJob.objects.filter(reservation=reservation).first()
+        if job is None:
+            return None
+        return JobState(
+            id=job.pk,
+            status=job.status,
+            spec=job.spec,
+            live=job.status in TrainingJob.LIVE,
+            ended=job.status in TrainingJob.FINISHED,
+            completed=job.status == TrainingJob.Status.COMPLETED,
+            spawned_at=job.spawned_at,
+        )
+
+    def render(self, reservation):
+        job = _job(reservation)
+        return JobSerializer(job).data if job is not None else None
