@@ -6,10 +6,12 @@ Every helper below fails loudly on a value it cannot read, so a typo never becom
 """
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -61,6 +63,23 @@ def env_list(name, default):
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+_RATE = re.compile(r"(?P<count>[1-9][0-9]*)/(?P<period>s|sec|second|m|min|minute|h|hour|d|day)")
+
+
+def env_rate(name, default):
+    """A DRF throttle rate ("20/minute"), or None for no limit ("off"). DRF itself only reads the
+    period's first letter, so "10/mouse" would silently mean per minute: refuse it here."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value == "off":
+        return None
+    if not _RATE.fullmatch(value):
+        raise ImproperlyConfigured(f"{name} must be a rate like 20/minute (second, minute, hour, day) or off, got {raw!r}")
+    return value
+
+
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
@@ -69,6 +88,25 @@ if not SECRET_KEY:
     SECRET_KEY = "insecure-development-key-do-not-use-in-production"
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# --- HTTPS (README, production) ---
+# Off by default: the quick start and the tests speak plain HTTP. Behind a TLS-terminating proxy,
+# SECURE_PROXY_SSL_HEADER names the header it sets ("X-Forwarded-Proto", meaning "https"); without
+# it every request looks like HTTP to Django and SECURE_SSL_REDIRECT would redirect forever.
+_proxy_ssl_header = env_str("SECURE_PROXY_SSL_HEADER", "").strip()
+if _proxy_ssl_header:
+    _header, _, _value = _proxy_ssl_header.partition("=")
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _header.strip().upper().replace("-", "_"), _value.strip() or "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# Reverse proxies in front of the app that append the client's address to X-Forwarded-For. Login
+# lockout and API throttling count per client address: with 0 they use the connection's address
+# and ignore the header, which a client could otherwise forge to dodge its limit.
+NUM_PROXIES = env_int("NUM_PROXIES", 0, minimum=0)
 
 # --- Booking policy knobs (read by reservations.policy) ---
 SLOT_HOURS = env_int("SLOT_HOURS", 2, minimum=1)
@@ -109,6 +147,8 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django.contrib.postgres",
+    "axes",
+    "csp",
     "rest_framework",
     "rest_framework.authtoken",
     "django_filters",
@@ -127,6 +167,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Last, as django-axes requires: it turns a login refused for lockout into the lockout response.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "scheduler.urls"
@@ -187,6 +230,51 @@ WHITENOISE_USE_FINDERS = True
 
 LOGIN_URL = "/admin/login/"
 
+# --- Cache: API throttling counters ---
+# Per process by default (one web process in the quick start). Under gunicorn each worker would
+# keep its own counters and multiply every rate by the worker count: production sets CACHE_URL.
+CACHE_URL = env_str("CACHE_URL", "")
+if CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}}
+elif CACHE_URL in ("", "locmem://"):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+else:
+    raise ImproperlyConfigured(f"CACHE_URL must be redis://host:port/db or locmem://, got {CACHE_URL!r}")
+
+# --- Failed logins (admin, and the site's login page): django-axes ---
+# Attempts are kept in the database, so every web worker sees them. After LOGIN_FAILURE_LIMIT
+# failures from one client address, logins from it are refused (429) for LOGIN_LOCKOUT_MINUTES,
+# counted again from each attempt made while locked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_CLIENT_IP_CALLABLE = "scheduler.security.client_ip"
+AXES_LOCKOUT_CALLABLE = "scheduler.security.lockout_response"
+
+# --- Content Security Policy (django-csp) ---
+# Scripts only from this site, or inline with the request's nonce (`{{ request.csp_nonce }}`; the
+# header names a nonce only on pages that use one). The Swagger page loads its start-up script from
+# its own URL (SpectacularSwaggerSplitView) for this. Styles allow inline: the admin and Swagger UI
+# write style attributes, and a nonce would switch 'unsafe-inline' off in browsers.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, "'unsafe-inline'"],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "gpu-scheduler@localhost")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
@@ -204,10 +292,21 @@ WEBHOOK_RETRY_BACKOFF_MAX_SECONDS = env_int("WEBHOOK_RETRY_BACKOFF_MAX_SECONDS",
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        # Token first: an anonymous request then gets 401 with WWW-Authenticate, not 403.
-        "rest_framework.authentication.TokenAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
+        # Token first: an anonymous request then gets 401 with WWW-Authenticate, not 403. Both
+        # count what DRF's throttles cannot see, as they run after authentication and permissions:
+        # failed tokens, and (last in the list) anonymous requests.
+        "reservations.api.authentication.TokenAuthentication",
+        "reservations.api.authentication.SessionAuthentication",
     ],
+    # Signed-in use is not limited unless API_THROTTLE_USER says so (benchmarks and CI fire
+    # hundreds of requests a second with valid tokens).
+    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": env_rate("API_THROTTLE_USER", None),
+        "anon": env_rate("API_THROTTLE_ANON", "60/minute"),
+        "failed_token": env_rate("API_THROTTLE_FAILED_TOKEN", "10/minute"),
+    },
+    "NUM_PROXIES": NUM_PROXIES,
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": ["reservations.api.parsers.BoundedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": [
@@ -230,6 +329,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # No validator badge: it would send the schema's URL to validator.swagger.io (and CSP blocks it).
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
 }
 
 # --- Celery ---
@@ -237,12 +338,16 @@ CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _queue_dir = VAR_DIR / "celery" / "queue"
     _processed_dir = VAR_DIR / "celery" / "processed"
-    for _dir in (_queue_dir, _processed_dir):
+    # kombu keeps its exchange bindings (the workers' pidbox too) in `control_folder`, by default
+    # "control" under the working directory, which is the repository root under honcho.
+    _control_dir = VAR_DIR / "celery" / "control"
+    for _dir in (_queue_dir, _processed_dir, _control_dir):
         _dir.mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue_dir),
         "data_folder_out": str(_queue_dir),
         "processed_folder": str(_processed_dir),
+        "control_folder": str(_control_dir),
         "store_processed": False,
     }
 else:
