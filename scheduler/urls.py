@@ -7,6 +7,7 @@ urlpatterns = [
     path("", RedirectView.as_view(url="/api/docs/", permanent=False)),
     path("admin/", admin.site.urls),
     path("api/v1/", include("reservations.api.urls")),
+    path("api/v1/", include("trainer.api")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # Its start-up script from its own URL rather than inline, as the Content Security Policy asks.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="swagger-ui"),
