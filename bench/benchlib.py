@@ -1,6 +1,9 @@
-"""What the training benchmarks share: a fresh database and environment, a node worker, polling."""
+"""What the benchmarks share: a fresh database, migrations and Django set-up, a node worker, polling,
+percentiles and a description of the machine."""
 
+import math
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -9,14 +12,36 @@ from pathlib import Path
 import psycopg
 
 REPO = Path(__file__).resolve().parent.parent
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+
+
+def recreate_database(name):
+    """Drop and create database `name`; returns the server's version."""
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        # FORCE: a previous run's server or worker left behind must not keep the database alive.
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+        return conn.execute("SHOW server_version").fetchone()[0]
+
+
+def migrate(env=None):
+    """Migrate the database the environment (this process's, or `env`) names."""
+    subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=REPO, env=env, check=True)
+
+
+def django_setup(env):
+    """Set Django up in this process with `env` on top of its environment (the settings read only it)."""
+    os.environ.update(env)
+    sys.path.insert(0, str(REPO))
+    import django
+
+    django.setup()
 
 
 def setup_environment(db, work, *, redis_db, **env):
     """Recreate database `db`, point this process (and the workers it starts) at it, migrate, and
     set Django up. `env` adds or overrides settings."""
-    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{db}"')
+    recreate_database(db)
     os.environ.update(
         DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{db}",
         CELERY_BROKER_URL=f"redis://127.0.0.1:6379/{redis_db}",
@@ -30,13 +55,10 @@ def setup_environment(db, work, *, redis_db, **env):
         DJANGO_SETTINGS_MODULE="scheduler.settings",
         **env,
     )
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=REPO, check=True)
+    migrate()
     subprocess.run([sys.executable, "-m", "celery", "-A", "scheduler", "purge", "-f"], cwd=REPO, check=True,
                    capture_output=True)
-    sys.path.insert(0, str(REPO))
-    import django
-
-    django.setup()
+    django_setup({})
 
 
 def start_worker(log, host, *, central=False, concurrency=2):
@@ -61,11 +83,27 @@ def wait_for(predicate, timeout, what):
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def machine():
-    import platform
+def percentile(values, p):
+    """Nearest-rank percentile: the smallest value with at least p% of the values at or below it."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    return f"{os.cpu_count()} CPUs ({cpu}), {platform.platform()}, Python {platform.python_version()}"
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine():
+    return f"{os.cpu_count()} CPUs ({cpu_model()}), {platform.platform()}, Python {platform.python_version()}"
 
 
 def spec_maker(data):

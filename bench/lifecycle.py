@@ -29,21 +29,17 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from benchlib import REPO, machine, setup_environment, spec_maker, start_worker, wait_for
+from benchlib import REPO, machine, percentile, setup_environment, spec_maker, start_worker, wait_for
 
 DB = "gpu_bench_lifecycle"
 HOST = "bench-node"
-
-
-def percentile(values, p):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
 
 
 def booking_with_job(user, team, gpu, spec, starts_in):
     from django.utils import timezone
 
     from reservations.models import Allocation, Reservation
+    from trainer.models import TrainingJob
     from trainer.services import job_create
 
     start = timezone.now() + starts_in
@@ -51,7 +47,8 @@ def booking_with_job(user, team, gpu, spec, starts_in):
         user=user, team=team, start=start, end=start + timedelta(hours=2), gpu_count=1, status="confirmed"
     )
     Allocation.objects.create(reservation=reservation, gpu=gpu, start=start, end=reservation.end)
-    return reservation, job_create(reservation=reservation, spec=spec)
+    job_create(reservation=reservation, spec=spec, now=timezone.now())
+    return reservation, TrainingJob.objects.get(reservation=reservation)
 
 
 def main():

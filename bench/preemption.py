@@ -27,15 +27,14 @@ import signal
 import tempfile
 from pathlib import Path
 
-from benchlib import machine, setup_environment, spec_maker, start_worker, wait_for
+from benchlib import machine, percentile, setup_environment, spec_maker, start_worker, wait_for
 
 DB = "gpu_bench_preemption"
 HOST = "bench-node"
 
 
 def summary(values, unit):
-    ordered = sorted(values)
-    return f"p50 {ordered[len(ordered) // 2]:.2f} {unit}, max {ordered[-1]:.2f} {unit}  ({', '.join(f'{v:.2f}' for v in values)})"
+    return f"p50 {percentile(values, 50):.2f} {unit}, max {max(values):.2f} {unit}  ({', '.join(f'{v:.2f}' for v in values)})"
 
 
 def main():

@@ -1,29 +1,19 @@
-"""Shared fixtures: a small cluster and the people every permission test needs.
+"""Shared fixtures: a small cluster and the people every permission test needs. Plain helpers and
+constants (FROZEN_NOW, make_user, client_for, ...) live in tests/support.py.
 
 Time is frozen at FROZEN_NOW (a Monday, 09:17 UTC) by `frozen`, so slot boundaries are predictable:
 the next boundary is 10:00.
 """
 
-from datetime import datetime, timedelta, timezone as dt_timezone
-
 import pytest
 import time_machine
-from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
 from reservations.models import Membership, Team
 from reservations.services import node_register
 from trainer.hardware import Device
 
-FROZEN_NOW = datetime(2030, 1, 7, 9, 17, tzinfo=dt_timezone.utc)
-NEXT_SLOT = datetime(2030, 1, 7, 10, 0, tzinfo=dt_timezone.utc)
-SLOT = timedelta(hours=2)
-
-
-def iso(moment):
-    return moment.astimezone(dt_timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+from .support import FROZEN_NOW, client_for, make_user
 
 
 @pytest.fixture
@@ -53,13 +43,6 @@ def team(db):
 @pytest.fixture
 def other_team(db):
     return Team.objects.create(name="Language", slug="nlp")
-
-
-def make_user(username, team=None, role=Membership.Role.MEMBER, **extra):
-    user = get_user_model().objects.create_user(username=username, password="pw-" + username, **extra)
-    if team is not None:
-        Membership.objects.create(team=team, user=user, role=role)
-    return user
 
 
 @pytest.fixture
@@ -92,12 +75,6 @@ def high_booker(team):
     user = make_user("highbooker", team)
     user.user_permissions.add(Permission.objects.get(codename="book_high_priority"))
     return user
-
-
-def client_for(user):
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
-    return client
 
 
 @pytest.fixture

@@ -1,15 +1,14 @@
-import pytest
-from django.core.exceptions import ImproperlyConfigured
-
 import subprocess
 import sys
 
+import pytest
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from scheduler.settings import env_bool, env_float, env_int, env_list
 
 
-def test_typed_env_helpers_read_values(monkeypatch):
+def test_typed_env_helpers_parse_set_values_and_default_missing_ones(monkeypatch):
     monkeypatch.setenv("X_INT", "7")
     monkeypatch.setenv("X_BOOL", "yes")
     monkeypatch.setenv("X_LIST", "a, b,,c")

@@ -1,18 +1,20 @@
-"""Real Celery workers for tests: `celery -A scheduler worker` processes against the test database
-and Redis, as production runs them."""
+"""Real processes for tests: `celery -A scheduler worker` processes against the test database and
+Redis, as production runs them, and a Redis of a test's own for tests that stop their broker."""
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
+import redis
 from django.conf import settings
 from django.db import connection
 
 from reservations.models import Node
 from trainer.models import TrainingJob
 
-from .trainer.conftest import wait_for
+from .support import wait_for
 
 
 class Worker:
@@ -79,3 +81,39 @@ def kill_training_children():
             os.killpg(job.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+class RedisServer:
+    """A redis-server of a test's own on a free port, in `directory`, keeping nothing on disk: a test
+    may stop and restart it without disturbing the Redis that other tests and workers share."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = None
+
+    def start(self):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / "redis.log", "ab") as log:
+            self.process = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", str(self.directory)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        wait_for(self.answers, 30, f"redis-server on port {self.port}")
+        return self
+
+    def answers(self):
+        try:
+            with redis.Redis(port=self.port, socket_timeout=1) as client:
+                return client.ping()
+        except redis.ConnectionError:
+            return False
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()  # redis-server shuts down on SIGTERM; with --save "" it writes nothing
+            self.process.wait(timeout=30)

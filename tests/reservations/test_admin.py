@@ -1,18 +1,17 @@
 import pytest
+from django.contrib.auth import get_user_model
 from django.test import Client
 
+from reservations import services
 from reservations.models import AuditEntry, Reservation
 
-from ..conftest import NEXT_SLOT, SLOT
-from .helpers import book
+from ..support import NEXT_SLOT, SLOT, book
 
 pytestmark = pytest.mark.usefixtures("frozen")
 
 
 @pytest.fixture
 def admin_client(db):
-    from django.contrib.auth import get_user_model
-
     admin = get_user_model().objects.create_superuser("root", "root@example.com", "pw")
     client = Client()
     client.force_login(admin)
@@ -122,8 +121,6 @@ def test_the_cancel_action_cancels_through_the_service(admin_client, cluster, ow
 
 
 def test_the_audit_log_admin_filters_by_action_and_searches_the_reason(admin_client, cluster, owner, team_admin):
-    from reservations import services
-
     kept = book(owner, cluster["node1"][:1])
     dropped = book(owner, cluster["node1"][1:2])
     services.reservation_cancel(reservation_id=dropped.pk, actor=team_admin, reason="rack maintenance")

@@ -3,8 +3,7 @@ from django.db import DatabaseError, connection, transaction
 
 from reservations.models import AuditEntry
 
-from ..conftest import client_for
-from .helpers import book
+from ..support import book, client_for
 
 pytestmark = pytest.mark.usefixtures("frozen")
 

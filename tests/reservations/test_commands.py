@@ -6,6 +6,7 @@ from django.core.management import call_command
 from rest_framework.authtoken.models import Token
 
 from reservations.models import GPU, Node, Reservation, Team
+from trainer import hardware
 from trainer.hardware import CpuHardware, detect
 
 
@@ -15,24 +16,60 @@ def run(*args):
     return out.getvalue()
 
 
-def test_without_nvidia_gpus_detection_offers_cpu_devices(settings):
-    settings.CPU_DEVICE_COUNT = 3
-    hardware = detect()
+def nvml_gpu_models():
+    """The NVIDIA GPUs of this machine as NVML itself lists them; [] where there is no library,
+    no driver or no device."""
+    try:
+        import pynvml  # from nvidia-ml-py; a heavy optional library, so imported only here
 
-    assert hardware.kind == "cpu"  # these machines have no NVIDIA driver
-    assert [(d.index, d.model) for d in hardware.devices()] == [(0, "cpu"), (1, "cpu"), (2, "cpu")]
+        pynvml.nvmlInit()
+    except Exception:
+        return []
+    try:
+        names = [pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(pynvml.nvmlDeviceGetCount())]
+    finally:
+        pynvml.nvmlShutdown()
+    return [name.decode() if isinstance(name, bytes) else name for name in names]
+
+
+def expected_devices(cpu_count):
+    """(index, model) of what detection should offer here: the NVIDIA GPUs, else `cpu_count` CPU devices."""
+    return list(enumerate(nvml_gpu_models())) or [(i, "cpu") for i in range(cpu_count)]
+
+
+def test_detection_offers_the_nvidia_gpus_nvml_lists_and_cpu_devices_where_there_are_none(settings):
+    settings.CPU_DEVICE_COUNT = 3
+
+    detected = detect()
+
+    assert detected.kind == ("nvml" if nvml_gpu_models() else "cpu")
+    assert [(d.index, d.model) for d in detected.devices()] == expected_devices(3)
+
+
+def test_detection_falls_back_to_cpu_devices_when_nvml_fails(settings, monkeypatch):
+    def no_driver():
+        raise OSError("NVML Shared Library Not Found")
+
+    monkeypatch.setattr(hardware, "NvmlHardware", no_driver)
+    settings.CPU_DEVICE_COUNT = 3
+
+    detected = detect()
+
+    assert detected.kind == "cpu"
+    assert [(d.index, d.model) for d in detected.devices()] == [(0, "cpu"), (1, "cpu"), (2, "cpu")]
 
 
 @pytest.mark.django_db
 def test_register_node_records_this_machines_devices(settings):
     settings.CPU_DEVICE_COUNT = 2
+    expected = expected_devices(2)
 
     output = run("register_node", "--hostname", "box1")
 
     node = Node.objects.get(hostname="box1")
     assert node.online and node.last_heartbeat is not None
-    assert [(g.index, g.model, g.healthy) for g in node.gpus.order_by("index")] == [(0, "cpu", True), (1, "cpu", True)]
-    assert "box1/gpu1" in output
+    assert [(g.index, g.model, g.healthy) for g in node.gpus.order_by("index")] == [(i, m, True) for i, m in expected]
+    assert f"box1/gpu{len(expected) - 1}" in output
 
 
 @pytest.mark.django_db

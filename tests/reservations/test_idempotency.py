@@ -1,12 +1,10 @@
-import threading
 from collections import Counter
 
 import pytest
-from django.db import connections
 
 from reservations.models import IdempotencyRecord, Reservation
 
-from ..conftest import NEXT_SLOT, iso
+from ..support import NEXT_SLOT, client_for, iso, race
 
 pytestmark = pytest.mark.usefixtures("frozen")
 URL = "/api/v1/reservations/"
@@ -33,9 +31,7 @@ def test_the_same_key_with_a_different_body_is_refused(api, cluster):
     assert Reservation.objects.count() == 1
 
 
-def test_keys_belong_to_their_user(api, cluster, outsider):
-    from ..conftest import client_for
-
+def test_another_user_sending_the_same_key_gets_a_fresh_answer_not_the_replay(api, cluster, outsider):
     body = {"gpus": [cluster["node1"][0].pk], "start": iso(NEXT_SLOT), "slots": 1}
     api.post(URL, body, format="json", HTTP_IDEMPOTENCY_KEY="shared")
 
@@ -64,28 +60,12 @@ def test_an_overlong_key_is_a_400(api, cluster):
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("selection", [{"gpus": "first"}, {"gpu_count": 2}])
 def test_concurrent_retries_with_one_key_book_once_and_all_get_the_same_answer(owner, cluster, selection):
-    from ..conftest import client_for
-
     body = {"start": iso(NEXT_SLOT), "slots": 1, **selection}
     if body.get("gpus") == "first":
         body["gpus"] = [cluster["node1"][0].pk]
-    barrier = threading.Barrier(8)
-    answers = []
 
-    def run():
-        try:
-            client = client_for(owner)
-            barrier.wait(timeout=30)
-            response = client.post(URL, body, format="json", HTTP_IDEMPOTENCY_KEY="same")
-            answers.append((response.status_code, response.json().get("id")))
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    responses = race([client_for(owner) for _ in range(8)], body, HTTP_IDEMPOTENCY_KEY="same")
+    answers = [(response.status_code, response.json().get("id")) for response in responses]
 
     assert Reservation.objects.count() == 1
     assert Counter(answers) == {(201, Reservation.objects.get().pk): 8}

@@ -5,7 +5,7 @@ import pytest
 from reservations.models import Reservation
 from trainer.models import TrainingJob
 
-from ..conftest import NEXT_SLOT, iso
+from ..support import NEXT_SLOT, iso
 
 pytestmark = pytest.mark.usefixtures("frozen")
 URL = "/api/v1/reservations/"
@@ -94,7 +94,8 @@ def test_the_job_log_tail_is_served_as_text(api, cluster, roots, tmp_path):
 
     tail = api.get(f"/api/v1/jobs/{job.pk}/log/", {"bytes": 20})
 
-    assert tail.status_code == 200 and tail["Content-Type"].startswith("text/plain")
-    assert tail.content.decode().endswith("line 998\nline 999\n") and len(tail.content) == 20
+    assert tail.status_code == 200 and tail["Content-Type"] == "text/plain; charset=utf-8"
+    assert tail.content == b"line 998\nline 999\n"  # whole lines within the 20 bytes asked for
     assert api.get(f"/api/v1/jobs/{job.pk}/log/", {"bytes": "x"}).status_code == 400
-    assert (before_start.status_code, before_start.content) == (200, b"")
+    assert before_start.status_code == 200 and before_start["Content-Type"] == "text/plain; charset=utf-8"
+    assert before_start.content.decode().startswith(f"Job {job.pk} has not started yet")

@@ -5,16 +5,15 @@ from datetime import timedelta
 
 import pytest
 from django.core import mail
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from reservations import policy, services
 from reservations.models import Notice
 
-from ..conftest import client_for, make_user
 from ..receivers import WebhookReceiver
-from ..trainer.conftest import wait_for
+from ..support import book, client_for, make_user, wait_for
 from ..workers import Worker, purge_central_queue
-from .helpers import book
 
 
 @pytest.fixture
@@ -78,8 +77,6 @@ def test_a_notice_is_emailed_to_its_user_once(cluster, team, high_booker):
 
 @pytest.mark.usefixtures("frozen")
 def test_the_team_webhook_url_must_be_http(team):
-    from django.core.exceptions import ValidationError
-
     team.webhook_url = "file:///etc/passwd"
     with pytest.raises(ValidationError) as raised:
         team.full_clean()

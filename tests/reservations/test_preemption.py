@@ -10,8 +10,7 @@ from reservations.models import AuditEntry, Notice, Reservation
 from trainer import services as trainer_services
 from trainer.models import TrainingJob
 
-from ..conftest import NEXT_SLOT, SLOT, client_for, iso
-from .helpers import book
+from ..support import NEXT_SLOT, SLOT, book, client_for, iso
 
 pytestmark = pytest.mark.usefixtures("frozen")
 URL = "/api/v1/reservations/"

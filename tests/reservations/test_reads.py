@@ -1,9 +1,10 @@
 """Inventory, listing with filters, availability, status board, schema and docs."""
 
 import pytest
+from django.core.management import call_command
+from rest_framework.test import APIClient
 
-from ..conftest import NEXT_SLOT, SLOT, client_for, iso
-from .helpers import book
+from ..support import NEXT_SLOT, SLOT, book, client_for, iso
 
 pytestmark = pytest.mark.usefixtures("frozen")
 
@@ -121,8 +122,6 @@ def test_the_schema_and_swagger_ui_are_served_with_local_assets(api, cluster):
 
 
 def test_session_auth_enforces_csrf(cluster, owner):
-    from rest_framework.test import APIClient
-
     client = APIClient(enforce_csrf_checks=True)
     client.force_login(owner)
 
@@ -135,8 +134,6 @@ def test_session_auth_enforces_csrf(cluster, owner):
 
 
 def test_the_schema_generates_without_warnings_and_documents_preemption_fields(tmp_path):
-    from django.core.management import call_command
-
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yaml"))
 
     schema = (tmp_path / "schema.yaml").read_text()

@@ -1,7 +1,6 @@
 """The clock: bookings become active at their start and complete at their end, audited; beat's
 task does it on a real Celery worker over Redis."""
 
-import time
 from datetime import timedelta
 
 import pytest
@@ -13,8 +12,7 @@ from reservations.models import Allocation, AuditEntry, Reservation
 from reservations.tasks import tick
 from scheduler.celery import app
 
-from ..conftest import NEXT_SLOT, SLOT
-from .helpers import book
+from ..support import NEXT_SLOT, SLOT, book, wait_for
 
 
 def test_bookings_become_active_at_their_start_and_complete_at_their_end(cluster, owner, frozen):
@@ -55,12 +53,6 @@ def test_beats_tick_runs_on_a_real_worker_and_starts_a_due_booking(cluster, owne
 
     with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
         tick.delay()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            reservation.refresh_from_db()
-            if reservation.status == "active":
-                break
-            time.sleep(0.2)
+        wait_for(lambda: Reservation.objects.get(pk=reservation.pk).status == "active", 30, "the tick to start it")
 
-    assert reservation.status == "active"
     assert AuditEntry.objects.filter(action="activate", reservation=reservation).exists()

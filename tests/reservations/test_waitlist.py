@@ -3,8 +3,7 @@ import pytest
 from reservations import services
 from reservations.models import AuditEntry, Notice, Reservation
 
-from ..conftest import NEXT_SLOT, SLOT, client_for, iso
-from .helpers import book
+from ..support import NEXT_SLOT, SLOT, book, client_for, iso
 
 pytestmark = [pytest.mark.usefixtures("frozen"), pytest.mark.django_db(transaction=True)]
 

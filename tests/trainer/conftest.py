@@ -1,19 +1,6 @@
-import time
-
 import pytest
 
 from trainer.dataset import make_dataset
-
-
-def wait_for(predicate, timeout, what):
-    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture

@@ -1,15 +1,21 @@
 """The lifecycle's rules, one at a time, without a worker."""
 
 from datetime import timedelta
+from io import StringIO
 
 import pytest
+from django.core.management import call_command
 from django.utils import timezone
 
 from reservations.models import Allocation, Node, Notice, Reservation
+from reservations.services import reservation_cancel
 from trainer import services
+from trainer.agent import NodeAgent
 from trainer.models import TrainingJob
+from trainer.process import child_environment
+from trainer.runner import _device_argument
 
-from ..conftest import NEXT_SLOT, SLOT
+from ..support import NEXT_SLOT, SLOT
 
 pytestmark = pytest.mark.usefixtures("frozen")
 
@@ -85,7 +91,7 @@ def test_the_owner_is_told_once_before_the_slot_of_a_running_job_ends(cluster, o
         ("completed", False, 0, "completed"),  # the child recorded its end itself
     ],
 )
-def test_a_child_that_exits_leaves_the_right_status(cluster, owner, team, status, killed, code, expected):
+def test_an_exited_child_leaves_its_job_stopped_interrupted_or_completed_by_how_it_ended(cluster, owner, team, status, killed, code, expected):
     training = job_for(booking(owner, team, cluster["node1"][:1], NEXT_SLOT, SLOT), status=status, checkpoint_epoch=3)
 
     services.job_exited(job_id=training.pk, returncode=code, killed=killed)
@@ -106,8 +112,6 @@ def test_a_job_is_claimed_for_start_once(cluster, owner, team):
 
 
 def test_cancelling_a_booking_with_a_queued_job_ends_the_job_too(cluster, owner, team):
-    from reservations.services import reservation_cancel
-
     reservation = booking(owner, team, cluster["node1"][:1], NEXT_SLOT, SLOT)
     training = job_for(reservation, status="queued")
 
@@ -141,8 +145,6 @@ def test_a_booking_with_a_job_is_not_a_no_show(cluster, owner, team, frozen, set
 
 
 def test_a_gang_waits_until_every_one_of_its_gpus_is_free(cluster, owner, team):
-    from trainer.agent import NodeAgent
-
     agent = NodeAgent("node1", hardware=None)
     earlier = job_for(booking(owner, team, cluster["node1"][1:2], NEXT_SLOT - SLOT, SLOT))
     gang = job_for(booking(owner, team, cluster["node1"][:2], NEXT_SLOT, SLOT), status="queued")
@@ -158,8 +160,6 @@ def test_a_gang_waits_until_every_one_of_its_gpus_is_free(cluster, owner, team):
 def test_the_agent_lets_a_job_overrun_while_the_gpus_stay_free_and_stops_it_for_the_next_booking(
     cluster, owner, team, teammate, frozen
 ):
-    from trainer.agent import NodeAgent
-
     agent = NodeAgent("node1", hardware=None)
     reservation = booking(owner, team, cluster["node1"][:1], NEXT_SLOT, 5 * SLOT, status="active")
     training = job_for(reservation)
@@ -172,10 +172,6 @@ def test_the_agent_lets_a_job_overrun_while_the_gpus_stay_free_and_stops_it_for_
 
 
 def test_make_demo_dataset_writes_a_yolo_dataset(tmp_path):
-    from io import StringIO
-
-    from django.core.management import call_command
-
     out = StringIO()
     call_command("make_demo_dataset", "--dest", str(tmp_path / "demo"), "--images", "8", stdout=out)
 
@@ -192,9 +188,6 @@ def test_make_demo_dataset_writes_a_yolo_dataset(tmp_path):
 
 
 def test_the_child_sees_exactly_the_booked_gpus_and_ultralytics_gets_them_renumbered(monkeypatch):
-    from trainer.process import child_environment
-    from trainer.runner import _device_argument
-
     gpu_env = child_environment([1, 3])
     cpu_env = child_environment([])
 

@@ -10,9 +10,8 @@ from reservations.models import GPU, AuditEntry, Reservation
 from trainer.models import TrainingJob
 from trainer.runner import sha256_of
 
-from .conftest import wait_for
-from ..conftest import client_for, iso, make_user
 from ..receivers import WebhookReceiver
+from ..support import client_for, iso, make_user, wait_for
 from ..workers import NodeWorker, kill_training_children, purge_central_queue
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]

@@ -1,8 +1,6 @@
 """The slot lifecycle with a real node worker (a `celery worker` process on the node's queue, with
 its agent), real Redis and PostgreSQL, and real ultralytics training on CPU devices."""
 
-import subprocess
-import time
 from datetime import timedelta
 
 import pytest
@@ -12,11 +10,11 @@ from reservations import policy, services
 from reservations.models import GPU, Allocation, AuditEntry, Reservation
 from trainer.models import TrainingJob
 from trainer.runner import sha256_of
+from trainer.services import job_create
 from trainer.spec import JobSpecSerializer
 
-from .conftest import wait_for
-from ..conftest import client_for, make_user
-from ..workers import NodeWorker, kill_training_children
+from ..support import client_for, make_user, wait_for
+from ..workers import NodeWorker, RedisServer, kill_training_children
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
 HOST = "lifecycle-node"
@@ -25,6 +23,23 @@ HOST = "lifecycle-node"
 @pytest.fixture
 def node_worker(tmp_path, training_data):
     worker = NodeWorker(tmp_path / "node-worker.log", HOST)
+    yield worker
+    worker.stop()
+    kill_training_children()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A Redis for this test alone: stopping the shared one would break every other worker and test."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def node_worker_on_own_redis(tmp_path, training_data, own_redis):
+    """A node worker whose broker is `own_redis`; fixtures end in reverse order, so it stops first."""
+    worker = NodeWorker(tmp_path / "node-worker.log", HOST, CELERY_BROKER_URL=own_redis.url)
     yield worker
     worker.stop()
     kill_training_children()
@@ -43,9 +58,8 @@ def booking_now(user, team, gpus, *, starts_in, length, spec=None):
     if spec is not None:
         serializer = JobSpecSerializer(data=spec)
         serializer.is_valid(raise_exception=True)
-        from trainer.services import job_create
-
-        job = job_create(reservation=reservation, spec=serializer.validated_data)
+        job_create(reservation=reservation, spec=serializer.validated_data, now=timezone.now())
+        job = TrainingJob.objects.get(reservation=reservation)
     return reservation, job
 
 
@@ -123,21 +137,24 @@ def test_a_job_that_finishes_early_releases_the_rest_of_its_booking_to_the_waitl
     assert AuditEntry.objects.filter(action="promote", reservation_id=waiting.pk).exists()
 
 
-def test_a_redis_restart_loses_no_booking_and_the_next_start_still_happens(node_worker, team, training_data):
+def test_a_redis_restart_loses_no_booking_and_the_next_start_still_happens(
+    node_worker_on_own_redis, own_redis, team, training_data, tmp_path
+):
     owner = make_user("lifecycle-owner", team)
-    node_worker.start()
+    node_worker_on_own_redis.start()
     gpu = GPU.objects.filter(node__hostname=HOST).order_by("index").first()
     spec = {"model": "yolov8n.yaml", "data": str(training_data), "epochs": 1, "imgsz": 64, "batch": 4}
+    worker_log = tmp_path / "node-worker.log"
 
-    subprocess.run(["redis-cli", "-h", "127.0.0.1", "shutdown", "nosave"], check=False)
+    own_redis.stop()
     try:
-        _, training = booking_now(owner, team, [gpu], starts_in=timedelta(seconds=3), length=timedelta(hours=1), spec=spec)
-        time.sleep(5)
-    finally:
-        subprocess.run(
-            ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "",
-             "--appendonly", "no", "--dir", "/tmp", "--logfile", ""],
-            check=True,
+        reservation, training = booking_now(
+            owner, team, [gpu], starts_in=timedelta(seconds=3), length=timedelta(hours=1), spec=spec
         )
+        # Redis stays down until the worker has lost it and the booking's start has passed.
+        wait_for(lambda: "Connection to broker lost" in worker_log.read_text(errors="replace"), 60, "the worker to lose Redis")
+        wait_for(lambda: timezone.now() > reservation.start, 10, "the booking's start")
+    finally:
+        own_redis.start()
     wait_for(lambda: job(training.pk).status in ("running", "completed"), 120, "the start after Redis came back")
     assert Reservation.objects.filter(pk=training.reservation_id).exists()

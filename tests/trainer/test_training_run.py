@@ -10,8 +10,7 @@ from trainer.runner import sha256_of
 from trainer.services import job_exited, job_request_stop
 from trainer.spec import JobSpecSerializer
 
-from .conftest import wait_for
-from ..conftest import make_user
+from ..support import make_user, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
 
