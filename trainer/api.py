@@ -11,7 +11,7 @@ from rest_framework.routers import SimpleRouter
 from reservations import policy
 from reservations.api.serializers import AwareDateTimeField
 
-from .logs import log_tail
+from .logs import job_log_text
 from .models import TrainingJob
 
 LOG_TAIL_BYTES = 64 * 1024
@@ -69,7 +69,7 @@ class JobViewSet(viewsets.ReadOnlyModelViewSet):
             wanted = min(max(int(request.query_params.get("bytes", LOG_TAIL_BYTES)), 1), LOG_TAIL_MAX)
         except ValueError:
             raise ValidationError({"bytes": ["Give a whole number of bytes."]}) from None
-        return Response(log_tail(job.log_path, wanted), content_type="text/plain; charset=utf-8")
+        return Response(job_log_text(job, wanted), content_type="text/plain; charset=utf-8")
 
 
 router = SimpleRouter()

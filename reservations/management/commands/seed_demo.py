@@ -63,7 +63,9 @@ class Command(BaseCommand):
                 users[username] = user
         booked = self._bookings(users)
         self.stdout.write(self.style.SUCCESS(f"Demo cluster ready: 2 nodes x 4 GPUs, {booked} new bookings."))
-        self.stdout.write(f"Sign in at /admin/ as any of these (password {PASSWORD!r}); API tokens:")
+        self.stdout.write(
+            f"API tokens (send 'Authorization: Token <key>'); admin also signs in at /admin/ with {PASSWORD!r}:"
+        )
         for username, user in users.items():
             token, _ = Token.objects.get_or_create(user=user)
             self.stdout.write(f"  {username:8} {token.key}")
