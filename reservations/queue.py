@@ -10,6 +10,7 @@ import logging
 from datetime import timedelta
 
 from celery import current_app
+from django.conf import settings
 from django.utils import timezone
 
 log = logging.getLogger(__name__)
@@ -19,10 +20,16 @@ NOTICE_EMAIL = "reservations.tasks.notice_email"
 NOTICE_WEBHOOK = "reservations.tasks.notice_webhook"
 
 # A task with an eta waits unacknowledged in a worker, and Redis delivers a task again when it is not
-# acknowledged within the broker's visibility timeout (CELERY_VISIBILITY_TIMEOUT, 3600 s by default).
-# So no eta may lie further ahead than that: reclaims further off are left to tick's sweep (every
-# TICK_SECONDS), and the node agent stops the job itself at the reclaim time either way.
-RECLAIM_ETA_HORIZON = timedelta(minutes=50)
+# acknowledged within the broker's visibility timeout (CELERY_VISIBILITY_TIMEOUT). So no eta may lie
+# as far ahead as that: a reclaim further off than the timeout less this margin is left to tick's
+# sweep (every TICK_SECONDS), and the node agent stops the job itself at the reclaim time either way.
+# (A redelivered reclaim would be harmless, reservation_reclaim being idempotent, but it would pile up.)
+ETA_MARGIN = timedelta(minutes=10)
+
+
+def eta_horizon():
+    visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", 3600)
+    return max(timedelta(seconds=visibility) - ETA_MARGIN, timedelta(0))
 
 
 def send(name, *args, **options):
@@ -33,5 +40,5 @@ def send(name, *args, **options):
 
 
 def reclaim_at(reservation_id, when):
-    if when - timezone.now() <= RECLAIM_ETA_HORIZON:
+    if when - timezone.now() <= eta_horizon():
         send(RECLAIM, reservation_id, eta=when)

@@ -65,11 +65,14 @@ def job_stop_for_booking(*, reservation, reason):
     job = TrainingJob.objects.filter(reservation=reservation).first()
     if job is None:
         return
-    if job.status in TrainingJob.WAITING:
-        TrainingJob.objects.filter(pk=job.pk, status__in=TrainingJob.WAITING).update(
-            status=TrainingJob.Status.STOPPED, reason=reason, ended_at=timezone.now()
-        )
-    elif job_request_stop(job_id=job.pk, reason=reason):
+    # The job row is not locked before these writes (jobs are last in the lock order, locks.py):
+    # each is a compare-and-set on its status instead. A node agent may claim the job at this very
+    # moment (waiting -> starting); then the first update changes nothing and the second asks the
+    # job, live now, to stop. The agent also stops any job whose booking is no longer live.
+    ended_waiting = TrainingJob.objects.filter(pk=job.pk, status__in=TrainingJob.WAITING).update(
+        status=TrainingJob.Status.STOPPED, reason=reason, ended_at=timezone.now()
+    )
+    if not ended_waiting and job_request_stop(job_id=job.pk, reason=reason):
         node, _ = job_placement(job)
         if node is not None:
             job_id, hostname = job.pk, node.hostname
@@ -149,7 +152,11 @@ def job_request_stop(*, job_id, reason):
 
 
 def job_exited(*, job_id, returncode, killed):
-    """The child is gone. If it did not record an end itself, record one now."""
+    """The child is gone. If it did not record an end itself, record one now.
+
+    Read, then update: the child wrote its own end (if any) before it exited, so it is committed and
+    read here; the update still excludes finished jobs, so an end the child recorded always wins
+    over the one guessed here from the exit."""
     job = TrainingJob.objects.filter(pk=job_id).first()
     if job is None or job.status in TrainingJob.FINISHED + (TrainingJob.Status.INTERRUPTED,):
         return job
