@@ -135,6 +135,8 @@ OVERRUN_GRACE_PCT = env_int("OVERRUN_GRACE_PCT", 10, minimum=0)
 HEARTBEAT_SECONDS = env_int("HEARTBEAT_SECONDS", 5, minimum=1)
 NODE_LOST_SECONDS = env_int("NODE_LOST_SECONDS", 45, minimum=2)
 NO_SHOW_RELEASE = env_bool("NO_SHOW_RELEASE", False)
+# The training side of a booking (reservations never imports trainer; this wires them).
+JOB_HOOKS = "trainer.hooks.TrainerJobs"
 # Devices a node without NVIDIA GPUs offers, so the whole flow runs on CPU.
 CPU_DEVICE_COUNT = env_int("CPU_DEVICE_COUNT", 2, minimum=1)
 

@@ -8,12 +8,20 @@ the next boundary is 10:00.
 import pytest
 import time_machine
 from django.contrib.auth.models import Permission
+from django.core.cache import cache
 
 from reservations.models import Membership, Team
-from reservations.services import node_register
-from trainer.hardware import Device
+from reservations.services import Device, node_register
 
 from .support import FROZEN_NOW, client_for, make_user
+
+
+@pytest.fixture(autouse=True)
+def fresh_throttle_counts():
+    """Throttle and lockout counters live in the cache: each test starts with none, whatever the
+    tests before it sent."""
+    cache.clear()
+    yield
 
 
 @pytest.fixture
