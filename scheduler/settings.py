@@ -139,6 +139,11 @@ NO_SHOW_RELEASE = env_bool("NO_SHOW_RELEASE", False)
 JOB_HOOKS = "trainer.hooks.TrainerJobs"
 # Devices a node without NVIDIA GPUs offers, so the whole flow runs on CPU.
 CPU_DEVICE_COUNT = env_int("CPU_DEVICE_COUNT", 2, minimum=1)
+# "auto": NVIDIA GPUs when NVML finds some, else CPU devices; "cpu": CPU devices even on a GPU machine
+# (the tests' node workers, whose checks expect CPU devices wherever they run).
+NODE_DEVICES = env_str("NODE_DEVICES", "auto")
+if NODE_DEVICES not in ("auto", "cpu"):
+    raise ImproperlyConfigured(f"NODE_DEVICES must be auto or cpu, got {NODE_DEVICES!r}")
 
 INSTALLED_APPS = [
     "django.contrib.admin",

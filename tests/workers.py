@@ -56,7 +56,7 @@ class NodeWorker(Worker):
 
     def __init__(self, log, host, central=False, **env):
         queues = [f"node.{host}"] + (["celery"] if central else [])
-        env = dict(dict(NODE_AGENT_HOSTNAME=host, CPU_DEVICE_COUNT="2", STOP_GRACE_SECONDS="60", HEARTBEAT_SECONDS="1"), **env)
+        env = dict(dict(NODE_AGENT_HOSTNAME=host, NODE_DEVICES="cpu", CPU_DEVICE_COUNT="2", STOP_GRACE_SECONDS="60", HEARTBEAT_SECONDS="1"), **env)
         super().__init__(log, queues, host, **env)
         self.host = host
 

@@ -78,6 +78,8 @@ class CpuHardware:
 
 
 def detect():
+    if settings.NODE_DEVICES == "cpu":
+        return CpuHardware()
     try:
         hardware = NvmlHardware()
         if hardware.devices():

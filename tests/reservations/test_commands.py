@@ -7,7 +7,7 @@ from rest_framework.authtoken.models import Token
 
 from reservations.models import GPU, Node, Reservation, Team
 from trainer import hardware
-from trainer.hardware import CpuHardware, detect
+from trainer.hardware import CpuHardware, Device, detect
 
 
 def run(*args):
@@ -101,3 +101,19 @@ def test_cpu_hardware_reports_telemetry_per_device():
 
     assert [r.index for r in readings] == [0, 1]
     assert all(0 <= r.utilization_pct <= 100 for r in readings)
+
+
+def test_a_node_set_to_cpu_devices_offers_them_even_where_nvml_finds_gpus(settings, monkeypatch):
+    class TwoGpus:
+        kind = "nvml"
+
+        def devices(self):
+            return [Device(index=i, model="NVIDIA H100", memory_mb=81559) for i in range(2)]
+
+    monkeypatch.setattr(hardware, "NvmlHardware", TwoGpus)
+    settings.CPU_DEVICE_COUNT = 1
+
+    settings.NODE_DEVICES = "auto"
+    assert detect().kind == "nvml"
+    settings.NODE_DEVICES = "cpu"
+    assert [(d.index, d.model) for d in detect().devices()] == [(0, "cpu")]
