@@ -14,8 +14,8 @@ from rest_framework import serializers
 MAX_UTC_OFFSET = timedelta(hours=16)
 # Far enough inside Python's years 1 to 9999 that adding a booking's length (10,000 slots of at
 # most a day) or the horizon to an accepted time cannot overflow.
-EARLIEST = datetime(1000, 1, 1, tzinfo=dt_timezone.utc)
-LATEST = datetime(9000, 1, 1, tzinfo=dt_timezone.utc)
+MIN_TIME = datetime(1000, 1, 1, tzinfo=dt_timezone.utc)
+MAX_TIME = datetime(9000, 1, 1, tzinfo=dt_timezone.utc)
 
 INVALID = "Enter an ISO 8601 datetime with an offset or Z, e.g. 2030-01-01T10:00:00Z."
 NAIVE = "Give the time zone (an offset or Z), e.g. 2030-01-01T10:00:00Z."
@@ -41,7 +41,7 @@ def parse_aware_datetime(value):
         value = value.astimezone(dt_timezone.utc)
     except OverflowError:  # before year 1 or after 9999 once in UTC
         raise ValueError(OUT_OF_RANGE) from None
-    if not EARLIEST <= value < LATEST:
+    if not MIN_TIME <= value < MAX_TIME:
         raise ValueError(OUT_OF_RANGE)
     return value
 
