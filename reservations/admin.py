@@ -3,6 +3,7 @@ every admin edit is checked and audited like an API call); the audit log read-on
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.options import csrf_protect_m
 from django.db import models
 from django.core.exceptions import PermissionDenied
 from django.forms.models import model_to_dict
@@ -176,6 +177,7 @@ class ReservationAdmin(admin.ModelAdmin):
     date_hierarchy = "start"
     actions = ["cancel_selected"]
 
+    @csrf_protect_m
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         # Not inside the admin's usual request-wide transaction: the booking services lock rows in
         # one order and must own their transaction (reservations/services/locks.py). The form's

@@ -3,6 +3,7 @@
 Services call these before they write; nothing else decides what a valid booking is.
 """
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.conf import settings
@@ -92,28 +93,30 @@ def validate_window(start, slots, now):
         )
     if start < now:
         raise BookingError("start", "The start is in the past.")
-    end = start + slots * slot_length()
-    if end > horizon_end(now):
+    return _end_within_horizon(start, slots, now)
+
+
+def _end_within_horizon(first_boundary, slots, now):
+    """`slots` whole slots from `first_boundary`, if they end within the horizon. Counted in whole
+    slots before any time is added, so no number of slots can overflow a datetime."""
+    if slots > (horizon_end(now) - first_boundary) // slot_length():
         raise BookingError(
             "slots",
             f"The booking would end after the {settings.BOOKING_HORIZON_DAYS}-day booking horizon.",
         )
-    return end
+    return first_boundary + slots * slot_length()
 
 
 def now_window(now, slots):
     """Rule: "start": "now" books from now to the end of the current slot, plus `slots - 1` more.
+    When too little of the current slot is left to run anything (less than a tenth of a slot, five
+    minutes at most), that rest comes on top of `slots` whole slots instead.
 
     Returns (start, end); the end is checked against the horizon like any other booking's."""
     validate_slots(slots)
-    start = now.replace(microsecond=0)
-    end = floor_to_slot(now) + slots * slot_length()
-    if end > horizon_end(now):
-        raise BookingError(
-            "slots",
-            f"The booking would end after the {settings.BOOKING_HORIZON_DAYS}-day booking horizon.",
-        )
-    return start, end
+    too_little_left = ceil_to_slot(now) - now < min(slot_length() / 10, timedelta(minutes=5))
+    whole_slots = slots + 1 if too_little_left and not is_on_boundary(now) else slots
+    return now.replace(microsecond=0), _end_within_horizon(floor_to_slot(now), whole_slots, now)
 
 
 def resolve_preemptible(user, priority, preemptible):
@@ -173,17 +176,31 @@ def transfer_refusal(actor, reservation, target):
     return None
 
 
-def visible_job_teams(user):
-    """Rule: a booking's training job (its log, checkpoints and paths) is for the booking's team and
-    staff only; everyone sees the booking itself (the calendar is shared). Returns the ids of the
-    teams whose jobs `user` may see, or None for all (staff)."""
+@dataclass(frozen=True)
+class JobViewer:
+    """Rule: a booking's training job (its log, checkpoints and paths) is for the booking's team, its
+    owner and staff only; everyone sees the booking itself (the calendar is shared)."""
+
+    user_id: int | None
+    teams: frozenset | None  # None: every team's (staff)
+
+    def may_see(self, reservation):
+        return self.teams is None or reservation.team_id in self.teams or reservation.user_id == self.user_id
+
+    def visible(self, queryset, prefix=""):
+        """`queryset` narrowed to what the viewer may see (`prefix` leads to the reservation's fields)."""
+        if self.teams is None:
+            return queryset
+        return queryset.filter(Q(**{f"{prefix}team_id__in": self.teams}) | Q(**{f"{prefix}user_id": self.user_id}))
+
+
+NOBODY = JobViewer(user_id=None, teams=frozenset())
+
+
+def job_viewer(user):
     if user.is_staff:
-        return None
-    return set(Membership.objects.filter(user=user).values_list("team_id", flat=True))
-
-
-def may_see_job(visible_teams, reservation):
-    return visible_teams is None or reservation.team_id in visible_teams
+        return JobViewer(user_id=user.pk, teams=None)
+    return JobViewer(user_id=user.pk, teams=frozenset(Membership.objects.filter(user=user).values_list("team_id", flat=True)))
 
 
 # --- The slot lifecycle -----------------------------------------------------------------------
@@ -211,10 +228,16 @@ def released_end(reservation, now):
     started = reservation.status == Reservation.Status.ACTIVE or (
         reservation.status == Reservation.Status.CONFIRMED and reservation.start <= now  # before the clock's tick
     )
-    new_end = max(ceil_to_slot(now), reservation.start + slot_length())
+    new_end = max(ceil_to_slot(now), floor_to_slot(reservation.start) + slot_length())
     if not started or new_end >= reservation.end:
         return None
     return new_end
+
+
+def has_started(reservation, now):
+    """Rule: a booking whose start has come is under way (its job may be running), even before the
+    clock marks it active: it can no longer be moved."""
+    return reservation.start <= now
 
 
 def no_show_cutoff(now):
@@ -225,9 +248,9 @@ def no_show_cutoff(now):
 
 # --- Preemption -------------------------------------------------------------------------------
 # A booking that overlaps others may take their GPUs (preempt them) under the rules below. The
-# services apply them inside the booking's transaction; reservations.services.preemption_apply does
-# the taking (victims warned, cut, moved or rebooked) and reservation_reclaim the stop at the
-# reclaim time.
+# services apply them inside the booking's transaction; reservations.services.preemption does the
+# taking (victims warned, cut, moved or rebooked) and reservation_reclaim the stop at the reclaim
+# time.
 
 _RANK = {Reservation.Priority.LOW: 0, Reservation.Priority.NORMAL: 1, Reservation.Priority.HIGH: 2}
 

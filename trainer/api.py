@@ -47,7 +47,7 @@ class PlainTextRenderer(BaseRenderer):
 
 
 class JobViewSet(viewsets.ReadOnlyModelViewSet):
-    """Training jobs: those of the caller's teams' bookings (all, for staff); others are a 404."""
+    """Training jobs: those of the caller's teams' and own bookings (all, for staff); others are a 404."""
 
     serializer_class = JobSerializer
 
@@ -55,8 +55,7 @@ class JobViewSet(viewsets.ReadOnlyModelViewSet):
         jobs = TrainingJob.objects.all()
         if getattr(self, "swagger_fake_view", False):  # schema generation: no user
             return jobs
-        teams = policy.visible_job_teams(self.request.user)
-        return jobs if teams is None else jobs.filter(reservation__team_id__in=teams)
+        return policy.job_viewer(self.request.user).visible(jobs, prefix="reservation__")
 
     @extend_schema(
         parameters=[OpenApiParameter("bytes", int, description="How much of the end of the log (default 65536).")],

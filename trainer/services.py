@@ -22,10 +22,9 @@ def job_spec_check(*, user, team, spec):
     if source_id is None:
         return spec
     source = TrainingJob.objects.select_related("reservation").filter(pk=source_id).first()
-    if source is None:
-        raise BookingError("job", f"resume_from: no job {source_id}.")
-    if not user.is_staff and source.reservation.team_id != team.pk:
-        raise BookingError("job", f"resume_from: job {source_id} belongs to another team.")
+    if source is None or (not user.is_staff and source.reservation.team_id != team.pk):
+        # One answer for both: another team's job ids are not to be found out this way.
+        raise BookingError("job", f"resume_from: no job {source_id} in team {team.slug}.")
     if not source.checkpoint:
         raise BookingError("job", f"resume_from: job {source_id} has no checkpoint to resume from.")
     return spec
@@ -53,7 +52,8 @@ def job_create(*, reservation, spec, now):
     )
     notice_send(
         user=reservation.user, kind=Notice.Kind.NODE_OFFLINE, reservation=reservation, message=warning,
-        data={"node": node.hostname, "job": job.pk, "at": "booking"},
+        # A booking that has begun ("now") is told here what the slot-start notice would say.
+        data={"node": node.hostname, "job": job.pk, "at": "slot_start" if reservation.start <= now else "booking"},
     )
     return [warning]
 

@@ -90,20 +90,20 @@ class ReservationSerializer(serializers.Serializer):
         return [a.gpu.name for a in obj.allocation_list]
 
     def get_job(self, obj) -> dict | None:
-        """The booking's training job, for its team and staff only (policy.visible_job_teams);
+        """The booking's training job, for its team, its owner and staff only (policy.JobViewer);
         null for everyone else, and when it carries none."""
-        if not policy.may_see_job(self._visible_job_teams(), obj):
+        if not self._job_viewer().may_see(obj):
             return None
         return jobs.hooks().render(obj)
 
-    def _visible_job_teams(self):
+    def _job_viewer(self):
         # Once per response, not per booking: a list shows many.
         root = self.root
-        if not hasattr(root, "_job_teams"):
+        if not hasattr(root, "_viewer"):
             request = self.context.get("request")
             # No request (nobody to show it to): no job details.
-            root._job_teams = policy.visible_job_teams(request.user) if request is not None else set()
-        return root._job_teams
+            root._viewer = policy.job_viewer(request.user) if request is not None else policy.NOBODY
+        return root._viewer
 
 
 class ReservationCreatedSerializer(ReservationSerializer):

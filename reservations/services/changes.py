@@ -53,10 +53,10 @@ def reservation_cancel(*, reservation_id, actor, reason=""):
         if reservation.preempted.filter(status__in=policy.LIVE_STATUSES).exists():
             # Bookings it was about to preempt get their time back first, before the waitlist.
             preemptor_id = reservation.pk
-            transaction.on_commit(lambda: preemption_withdraw(preemptor_id=preemptor_id))
+            transaction.on_commit(lambda: preemption_withdraw(preemptor_id=preemptor_id), robust=True)
         if before["status"] != Status.WAITLISTED:
             # The window is free now: let the waitlist have it, after this commit is visible.
-            transaction.on_commit(lambda: waitlist_promote())
+            transaction.on_commit(lambda: waitlist_promote(), robust=True)
     return reservation
 
 
@@ -132,7 +132,7 @@ def _update_locked(reservation, *, actor, reason, title, priority, preemptible):
 
 
 def _move_locked(reservation, *, actor, start, slots, reason, now):
-    if reservation.status != Status.CONFIRMED:
+    if reservation.status != Status.CONFIRMED or policy.has_started(reservation, now):
         raise BookingError("start", "Only a confirmed booking that has not started can be moved.")
     end = policy.validate_window(start, slots, now)
     gpu_ids = sorted(reservation.allocations.values_list("gpu_id", flat=True))
@@ -157,7 +157,7 @@ def _move_locked(reservation, *, actor, start, slots, reason, now):
                 f"{start:%Y-%m-%d %H:%M} UTC: {reason}"
             ),
         )
-    transaction.on_commit(lambda: waitlist_promote())
+    transaction.on_commit(lambda: waitlist_promote(), robust=True)
 
 
 def reservation_release_early(*, reservation_id, reason, now=None):
@@ -178,5 +178,5 @@ def reservation_release_early(*, reservation_id, reason, now=None):
             user=reservation.user, kind=Notice.Kind.RELEASED, reservation=reservation,
             message=f"Reservation #{reservation.pk} now ends at {new_end:%Y-%m-%d %H:%M} UTC: {reason}",
         )
-        transaction.on_commit(lambda: waitlist_promote())
+        transaction.on_commit(lambda: waitlist_promote(), robust=True)
     return reservation

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from django.utils import timezone
 
 from ..models import GPU, Node
-from .locks import service_transaction
+from .locks import lock_gpus, service_transaction
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,8 @@ def node_register(*, hostname, devices, now=None):
     now = now or timezone.now()
     with service_transaction():
         node, _ = Node.objects.select_for_update().get_or_create(hostname=hostname)
+        # Its GPUs in id order (locks.py) before they are written, not in the devices' index order.
+        lock_gpus(node.gpus.values("id"))
         node.online, node.last_heartbeat = True, now
         node.save(update_fields=["online", "last_heartbeat"])
         seen = []

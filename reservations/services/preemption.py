@@ -107,7 +107,7 @@ def _take_gpus(*, booking, gpu_ids, victim_ids):
             _cut_short(victim, preemptor, before[victim.pk], original_end[victim.pk], booking)
         else:
             _move_or_cancel(victim, preemptor, before[victim.pk], booking)
-    transaction.on_commit(lambda: waitlist_promote())  # a victim may have freed more than was taken
+    transaction.on_commit(lambda: waitlist_promote(), robust=True)  # a victim may have freed more than was taken
     return preemptor, None, None
 
 
@@ -281,11 +281,13 @@ def reservation_reclaim(*, reservation_id, now=None):
             action=AuditEntry.Action.RECLAIM, reservation=victim, before=before,
             reason=f"GPUs reclaimed for #{victim.preempted_by_id}" + (f"; job {job.id} asked to stop." if live else "."),
         )
+        # Its rebookings (higher ids) are locked before the job is stopped: reservations come before
+        # jobs in the lock order.
+        rebooks = lock_reservations(victim.rebooks.filter(status__in=[Status.CONFIRMED, Status.WAITLISTED]))
         jobs.hooks().stop(
             reservation=victim,
             reason=f"Preempted by reservation #{victim.preempted_by_id}: stopping with a resumable checkpoint.",
         )
-        rebooks = lock_reservations(victim.rebooks.filter(status__in=[Status.CONFIRMED, Status.WAITLISTED]))
         if job is not None and job.completed:
             for rebook in rebooks:
                 _cancel_rebook(rebook, f"Job {job.id} completed before #{victim.pk} was preempted.")

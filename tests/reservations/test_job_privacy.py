@@ -76,5 +76,17 @@ def test_another_team_may_not_resume_from_the_job(job, cluster, outsider, tmp_pa
     )
 
     assert response.status_code == 400
-    assert "another team" in response.json()["job"][0]
+    assert response.json()["job"] == [f"resume_from: no job {job.pk} in team nlp."]
     assert Reservation.objects.count() == 1
+
+
+def test_an_owner_outside_the_bookings_team_still_sees_their_own_job(job, outsider, staff):
+    moved = client_for(staff).post(
+        f"/api/v1/reservations/{job.reservation_id}/transfer/", {"to": "outsider", "reason": "hand-over"}, format="json"
+    )
+    assert moved.status_code == 200, moved.content
+
+    client = client_for(outsider)
+
+    assert client.get(f"/api/v1/jobs/{job.pk}/").status_code == 200
+    assert client.get(f"/api/v1/reservations/{job.reservation_id}/").json()["job"]["id"] == job.pk

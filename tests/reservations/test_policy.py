@@ -49,6 +49,9 @@ def test_a_window_is_whole_slots_on_a_boundary_not_in_the_past_and_within_the_ho
     assert field_of(lambda: policy.validate_window(NEXT_SLOT - 4 * HOUR, 1, NOW)) == "start"  # past
     assert field_of(lambda: policy.validate_window(NEXT_SLOT, 0, NOW)) == "slots"
     assert field_of(lambda: policy.validate_window(NEXT_SLOT, 12 * 28, NOW)) == "slots"  # past the horizon
+    assert field_of(lambda: policy.validate_window(NEXT_SLOT, 10**12, NOW)) == "slots"  # would overflow a datetime
+    far = datetime(9999, 12, 31, 22, 0, tzinfo=UTC)
+    assert field_of(lambda: policy.validate_window(far, 1, NOW)) == "slots"  # ends after year 9999
     assert field_of(lambda: policy.validate_window(NEXT_SLOT.replace(tzinfo=None), 1, NOW)) == "start"  # naive
 
 
@@ -62,6 +65,13 @@ def test_a_booking_from_now_runs_to_the_end_of_this_slot_plus_the_further_slots(
     assert policy.now_window(NOW.replace(microsecond=5), 2) == (NOW, NEXT_SLOT + 2 * HOUR)
     assert policy.now_window(NEXT_SLOT, 1) == (NEXT_SLOT, NEXT_SLOT + 2 * HOUR)  # on a boundary: a whole slot
     assert field_of(lambda: policy.now_window(NOW, 12 * 28 + 1)) == "slots"
+
+
+def test_a_booking_from_now_with_minutes_left_in_the_slot_gets_the_next_slot_too():
+    late = NEXT_SLOT - timedelta(minutes=4, seconds=59)
+    assert policy.now_window(late, 1) == (late, NEXT_SLOT + 2 * HOUR)
+    enough = NEXT_SLOT - timedelta(minutes=5)
+    assert policy.now_window(enough, 1) == (enough, NEXT_SLOT)
 
 
 def test_windows_overlap_only_when_each_starts_before_the_other_ends():
@@ -126,12 +136,14 @@ def test_a_booking_passes_only_to_a_teammate_who_may_book_its_priority(team, own
     assert policy.transfer_refusal(staff, high, outsider) is None
 
 
-def test_a_job_is_visible_to_its_bookings_team_and_staff_only(team, other_team, owner, outsider, staff):
-    reservation = booking(team_id=team.pk)
-    assert policy.may_see_job(policy.visible_job_teams(owner), reservation)
-    assert not policy.may_see_job(policy.visible_job_teams(outsider), reservation)
-    assert policy.visible_job_teams(staff) is None and policy.may_see_job(None, reservation)
-    assert not policy.may_see_job(set(), reservation)
+def test_a_job_is_visible_to_its_bookings_team_its_owner_and_staff_only(team, other_team, owner, outsider, staff):
+    reservation = booking(team_id=team.pk, user_id=owner.pk)
+    assert policy.job_viewer(owner).may_see(reservation)
+    assert not policy.job_viewer(outsider).may_see(reservation)
+    assert policy.job_viewer(staff).may_see(reservation)
+    assert not policy.NOBODY.may_see(reservation)
+    # An owner outside the booking's team (a staff transfer) still sees their own job.
+    assert policy.job_viewer(outsider).may_see(booking(team_id=team.pk, user_id=outsider.pk))
 
 
 # --- The slot lifecycle ------------------------------------------------------------------------
@@ -165,6 +177,14 @@ def test_a_started_booking_gives_back_the_whole_slots_it_will_not_use():
     assert policy.released_end(four_slots, NEXT_SLOT + 7 * HOUR) is None  # in its last slot
     assert policy.released_end(booking(status="confirmed", end=NEXT_SLOT + 8 * HOUR), NOW) is None  # not begun
     assert policy.released_end(booking(status="cancelled", end=NEXT_SLOT + 8 * HOUR), NEXT_SLOT + HOUR) is None
+    # A booking made "now" (mid-slot) gives back whole slots too, on the grid.
+    from_now = booking(status="confirmed", start=NOW, end=NEXT_SLOT + 2 * HOUR)
+    assert policy.released_end(from_now, NOW + timedelta(minutes=13)) == NEXT_SLOT
+
+
+def test_a_booking_has_started_once_its_start_has_come():
+    assert policy.has_started(booking(start=NOW), NOW)
+    assert not policy.has_started(booking(start=NEXT_SLOT), NOW)
 
 
 def test_a_no_show_is_a_booking_whose_whole_first_slot_has_passed():

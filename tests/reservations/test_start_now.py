@@ -5,6 +5,7 @@ from datetime import timedelta
 import pytest
 
 from reservations import services
+from reservations.errors import BookingError
 from reservations.models import Reservation
 
 from ..support import FROZEN_NOW, NEXT_SLOT, SLOT, book, iso
@@ -60,3 +61,13 @@ def test_the_horizon_still_bounds_a_booking_from_now(api, cluster):
     response = api.post(URL, {"gpus": [cluster["node1"][0].pk], "start": "now", "slots": 12 * 28 + 1}, format="json")
 
     assert response.status_code == 400 and "slots" in response.json()
+
+
+def test_a_booking_from_now_cannot_be_moved_once_begun(api, cluster, owner):
+    body = api.post(URL, {"gpus": [cluster["node1"][0].pk], "start": "now", "slots": 1}, format="json").json()
+
+    with pytest.raises(BookingError) as refused:
+        services.reservation_move(reservation_id=body["id"], actor=owner, start=NEXT_SLOT + SLOT, slots=1)
+
+    assert refused.value.field == "start"
+    assert Reservation.objects.get(pk=body["id"]).start == FROZEN_NOW

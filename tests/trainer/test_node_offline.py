@@ -64,3 +64,15 @@ def test_no_slot_start_notice_when_the_node_is_back(api, cluster, owner, spec):
     Node.objects.filter(hostname="node1").update(online=True)
 
     assert services.node_away_notices(now=NEXT_SLOT) == 0
+
+
+def test_a_booking_from_now_on_an_offline_node_is_told_once(api, cluster, owner, spec):
+    Node.objects.filter(hostname="node1").update(online=False)
+
+    response = api.post(
+        "/api/v1/reservations/", {"gpus": [cluster["node1"][0].pk], "start": "now", "slots": 1, "job": spec}, format="json"
+    )
+    services.node_away_notices(now=NEXT_SLOT - SLOT / 4)
+
+    assert response.status_code == 201 and response.json()["warnings"]
+    assert Notice.objects.filter(kind=Notice.Kind.NODE_OFFLINE).count() == 1
