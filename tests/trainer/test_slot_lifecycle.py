@@ -130,7 +130,9 @@ def test_a_job_that_finishes_early_releases_the_rest_of_its_booking_to_the_waitl
     wait_for(lambda: Reservation.objects.get(pk=reservation.pk).end < reservation.end, 30, "the release")
 
     released = Reservation.objects.get(pk=reservation.pk)
-    assert released.end == max(policy.ceil_to_slot(timezone.now()), reservation.start + policy.slot_length())
+    # It keeps the slot in progress (its first, at least) and gives back whole slots, on the grid.
+    assert released.end == max(policy.ceil_to_slot(timezone.now()), policy.floor_to_slot(reservation.start) + policy.slot_length())
+    assert policy.is_on_boundary(released.end)
     assert AuditEntry.objects.filter(action="release", reservation=released).exists()
     # Promotion runs in the worker right after the release commits.
     wait_for(lambda: Reservation.objects.get(pk=waiting.pk).status == "confirmed", 30, "the waitlist promotion")
