@@ -62,8 +62,8 @@ def windows_overlap(start, end, other_start, other_end):
 
 def require_aware(field, moment):
     """Rule: a time without a zone is refused, never read in some zone."""
-    if moment.tzinfo is None:
-        raise BookingError(field, "Give the time zone (an offset or Z).")
+    if moment.utcoffset() is None:
+        raise BookingError(field, "Give the time zone (an offset or Z), e.g. 2030-01-01T10:00:00Z.")
 
 
 def require_one_target(gpu_ids, gpu_count):

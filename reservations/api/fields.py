@@ -9,6 +9,9 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
+from .. import policy
+from ..errors import BookingError
+
 # PostgreSQL refuses a UTC offset of 16 hours or more ("time zone displacement out of range");
 # Python accepts up to 24. Real zones stay within -12:00..+14:00, so nothing of value is lost.
 MAX_UTC_OFFSET = timedelta(hours=16)
@@ -18,7 +21,6 @@ MIN_TIME = datetime(1000, 1, 1, tzinfo=dt_timezone.utc)
 MAX_TIME = datetime(9000, 1, 1, tzinfo=dt_timezone.utc)
 
 INVALID = "Enter an ISO 8601 datetime with an offset or Z, e.g. 2030-01-01T10:00:00Z."
-NAIVE = "Give the time zone (an offset or Z), e.g. 2030-01-01T10:00:00Z."
 OFFSET = "Use a UTC offset between -15:59 and +15:59."
 OUT_OF_RANGE = "Give a time between the years 1000 and 9000 (UTC)."
 
@@ -32,10 +34,11 @@ def parse_aware_datetime(value):
             value = None
     if not isinstance(value, datetime):
         raise ValueError(INVALID)
-    offset = value.utcoffset()
-    if offset is None:
-        raise ValueError(NAIVE)
-    if abs(offset) >= MAX_UTC_OFFSET:
+    try:
+        policy.require_aware("", value)
+    except BookingError as exc:
+        raise ValueError(exc.message) from None
+    if abs(value.utcoffset()) >= MAX_UTC_OFFSET:
         raise ValueError(OFFSET)
     try:
         value = value.astimezone(dt_timezone.utc)
