@@ -3,11 +3,11 @@
 Services call these before they write; nothing else decides what a valid booking is.
 """
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
+from django.utils.functional import cached_property
 from django.db.models import Q
 
 from .errors import BookingError
@@ -176,31 +176,41 @@ def transfer_refusal(actor, reservation, target):
     return None
 
 
-@dataclass(frozen=True)
 class JobViewer:
     """Rule: a booking's training job (its log, checkpoints and paths) is for the booking's team, its
-    owner and staff only; everyone sees the booking itself (the calendar is shared)."""
+    owner and staff only; everyone sees the booking itself (the calendar is shared). `user` None:
+    nobody to show it to."""
 
-    user_id: int | None
-    teams: frozenset | None  # None: every team's (staff)
+    def __init__(self, user):
+        self.user = user
+
+    @cached_property
+    def teams(self):
+        """The ids of the teams whose jobs the viewer sees; None for every team's (staff). Read only
+        when needed: a booking's own owner needs no query."""
+        if self.user is None:
+            return frozenset()
+        if self.user.is_staff:
+            return None
+        return frozenset(Membership.objects.filter(user=self.user).values_list("team_id", flat=True))
 
     def may_see(self, reservation):
-        return self.teams is None or reservation.team_id in self.teams or reservation.user_id == self.user_id
+        if self.user is not None and reservation.user_id == self.user.pk:
+            return True
+        return self.teams is None or reservation.team_id in self.teams
 
     def visible(self, queryset, prefix=""):
         """`queryset` narrowed to what the viewer may see (`prefix` leads to the reservation's fields)."""
         if self.teams is None:
             return queryset
-        return queryset.filter(Q(**{f"{prefix}team_id__in": self.teams}) | Q(**{f"{prefix}user_id": self.user_id}))
+        return queryset.filter(Q(**{f"{prefix}team_id__in": self.teams}) | Q(**{f"{prefix}user_id": self.user.pk}))
 
 
-NOBODY = JobViewer(user_id=None, teams=frozenset())
+NOBODY = JobViewer(None)
 
 
 def job_viewer(user):
-    if user.is_staff:
-        return JobViewer(user_id=user.pk, teams=None)
-    return JobViewer(user_id=user.pk, teams=frozenset(Membership.objects.filter(user=user).values_list("team_id", flat=True)))
+    return JobViewer(user)
 
 
 # --- The slot lifecycle -----------------------------------------------------------------------

@@ -92,9 +92,11 @@ class ReservationSerializer(serializers.Serializer):
     def get_job(self, obj) -> dict | None:
         """The booking's training job, for its team, its owner and staff only (policy.JobViewer);
         null for everyone else, and when it carries none."""
-        if not self._job_viewer().may_see(obj):
+        job = jobs.hooks().render(obj)
+        # Asked only of a booking that has a job: most have none, and the viewer may cost a query.
+        if job is None or not self._job_viewer().may_see(obj):
             return None
-        return jobs.hooks().render(obj)
+        return job
 
     def _job_viewer(self):
         # Once per response, not per booking: a list shows many.
