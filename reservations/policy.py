@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
-from django.utils.functional import cached_property
 from django.db.models import Q
+from django.utils.functional import cached_property
 
 from .errors import BookingError
 from .models import Membership, Reservation, Team
@@ -53,11 +53,6 @@ def overlapping(start, end, prefix=""):
     """Rule: half-open windows [a, b) and [start, end) overlap when each starts before the other
     ends (so back-to-back bookings do not). As a filter on `start`/`end` fields (of `prefix`)."""
     return Q(**{f"{prefix}start__lt": end, f"{prefix}end__gt": start})
-
-
-def windows_overlap(start, end, other_start, other_end):
-    """The same rule for two windows in hand."""
-    return start < other_end and other_start < end
 
 
 def require_aware(field, moment):
@@ -209,10 +204,6 @@ class JobViewer:
 NOBODY = JobViewer(None)
 
 
-def job_viewer(user):
-    return JobViewer(user)
-
-
 # --- The slot lifecycle -----------------------------------------------------------------------
 
 LIVE_STATUSES = (Reservation.Status.CONFIRMED, Reservation.Status.ACTIVE)
@@ -222,6 +213,11 @@ def job_window_open(reservation, now):
     """Rule: a booking's job runs while the booking holds its GPUs: confirmed or active, and between
     its start and its end."""
     return reservation.status in LIVE_STATUSES and reservation.start <= now < reservation.end
+
+
+def job_window_open_filter(now, prefix=""):
+    """The same rule as a filter on reservation fields (of `prefix`)."""
+    return Q(**{f"{prefix}status__in": LIVE_STATUSES, f"{prefix}start__lte": now, f"{prefix}end__gt": now})
 
 
 def overrun_deadline(start, end, next_start):

@@ -1,4 +1,4 @@
-"""The training jobs' API: a booking's job and its log, for the booking's team and staff only."""
+"""The training jobs' API: a booking's job and its log, for the booking's team, its owner and staff only."""
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, viewsets
@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 
 from reservations import policy
-from reservations.api.serializers import AwareDateTimeField
+from reservations.api.fields import AwareDateTimeField
 
 from .logs import job_log_text
 from .models import TrainingJob
@@ -55,7 +55,7 @@ class JobViewSet(viewsets.ReadOnlyModelViewSet):
         jobs = TrainingJob.objects.all()
         if getattr(self, "swagger_fake_view", False):  # schema generation: no user
             return jobs
-        return policy.job_viewer(self.request.user).visible(jobs, prefix="reservation__")
+        return policy.JobViewer(self.request.user).visible(jobs, prefix="reservation__")
 
     @extend_schema(
         parameters=[OpenApiParameter("bytes", int, description="How much of the end of the log (default 65536).")],

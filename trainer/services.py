@@ -269,10 +269,7 @@ def node_away_notices(*, now):
     owner, who may cancel and book elsewhere."""
     waiting = (
         TrainingJob.objects.filter(
-            status=TrainingJob.Status.QUEUED,
-            reservation__status__in=policy.LIVE_STATUSES,
-            reservation__start__lte=now,
-            reservation__end__gt=now,
+            policy.job_window_open_filter(now, prefix="reservation__"), status=TrainingJob.Status.QUEUED
         )
         .exclude(reservation__notices__kind=Notice.Kind.NODE_OFFLINE, reservation__notices__data__at="slot_start")
         .select_related("reservation__user", "reservation__team")

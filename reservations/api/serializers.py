@@ -104,7 +104,7 @@ class ReservationSerializer(serializers.Serializer):
         if not hasattr(root, "_viewer"):
             request = self.context.get("request")
             # No request (nobody to show it to): no job details.
-            root._viewer = policy.job_viewer(request.user) if request is not None else policy.NOBODY
+            root._viewer = policy.JobViewer(request.user) if request is not None else policy.NOBODY
         return root._viewer
 
 
