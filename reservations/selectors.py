@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from django.db.models import Prefetch
 
 from . import jobs, policy
-from .models import GPU, Allocation, Reservation
+from .models import GPU, Allocation, Notice, Reservation
 
 
 @dataclass(frozen=True)
@@ -232,3 +232,8 @@ def gpu_status(*, now, upcoming_limit=3):
         }
         for gpu in gpus
     ]
+
+
+def notices_unread(user):
+    """The user's unread notices, newest first (the pages' banner and list)."""
+    return Notice.objects.filter(user=user, read_at__isnull=True).select_related("reservation")

@@ -163,6 +163,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "reservations",
     "trainer",
+    "web",
 ]
 
 MIDDLEWARE = [
@@ -175,6 +176,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
+    # Pages show times in the viewer's zone (its cookie); everything is stored in UTC.
+    "web.middleware.ViewerTimeZoneMiddleware",
     # Last, as django-axes requires: it turns a login refused for lockout into the lockout response.
     "axes.middleware.AxesMiddleware",
 ]
@@ -192,6 +195,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "web.context_processors.notices",
             ],
         },
     },
@@ -235,7 +239,10 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = True
 
-LOGIN_URL = "/admin/login/"
+# The site's sign-in page (web): LDAP accounts when LDAP_SERVER_URI is set, local accounts always.
+LOGIN_URL = "web:login"
+LOGIN_REDIRECT_URL = "web:calendar"
+LOGOUT_REDIRECT_URL = "web:login"
 
 # --- Cache: API throttling counters ---
 # Per process by default (one web process in the quick start). Under gunicorn each worker would

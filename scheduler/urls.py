@@ -1,14 +1,14 @@
 from django.contrib import admin
 from django.urls import include, path
-from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 urlpatterns = [
-    path("", RedirectView.as_view(url="/api/docs/", permanent=False)),
     path("admin/", admin.site.urls),
     path("api/v1/", include("reservations.api.urls")),
     path("api/v1/", include("trainer.api")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # Its start-up script from its own URL rather than inline, as the Content Security Policy asks.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="swagger-ui"),
+    # The pages: the calendar at the root.
+    path("", include("web.urls")),
 ]

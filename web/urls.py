@@ -1,0 +1,21 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from .views import account, bookings, calendar
+
+app_name = "web"
+
+urlpatterns = [
+    # Sign-in (django.contrib.auth's views, our templates; LDAP or local accounts behind them).
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # The calendar and the booking form.
+    path("", calendar.calendar_page, name="calendar"),
+    path("calendar/events/", calendar.event_feed, name="events"),
+    path("book/", calendar.book, name="book"),
+    # My bookings, a booking's page, notices.
+    path("bookings/", bookings.my_bookings, name="my-bookings"),
+    path("notices/", bookings.notices, name="notices"),
+    # The profile: API token, calendar feed links.
+    path("profile/", account.profile, name="profile"),
+]
