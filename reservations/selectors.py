@@ -4,7 +4,7 @@ from bisect import bisect_right
 from collections import defaultdict
 from dataclasses import dataclass
 
-from django.db.models import Prefetch
+from django.db.models import Count, Prefetch
 
 from . import jobs, policy
 from .models import GPU, Allocation, Notice, Reservation
@@ -237,3 +237,34 @@ def gpu_status(*, now, upcoming_limit=3):
 def notices_unread(user):
     """The user's unread notices, newest first (the pages' banner and list)."""
     return Notice.objects.filter(user=user, read_at__isnull=True).select_related("reservation")
+
+
+def calendar_feed_reservations(*, start, end, user=None, team=None):
+    """The bookings of one iCal feed: those `user` owns, or those of `team`, that overlap [start, end),
+    cancelled ones included (a feed must say so, or calendar apps keep showing them).
+
+    Each carries `revision`, the number of its audit entries: the log is append-only and every change
+    to a booking writes an entry, so it only ever grows, as iCal's SEQUENCE must. The window bounds
+    the cost, however long the history; the queries are a fixed two.
+    """
+    if (user is None) == (team is None):
+        raise ValueError("Give exactly one of user or team.")
+    qs = Reservation.objects.filter(policy.overlapping(start, end))
+    qs = qs.filter(user=user) if user is not None else qs.filter(team=team)
+    return (
+        qs.select_related("user", "team")
+        .prefetch_related(
+            Prefetch(
+                "allocations",
+                queryset=Allocation.objects.select_related("gpu__node").order_by("gpu_id"),
+                to_attr="held_allocations",
+            )
+        )
+        .annotate(revision=Count("audit_entries"))
+        .order_by("start", "id")
+    )
+
+
+def memberships_of(user):
+    """The user's teams with their role in each, by team name (the profile page)."""
+    return list(user.memberships.select_related("team").order_by("team__name"))
