@@ -49,6 +49,13 @@ def horizon_end(now):
     return now + timedelta(days=settings.BOOKING_HORIZON_DAYS)
 
 
+def longest_booking():
+    """Rule: no booking is longer than the horizon plus one slot (a "now" booking's partial first
+    slot on top): every write checks its window against the horizon. Reads use it to bound a
+    search by time (a booking overlapping [a, b) starts after a - longest_booking())."""
+    return timedelta(days=settings.BOOKING_HORIZON_DAYS) + slot_length()
+
+
 def overlapping(start, end, prefix=""):
     """Rule: half-open windows [a, b) and [start, end) overlap when each starts before the other
     ends (so back-to-back bookings do not). As a filter on `start`/`end` fields (of `prefix`)."""

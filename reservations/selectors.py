@@ -4,10 +4,10 @@ from bisect import bisect_right
 from collections import defaultdict
 from dataclasses import dataclass
 
-from django.db.models import Count, Prefetch
+from django.db.models import Count, Prefetch, Q
 
 from . import jobs, policy
-from .models import GPU, Allocation, Notice, Reservation
+from .models import GPU, Allocation, AuditEntry, Notice, Reservation
 
 
 @dataclass(frozen=True)
@@ -239,6 +239,78 @@ def notices_unread(user):
     return Notice.objects.filter(user=user, read_at__isnull=True).select_related("reservation")
 
 
+# --- The calendar -------------------------------------------------------------------------------
+
+
+def calendar_gpus():
+    """Every GPU with its node, in the calendar's track order (grouped by node)."""
+    return list(GPU.objects.select_related("node").order_by("node__hostname", "index"))
+
+
+def calendar_reservations(*, start, end, gpu_ids):
+    """The bookings holding any of `gpu_ids` during [start, end), with all the calendar shows.
+
+    The allocations are read through their (gpu, start, end) index over the window only: a booking
+    overlapping it starts after start - policy.longest_booking(), so the cost grows with the window
+    and not with the history."""
+    held = overlapping_allocations(gpu_ids, start, end).filter(start__gt=start - policy.longest_booking())
+    return list(reservation_queryset().filter(pk__in=held.values("reservation_id")).order_by("start", "id"))
+
+
+def waitlisted(*, now, limit=50):
+    """Waiting requests that could still be served, soonest first (the calendar lists them apart)."""
+    return list(
+        Reservation.objects.filter(status=Reservation.Status.WAITLISTED, end__gt=now)
+        .select_related("user", "team")
+        .order_by("start", "id")[:limit]
+    )
+
+
+def free_gpus_on_node(*, node_id, start, end, exclude=()):
+    """Healthy GPUs of one node free for all of [start, end), in index order."""
+    gpus = list(GPU.objects.filter(node_id=node_id, healthy=True).exclude(id__in=exclude).order_by("index"))
+    busy = set(overlapping_allocations([g.id for g in gpus], start, end).values_list("gpu_id", flat=True))
+    return [g for g in gpus if g.id not in busy]
+
+
+@dataclass(frozen=True)
+class Preemption:
+    """What booking a window by preemption would do to one booking in the way, as the rules say
+    (policy.has_begun, reclaim_time): asked before the person confirms."""
+
+    reservation: Reservation
+    begun: bool  # cut at the new booking's start (its job stopped); otherwise moved whole
+    notice: object  # a timedelta: how long before the GPUs are taken
+
+
+def preemption_preview(*, priority, start, end, now, gpu_ids=None, gpu_count=None, allow_multi_node=False):
+    """The bookings a booking of `priority` for [start, end) would preempt, as a list of Preemption;
+    [] when nothing is in the way or the rules forbid taking it (the booking itself then answers
+    with its 409 and the reason). A preview: the booking decides again under its locks."""
+    if not policy.may_try_preemption(start, priority):
+        return []
+    if gpu_ids is None:
+        if pick_gpus(start=start, end=end, gpu_count=gpu_count, allow_multi_node=allow_multi_node):
+            return []
+        plan = preemption_candidate(
+            priority=priority, start=start, end=end, gpu_count=gpu_count, allow_multi_node=allow_multi_node
+        )
+        if plan is None:
+            return []
+        victim_ids = plan[1]
+        victims = list(Reservation.objects.filter(pk__in=victim_ids).select_related("user", "team"))
+    else:
+        victims = list({a.reservation_id: a.reservation for a in conflicting_allocations(gpu_ids, start, end)}.values())
+    if not victims or policy.preemption_refusal(priority, victims):
+        return []
+    if policy.needs_notice(victims, now) and start < policy.earliest_preempting_start(now):
+        return []
+    return [
+        Preemption(reservation=v, begun=policy.has_begun(v, start, now), notice=max(start, now) - now)
+        for v in sorted(victims, key=lambda v: (v.start, v.pk))
+    ]
+
+
 def calendar_feed_reservations(*, start, end, user=None, team=None):
     """The bookings of one iCal feed: those `user` owns, or those of `team`, that overlap [start, end),
     cancelled ones included (a feed must say so, or calendar apps keep showing them).
@@ -265,6 +337,81 @@ def calendar_feed_reservations(*, start, end, user=None, team=None):
     )
 
 
+# --- The pages: a person's bookings, a booking's page, notices ---------------------------------
+
+
+def reservations_upcoming(user, *, now):
+    """The user's bookings that still hold (or wait for) time, soonest first."""
+    return reservation_queryset().filter(
+        user=user, status__in=Reservation.OPEN_STATUSES, end__gt=now
+    ).order_by("start", "id")
+
+
+def reservations_past(user, *, now):
+    """The user's other bookings: ended, cancelled, completed or preempted, latest first."""
+    return (
+        reservation_queryset()
+        .filter(user=user)
+        .exclude(status__in=Reservation.OPEN_STATUSES, end__gt=now)
+        .order_by("-start", "-id")
+    )
+
+
+def _waitlist_order():
+    # The order waitlist_promote() tries requests in: oldest request first.
+    return Reservation.objects.filter(status=Reservation.Status.WAITLISTED).order_by("created", "id")
+
+
+def waitlist_position(reservation):
+    """How many waitlisted requests come before this one when the waitlist is promoted (0: it is
+    tried first), or None when it is not waitlisted."""
+    if reservation.status != Reservation.Status.WAITLISTED:
+        return None
+    return _waitlist_order().filter(
+        Q(created__lt=reservation.created) | Q(created=reservation.created, id__lt=reservation.pk)
+    ).count()
+
+
+def waitlist_positions(reservations):
+    """waitlist_position() of each waitlisted booking in `reservations`, by id, in one query."""
+    wanted = {r.pk for r in reservations if r.status == Reservation.Status.WAITLISTED}
+    if not wanted:
+        return {}
+    ahead = {}
+    for index, reservation_id in enumerate(_waitlist_order().values_list("id", flat=True)):
+        if reservation_id in wanted:
+            ahead[reservation_id] = index
+    return ahead
+
+
+def reservation_page(reservation_id):
+    """One booking with what its page shows (GPUs, owner, team, job, who preempted it, what it was
+    rebooked from, its rebookings), or None."""
+    reservation = (
+        reservation_queryset()
+        .select_related("preempted_by__user", "rebook_of")
+        .prefetch_related(Prefetch("rebooks", queryset=Reservation.objects.order_by("start", "id")))
+        .filter(pk=reservation_id)
+        .first()
+    )
+    return reservation
+
+
+def audit_history(reservation):
+    """A booking's audit entries, oldest first."""
+    return AuditEntry.objects.filter(reservation=reservation).select_related("actor").order_by("created", "id")
+
+
+def notices_of(user):
+    """All of the user's notices, newest first."""
+    return Notice.objects.filter(user=user).select_related("reservation").order_by("-created", "-id")
+
+
 def memberships_of(user):
     """The user's teams with their role in each, by team name (the profile page)."""
     return list(user.memberships.select_related("team").order_by("team__name"))
+
+
+def gpu_names(gpu_ids):
+    """{GPU id: "node/gpuN"} for `gpu_ids` (suggested windows name their GPUs by id)."""
+    return {gpu.pk: gpu.name for gpu in GPU.objects.filter(pk__in=gpu_ids).select_related("node")}

@@ -8,9 +8,10 @@ from django.utils import timezone
 ZONE_COOKIE = "tz"
 
 
-def viewer_zone(request):
-    """The zone the viewer asked for, or None (then pages show settings.TIME_ZONE, UTC by default)."""
-    name = request.COOKIES.get(ZONE_COOKIE, "")
+def viewer_zone(request, name=None):
+    """The zone the viewer asked for (`name`, else their cookie's), or None (then pages show
+    settings.TIME_ZONE, UTC by default)."""
+    name = name or request.COOKIES.get(ZONE_COOKIE, "")
     if not name or len(name) > 64:
         return None
     try:

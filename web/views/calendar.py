@@ -1,20 +1,265 @@
-"""The calendar, its event feed and the booking form. (Being written.)"""
+"""The calendar, its event feed and the booking form. The pages parse and render; the booking goes
+through reservations.services.reservation_create, as the REST API's does (same rules, same audit)."""
 
+from datetime import timedelta
+
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.http import JsonResponse
 from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.views.decorators.http import require_GET, require_POST
+
+from reservations import jobs, policy, selectors, services
+from reservations.errors import BookingConflict, BookingError
+from reservations.models import Team
+
+from ..forms import BookingForm
+from ..middleware import viewer_zone
+
+# The widest window the feed serves in one request (the calendar asks for a day or a week).
+FEED_MAX_DAYS = 42
 
 
 @login_required
+@require_GET
 def calendar_page(request):
-    return render(request, "web/placeholder.html", {"what": "Calendar"})
+    gpus = selectors.calendar_gpus()
+    now = timezone.now()
+    initial = {"date": timezone.localdate(), "slot": timezone.localtime(policy.ceil_to_slot(now)).time(), "slots": 1}
+    resume = request.GET.get("resume", "")
+    if resume.isdigit():
+        initial.update(train=True, resume_from=int(resume))
+    form = BookingForm(user=request.user, initial=initial)
+    return render(request, "web/calendar.html", {
+        **_form_context(form, gpus),
+        "teams": Team.objects.order_by("name"),
+        "my_teams": form.fields["team"].queryset,
+        "resources": _resources(gpus),
+        "waitlisted": selectors.waitlisted(now=now),
+        "config": {
+            "events": reverse("web:events"),
+            "slotMinutes": settings.SLOT_MINUTES,
+            "horizonDays": settings.BOOKING_HORIZON_DAYS,
+            "now": now.isoformat(),
+            "me": request.user.get_username(),
+        },
+    })
+
+
+def _form_context(form, gpus):
+    """What the booking form's template needs besides the form: the GPUs grouped by node."""
+    nodes = {}
+    for gpu in gpus:
+        nodes.setdefault(gpu.node, []).append(gpu)
+    chosen = form["gpus"].value() or []
+    return {
+        "form": form,
+        "nodes": nodes,
+        "selected_gpus": {int(pk) for pk in chosen if str(pk).isdigit()},
+        "slot_minutes": settings.SLOT_MINUTES,
+    }
+
+
+def _resources(gpus):
+    """Event Calendar's resources: one group per node, one track per GPU under it."""
+    groups = {}
+    for gpu in gpus:
+        node = gpu.node
+        if node.pk not in groups:
+            state = "online" if node.online else "offline"
+            groups[node.pk] = {
+                "id": f"node-{node.pk}",
+                "title": f"{node.hostname} ({state})",
+                "extendedProps": {"node": node.pk, "online": node.online},
+                "children": [],
+            }
+        health = "" if gpu.healthy else " · unhealthy"
+        groups[node.pk]["children"].append({
+            "id": str(gpu.pk),
+            "title": f"gpu{gpu.index} · {gpu.model}{health}",
+            "extendedProps": {"gpu": gpu.pk, "name": gpu.name, "node": node.pk, "healthy": gpu.healthy},
+        })
+    return list(groups.values())
 
 
 @login_required
+@require_GET
 def event_feed(request):
-    return JsonResponse([], safe=False)
+    """The visible window's bookings as Event Calendar events (`start` and `end` required)."""
+    start, end, errors = _window(request)
+    if errors:
+        return JsonResponse({"errors": errors}, status=400)
+    gpus = selectors.calendar_gpus()
+    node = request.GET.get("node", "")
+    if node:
+        if not node.isdigit():
+            return JsonResponse({"errors": {"node": ["Give a node id."]}}, status=400)
+        gpus = [g for g in gpus if g.node_id == int(node)]
+    reservations = selectors.calendar_reservations(start=start, end=end, gpu_ids=[g.pk for g in gpus])
+    team = request.GET.get("team", "")
+    if team:
+        reservations = [r for r in reservations if r.team.slug == team]
+    if request.GET.get("mine") in ("1", "true"):
+        reservations = [r for r in reservations if r.user_id == request.user.pk]
+    viewer = policy.JobViewer(request.user)
+    events = [_event(r, viewer) for r in reservations]
+    # The past and the unhealthy GPUs cannot be booked: shaded, and the page refuses to select them.
+    now = timezone.now()
+    if start < now:
+        events.append({
+            "id": "past", "resourceIds": [str(g.pk) for g in gpus], "start": start.isoformat(),
+            "end": min(now, end).isoformat(), "display": "background", "classNames": ["past"],
+        })
+    for gpu in gpus:
+        if not gpu.healthy:
+            events.append({
+                "id": f"unhealthy-{gpu.pk}", "resourceIds": [str(gpu.pk)], "start": start.isoformat(),
+                "end": end.isoformat(), "display": "background", "classNames": ["unhealthy"],
+            })
+    return JsonResponse(events, safe=False)
+
+
+def _window(request):
+    """The feed's window from Event Calendar's `start`/`end`: ISO times, with an offset or in the
+    calendar's zone (`zone`: an IANA name or UTC)."""
+    errors, moments = {}, {}
+    zone = viewer_zone(request, request.GET.get("zone", "")) or timezone.get_current_timezone()
+    for name in ("start", "end"):
+        raw = request.GET.get(name, "")
+        try:
+            moment = parse_datetime(raw) if raw else None
+        except ValueError:
+            moment = None
+        if moment is None:
+            errors[name] = ["Give an ISO 8601 time, e.g. 2030-01-07T00:00:00Z."]
+            continue
+        moments[name] = moment if timezone.is_aware(moment) else timezone.make_aware(moment, zone)
+    if errors:
+        return None, None, errors
+    start, end = moments["start"], moments["end"]
+    if end <= start:
+        return None, None, {"end": ["The end must be after the start."]}
+    if end - start > timedelta(days=FEED_MAX_DAYS):
+        return None, None, {"end": [f"Ask for {FEED_MAX_DAYS} days at most."]}
+    return start, end, None
+
+
+def _event(reservation, viewer):
+    job = jobs.hooks().render(reservation) if viewer.may_see(reservation) else None
+    classes = [f"status-{reservation.status}"]
+    if reservation.preemptible:
+        classes.append("preemptible")
+    if reservation.user_id == viewer.user.pk:
+        classes.append("mine")
+    title = reservation.title or "GPU booking"
+    return {
+        "id": str(reservation.pk),
+        "resourceIds": [str(a.gpu_id) for a in reservation.allocation_list],
+        "start": reservation.start.isoformat(),
+        "end": reservation.end.isoformat(),
+        "title": f"{title} · {reservation.user.get_username()}",
+        "backgroundColor": reservation.team.colour,
+        "classNames": classes,
+        "extendedProps": {
+            "url": reverse("web:booking", args=[reservation.pk]),
+            "owner": reservation.user.get_username(),
+            "team": reservation.team.slug,
+            "teamName": reservation.team.name,
+            "title": title,
+            "priority": reservation.priority,
+            "preemptible": reservation.preemptible,
+            "status": reservation.status,
+            "job": None if job is None else {"status": job["status"], "epoch": job["epoch"], "epochs": job["epochs"]},
+        },
+    }
 
 
 @login_required
+@require_POST
 def book(request):
-    return render(request, "web/placeholder.html", {"what": "Book"})
+    """The booking form: book, or show in place why not (field errors, a 409 with its conflicts and
+    suggestions, or the bookings a preemption would take, to confirm first)."""
+    form = BookingForm(request.POST, user=request.user)
+    gpus = selectors.calendar_gpus()
+    context = _form_context(form, gpus)
+    # The fields a suggestion or a confirmation posts again, unchanged.
+    context["carry"] = [
+        (name, value) for name, values in request.POST.lists() for value in values
+        if name not in ("csrfmiddlewaretoken", "gpus", "date", "slot", "more", "confirm_preempt")
+    ]
+    if form.is_valid():
+        context.update(_book(request, form, {g.pk: g for g in gpus}))
+    template = "web/calendar/_result.html" if request.headers.get("HX-Request") else "web/calendar/result_page.html"
+    response = render(request, template, context, status=context.get("status", 200 if form.is_valid() else 400))
+    if context.get("booked"):
+        response["HX-Trigger"] = "booked"
+    return response
+
+
+def _book(request, form, gpus_by_id):
+    data = form.cleaned_data
+    now = timezone.now()
+    start, end = data["start"], form.window_end()
+    gpu_ids = sorted(g.pk for g in data["gpus"])
+    if data.get("more"):
+        extra = _more_gpus(form, start, end, gpu_ids, data["more"])
+        if extra is None:
+            return {"status": 400}
+        gpu_ids = sorted(gpu_ids + extra)
+    priority = data["priority"]
+    if not data["confirm_preempt"]:
+        victims = selectors.preemption_preview(priority=priority, start=start, end=end, now=now, gpu_ids=gpu_ids)
+        if victims:
+            # The confirmation posts the same GPUs again (with "more" resolved to GPUs).
+            gpu_fields = [("gpus", pk) for pk in gpu_ids] + [("date", data["date"].isoformat()), ("slot", data["slot"].strftime("%H:%M"))]
+            return {"preview": victims, "start": start, "end": end, "confirm_fields": gpu_fields, "status": 200}
+    try:
+        reservation = services.reservation_create(
+            user=request.user,
+            start=start,
+            slots=data["slots"],
+            gpu_ids=gpu_ids,
+            priority=priority,
+            preemptible=data["preemptible"],
+            team=data["team"].slug if data.get("team") else None,
+            title=data["title"],
+            waitlist=data["waitlist"],
+            job=data.get("job"),
+            auto_rebook=data["auto_rebook"],
+            now=now,
+        )
+    except BookingConflict as conflict:
+        suggestions = [
+            {
+                "gpus": [gpus_by_id[pk] for pk in window.gpus],
+                "local_start": timezone.localtime(window.start),
+                "local_end": timezone.localtime(window.end),
+            }
+            for window in conflict.suggestions
+        ]
+        return {"conflict": conflict, "suggestions": suggestions, "status": 409}
+    except BookingError as error:
+        form.add_error(error.field if error.field in form.fields else None, error.message)
+        return {"status": 400}
+    except PermissionDenied as denied:
+        form.add_error("priority" if priority == "high" else None, str(denied) or "You may not do that.")
+        return {"status": 403}
+    return {"booked": reservation, "warnings": getattr(reservation, "warnings", []), "status": 201}
+
+
+def _more_gpus(form, start, end, gpu_ids, count):
+    """"Also book N more GPUs on this node": the first N free ones there, or a form error."""
+    nodes = {g.node_id for g in form.cleaned_data["gpus"]}
+    if len(nodes) != 1:
+        form.add_error("more", "Pick GPUs of one node to add more of its GPUs.")
+        return None
+    node = form.cleaned_data["gpus"][0].node
+    free = selectors.free_gpus_on_node(node_id=node.pk, start=start, end=end, exclude=gpu_ids)
+    if len(free) < count:
+        form.add_error("more", f"Only {len(free)} more GPUs of {node.hostname} are free then.")
+        return None
+    return [g.pk for g in free[:count]]

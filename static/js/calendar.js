@@ -1,0 +1,137 @@
+// The calendar page: Event Calendar's resource timeline (one track per GPU, grouped by node), the
+// feed for the visible window, drag-to-select into the booking form, filters, and hover/focus
+// details. Booking itself is the form's (htmx posts it; the server answers in place).
+(function () {
+  "use strict";
+
+  function readJSON(id) { return JSON.parse(document.getElementById(id).textContent); }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var el = document.getElementById("calendar");
+    if (!el || !window.EventCalendar) return;
+    var config = readJSON("calendar-config");
+    var resources = readJSON("calendar-resources");
+    var zone = document.getElementById("zone-name").dataset.zone || "UTC";
+    var utc = zone === "UTC";
+    var slotMs = config.slotMinutes * 60000;
+    var healthy = {}, gpuName = {};
+    resources.forEach(function (node) {
+      node.children.forEach(function (gpu) {
+        healthy[gpu.id] = gpu.extendedProps.healthy;
+        gpuName[gpu.id] = gpu.extendedProps.name;
+      });
+    });
+    var filters = document.getElementById("filters");
+    var form = document.getElementById("booking-form");
+    var tip = document.getElementById("event-tip");
+
+    // Event Calendar hands back wall times of its zone ("2030-01-07T10:00:00"): the instant they name.
+    function instant(str) {
+      if (/(Z|[+-]\d\d:\d\d)$/.test(str)) return new Date(str);
+      return new Date(utc ? str + "Z" : str);
+    }
+    function selectable(info) {
+      return info.resource && healthy[info.resource.id] === true && instant(info.startStr) >= new Date();
+    }
+    function describe(event) {
+      var p = event.extendedProps;
+      var lines = [
+        p.title + " (#" + event.id + ")",
+        "Owner: " + p.owner + " · team " + p.teamName,
+        "Priority: " + p.priority + (p.preemptible ? ", preemptible" : ""),
+        "Status: " + p.status,
+      ];
+      if (p.job) lines.push("Job: " + p.job.status + ", epoch " + p.job.epoch + " of " + p.job.epochs);
+      return lines;
+    }
+    function showTip(event, target) {
+      tip.textContent = "";
+      describe(event).forEach(function (line) {
+        var div = document.createElement("div");
+        div.textContent = line;
+        tip.appendChild(div);
+      });
+      var box = target.getBoundingClientRect();
+      tip.style.left = Math.max(8, box.left + window.scrollX) + "px";
+      tip.style.top = (box.bottom + window.scrollY + 4) + "px";
+      tip.hidden = false;
+    }
+    function hideTip() { tip.hidden = true; }
+
+    function fillForm(info) {
+      var select = form.elements.gpus;
+      Array.prototype.forEach.call(select.options, function (option) {
+        option.selected = option.value === String(info.resource.id);
+      });
+      // The form takes the viewer's wall time, the same zone the calendar shows.
+      var start = info.startStr;
+      form.elements.date.value = start.slice(0, 10);
+      form.elements.slot.value = start.slice(11, 16);
+      form.elements.slots.value = Math.max(1, Math.round((instant(info.endStr) - instant(info.startStr)) / slotMs));
+      form.elements.title.focus();
+      document.getElementById("booking-result").textContent = "";
+    }
+
+    var calendar = EventCalendar.create(el, {
+      view: "resourceTimelineWeek",
+      headerToolbar: { start: "prev,next today", center: "title", end: "resourceTimelineDay,resourceTimelineWeek" },
+      buttonText: { today: "Today", resourceTimelineDay: "Day", resourceTimelineWeek: "Week" },
+      resources: resources,
+      timeZone: utc ? "UTC" : "local",
+      slotDuration: { minutes: config.slotMinutes },
+      snapDuration: { minutes: config.slotMinutes },
+      slotWidth: 34,
+      height: "auto",
+      nowIndicator: true,
+      selectable: true,
+      selectConstraint: selectable,
+      eventSources: [{
+        url: config.events,
+        extraParams: function () {
+          return {
+            zone: zone,
+            team: filters.elements.team.value,
+            node: filters.elements.node.value,
+            mine: filters.elements.mine.checked ? "1" : "",
+          };
+        },
+      }],
+      select: function (info) { if (selectable(info)) fillForm(info); },
+      eventClick: function (info) {
+        if (info.event.display === "auto" && info.event.extendedProps.url) window.location = info.event.extendedProps.url;
+      },
+      eventDidMount: function (info) {
+        var event = info.event, node = info.el;
+        if (event.display !== "auto") return;
+        var label = describe(event).join(". ");
+        node.setAttribute("aria-label", label + ". Press Enter to open it.");
+        node.setAttribute("tabindex", "0");
+        node.setAttribute("role", "link");
+        node.addEventListener("mouseenter", function () { showTip(event, node); });
+        node.addEventListener("mouseleave", hideTip);
+        node.addEventListener("focus", function () { showTip(event, node); });
+        node.addEventListener("blur", hideTip);
+        node.addEventListener("keydown", function (e) {
+          if (e.key === "Enter") window.location = event.extendedProps.url;
+        });
+      },
+    });
+
+    filters.addEventListener("change", function () { calendar.refetchEvents(); });
+    // The server answers a booking with an "booked" trigger (HX-Trigger): show it at once.
+    document.body.addEventListener("booked", function () { calendar.refetchEvents(); });
+    document.body.addEventListener("click", function (e) {
+      var dismiss = e.target.closest("[data-dismiss]");
+      if (dismiss) document.getElementById(dismiss.dataset.dismiss).textContent = "";
+    });
+    // Ticking "train" shows the job's fields; low priority is preemptible unless unticked.
+    var train = form.elements.train, jobFields = form.querySelector(".job-fields");
+    function showJob() { jobFields.hidden = !train.checked; }
+    train.addEventListener("change", showJob);
+    showJob();
+    form.elements.priority.addEventListener("change", function () {
+      form.elements.preemptible.checked = form.elements.priority.value === "low";
+    });
+    window.gpuCalendar = calendar;
+  });
+})();

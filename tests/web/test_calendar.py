@@ -1,0 +1,394 @@
+"""The calendar page, its event feed and the booking form: what a person sees and what gets booked.
+
+Pages are driven with Django's test client (the browser tests in test_browser.py drive Chromium).
+Time is frozen at FROZEN_NOW (Monday 09:17 UTC): the next slot starts at 10:00 UTC.
+"""
+
+import json
+import re
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.test import Client
+
+from reservations.models import AuditEntry, Reservation
+from trainer.models import TrainingJob
+
+from ..support import FROZEN_NOW, NEXT_SLOT, SLOT, book, iso, make_user
+
+pytestmark = pytest.mark.usefixtures("frozen")
+WEEK = {"start": "2030-01-07T00:00:00Z", "end": "2030-01-14T00:00:00Z"}
+
+
+def page_client(user, zone=None):
+    client = Client()
+    client.force_login(user)
+    if zone:
+        client.cookies["tz"] = zone
+    return client
+
+
+def form_data(gpus, *, start=NEXT_SLOT, slots=1, **extra):
+    """The booking form as the browser posts it, in UTC wall time unless the client has a zone."""
+    data = {
+        "gpus": [g.pk for g in gpus], "date": start.strftime("%Y-%m-%d"), "slot": start.strftime("%H:%M"),
+        "slots": slots, "more": 0, "title": "", "priority": "normal", "auto_rebook": "on",
+        "model": "", "data": "", "epochs": 10, "imgsz": 640, "batch": 16,
+    }
+    data.update(extra)
+    return data
+
+
+def post_form(client, data, htmx=True):
+    headers = {"HX-Request": "true"} if htmx else {}
+    return client.post("/book/", data, headers=headers)
+
+
+def hidden_forms(html):
+    """Each <form> of an answer as the fields it would post (its hidden inputs)."""
+    forms = re.findall(r"<form[^>]*>(.*?)</form>", html, re.S)
+    return [
+        [(m.group(1), m.group(2)) for m in re.finditer(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form)]
+        for form in forms
+    ]
+
+
+def feed(client, **params):
+    return client.get("/calendar/events/", {**WEEK, **params})
+
+
+# --- The page -------------------------------------------------------------------------------------
+
+
+def test_the_calendar_has_a_track_per_gpu_grouped_under_its_node_with_health(owner, cluster):
+    gpu = cluster["node2"][3]
+    gpu.healthy = False
+    gpu.save()
+
+    response = page_client(owner).get("/")
+
+    assert response.status_code == 200
+    resources = json.loads(re.search(r'id="calendar-resources"[^>]*>(.*?)</script>', response.content.decode(), re.S).group(1))
+    assert [r["title"] for r in resources] == ["node1 (online)", "node2 (online)"]
+    assert [g["title"] for g in resources[1]["children"]][3] == "gpu3 · A100 · unhealthy"
+    assert [len(r["children"]) for r in resources] == [4, 4]
+    # The keyboard path: the same GPUs in the form, the unhealthy one not selectable.
+    assert re.search(rf'<option value="{gpu.pk}" disabled>', response.content.decode())
+
+
+def test_a_signed_out_visitor_is_sent_to_sign_in_and_gets_no_bookings(owner, cluster):
+    book(owner, cluster["node1"][:1], title="secret plan")
+
+    assert Client().get("/").url == "/login/?next=/"
+    response = Client().get("/calendar/events/", WEEK)
+    assert response.status_code == 302 and b"secret plan" not in response.content
+
+
+def test_a_person_with_no_team_is_told_why_they_cannot_book(cluster, db):
+    loner = make_user("loner")
+    client = page_client(loner)
+
+    assert "You belong to no team" in client.get("/").content.decode()
+    response = post_form(client, form_data(cluster["node1"][:1]))
+    assert response.status_code == 400
+    assert "belong to no team" in response.content.decode()
+    assert not Reservation.objects.exists()
+
+
+def test_high_priority_is_offered_only_to_those_who_may_book_it(owner, high_booker, cluster):
+    assert '<option value="high">' not in page_client(owner).get("/").content.decode()
+    assert '<option value="high">' in page_client(high_booker).get("/").content.decode()
+
+
+def test_resume_from_a_job_is_filled_in_from_the_link(owner, cluster):
+    reservation = book(owner, cluster["node1"][:1])
+    job = TrainingJob.objects.create(reservation=reservation, spec={}, epochs=5, checkpoint="/x/last.pt", checkpoint_epoch=2)
+
+    html = page_client(owner).get(f"/?resume={job.pk}").content.decode()
+
+    assert re.search(rf'<option value="{job.pk}" selected>job {job.pk}: untitled \(epoch 2 of 5\)', html)
+    assert re.search(r'<input type="checkbox" name="train"[^>]*checked', html)
+
+
+# --- The feed -------------------------------------------------------------------------------------
+
+
+def test_the_feed_gives_the_windows_bookings_with_owner_team_and_title(owner, outsider, cluster):
+    inside = book(owner, cluster["node1"][:2], title="fine-tune", preemptible=True)
+    book(owner, cluster["node1"][:1], start=NEXT_SLOT + timedelta(days=8))  # next week
+
+    events = [e for e in feed(page_client(outsider)).json() if e.get("display") != "background"]
+
+    assert [e["id"] for e in events] == [str(inside.pk)]
+    event = events[0]
+    assert event["resourceIds"] == [str(g.pk) for g in cluster["node1"][:2]]
+    assert (event["start"], event["end"]) == (NEXT_SLOT.isoformat(), (NEXT_SLOT + SLOT).isoformat())
+    assert event["extendedProps"]["owner"] == "owner" and event["extendedProps"]["team"] == "vision"
+    assert event["extendedProps"]["title"] == "fine-tune"
+    assert "preemptible" in event["classNames"]
+    assert event["backgroundColor"] == inside.team.colour
+
+
+def test_the_feed_shows_job_progress_to_the_team_but_not_to_other_teams(owner, teammate, outsider, cluster):
+    reservation = book(owner, cluster["node1"][:1])
+    TrainingJob.objects.create(reservation=reservation, spec={}, epochs=8, epoch=3, status="running")
+
+    def job_of(user):
+        return next(e for e in feed(page_client(user)).json() if e["id"] == str(reservation.pk))["extendedProps"]["job"]
+
+    assert job_of(teammate) == {"status": "running", "epoch": 3, "epochs": 8}
+    assert job_of(outsider) is None
+
+
+def test_the_feed_filters_by_team_node_and_mine(owner, teammate, outsider, cluster):
+    mine = book(owner, cluster["node1"][:1])
+    teammates = book(teammate, cluster["node2"][:1])
+    others = book(outsider, cluster["node2"][1:2])
+    client = page_client(owner)
+
+    def ids(**params):
+        return {int(e["id"]) for e in feed(client, **params).json() if e.get("display") != "background"}
+
+    assert ids() == {mine.pk, teammates.pk, others.pk}
+    assert ids(team="vision") == {mine.pk, teammates.pk}
+    assert ids(node=cluster["node2"][0].node_id) == {teammates.pk, others.pk}
+    assert ids(mine="1") == {mine.pk}
+
+
+def test_the_feed_shades_the_past_and_unhealthy_gpus(owner, cluster):
+    gpu = cluster["node1"][2]
+    gpu.healthy = False
+    gpu.save()
+
+    background = {e["id"]: e for e in feed(page_client(owner)).json() if e.get("display") == "background"}
+
+    assert background["past"]["end"] == FROZEN_NOW.isoformat()
+    assert background[f"unhealthy-{gpu.pk}"]["resourceIds"] == [str(gpu.pk)]
+
+
+def test_the_feed_reads_a_window_without_offset_in_the_calendars_zone(owner, cluster):
+    reservation = book(owner, cluster["node1"][:1])  # 10:00-12:00 UTC = 11:00-13:00 in Berlin
+    client = page_client(owner)
+
+    def ids(start, end, zone):
+        events = client.get("/calendar/events/", {"start": start, "end": end, "zone": zone}).json()
+        return [e["id"] for e in events if e.get("display") != "background"]
+
+    assert ids("2030-01-07T12:30:00", "2030-01-07T14:00:00", "Europe/Berlin") == [str(reservation.pk)]
+    assert ids("2030-01-07T12:30:00", "2030-01-07T14:00:00", "UTC") == []
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({}, "start"),
+        ({"start": "yesterday", "end": "2030-01-08T00:00:00Z"}, "start"),
+        ({"start": "2030-01-08T00:00:00Z", "end": "2030-01-07T00:00:00Z"}, "end"),
+        ({"start": "2030-01-01T00:00:00Z", "end": "2030-06-01T00:00:00Z"}, "end"),
+        ({**WEEK, "node": "x"}, "node"),
+    ],
+)
+def test_the_feed_answers_a_bad_window_with_a_400_naming_the_field(owner, cluster, params, field):
+    response = page_client(owner).get("/calendar/events/", params)
+
+    assert response.status_code == 400
+    assert field in response.json()["errors"]
+
+
+# --- The booking form -----------------------------------------------------------------------------
+
+
+def test_the_form_books_through_the_service_and_answers_in_place(owner, cluster):
+    response = post_form(page_client(owner), form_data(cluster["node1"][:1], title="from the calendar"))
+
+    assert response.status_code == 201
+    reservation = Reservation.objects.get()
+    assert (reservation.title, reservation.start, reservation.user) == ("from the calendar", NEXT_SLOT, owner)
+    assert AuditEntry.objects.filter(reservation=reservation, action="create", actor=owner).exists()
+    html = response.content.decode()
+    assert f"Booked #{reservation.pk}" in html and "node1/gpu0" in html
+    assert response["HX-Trigger"] == "booked"
+    assert "<html" not in html  # a fragment for the side panel
+
+
+def test_without_javascript_the_form_answers_with_a_whole_page(owner, cluster):
+    response = post_form(page_client(owner), form_data(cluster["node1"][:1]), htmx=False)
+
+    assert response.status_code == 201
+    assert "<html" in response.content.decode() and "Booked #" in response.content.decode()
+
+
+def test_the_date_and_slot_are_read_in_the_viewers_zone(owner, cluster):
+    berlin = NEXT_SLOT + timedelta(hours=1)  # 11:00 in Berlin is the 10:00 UTC slot
+
+    response = post_form(page_client(owner, "Europe/Berlin"), form_data(cluster["node1"][:1], start=berlin))
+
+    assert response.status_code == 201
+    assert Reservation.objects.get().start == NEXT_SLOT
+    assert "Europe/Berlin" in response.content.decode()
+
+
+def test_a_start_off_the_slot_grid_or_in_the_past_is_refused_naming_the_field(owner, cluster):
+    client = page_client(owner)
+
+    off_grid = post_form(client, form_data(cluster["node1"][:1], start=NEXT_SLOT + timedelta(hours=1)))
+    past = post_form(client, form_data(cluster["node1"][:1], start=NEXT_SLOT - SLOT))
+
+    assert off_grid.status_code == 400 and "slot boundary" in off_grid.content.decode()
+    assert past.status_code == 400 and "in the past" in past.content.decode()
+    assert not Reservation.objects.exists()
+
+
+def test_missing_fields_are_named(owner, cluster):
+    response = post_form(page_client(owner), {"slots": "0"})
+
+    html = response.content.decode()
+    assert response.status_code == 400
+    assert "GPUs: Pick at least one GPU." in html and "Date: This field is required." in html
+    assert "Slots: Ensure this value is greater than or equal to 1." in html
+
+
+def test_high_priority_without_the_right_is_refused_in_place(owner, cluster):
+    response = post_form(page_client(owner), form_data(cluster["node1"][:1], priority="high"))
+
+    assert response.status_code == 400
+    assert "Select a valid choice" in response.content.decode()
+    assert not Reservation.objects.exists()
+
+
+def test_also_book_n_more_gpus_on_the_same_node(owner, teammate, cluster):
+    book(teammate, cluster["node1"][1:2])
+
+    response = post_form(page_client(owner), form_data(cluster["node1"][:1], more=2))
+
+    assert response.status_code == 201
+    gpus = sorted(Reservation.objects.get(user=owner).allocations.values_list("gpu_id", flat=True))
+    assert gpus == [cluster["node1"][0].pk, cluster["node1"][2].pk, cluster["node1"][3].pk]
+
+
+def test_asking_for_more_gpus_than_are_free_on_the_node_says_how_many_are(owner, teammate, cluster):
+    book(teammate, cluster["node1"][1:3])
+
+    response = post_form(page_client(owner), form_data(cluster["node1"][:1], more=3))
+
+    assert response.status_code == 400
+    assert "Only 1 more GPUs of node1 are free then." in response.content.decode()
+
+
+def test_a_conflict_shows_whose_booking_is_in_the_way_and_a_suggestion_books_in_one_click(owner, outsider, cluster):
+    book(outsider, cluster["node1"][:1], title="theirs")
+    client = page_client(owner)
+
+    response = post_form(client, form_data(cluster["node1"][:1], title="mine"))
+
+    assert response.status_code == 409
+    html = response.content.decode()
+    assert "already booked" in html and "of outsider (normal) on node1/gpu0" in html
+    suggestions = hidden_forms(html)
+    assert suggestions, html
+    first = dict(suggestions[0])
+    assert first["title"] == "mine"  # the rest of the form comes along
+    booked = client.post("/book/", _multi(suggestions[0]), headers={"HX-Request": "true"})
+    assert booked.status_code == 201, booked.content.decode()
+    reservation = Reservation.objects.get(user=owner)
+    assert reservation.title == "mine"
+    assert "Booked #" in booked.content.decode()
+
+
+def _multi(pairs):
+    data = {}
+    for name, value in pairs:
+        data.setdefault(name, []).append(value)
+    return data
+
+
+def test_a_preempting_booking_says_whose_bookings_it_takes_before_it_is_confirmed(high_booker, outsider, cluster, settings):
+    victim = book(outsider, cluster["node1"][:1], start=NEXT_SLOT + SLOT, priority="low", title="sweep")
+    client = page_client(high_booker)
+    data = form_data(cluster["node1"][:1], start=NEXT_SLOT + SLOT, priority="high")
+
+    preview = post_form(client, data)
+
+    html = preview.content.decode()
+    assert preview.status_code == 200
+    assert f"#{victim.pk} sweep of <strong>outsider</strong>" in html and "low priority" in html
+    assert "moved to another free window" in html and "outsider is told now, 2 h 43 min before" in html
+    assert not Reservation.objects.filter(user=high_booker).exists()  # nothing yet
+
+    confirm = dict(_multi(hidden_forms(html)[0]))
+    assert confirm["confirm_preempt"] == ["on"]
+    booked = client.post("/book/", confirm, headers={"HX-Request": "true"})
+
+    assert booked.status_code == 201, booked.content.decode()
+    mine = Reservation.objects.get(user=high_booker)
+    assert mine.start == NEXT_SLOT + SLOT and mine.priority == "high"
+    victim.refresh_from_db()
+    # Moved whole, off the taken GPU's window (to other GPUs at the same time, or later).
+    assert victim.status == "confirmed"
+    assert not victim.allocations.filter(gpu=cluster["node1"][0], start__lt=mine.end, end__gt=mine.start).exists()
+
+
+def test_a_booking_the_rules_forbid_to_preempt_is_a_conflict_not_a_preview(high_booker, outsider, cluster):
+    book(outsider, cluster["node1"][:1], priority="normal")  # not preemptible
+
+    response = post_form(page_client(high_booker), form_data(cluster["node1"][:1], priority="high"))
+
+    assert response.status_code == 409
+    assert "cannot be preempted" in response.content.decode()
+
+
+def test_the_waitlist_box_books_a_waiting_request_and_the_calendar_lists_it_apart(owner, outsider, cluster):
+    book(outsider, cluster["node1"][:1])
+    client = page_client(owner)
+
+    response = post_form(client, form_data(cluster["node1"][:1], title="patient", waitlist="on"))
+
+    assert response.status_code == 201
+    waiting = Reservation.objects.get(user=owner)
+    assert waiting.status == "waitlisted"
+    assert "on the waitlist" in response.content.decode()
+    page = client.get("/").content.decode()
+    waitlist_section = page.split('id="waitlist-heading"')[1]
+    assert f"#{waiting.pk} patient" in waitlist_section
+    assert str(waiting.pk) not in [e["id"] for e in feed(client).json()]
+
+
+@pytest.fixture
+def dataset(tmp_path, settings):
+    root = tmp_path / "datasets"
+    (root / "demo").mkdir(parents=True)
+    (root / "demo" / "data.yaml").write_text("path: .\n")
+    settings.TRAINING_DATA_ROOTS = [root.resolve()]
+    return root / "demo" / "data.yaml"
+
+
+def test_a_booking_can_carry_a_training_job(owner, cluster, dataset):
+    data = form_data(cluster["node1"][:1], train="on", model="yolov8n.yaml", data=str(dataset), epochs=3, imgsz=64, batch=4)
+
+    response = post_form(page_client(owner), data)
+
+    assert response.status_code == 201, response.content.decode()
+    job = TrainingJob.objects.get()
+    assert (job.epochs, job.spec["imgsz"], job.spec["batch"]) == (3, 64, 4)
+    assert job.reservation.user == owner
+
+
+def test_a_bad_job_names_the_field_and_books_nothing(owner, cluster, dataset):
+    data = form_data(cluster["node1"][:1], train="on", model="yolov8n.yaml", data="/etc/passwd", epochs=3)
+
+    response = post_form(page_client(owner), data)
+
+    assert response.status_code == 400
+    assert "Dataset (data.yaml):" in response.content.decode()
+    assert not Reservation.objects.exists() and not TrainingJob.objects.exists()
+
+
+def test_the_form_needs_its_csrf_token(owner, cluster):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(owner)
+
+    response = client.post("/book/", form_data(cluster["node1"][:1]))
+
+    assert response.status_code == 403
+    assert not Reservation.objects.exists()
