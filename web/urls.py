@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from .views import account, bookings, calendar
+from .views import account, bookings, calendar, ical
 
 app_name = "web"
 
@@ -18,4 +18,6 @@ urlpatterns = [
     path("notices/", bookings.notices, name="notices"),
     # The profile: API token, calendar feed links.
     path("profile/", account.profile, name="profile"),
+    # iCal feeds: no sign-in, the secret token in the URL is the credential.
+    path("ical/<str:token>.ics", ical.feed, name="ical"),
 ]
