@@ -18,6 +18,8 @@ urlpatterns = [
     path("notices/", bookings.notices, name="notices"),
     # The profile: API token, calendar feed links.
     path("profile/", account.profile, name="profile"),
+    path("profile/api-token/rotate/", account.api_token_rotate, name="api-token-rotate"),
+    path("profile/feeds/<int:feed_id>/rotate/", account.calendar_feed_rotate, name="feed-rotate"),
     # iCal feeds: no sign-in, the secret token in the URL is the credential.
     path("ical/<str:token>.ics", ical.feed, name="ical"),
 ]

@@ -1,9 +1,61 @@
-"""The profile page. (Being written: placeholder view.)"""
+"""The profile page: who I am, my teams and rights, my API token and my calendar feed URLs."""
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import render
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from reservations import selectors
+
+from .. import services
+from ..models import CalendarFeed
 
 
 @login_required
+@require_GET
 def profile(request):
-    return render(request, "web/placeholder.html", {"what": "Profile"})
+    user = request.user
+    memberships = selectors.memberships_of(user)
+    feeds = [("My bookings", services.calendar_feed_for(user=user))] + [
+        (f"Team {m.team.name}", services.calendar_feed_for(user=user, team=m.team)) for m in memberships
+    ]
+    return render(
+        request,
+        "web/profile.html",
+        {
+            "memberships": memberships,
+            "may_book_high": user.has_perm("reservations.book_high_priority"),
+            "api_token": services.api_token_for(user=user),
+            "feeds": [
+                {
+                    "label": label,
+                    "feed": feed,
+                    "url": request.build_absolute_uri(reverse("web:ical", args=[feed.token])),
+                }
+                for label, feed in feeds
+            ],
+        },
+    )
+
+
+@login_required
+@require_POST
+def api_token_rotate(request):
+    services.api_token_rotate(user=request.user)
+    messages.success(request, "Your API token was replaced; update your CI secrets.")
+    return redirect("web:profile")
+
+
+@login_required
+@require_POST
+def calendar_feed_rotate(request, feed_id):
+    try:
+        services.calendar_feed_rotate(user=request.user, feed_id=feed_id)
+    except CalendarFeed.DoesNotExist:
+        raise Http404("No such calendar feed.") from None
+    messages.success(
+        request, "The calendar feed has a new URL and the old one no longer works: subscribe again with the new one."
+    )
+    return redirect("web:profile")
