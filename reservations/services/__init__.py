@@ -18,7 +18,14 @@ from .changes import (
 )
 from .clock import idempotency_prune, reservations_advance
 from .inventory import Device, node_register
-from .notices import notice_email, notice_payload, notice_send, notice_webhook_gave_up, notice_webhook_post
+from .notices import (
+    notice_email,
+    notice_payload,
+    notice_send,
+    notice_webhook_gave_up,
+    notice_webhook_post,
+    notices_mark_read,
+)
 from .preemption import preemption_withdraw, reservation_reclaim, reservations_reclaim_due
 from .waitlist import waitlist_promote
 
@@ -32,6 +39,7 @@ __all__ = [
     "notice_send",
     "notice_webhook_gave_up",
     "notice_webhook_post",
+    "notices_mark_read",
     "preemption_withdraw",
     "reservation_cancel",
     "reservation_create",

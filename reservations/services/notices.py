@@ -13,6 +13,7 @@ from django.utils import timezone
 from .. import queue
 from ..models import AuditEntry, Notice
 from .audit import audit_record
+from .locks import service_transaction
 
 
 def notice_send(*, user, kind, message, reservation=None, data=None, audited=False, actor=None):
@@ -100,3 +101,13 @@ def notice_webhook_post(*, notice_id):
 
 def notice_webhook_gave_up(*, notice_id, error):
     Notice.objects.filter(pk=notice_id).update(webhook_error=f"Gave up after retries: {error}"[:2000])
+
+
+def notices_mark_read(*, user, ids, now=None):
+    """Mark the user's notices `ids` read (a page has shown them). Others' notices and those read
+    already are left alone; returns how many changed. A plain update: two pages marking the same
+    notice read at once both write a time, and either is right."""
+    with service_transaction():
+        return Notice.objects.filter(user=user, pk__in=list(ids), read_at__isnull=True).update(
+            read_at=now or timezone.now()
+        )
