@@ -204,3 +204,10 @@ def test_no_sign_in_is_needed_and_a_signed_in_user_gets_nothing_more_without_the
 def test_someone_elses_team_has_no_feed_for_me(team, outsider):
     with pytest.raises(PermissionDenied, match="members"):
         web_services.calendar_feed_for(user=outsider, team=team)
+
+
+def test_the_feed_answers_head_and_refuses_writes(owner):
+    url = feed_url(owner)
+
+    assert Client().head(url).status_code == 200
+    assert Client().post(url).status_code == 405

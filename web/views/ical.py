@@ -8,7 +8,7 @@ from datetime import timedelta, timezone as dt_timezone
 
 from django.http import Http404, HttpResponse
 from django.utils import timezone
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 from icalendar import Calendar, Event, vDuration
 
 from reservations import policy, selectors
@@ -29,7 +29,7 @@ ICAL_STATUS = {
 }
 
 
-@require_GET
+@require_safe
 def feed(request, token):
     calendar_feed = calendar_feed_by_token(token)
     if calendar_feed is None:
