@@ -1,6 +1,7 @@
 """Times are stored in UTC and shown in the viewer's zone (STYLE.md 6: convert only at the edges)."""
 
 import zoneinfo
+from urllib.parse import unquote
 
 from django.utils import timezone
 
@@ -11,7 +12,7 @@ ZONE_COOKIE = "tz"
 def viewer_zone(request, name=None):
     """The zone the viewer asked for (`name`, else their cookie's), or None (then pages show
     settings.TIME_ZONE, UTC by default)."""
-    name = name or request.COOKIES.get(ZONE_COOKIE, "")
+    name = unquote(name or request.COOKIES.get(ZONE_COOKIE, ""))
     if not name or len(name) > 64:
         return None
     try:

@@ -1,13 +1,18 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from .signin import SignInForm
 from .views import account, bookings, calendar, ical
 
 app_name = "web"
 
 urlpatterns = [
     # Sign-in (django.contrib.auth's views, our templates; LDAP or local accounts behind them).
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(redirect_authenticated_user=True, authentication_form=SignInForm),
+        name="login",
+    ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     # The calendar and the booking form.
     path("", calendar.calendar_page, name="calendar"),
@@ -15,6 +20,12 @@ urlpatterns = [
     path("book/", calendar.book, name="book"),
     # My bookings, a booking's page, notices.
     path("bookings/", bookings.my_bookings, name="my-bookings"),
+    path("bookings/<int:pk>/", bookings.booking, name="booking"),
+    path("bookings/<int:pk>/job/", bookings.booking_job, name="booking-job"),
+    path("bookings/<int:pk>/checkpoint/", bookings.booking_checkpoint, name="booking-checkpoint"),
+    path("bookings/<int:pk>/cancel/", bookings.booking_cancel, name="booking-cancel"),
+    path("bookings/<int:pk>/transfer/", bookings.booking_transfer, name="booking-transfer"),
+    path("bookings/<int:pk>/move/", bookings.booking_move, name="booking-move"),
     path("notices/", bookings.notices, name="notices"),
     # The profile: API token, calendar feed links.
     path("profile/", account.profile, name="profile"),

@@ -6,10 +6,11 @@
 
   function readCookie(name) {
     var match = document.cookie.match(new RegExp("(?:^|; )" + name + "=([^;]*)"));
-    return match ? decodeURIComponent(match[1]) : "";
+    return match ? match[1] : "";
   }
   function writeCookie(name, value) {
-    document.cookie = name + "=" + encodeURIComponent(value) + "; path=/; max-age=31536000; SameSite=Lax";
+    // Zone names ("Europe/Berlin", "America/Argentina/Buenos_Aires") are safe in a cookie as they are.
+    document.cookie = name + "=" + value + "; path=/; max-age=31536000; SameSite=Lax";
   }
   function browserZone() {
     try { return Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC"; } catch (e) { return "UTC"; }

@@ -74,13 +74,23 @@
 
     var calendar = EventCalendar.create(el, {
       view: "resourceTimelineWeek",
+      // The week starts today (in the calendar's zone): what can still be booked comes first.
+      firstDay: utc ? new Date().getUTCDay() : new Date().getDay(),
       headerToolbar: { start: "prev,next today", center: "title", end: "resourceTimelineDay,resourceTimelineWeek" },
       buttonText: { today: "Today", resourceTimelineDay: "Day", resourceTimelineWeek: "Week" },
       resources: resources,
       timeZone: utc ? "UTC" : "local",
       slotDuration: { minutes: config.slotMinutes },
       snapDuration: { minutes: config.slotMinutes },
-      slotWidth: 34,
+      views: {
+        // A week fits the screen with a label every six hours; a day shows every slot.
+        resourceTimelineWeek: { slotWidth: 20, slotLabelInterval: { hours: 6 } },
+        resourceTimelineDay: { slotWidth: 60 },
+      },
+      slotLabelFormat: { hour: "2-digit", minute: "2-digit", hourCycle: "h23" },
+      dayHeaderFormat: { weekday: "short", day: "numeric", month: "short" },
+      // The booking's title and owner; the times are on the axis and in the details.
+      eventContent: function (info) { return info.event.title; },
       height: "auto",
       nowIndicator: true,
       selectable: true,

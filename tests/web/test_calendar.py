@@ -74,7 +74,7 @@ def test_the_calendar_has_a_track_per_gpu_grouped_under_its_node_with_health(own
     assert [g["title"] for g in resources[1]["children"]][3] == "gpu3 · A100 · unhealthy"
     assert [len(r["children"]) for r in resources] == [4, 4]
     # The keyboard path: the same GPUs in the form, the unhealthy one not selectable.
-    assert re.search(rf'<option value="{gpu.pk}" disabled>', response.content.decode())
+    assert re.search(rf'<option value="{gpu.pk}" disabled>node2/gpu3 \(unhealthy\)</option>', response.content.decode())
 
 
 def test_a_signed_out_visitor_is_sent_to_sign_in_and_gets_no_bookings(owner, cluster):

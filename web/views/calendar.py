@@ -80,7 +80,7 @@ def _resources(gpus):
         health = "" if gpu.healthy else " · unhealthy"
         groups[node.pk]["children"].append({
             "id": str(gpu.pk),
-            "title": f"gpu{gpu.index} · {gpu.model}{health}",
+            "title": f"gpu{gpu.index} · {gpu.model.removeprefix('NVIDIA ')}{health}",
             "extendedProps": {"gpu": gpu.pk, "name": gpu.name, "node": node.pk, "healthy": gpu.healthy},
         })
     return list(groups.values())

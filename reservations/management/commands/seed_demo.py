@@ -64,7 +64,8 @@ class Command(BaseCommand):
         booked = self._bookings(users)
         self.stdout.write(self.style.SUCCESS(f"Demo cluster ready: 2 nodes x 4 GPUs, {booked} new bookings."))
         self.stdout.write(
-            f"API tokens (send 'Authorization: Token <key>'); admin also signs in at /admin/ with {PASSWORD!r}:"
+            f"Every demo user signs in to the calendar with the password {PASSWORD!r} (admin also to /admin/)."
+            " API tokens (send 'Authorization: Token <key>'):"
         )
         for username, user in users.items():
             token, _ = Token.objects.get_or_create(user=user)
