@@ -5,6 +5,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import RegexValidator, URLValidator
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 
@@ -23,9 +24,21 @@ class Team(models.Model):
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="teams", blank=True
     )
+    # Set: the company directory decides who is in the team (at each member's sign-in); empty: the
+    # team and its members are managed by hand, and no sign-in ever changes them.
+    directory_dn = models.CharField(
+        "directory group", max_length=1000, blank=True, default="",
+        help_text="The company directory group (LDAP DN, e.g. cn=vision,ou=teams,dc=example,dc=com) whose "
+        "members are this team's members; compared ignoring case. Empty for a team managed by hand.",
+    )
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                Lower("directory_dn"), condition=~Q(directory_dn=""), name="team_directory_dn_unique"
+            )
+        ]
 
     def __str__(self):
         return self.name

@@ -17,6 +17,7 @@ from .changes import (
     reservation_update,
 )
 from .clock import idempotency_prune, reservations_advance
+from .directory import DirectoryTeam, user_directory_sync
 from .inventory import Device, node_register
 from .notices import (
     notice_email,
@@ -31,6 +32,7 @@ from .waitlist import waitlist_promote
 
 __all__ = [
     "Device",
+    "DirectoryTeam",
     "audit_record",
     "idempotency_prune",
     "node_register",
@@ -52,5 +54,6 @@ __all__ = [
     "reservations_advance",
     "reservations_reclaim_due",
     "snapshot",
+    "user_directory_sync",
     "waitlist_promote",
 ]
