@@ -11,8 +11,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+import ldap
+import ldap.dn
+import ldapurl
 from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
+from django_auth_ldap.config import GroupOfNamesType, LDAPSearch
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
@@ -268,6 +272,74 @@ AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minim
 AXES_LOCKOUT_PARAMETERS = ["ip_address"]
 AXES_CLIENT_IP_CALLABLE = "scheduler.security.client_ip"
 AXES_LOCKOUT_CALLABLE = "scheduler.security.lockout_response"
+
+# --- Company sign-in: LDAP (django-auth-ldap), when LDAP_SERVER_URI is set ---
+# web.ldap.DirectoryBackend signs people in against the directory (users by uid) and, at every
+# sign-in, brings their staff flag, high-priority right and directory teams in line with their
+# groups (reservations.services.user_directory_sync). It sits after axes' backend, so lockout still
+# applies, and before ModelBackend, so local accounts (admin, demo users) keep working, also while
+# the directory is down. Every DN is parsed here: a typo stops start-up instead of refusing everyone.
+
+
+def _env_dn(environ, name, *, required=False, under=None):
+    raw = environ.get(name, "").strip()
+    if not raw:
+        if required:
+            raise ImproperlyConfigured(f"{name} must be set when LDAP_SERVER_URI is set")
+        return ""
+    if not ldap.dn.is_dn(raw):
+        raise ImproperlyConfigured(f"{name} must be an LDAP DN like cn=staff,ou=groups,dc=example,dc=com, got {raw!r}")
+    if under is not None:
+        base_name, base = under
+        rdns, base_rdns = ldap.dn.str2dn(raw.lower()), ldap.dn.str2dn(base.lower())
+        if rdns[len(rdns) - len(base_rdns):] != base_rdns:
+            raise ImproperlyConfigured(f"{name} ({raw}) must be under {base_name} ({base}), where groups are searched")
+    return raw
+
+
+def ldap_settings(environ, backends):
+    """django-auth-ldap's AUTH_LDAP_* settings, the group DNs web.ldap reads and `backends` with the
+    directory's after axes', from the LDAP_* variables in `environ`; {} when LDAP_SERVER_URI is unset
+    (local accounts only). The tests build their settings with it too."""
+    uris = environ.get("LDAP_SERVER_URI", "").split()
+    if not uris:
+        return {}
+    for uri in uris:
+        if not uri.lower().startswith(("ldap://", "ldaps://")) or not ldapurl.isLDAPUrl(uri):
+            raise ImproperlyConfigured(f"LDAP_SERVER_URI must be ldap://host[:port] or ldaps://host[:port] (several separated by spaces), got {uri!r}")
+    raw_tls = environ.get("LDAP_START_TLS", "").strip().lower()
+    if raw_tls not in ("", "1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ImproperlyConfigured(f"LDAP_START_TLS must be a boolean (1/0, true/false), got {raw_tls!r}")
+    start_tls = raw_tls in ("1", "true", "yes", "on")
+    if start_tls and any(uri.lower().startswith("ldaps://") for uri in uris):
+        raise ImproperlyConfigured("LDAP_START_TLS is for ldap:// URIs; ldaps:// is TLS already")
+    user_base = _env_dn(environ, "LDAP_USER_SEARCH_BASE", required=True)
+    group_names = ("LDAP_STAFF_GROUP", "LDAP_HIGH_PRIORITY_GROUP", "LDAP_TEAM_GROUP_BASE")
+    group_base = _env_dn(
+        environ, "LDAP_GROUP_SEARCH_BASE", required=any(environ.get(name, "").strip() for name in group_names)
+    )
+    groups = {name: _env_dn(environ, name, under=("LDAP_GROUP_SEARCH_BASE", group_base)) for name in group_names}
+    result = {
+        "AUTH_LDAP_SERVER_URI": " ".join(uris),
+        "AUTH_LDAP_BIND_DN": _env_dn(environ, "LDAP_BIND_DN"),
+        "AUTH_LDAP_BIND_PASSWORD": environ.get("LDAP_BIND_PASSWORD", ""),
+        "AUTH_LDAP_START_TLS": start_tls,
+        "AUTH_LDAP_USER_SEARCH": LDAPSearch(user_base, ldap.SCOPE_SUBTREE, "(uid=%(user)s)"),
+        "AUTH_LDAP_USER_ATTR_MAP": {"first_name": "givenName", "last_name": "sn", "email": "mail"},
+        # A directory that does not answer within seconds counts as down: the login page says so
+        # instead of hanging until the proxy gives up.
+        "AUTH_LDAP_CONNECTION_OPTIONS": {ldap.OPT_NETWORK_TIMEOUT: 5, ldap.OPT_TIMEOUT: 10},
+        **groups,
+        "AUTHENTICATION_BACKENDS": [backends[0], "web.ldap.DirectoryBackend", *backends[1:]],
+    }
+    if group_base:
+        result["AUTH_LDAP_GROUP_SEARCH"] = LDAPSearch(group_base, ldap.SCOPE_SUBTREE, "(objectClass=groupOfNames)")
+        result["AUTH_LDAP_GROUP_TYPE"] = GroupOfNamesType()
+    return result
+
+
+# Module-level names, as Django reads settings.
+globals().update(ldap_settings(os.environ, AUTHENTICATION_BACKENDS))
 
 # --- Content Security Policy (django-csp) ---
 # Scripts only from this site, or inline with the request's nonce (`{{ request.csp_nonce }}`; the

@@ -1,0 +1,96 @@
+"""Company sign-in: django-auth-ldap, plus what the directory's groups mean here.
+
+settings.ldap_settings puts DirectoryBackend between axes' backend and ModelBackend when
+LDAP_SERVER_URI is set. After django-auth-ldap has checked the password (it opens no transaction),
+the backend reads the person's groups and hands them to reservations.services.user_directory_sync,
+which runs in a transaction of its own: staff flag, high-priority right and teams follow the
+directory at every sign-in.
+
+A directory that does not answer must not read as a wrong password: django-auth-ldap sends
+`ldap_error` and refuses the sign-in, and the receiver below notes on the request why
+(`request.directory_error`, a sentence for people), which the login form and the API's token
+endpoint show when no other backend (a local account) signed the person in.
+"""
+
+import logging
+
+import ldap
+import ldap.dn
+from django.conf import settings
+from django.dispatch import receiver
+from django.utils.text import slugify
+from django_auth_ldap.backend import LDAPBackend, ldap_error
+
+from reservations.services import DirectoryTeam, user_directory_sync
+
+logger = logging.getLogger(__name__)
+
+DIRECTORY_DOWN = (
+    "The company directory is not answering, so company accounts cannot sign in right now. "
+    "Please try again in a few minutes; local accounts still work."
+)
+DIRECTORY_FAILED = (
+    "The company directory could not check this account (it answered with an error). "
+    "Please try again later, or tell an administrator if it keeps happening."
+)
+# Errors that mean "nobody answered" rather than "the directory said no".
+_UNREACHABLE = (ldap.SERVER_DOWN, ldap.TIMEOUT, ldap.CONNECT_ERROR)
+
+
+@receiver(ldap_error)
+def note_directory_error(sender, context, user, request, exception, **kwargs):
+    if request is None:
+        return
+    request.directory_error = DIRECTORY_DOWN if isinstance(exception, _UNREACHABLE) else DIRECTORY_FAILED
+
+
+def normal_dn(dn):
+    """One spelling per DN, so that the directory's and the settings' can be compared."""
+    return ldap.dn.dn2str(ldap.dn.str2dn(dn)).lower()
+
+
+def _is_under(dn, base):
+    rdns, base_rdns = ldap.dn.str2dn(dn), ldap.dn.str2dn(base)
+    return len(rdns) > len(base_rdns) and rdns[len(rdns) - len(base_rdns):] == base_rdns
+
+
+def _team_of(dn):
+    """The DirectoryTeam of a team group: its cn, as the directory spells it, is the name and gives the slug."""
+    attribute, value, _ = ldap.dn.str2dn(dn)[0][0]
+    slug = slugify(value)[:50]
+    if attribute.lower() != "cn" or not slug:
+        logger.warning("Directory group %s is under LDAP_TEAM_GROUP_BASE but has no cn a team slug can come from", dn)
+        return None
+    return DirectoryTeam(dn=normal_dn(dn), slug=slug, name=value)
+
+
+class DirectoryBackend(LDAPBackend):
+    """django-auth-ldap's backend (AUTH_LDAP_* settings, read per instance, so per sign-in), which
+    also applies the person's groups."""
+
+    def authenticate(self, request, username=None, password=None, **kwargs):
+        user = super().authenticate(request, username=username, password=password, **kwargs)
+        if user is None:
+            return None
+        staff_group = getattr(settings, "LDAP_STAFF_GROUP", "")
+        high_group = getattr(settings, "LDAP_HIGH_PRIORITY_GROUP", "")
+        team_base = getattr(settings, "LDAP_TEAM_GROUP_BASE", "")
+        if not (staff_group or high_group or team_base):
+            return user
+        try:
+            groups = {normal_dn(dn): dn for dn in user.ldap_user.group_dns}
+        except ldap.LDAPError as exc:
+            # Without the groups, rights and teams would be stale: refuse, as for any directory error.
+            ldap_error.send(type(self), context="directory_groups", user=user, request=request, exception=exc)
+            return None
+        teams = None
+        if team_base:
+            base = normal_dn(team_base)
+            under = sorted(dn for normal, dn in groups.items() if _is_under(normal, base))
+            teams = [team for team in map(_team_of, under) if team is not None]
+        return user_directory_sync(
+            user=user,
+            teams=teams,
+            staff=normal_dn(staff_group) in groups if staff_group else None,
+            high_priority=normal_dn(high_group) in groups if high_group else None,
+        )
