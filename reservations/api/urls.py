@@ -1,7 +1,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from . import views
+from . import tokens, views
 
 router = DefaultRouter()
 router.register("gpus", views.GPUViewSet)
@@ -14,5 +14,6 @@ urlpatterns = [
     path("availability/", views.AvailabilityView.as_view(), name="availability"),
     path("status/", views.StatusView.as_view(), name="status"),
     path("me/", views.MeView.as_view(), name="me"),
+    path("auth/token/", tokens.ObtainTokenView.as_view(), name="auth-token"),
     *router.urls,
 ]
