@@ -197,9 +197,13 @@ class JobViewer:
         return frozenset(Membership.objects.filter(user=self.user).values_list("team_id", flat=True))
 
     def may_see(self, reservation):
-        if self.user is not None and reservation.user_id == self.user.pk:
+        return self.may_see_booking_of(reservation.user_id, reservation.team_id)
+
+    def may_see_booking_of(self, user_id, team_id):
+        """The same, from the booking's owner and team ids (for rows read without a model)."""
+        if self.user is not None and user_id == self.user.pk:
             return True
-        return self.teams is None or reservation.team_id in self.teams
+        return self.teams is None or team_id in self.teams
 
     def visible(self, queryset, prefix=""):
         """`queryset` narrowed to what the viewer may see (`prefix` leads to the reservation's fields)."""

@@ -33,11 +33,12 @@
     function selectable(info) {
       return info.resource && healthy[info.resource.id] === true && instant(info.startStr) >= new Date();
     }
+    function bookingUrl(event) { return config.bookingUrl + event.id + "/"; }
     function describe(event) {
       var p = event.extendedProps;
       var lines = [
         p.title + " (#" + event.id + ")",
-        "Owner: " + p.owner + " · team " + p.teamName,
+        "Owner: " + p.owner + " · team " + (config.teams[p.team] || p.team),
         "Priority: " + p.priority + (p.preemptible ? ", preemptible" : ""),
         "Status: " + p.status,
       ];
@@ -108,7 +109,7 @@
       }],
       select: function (info) { if (selectable(info)) fillForm(info); },
       eventClick: function (info) {
-        if (info.event.display === "auto" && info.event.extendedProps.url) window.location = info.event.extendedProps.url;
+        if (info.event.display === "auto") window.location = bookingUrl(info.event);
       },
       eventDidMount: function (info) {
         var event = info.event, node = info.el;
@@ -122,7 +123,7 @@
         node.addEventListener("focus", function () { showTip(event, node); });
         node.addEventListener("blur", hideTip);
         node.addEventListener("keydown", function (e) {
-          if (e.key === "Enter") window.location = event.extendedProps.url;
+          if (e.key === "Enter") window.location = bookingUrl(event);
         });
       },
     });

@@ -125,6 +125,7 @@ def test_the_feed_gives_the_windows_bookings_with_owner_team_and_title(owner, ou
     assert event["resourceIds"] == [str(g.pk) for g in cluster["node1"][:2]]
     assert (event["start"], event["end"]) == (NEXT_SLOT.isoformat(), (NEXT_SLOT + SLOT).isoformat())
     assert event["extendedProps"]["owner"] == "owner" and event["extendedProps"]["team"] == "vision"
+    assert event["title"] == "fine-tune · owner"
     assert event["extendedProps"]["title"] == "fine-tune"
     assert "preemptible" in event["classNames"]
     assert event["backgroundColor"] == inside.team.colour

@@ -16,6 +16,7 @@ from django.views.decorators.http import require_GET, require_POST
 from reservations import jobs, policy, selectors, services
 from reservations.errors import BookingConflict, BookingError
 from reservations.models import Team
+from trainer.selectors import job_progress
 
 from ..forms import BookingForm
 from ..middleware import viewer_zone
@@ -42,6 +43,8 @@ def calendar_page(request):
         "waitlisted": selectors.waitlisted(now=now),
         "config": {
             "events": reverse("web:events"),
+            "bookingUrl": reverse("web:booking", args=[0]).removesuffix("0/"),
+            "teams": {team.slug: team.name for team in Team.objects.all()},
             "slotMinutes": settings.SLOT_MINUTES,
             "horizonDays": settings.BOOKING_HORIZON_DAYS,
             "now": now.isoformat(),
@@ -99,14 +102,16 @@ def event_feed(request):
         if not node.isdigit():
             return JsonResponse({"errors": {"node": ["Give a node id."]}}, status=400)
         gpus = [g for g in gpus if g.node_id == int(node)]
-    reservations = selectors.calendar_reservations(start=start, end=end, gpu_ids=[g.pk for g in gpus])
+    bookings = selectors.calendar_bookings(start=start, end=end, gpu_ids=[g.pk for g in gpus])
     team = request.GET.get("team", "")
     if team:
-        reservations = [r for r in reservations if r.team.slug == team]
+        bookings = [b for b in bookings if b["team__slug"] == team]
     if request.GET.get("mine") in ("1", "true"):
-        reservations = [r for r in reservations if r.user_id == request.user.pk]
+        bookings = [b for b in bookings if b["user_id"] == request.user.pk]
+    # Job progress only for the bookings whose jobs the viewer may see (policy.JobViewer).
     viewer = policy.JobViewer(request.user)
-    events = [_event(r, viewer) for r in reservations]
+    progress = job_progress([b["id"] for b in bookings if viewer.may_see_booking_of(b["user_id"], b["team_id"])])
+    events = [_event(b, progress.get(b["id"]), request.user.pk) for b in bookings]
     # The past and the unhealthy GPUs cannot be booked: shaded, and the page refuses to select them.
     now = timezone.now()
     if start < now:
@@ -148,32 +153,31 @@ def _window(request):
     return start, end, None
 
 
-def _event(reservation, viewer):
-    job = jobs.hooks().render(reservation) if viewer.may_see(reservation) else None
-    classes = [f"status-{reservation.status}"]
-    if reservation.preemptible:
+def _event(booking, job, viewer_id):
+    classes = [f"status-{booking['status']}"]
+    if booking["preemptible"]:
         classes.append("preemptible")
-    if reservation.user_id == viewer.user.pk:
+    if booking["user_id"] == viewer_id:
         classes.append("mine")
-    title = reservation.title or "GPU booking"
+    title = booking["title"] or "GPU booking"
+    owner = booking["user__username"]
     return {
-        "id": str(reservation.pk),
-        "resourceIds": [str(a.gpu_id) for a in reservation.allocation_list],
-        "start": reservation.start.isoformat(),
-        "end": reservation.end.isoformat(),
-        "title": f"{title} · {reservation.user.get_username()}",
-        "backgroundColor": reservation.team.colour,
+        "id": str(booking["id"]),
+        "resourceIds": [str(gpu_id) for gpu_id in booking["gpus"]],
+        "start": booking["start"].isoformat(),
+        "end": booking["end"].isoformat(),
+        "title": f"{title} · {owner}",
+        "backgroundColor": booking["team__colour"],
         "classNames": classes,
+        # What the details on hover and focus show (calendar.js); the booking's page is bookingUrl + id.
         "extendedProps": {
-            "url": reverse("web:booking", args=[reservation.pk]),
-            "owner": reservation.user.get_username(),
-            "team": reservation.team.slug,
-            "teamName": reservation.team.name,
+            "owner": owner,
+            "team": booking["team__slug"],
             "title": title,
-            "priority": reservation.priority,
-            "preemptible": reservation.preemptible,
-            "status": reservation.status,
-            "job": None if job is None else {"status": job["status"], "epoch": job["epoch"], "epochs": job["epochs"]},
+            "priority": booking["priority"],
+            "preemptible": booking["preemptible"],
+            "status": booking["status"],
+            "job": job,
         },
     }
 
