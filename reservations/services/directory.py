@@ -116,7 +116,8 @@ def _directory_team(group, reason):
         return team
     if Team.objects.filter(slug=group.slug).exists():
         logger.warning(
-            "Directory group %s is not synced: team %r is managed by hand (set its directory group in the admin to hand it over)",
+            "Directory group %s is not synced: team %r exists already, by hand or from another group "
+            "(to hand a hand-made team over, set its directory group in the admin)",
             group.dn, group.slug,
         )
         return None
