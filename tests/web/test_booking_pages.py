@@ -18,7 +18,7 @@ from reservations import selectors, services
 from reservations.models import AuditEntry, Reservation
 from trainer.models import TrainingJob
 
-from ..support import FROZEN_NOW, NEXT_SLOT, SLOT, book
+from ..support import NEXT_SLOT, SLOT, book
 
 pytestmark = pytest.mark.usefixtures("frozen")
 
@@ -66,7 +66,8 @@ def job_for(reservation, runs_dir, *, status=TrainingJob.Status.RUNNING, checkpo
         (run / "checkpoints").mkdir()
         checkpoint = run / "checkpoints" / "epoch-0002.pt"
         checkpoint.write_bytes(b"weights of epoch 2")
-    job.run_dir, job.log_path, job.checkpoint, job.checkpoint_epoch = str(run), str(run / "train.log"), str(checkpoint), 2
+    job.run_dir, job.log_path, job.checkpoint = str(run), str(run / "train.log"), str(checkpoint)
+    job.checkpoint_epoch = 2
     job.save()
     return job
 
@@ -450,7 +451,7 @@ def test_action_buttons_and_fields_have_accessible_names(cluster, owner):
     for field in ("cancel-{}-reason", "transfer-{}-to", "move-{}-start", "move-{}-slots"):
         field_id = field.format(reservation.pk)
         assert f'<label for="{field_id}"' in page and f'id="{field_id}"' in page
-    assert FROZEN_NOW < NEXT_SLOT  # the move form offers slot boundaries from the next one on
+    # The move form steps through slot boundaries from the next one (10:00 UTC) on.
     assert 'min="2030-01-07T10:00"' in page and 'step="7200"' in page
 
 
