@@ -1,0 +1,413 @@
+"""The pages in a real browser: Debian's Chromium driven by Playwright against the live server and
+PostgreSQL. Each test asserts what the page shows and what the database holds; every page must run
+without a JavaScript error or a console error (a Content-Security-Policy violation is one), which
+the `browsing` fixture checks after each test.
+
+Time is not frozen (the live server runs on the real clock): bookings go two days ahead, on slot
+boundaries computed with reservations.policy, so no test runs near a boundary.
+
+With SCREENSHOTS_DIR set, the tests also save the full-page screenshots of docs/screenshots/.
+"""
+
+import re
+from datetime import datetime, timedelta, timezone as dt_timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.contrib.sessions.models import Session
+from django.utils import timezone
+from playwright.sync_api import expect
+
+from reservations import policy
+from reservations.models import Reservation, Team
+from trainer.models import TrainingJob
+
+from ..support import book, make_user
+from .browser import browser, browsing  # noqa: F401  (fixtures)
+from .ldap_server import PASSWORDS, directory, slapd  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+WRONG_PASSWORD = "Please enter a correct username and password"
+TRACKS = ["node1 (online)", *[f"gpu{i} · A100" for i in range(4)], "node2 (online)", *[f"gpu{i} · A100" for i in range(4)]]
+
+
+def day_ahead(days=2, hour=10):
+    """A slot boundary `days` ahead at about `hour` UTC: far from now and from any boundary."""
+    day = (timezone.now() + timedelta(days=days)).date()
+    return policy.ceil_to_slot(datetime(day.year, day.month, day.day, hour, tzinfo=dt_timezone.utc))
+
+
+def colour_teams():
+    """Teams in the colours an admin would give them (all start with the same default)."""
+    Team.objects.filter(slug="vision").update(colour="#1f5fbf")
+    Team.objects.filter(slug="nlp").update(colour="#d1495b")
+
+
+def signed_in_user_ids():
+    return {session.get_decoded().get("_auth_user_id") for session in Session.objects.all()} - {None}
+
+
+def open_calendar(browsing, user, zone="UTC", **kwargs):
+    page = browsing.page(user, zone=zone, **kwargs)
+    page.goto(browsing.url("/"))
+    expect(page.locator(".ec-timeline .ec-body")).to_be_visible()
+    return page
+
+
+def show_day(page, moment):
+    """The calendar's day view on the day of `moment` (in the calendar's zone)."""
+    page.get_by_role("button", name="Day", exact=True).click()
+    page.evaluate("day => window.gpuCalendar.gotoDate(day)", moment.strftime("%Y-%m-%d"))
+    expect(page.locator(".ec-timeline .ec-col-head time")).to_have_attribute("datetime", moment.strftime("%Y-%m-%d"))
+
+
+def drag_across(page, gpu, start, slots):
+    """Press the mouse on `gpu`'s track at `start`'s slot and release it `slots` slots later, in the
+    day view. The track is the body row whose row header names the GPU under its node."""
+    heads = page.locator(".ec-body .ec-sidebar .ec-row-head")
+    names = [re.sub(r"[−+\s]+", " ", text).strip() for text in heads.all_inner_texts()]
+    row = names.index(f"gpu{gpu.index} · A100", names.index(f"{gpu.node.hostname} (online)"))
+    cell = page.locator(".ec-body .ec-grid .ec-day").nth(row).bounding_box()
+    per_day = timedelta(days=1) // policy.slot_length()
+    first = (start - start.replace(hour=0, minute=0)) // policy.slot_length()
+    y = cell["y"] + cell["height"] / 2
+
+    def x(slot):  # the middle of a slot's cell
+        return cell["x"] + (slot + 0.5) * cell["width"] / per_day
+
+    # Event Calendar's own reading of the point: the GPU and the slot it is over.
+    found = page.evaluate(
+        "([x, y]) => { const d = window.gpuCalendar.dateFromPoint(x, y); return [d.resource.id, d.date.toISOString()]; }",
+        [x(first), y],
+    )
+    assert found[0] == str(gpu.pk) and found[1].startswith(start.strftime("%Y-%m-%dT%H")), found
+    page.mouse.move(x(first), y)
+    page.mouse.down()
+    page.mouse.move(x(first + slots - 1), y, steps=8)
+    page.mouse.up()
+
+
+def fill_form(page, gpu, start_local, slots=1, title=""):
+    page.locator("#id_gpus").select_option(str(gpu.pk))
+    page.get_by_label("Date").fill(start_local.strftime("%Y-%m-%d"))
+    page.get_by_label("Slot start").fill(start_local.strftime("%H:%M"))
+    page.get_by_label("Slots", exact=True).fill(str(slots))
+    page.get_by_label("Title").fill(title)
+
+
+def tab_to(page, target, limit=80):
+    """Press Tab until `target` has the focus; fail if it never gets it."""
+    for _ in range(limit):
+        if target.evaluate("element => element === document.activeElement"):
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"{target} never got the focus in {limit} Tabs")
+
+
+# --- Signing in -------------------------------------------------------------------------------------
+
+
+def test_a_person_signs_in_sees_a_track_per_gpu_under_its_node_and_signs_out(browsing, owner, cluster):
+    page = browsing.page()
+
+    page.goto(browsing.url("/"))
+    expect(page).to_have_url(browsing.url("/login/?next=/"))
+    page.get_by_label("Username").fill("owner")
+    page.get_by_label("Password").fill("pw-owner")
+    browsing.screenshot(page, "sign-in.png")
+    page.get_by_role("button", name="Sign in").click()
+
+    expect(page).to_have_url(browsing.url("/"))
+    expect(page.get_by_role("heading", name="GPU calendar")).to_be_visible()
+    expect(page.get_by_role("navigation", name="Main")).to_contain_text("owner")
+    expect(page.locator(".ec-body .ec-sidebar .ec-row-head > span:not(.ec-expander)")).to_have_text(TRACKS)
+    # The page's own scripts came from the live server's static files and ran.
+    assert page.request.get(browsing.url("/static/js/calendar.js")).ok
+    assert page.evaluate("typeof window.gpuCalendar.getView") == "function"
+    assert signed_in_user_ids() == {str(owner.pk)}
+
+    page.get_by_role("button", name="Sign out").click()
+
+    expect(page).to_have_url(browsing.url("/login/"))
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert signed_in_user_ids() == set()
+    page.goto(browsing.url("/"))
+    expect(page).to_have_url(browsing.url("/login/?next=/"))
+
+
+def test_a_wrong_password_shows_the_form_error_and_signs_nobody_in(browsing, owner):
+    page = browsing.page()
+    page.goto(browsing.url("/login/"))
+
+    page.get_by_label("Username").fill("owner")
+    page.get_by_label("Password").fill("not-the-password")
+    page.get_by_role("button", name="Sign in").click()
+
+    expect(page.get_by_role("alert")).to_contain_text(WRONG_PASSWORD)
+    expect(page).to_have_url(browsing.url("/login/"))
+    expect(page.get_by_role("navigation", name="Main")).to_have_count(0)
+    assert signed_in_user_ids() == set()
+
+
+def test_a_directory_user_signs_in_in_the_browser_and_lands_on_the_calendar(browsing, directory, cluster):
+    page = browsing.page()
+    page.goto(browsing.url("/login/"))
+    expect(page.get_by_text("Use your company account")).to_be_visible()
+
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill(PASSWORDS["alice"])
+    page.get_by_role("button", name="Sign in").click()
+
+    expect(page).to_have_url(browsing.url("/"))
+    expect(page.get_by_role("heading", name="GPU calendar")).to_be_visible()
+    expect(page.get_by_role("navigation", name="Main")).to_contain_text("alice")
+    # Her directory group made her a member of "vision": she may book.
+    expect(page.locator("#no-team")).to_have_count(0)
+    alice = Team.objects.get(slug="vision").members.get()
+    assert alice.username == "alice" and signed_in_user_ids() == {str(alice.pk)}
+
+
+# --- Booking on the calendar --------------------------------------------------------------------
+
+
+def test_dragging_across_a_gpus_track_fills_the_form_and_books_without_a_reload(
+    browsing, owner, teammate, outsider, cluster
+):
+    start = day_ahead()
+    gpu = cluster["node1"][1]
+    # Other bookings that day: another team's, a preemptible one of the same team, one of mine.
+    colour_teams()
+    book(outsider, cluster["node2"][:2], start=start - policy.slot_length(), slots=3, title="nlp sweep")
+    book(teammate, cluster["node1"][2:3], start=start, slots=4, title="detector", priority="low", preemptible=True)
+    book(owner, cluster["node1"][3:4], start=start + 3 * policy.slot_length(), slots=2, title="eval run")
+    page = open_calendar(browsing, owner)
+    page.evaluate("window.notReloaded = true")
+    show_day(page, start)
+    expect(page.locator(".ec-event", has_text="nlp sweep · outsider")).to_have_count(2)  # one per GPU
+
+    drag_across(page, gpu, start, slots=2)
+
+    expect(page.locator("#id_gpus")).to_have_values([str(gpu.pk)])
+    expect(page.get_by_label("Date")).to_have_value(start.strftime("%Y-%m-%d"))
+    expect(page.get_by_label("Slot start")).to_have_value(start.strftime("%H:%M"))
+    expect(page.get_by_label("Slots", exact=True)).to_have_value("2")
+    expect(page.get_by_label("Title")).to_be_focused()
+    page.keyboard.type("dragged booking")
+    browsing.screenshot(page, "booking-form.png")
+    page.get_by_role("button", name="Book", exact=True).click()
+
+    expect(page.locator("#booked")).to_contain_text("Booked #")
+    reservation = Reservation.objects.get(user=owner, title="dragged booking")
+    expect(page.locator("#booked")).to_contain_text(f"Booked #{reservation.pk}")
+    expect(page.locator("#booked")).to_contain_text("node1/gpu1")
+    expect(page.locator(".ec-event", has_text="dragged booking · owner")).to_be_visible()
+    assert page.evaluate("window.notReloaded") is True
+    assert (reservation.start, reservation.end) == (start, start + 2 * policy.slot_length())
+    assert [a.gpu_id for a in reservation.allocations.all()] == [gpu.pk]
+
+    expect(page.locator(".ec-event.mine")).to_have_count(2)  # this one and "eval run"
+    browsing.screenshot(page, "calendar.png")
+
+
+def test_a_conflict_names_whose_booking_is_in_the_way_and_a_suggestion_books_in_one_click(
+    browsing, owner, outsider, cluster
+):
+    start = day_ahead()
+    gpu = cluster["node1"][0]
+    colour_teams()
+    theirs = book(outsider, [gpu], start=start, title="theirs")
+    page = open_calendar(browsing, owner)
+    show_day(page, start)
+    expect(page.locator(".ec-event", has_text="theirs · outsider")).to_be_visible()
+    browsing.expect_status(409)
+
+    fill_form(page, gpu, start, title="mine")
+    page.get_by_role("button", name="Book", exact=True).click()
+
+    conflict = page.locator("#conflict")
+    expect(conflict).to_contain_text("Not booked:")
+    expect(conflict).to_contain_text(f"#{theirs.pk} of outsider (normal) on node1/gpu0")
+    suggestion = page.locator("#conflict button.suggestion").first
+    expect(suggestion).to_be_visible()
+    browsing.screenshot(page, "conflict.png")
+    offered = page.locator("#conflict .suggestions form").first
+    date = offered.locator("input[name=date]").get_attribute("value")
+    slot = offered.locator("input[name=slot]").get_attribute("value")
+    gpus = [int(i.get_attribute("value")) for i in offered.locator("input[name=gpus]").all()]
+    assert not Reservation.objects.filter(user=owner).exists()
+
+    suggestion.click()
+
+    expect(page.locator("#booked")).to_contain_text("Booked #")
+    mine = Reservation.objects.get(user=owner)
+    expect(page.locator("#booked")).to_contain_text(f"Booked #{mine.pk}")
+    assert mine.title == "mine"
+    assert mine.start == datetime.fromisoformat(f"{date}T{slot}").replace(tzinfo=dt_timezone.utc)
+    assert sorted(mine.allocations.values_list("gpu_id", flat=True)) == gpus
+    assert Reservation.objects.get(pk=theirs.pk).status == "confirmed"
+
+
+def test_the_form_takes_times_in_the_browsers_zone_and_says_which(browsing, owner, cluster):
+    start = day_ahead()
+    berlin = start.astimezone(ZoneInfo("Europe/Berlin"))
+    # No zone cookie: the page finds the browser's zone itself (app.js sets the cookie and reloads).
+    page = open_calendar(browsing, owner, zone="Europe/Berlin", zone_cookie=False)
+
+    expect(page.locator("#zone-name")).to_have_text("Europe/Berlin")
+    fill_form(page, cluster["node2"][3], berlin, title="berlin")
+    page.get_by_role("button", name="Book", exact=True).click()
+
+    expect(page.locator("#booked")).to_contain_text(berlin.strftime("%H:%M"))
+    expect(page.locator("#booked")).to_contain_text("(Europe/Berlin)")
+    reservation = Reservation.objects.get(user=owner)
+    assert reservation.start == start and berlin.hour != start.hour
+    assert [a.gpu_id for a in reservation.allocations.all()] == [cluster["node2"][3].pk]
+
+
+def test_someone_in_no_team_sees_why_they_cannot_book(browsing, cluster):
+    loner = make_user("loner")
+    page = open_calendar(browsing, loner)
+    browsing.expect_status(400)
+
+    expect(page.locator("#no-team")).to_contain_text("You belong to no team")
+    fill_form(page, cluster["node1"][0], day_ahead())
+    page.get_by_role("button", name="Book", exact=True).click()
+
+    expect(page.locator("#form-errors")).to_contain_text("belong to no team")
+    assert not Reservation.objects.exists()
+
+
+# --- A booking with a training job, and its page ----------------------------------------------------
+
+
+@pytest.fixture
+def training_dirs(tmp_path, settings):
+    """A dataset the form may name (TRAINING_DATA_ROOTS) and a runs folder for the job's results."""
+    data = tmp_path / "datasets" / "demo" / "data.yaml"
+    data.parent.mkdir(parents=True)
+    data.write_text("path: .\ntrain: images\nval: images\nnames: {0: thing}\n")
+    settings.TRAINING_DATA_ROOTS = [(tmp_path / "datasets").resolve()]
+    settings.TRAINING_RUNS_DIR = (tmp_path / "runs").resolve()
+    settings.TRAINING_RUNS_DIR.mkdir()
+    return data.resolve(), settings.TRAINING_RUNS_DIR
+
+
+def record_epochs(job, runs_dir, epochs):
+    """The job's progress as the node agent leaves it: results.csv (one row per epoch), a log."""
+    train = runs_dir / f"job-{job.pk}" / "train"
+    train.mkdir(parents=True)
+    header = "epoch,time,train/box_loss,train/cls_loss,train/dfl_loss,metrics/mAP50(B),metrics/mAP50-95(B)\n"
+    rows = [
+        f"{e},{12.0 * e:.1f},{3.2 - 0.25 * e:.3f},{4.1 - 0.4 * e:.3f},{2.1 - 0.1 * e:.3f},{0.08 * e:.3f},{0.035 * e:.3f}\n"
+        for e in range(1, epochs + 1)
+    ]
+    (train / "results.csv").write_text(header + "".join(rows))
+    log = train.parent / "train.log"
+    log.write_text("".join(f"Epoch {e}/{job.epochs} done\n" for e in range(1, epochs + 1)))
+    TrainingJob.objects.filter(pk=job.pk).update(
+        status=TrainingJob.Status.RUNNING, reason="", epoch=epochs, run_dir=str(train.parent), log_path=str(log),
+        metrics={"train/box_loss": 3.2 - 0.25 * epochs, "metrics/mAP50(B)": 0.08 * epochs},
+    )
+
+
+def test_a_booking_with_a_training_job_shows_the_job_and_its_chart_on_the_bookings_page(
+    browsing, owner, cluster, training_dirs
+):
+    data, runs_dir = training_dirs
+    start = day_ahead()
+    page = open_calendar(browsing, owner)
+    fill_form(page, cluster["node1"][2], start, slots=3, title="yolo run")
+    expect(page.get_by_label("Epochs")).to_be_hidden()
+
+    page.get_by_label("Train a model in this booking").check()
+    expect(page.get_by_label("Model", exact=True)).to_have_value("yolov8n.yaml")
+    page.get_by_label("Dataset (data.yaml)").fill(str(data))
+    page.get_by_label("Epochs").fill("8")
+    page.get_by_label("Image size").fill("64")
+    page.get_by_role("button", name="Book", exact=True).click()
+
+    expect(page.locator("#booked")).to_contain_text("Booked #")
+    job = TrainingJob.objects.get(reservation__user=owner)
+    assert (job.epochs, job.status, job.spec["data"], job.spec["imgsz"]) == (8, "queued", str(data), 64)
+    page.get_by_role("link", name=f"Open booking #{job.reservation_id}").click()
+
+    expect(page).to_have_url(browsing.url(f"/bookings/{job.reservation_id}/"))
+    expect(page.get_by_role("heading", level=1)).to_contain_text(f"Booking #{job.reservation_id}: yolo run")
+    expect(page.get_by_role("heading", name=f"Training job #{job.pk}")).to_be_visible()
+    expect(page.locator("#job-status")).to_have_text("Queued")
+    expect(page.locator("#job-epoch")).to_have_text("epoch 0 of 8")
+    expect(page.locator("#chart-summary")).to_have_text("No epoch finished yet.")
+    expect(page.locator("#job-chart canvas")).to_have_count(0)
+
+    record_epochs(job, runs_dir, 5)
+    page.reload()
+
+    expect(page.locator("#job-status")).to_have_text("Running")
+    expect(page.locator("#job-epoch")).to_have_text("epoch 5 of 8")
+    expect(page.locator("#job-chart .uplot canvas")).to_be_visible()
+    expect(page.locator("#chart-summary")).to_have_text("5 epochs recorded.")
+    # The legend names every series the chart draws.
+    for series in ("box loss", "class loss", "DFL loss", "mAP50", "mAP50-95"):
+        expect(page.locator("#job-chart .u-legend").get_by_text(series, exact=True)).to_be_visible()
+    expect(page.locator("#job-log")).to_contain_text("Epoch 5/8 done")
+    browsing.screenshot(page, "booking-page.png")
+
+
+# --- Keyboard only ----------------------------------------------------------------------------------
+
+
+def test_a_booking_is_cancelled_from_my_bookings_with_the_keyboard_only(browsing, owner, cluster):
+    reservation = book(owner, cluster["node1"][:1], start=day_ahead(), title="not needed")
+    page = browsing.page(owner)
+    page.goto(browsing.url("/bookings/"))
+
+    tab_to(page, page.get_by_text(f"Change booking #{reservation.pk}"))
+    page.keyboard.press("Enter")  # opens the booking's actions
+    tab_to(page, page.locator(f"#cancel-{reservation.pk}-reason"))
+    page.keyboard.type("plans changed")
+    cancel = page.get_by_role("button", name=f"Cancel booking #{reservation.pk}", exact=True)
+    tab_to(page, cancel)
+    expect(cancel).to_be_focused()
+    page.keyboard.press("Enter")
+
+    expect(page).to_have_url(re.compile(re.escape(browsing.url("/bookings/")) + r"(\?page=1)?$"))
+    expect(page.get_by_role("status")).to_contain_text(f"Booking #{reservation.pk} is cancelled.")
+    row = page.locator(f"tr#booking-{reservation.pk}")
+    expect(row).to_contain_text("Cancelled")
+    expect(page.locator(f"li#booking-{reservation.pk}")).to_have_count(0)
+    reservation.refresh_from_db()
+    assert reservation.status == "cancelled"
+    assert reservation.audit_entries.filter(action="cancel", reason="plans changed").exists()
+
+
+def test_the_booking_form_is_filled_and_sent_with_the_keyboard_only(browsing, owner, cluster):
+    start = day_ahead(hour=14)
+    gpu = cluster["node1"][2]
+    page = open_calendar(browsing, owner)
+    gpus = page.locator("#id_gpus")
+
+    tab_to(page, gpus)
+    for _ in range(len(cluster["node1"]) + len(cluster["node2"])):
+        if gpus.evaluate("select => Array.from(select.selectedOptions, o => o.value)") == [str(gpu.pk)]:
+            break
+        page.keyboard.press("ArrowDown")
+    expect(gpus).to_have_values([str(gpu.pk)])
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Date")).to_be_focused()
+    page.keyboard.type(start.strftime("%m%d%Y"))  # Chromium's date field: month, day, year
+    page.keyboard.press("Tab")
+    tab_to(page, page.get_by_label("Slot start"))  # Tab may stop on the date's picker first
+    page.keyboard.type(start.strftime("%I%M%p"))  # hour, minute, AM/PM
+    tab_to(page, page.get_by_label("Slots", exact=True))
+    page.keyboard.type("2")  # Tab selected the field's old value: typing replaces it
+    tab_to(page, page.get_by_label("Title"))
+    page.keyboard.type("typed booking")
+    book_button = page.get_by_role("button", name="Book", exact=True)
+    tab_to(page, book_button)
+    page.keyboard.press("Enter")
+
+    expect(page.locator("#booked")).to_contain_text("Booked #")
+    reservation = Reservation.objects.get(user=owner)
+    assert (reservation.title, reservation.start, reservation.slots) == ("typed booking", start, 2)
+    assert [a.gpu_id for a in reservation.allocations.all()] == [gpu.pk]
