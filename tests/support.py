@@ -2,6 +2,8 @@
 times, users and API clients, booking for set-up, polling for a condition, firing calls at the same
 instant, and the database's own count of double bookings."""
 
+import html
+import re
 import threading
 import time
 from datetime import datetime, timedelta, timezone as dt_timezone
@@ -10,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection, connections
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
+from django.test import Client
 from rest_framework.test import APIClient
 
 from reservations import services
@@ -38,6 +41,22 @@ def client_for(user):
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
     return client
+
+
+def page_client(user, zone=None, **kwargs):
+    """A browser-like client signed in (by session) as `user`; `zone` is the time zone its pages show
+    (the cookie static/js/app.js sets from the browser)."""
+    client = Client(**kwargs)
+    client.force_login(user)
+    if zone:
+        client.cookies["tz"] = zone
+    return client
+
+
+def text_of(response):
+    """A page as text, tags, scripts and extra white space dropped: what a person reads."""
+    body = re.sub(r"<script\b.*?</script>", " ", response.content.decode(), flags=re.S)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", body)))
 
 
 def book(user, gpus, *, start=NEXT_SLOT, slots=1, **kwargs):

@@ -59,16 +59,15 @@
     }
     function hideTip() { tip.hidden = true; }
 
-    function fillForm(info) {
+    function fillForm(gpuId, startStr, slots) {
       var select = form.elements.gpus;
       Array.prototype.forEach.call(select.options, function (option) {
-        option.selected = option.value === String(info.resource.id);
+        option.selected = option.value === String(gpuId);
       });
       // The form takes the viewer's wall time, the same zone the calendar shows.
-      var start = info.startStr;
-      form.elements.date.value = start.slice(0, 10);
-      form.elements.slot.value = start.slice(11, 16);
-      form.elements.slots.value = Math.max(1, Math.round((instant(info.endStr) - instant(info.startStr)) / slotMs));
+      form.elements.date.value = startStr.slice(0, 10);
+      form.elements.slot.value = startStr.slice(11, 16);
+      form.elements.slots.value = slots;
       form.elements.title.focus();
       document.getElementById("booking-result").textContent = "";
     }
@@ -85,7 +84,7 @@
       snapDuration: { minutes: config.slotMinutes },
       views: {
         // A week fits the screen with a label every six hours; a day shows every slot.
-        resourceTimelineWeek: { slotWidth: 20, slotLabelInterval: { hours: 6 } },
+        resourceTimelineWeek: { slotWidth: 26, slotLabelInterval: { hours: 6 } },
         resourceTimelineDay: { slotWidth: 60 },
       },
       slotLabelFormat: { hour: "2-digit", minute: "2-digit", hourCycle: "h23" },
@@ -107,7 +106,17 @@
           };
         },
       }],
-      select: function (info) { if (selectable(info)) fillForm(info); },
+      select: function (info) {
+        if (!selectable(info)) return;
+        var slots = Math.max(1, Math.round((instant(info.endStr) - instant(info.startStr)) / slotMs));
+        fillForm(info.resource.id, info.startStr, slots);
+      },
+      // A click on one free cell selects that slot.
+      dateClick: function (info) {
+        if (info.resource && healthy[info.resource.id] === true && instant(info.dateStr) >= new Date()) {
+          fillForm(info.resource.id, info.dateStr, 1);
+        }
+      },
       eventClick: function (info) {
         if (info.event.display === "auto") window.location = bookingUrl(info.event);
       },
@@ -128,6 +137,11 @@
       },
     });
 
+    // The toolbar's arrows are icons: give them names for screen readers.
+    [[".ec-prev", "Earlier"], [".ec-next", "Later"]].forEach(function (pair) {
+      var button = el.querySelector(pair[0]);
+      if (button) button.setAttribute("aria-label", pair[1]);
+    });
     filters.addEventListener("change", function () { calendar.refetchEvents(); });
     // The server answers a booking with an "booked" trigger (HX-Trigger): show it at once.
     document.body.addEventListener("booked", function () { calendar.refetchEvents(); });

@@ -4,7 +4,6 @@ Pages are driven with Django's test client. Time is frozen at FROZEN_NOW (Monday
 slot starts at 10:00 UTC.
 """
 
-import html
 import re
 import shutil
 from datetime import timedelta
@@ -18,7 +17,7 @@ from reservations import selectors, services
 from reservations.models import AuditEntry, Reservation
 from trainer.models import TrainingJob
 
-from ..support import NEXT_SLOT, SLOT, book
+from ..support import NEXT_SLOT, SLOT, book, page_client, text_of
 
 pytestmark = pytest.mark.usefixtures("frozen")
 
@@ -31,18 +30,6 @@ RESULTS_CSV = (
 )
 
 
-def page_client(user, zone=None, **kwargs):
-    client = Client(**kwargs)
-    client.force_login(user)
-    if zone:
-        client.cookies["tz"] = zone
-    return client
-
-
-def text_of(response):
-    """The page as text, tags and extra white space dropped, for asserting what a person reads."""
-    body = re.sub(r"<script\b.*?</script>", " ", response.content.decode(), flags=re.S)
-    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", body)))
 
 
 def section(response, start_heading, end_heading=None):

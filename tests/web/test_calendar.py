@@ -15,18 +15,11 @@ from django.test import Client
 from reservations.models import AuditEntry, Reservation
 from trainer.models import TrainingJob
 
-from ..support import FROZEN_NOW, NEXT_SLOT, SLOT, book, iso, make_user
+from ..support import FROZEN_NOW, NEXT_SLOT, SLOT, book, iso, make_user, page_client
 
 pytestmark = pytest.mark.usefixtures("frozen")
 WEEK = {"start": "2030-01-07T00:00:00Z", "end": "2030-01-14T00:00:00Z"}
 
-
-def page_client(user, zone=None):
-    client = Client()
-    client.force_login(user)
-    if zone:
-        client.cookies["tz"] = zone
-    return client
 
 
 def form_data(gpus, *, start=NEXT_SLOT, slots=1, **extra):

@@ -3,7 +3,6 @@
 Time is frozen at FROZEN_NOW (Monday 09:17 UTC).
 """
 
-import html
 import re
 from datetime import timedelta
 
@@ -13,22 +12,11 @@ from django.test import Client
 from reservations import services
 from reservations.models import Notice
 
-from ..support import FROZEN_NOW, NEXT_SLOT, SLOT, book
+from ..support import FROZEN_NOW, NEXT_SLOT, SLOT, book, page_client, text_of
 
 pytestmark = pytest.mark.usefixtures("frozen")
 
 
-def page_client(user, zone=None):
-    client = Client()
-    client.force_login(user)
-    if zone:
-        client.cookies["tz"] = zone
-    return client
-
-
-def text_of(response):
-    body = re.sub(r"<script\b.*?</script>", " ", response.content.decode(), flags=re.S)
-    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", body)))
 
 
 def notice(user, message, *, minutes_ago=0, kind=Notice.Kind.MOVED, **fields):
