@@ -68,6 +68,35 @@ class DirectoryBackend(LDAPBackend):
     """django-auth-ldap's backend (AUTH_LDAP_* settings, read per instance, so per sign-in), which
     also applies the person's groups."""
 
+    def get_or_build_user(self, username, ldap_user):
+        """The account a directory sign-in opens: one this backend made (it never has a usable
+        password: the directory checks it), or a new one. django-auth-ldap's own matches any account
+        whose username differs only in case, so a directory uid `alice` would sign in as a local
+        superuser `ALICE`: an account with a usable password is a local one and is refused, as a
+        wrong password is (its own password still signs it in through ModelBackend). An admin hands
+        a local account over to the directory by removing its password."""
+        model = self.get_user_model()
+        wanted = username.lower()
+        same = list(model.objects.filter(**{f"{model.USERNAME_FIELD}__iexact": wanted}))
+        if not same:
+            return model(**{model.USERNAME_FIELD: wanted}), True
+        exact = [user for user in same if user.get_username() == wanted]
+        user = exact[0] if exact else same[0] if len(same) == 1 else None
+        if user is None:
+            logger.warning(
+                "Directory sign-in of %r refused: %d accounts here have that name in other cases, and none is the directory's",
+                username, len(same),
+            )
+            raise ldap_user.AuthenticationFailed("several local accounts of that name")
+        if user.has_usable_password():
+            logger.warning(
+                "Directory sign-in of %r refused: the account %r here is a local one (it has a password); "
+                "to let the directory sign it in, remove its password in the admin",
+                username, user.get_username(),
+            )
+            raise ldap_user.AuthenticationFailed("a local account of that name exists")
+        return user, False
+
     def authenticate(self, request, username=None, password=None, **kwargs):
         user = super().authenticate(request, username=username, password=password, **kwargs)
         if user is None:

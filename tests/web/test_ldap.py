@@ -157,7 +157,9 @@ def test_someone_taken_out_of_groups_loses_the_right_and_the_team_at_the_next_si
 def test_teams_and_memberships_made_by_hand_are_left_alone_by_the_sync(client, directory):
     ops = Team.objects.create(name="Operations", slug="ops")
     hand_nlp = Team.objects.create(name="Language (by hand)", slug="nlp")
-    carol = make_user("carol")  # an account made in the admin before the directory was switched on
+    carol = make_user("carol")  # an account made in the admin before the directory was switched on,
+    carol.set_unusable_password()  # handed over to the directory by removing its password
+    carol.save()
     Membership.objects.create(team=ops, user=carol, role=Membership.Role.ADMIN)
     Membership.objects.create(team=hand_nlp, user=make_user("dave"))
 
