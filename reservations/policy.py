@@ -137,16 +137,19 @@ def resolve_preemptible(user, priority, preemptible):
     return bool(preemptible)
 
 
-def resolve_team(user, slug):
-    """Rule: a booking is charged to one of the booker's teams (staff may name any team).
+def bookable_teams(user):
+    """Rule: a booking is charged to one of the booker's teams; staff may name any team."""
+    return Team.objects.all() if user.is_staff else Team.objects.filter(memberships__user=user)
 
-    Without a slug, the user's only team; a member of several must say which.
-    """
+
+def resolve_team(user, slug):
+    """The team a booking is charged to (bookable_teams): the one named by `slug`, or without a slug
+    the user's only team; a member of several must say which."""
     if slug:
         team = Team.objects.filter(slug=slug).first()
         if team is None:
             raise BookingError("team", f"No team {slug!r}.")
-        if not user.is_staff and not Membership.objects.filter(team=team, user=user).exists():
+        if not bookable_teams(user).filter(pk=team.pk).exists():
             raise BookingError("team", f"You are not a member of team {slug!r}.")
         return team
     teams = list(Team.objects.filter(memberships__user=user)[:2])

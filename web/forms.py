@@ -2,20 +2,16 @@
 reservations.services.reservation_create. The rules themselves stay in reservations.policy: the
 form only parses and names the field that is wrong."""
 
-from datetime import datetime, time
+from datetime import datetime, time, timedelta, timezone as dt_timezone
 
 from django import forms
+from django.conf import settings
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError as APIValidationError
 
 from reservations import jobs, policy
 from reservations.models import GPU, Reservation, Team
 from trainer.models import TrainingJob
-
-# The slot boundaries of one day, offered in the booking form's slot field (UTC boundaries shown in
-# the viewer's zone): enough for the shortest slot the settings allow.
-MAX_SLOTS_PER_BOOKING = 84
-
 
 class GPUChoiceField(forms.ModelMultipleChoiceField):
     def label_from_instance(self, gpu):
@@ -37,15 +33,22 @@ class BookingForm(forms.Form):
         initial=0,
         required=False,
     )
-    date = forms.DateField(label="Date", widget=forms.DateInput(attrs={"type": "date"}))
+    start_now = forms.BooleanField(
+        label="Start now: the rest of the current slot counts as the first slot", required=False
+    )
+    date = forms.DateField(label="Date", required=False, widget=forms.DateInput(attrs={"type": "date"}))
     slot = forms.TimeField(
         label="Slot start",
+        required=False,
         help_text="Slots start on fixed boundaries; the times are in your zone.",
         widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M"),
     )
-    slots = forms.IntegerField(label="Slots", min_value=1, max_value=MAX_SLOTS_PER_BOOKING, initial=1)
+    # At most what fits the horizon (the service says so precisely); the bound keeps times in range.
+    slots = forms.IntegerField(label="Slots", min_value=1, initial=1)
     title = forms.CharField(label="Title", max_length=200, required=False)
-    team = forms.ModelChoiceField(queryset=Team.objects.none(), label="Team", required=False, empty_label=None)
+    team = forms.ModelChoiceField(
+        queryset=Team.objects.none(), label="Team", required=False, empty_label="Choose the team to charge"
+    )
     priority = forms.ChoiceField(label="Priority", choices=Reservation.Priority.choices, initial="normal")
     preemptible = forms.BooleanField(
         label="Preemptible (others of higher priority may take these GPUs, with notice)", required=False
@@ -62,13 +65,19 @@ class BookingForm(forms.Form):
     resume_from = forms.ModelChoiceField(
         queryset=TrainingJob.objects.none(), label="Resume from", required=False, empty_label="— a new run —"
     )
-    # Set by the preemption preview's "Book and preempt" button.
+    # Set by the preemption preview's "Book and preempt" button, with the bookings it showed.
     confirm_preempt = forms.BooleanField(required=False, widget=forms.HiddenInput)
+    victims = forms.CharField(required=False, max_length=2000, widget=forms.HiddenInput)
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
         self.user = user
-        self.fields["team"].queryset = Team.objects.filter(memberships__user=user) if not user.is_staff else Team.objects.all()
+        self.fields["team"].queryset = teams = policy.bookable_teams(user)
+        mine = list(Team.objects.filter(memberships__user=user)[:2])
+        if len(mine) == 1:
+            # Charged to the only team unless a staff member picks another.
+            self.fields["team"].initial = mine[0].pk
+            self.fields["team"].empty_label = None if teams.count() == 1 else self.fields["team"].empty_label
         if not user.has_perm("reservations.book_high_priority"):
             self.fields["priority"].choices = [c for c in Reservation.Priority.choices if c[0] != "high"]
         # My earlier jobs, and my teams', that left a checkpoint to resume from.
@@ -83,12 +92,49 @@ class BookingForm(forms.Form):
             f"job {job.pk}: {job.reservation.title or 'untitled'} (epoch {job.checkpoint_epoch or job.epoch} of {job.epochs})"
         )
 
+    def clean_date(self):
+        day = self.cleaned_data["date"]
+        today = timezone.localdate()
+        last = today + timedelta(days=settings.BOOKING_HORIZON_DAYS + 1)
+        if day is not None and not today - timedelta(days=1) <= day <= last:
+            raise forms.ValidationError(f"Pick a day from today to {last:%Y-%m-%d}.")
+        return day
+
+    def clean_slots(self):
+        slots = self.cleaned_data["slots"]
+        most = settings.BOOKING_HORIZON_DAYS * 24 * 60 // settings.SLOT_MINUTES + 1
+        if slots > most:
+            raise forms.ValidationError(f"At most {most} slots: the booking horizon is {settings.BOOKING_HORIZON_DAYS} days.")
+        return slots
+
+    def clean_more(self):
+        more = self.cleaned_data["more"] or 0
+        if more and len({g.node_id for g in self.cleaned_data.get("gpus") or []}) > 1:
+            raise forms.ValidationError("Pick GPUs of one node to add more of that node's GPUs.")
+        return more
+
+    def clean_victims(self):
+        raw = self.cleaned_data["victims"]
+        ids = raw.split(",") if raw else []
+        if not all(i.isascii() and i.isdigit() for i in ids):
+            raise forms.ValidationError("Not a list of booking ids.")
+        return {int(i) for i in ids}
+
     def clean(self):
         data = super().clean()
         day, slot = data.get("date"), data.get("slot")
-        if day is not None and slot is not None:
-            # The date and slot are the viewer's wall time (web.middleware activates their zone).
-            data["start"] = timezone.make_aware(datetime.combine(day, time(slot.hour, slot.minute)))
+        if data.get("start_now"):
+            data["start"] = policy.NOW
+        elif day is None or slot is None:
+            for name in ("date", "slot"):
+                if data.get(name) is None and name not in self.errors:
+                    self.add_error(name, "This field is required (or tick \"Start now\").")
+        else:
+            start = slot_start(day, slot, timezone.get_current_timezone())
+            if start is None:
+                self.add_error("slot", f"There is no {slot:%H:%M} on {day:%Y-%m-%d} in your zone (the clocks change): pick another slot.")
+            else:
+                data["start"] = start
         if data.get("train"):
             data["job"] = self._job_spec(data)
         return data
@@ -111,5 +157,25 @@ class BookingForm(forms.Form):
                     self.add_error(field, str(message) if field else f"{key}: {message}")
             return None
 
-    def window_end(self):
-        return self.cleaned_data["start"] + self.cleaned_data["slots"] * policy.slot_length()
+    def window(self, now):
+        """The (start, end) the form asks for, as the booking service will read it."""
+        start, slots = self.cleaned_data["start"], self.cleaned_data["slots"]
+        if start == policy.NOW:
+            return policy.now_window(now, slots)
+        return start, start + slots * policy.slot_length()
+
+
+def slot_start(day, slot, zone):
+    """The moment a person means by a day and a wall time in their zone, or None if the clocks skip
+    it. A wall time that happens twice (clocks go back) is read as the one on the slot grid."""
+    wall = datetime.combine(day, time(slot.hour, slot.minute))
+    readings = []
+    for fold in (0, 1):
+        # Through UTC: Python compares and converts datetimes of one tzinfo as wall times.
+        moment = wall.replace(fold=fold, tzinfo=zone).astimezone(dt_timezone.utc)
+        if moment.astimezone(zone).replace(tzinfo=None) == wall and moment not in readings:
+            readings.append(moment)
+    if not readings:
+        return None
+    on_grid = [m for m in readings if policy.is_on_boundary(m)]
+    return (on_grid or readings)[0]

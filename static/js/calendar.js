@@ -14,6 +14,8 @@
     var zone = document.getElementById("zone-name").dataset.zone || "UTC";
     var utc = zone === "UTC";
     var slotMs = config.slotMinutes * 60000;
+    var offset = utc ? 0 : -new Date().getTimezoneOffset();
+    var gridShift = ((offset % config.slotMinutes) + config.slotMinutes) % config.slotMinutes;
     var healthy = {}, gpuName = {};
     resources.forEach(function (node) {
       node.children.forEach(function (gpu) {
@@ -30,8 +32,9 @@
       if (/(Z|[+-]\d\d:\d\d)$/.test(str)) return new Date(str);
       return new Date(utc ? str + "Z" : str);
     }
+    // Free cells of healthy GPUs that have not ended: the current slot books "now".
     function selectable(info) {
-      return info.resource && healthy[info.resource.id] === true && instant(info.startStr) >= new Date();
+      return info.resource && healthy[info.resource.id] === true && instant(info.endStr) > new Date();
     }
     function bookingUrl(event) { return config.bookingUrl + event.id + "/"; }
     function describe(event) {
@@ -59,7 +62,20 @@
     }
     function hideTip() { tip.hidden = true; }
 
+    // Slots start on boundaries counted from midnight UTC (reservations.policy).
+    function floorToSlot(date) { return new Date(Math.floor(date.getTime() / slotMs) * slotMs); }
+    function pad(n) { return (n < 10 ? "0" : "") + n; }
+    // A moment as wall time in the calendar's zone, "YYYY-MM-DDTHH:MM" (what the form takes).
+    function wall(date) {
+      if (utc) return date.toISOString().slice(0, 16);
+      return date.getFullYear() + "-" + pad(date.getMonth() + 1) + "-" + pad(date.getDate()) +
+        "T" + pad(date.getHours()) + ":" + pad(date.getMinutes());
+    }
+
     function fillForm(gpuId, startStr, slots) {
+      var start = floorToSlot(instant(startStr));
+      startStr = wall(start);
+      form.elements.start_now.checked = start < new Date();
       var select = form.elements.gpus;
       Array.prototype.forEach.call(select.options, function (option) {
         option.selected = option.value === String(gpuId);
@@ -81,6 +97,11 @@
       resources: resources,
       timeZone: utc ? "UTC" : "local",
       slotDuration: { minutes: config.slotMinutes },
+      // Cells on the booking grid: slots are counted from midnight UTC, so in a zone whose offset
+      // is not a whole number of slots (Europe/Berlin with two-hour slots) each day's cells start
+      // that much after local midnight.
+      slotMinTime: { minutes: gridShift },
+      slotMaxTime: { minutes: gridShift + 24 * 60 },
       snapDuration: { minutes: config.slotMinutes },
       views: {
         // A week fits the screen with a label every six hours; a day shows every slot.
@@ -113,7 +134,8 @@
       },
       // A click on one free cell selects that slot.
       dateClick: function (info) {
-        if (info.resource && healthy[info.resource.id] === true && instant(info.dateStr) >= new Date()) {
+        var end = new Date(instant(info.dateStr).getTime() + slotMs);
+        if (info.resource && healthy[info.resource.id] === true && end > new Date()) {
           fillForm(info.resource.id, info.dateStr, 1);
         }
       },

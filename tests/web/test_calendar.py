@@ -239,7 +239,7 @@ def test_missing_fields_are_named(owner, cluster):
 
     html = response.content.decode()
     assert response.status_code == 400
-    assert "GPUs: Pick at least one GPU." in html and "Date: This field is required." in html
+    assert "GPUs: Pick at least one GPU." in html and "Date: This field is required (or tick" in html
     assert "Slots: Ensure this value is greater than or equal to 1." in html
 
 
@@ -386,3 +386,90 @@ def test_the_form_needs_its_csrf_token(owner, cluster):
 
     assert response.status_code == 403
     assert not Reservation.objects.exists()
+
+
+# --- Odd input: a clear answer, never a 500 -------------------------------------------------------
+
+
+def test_unicode_digits_are_not_ids(owner, cluster):
+    client = page_client(owner)
+
+    assert client.get("/?resume=²").status_code == 200
+    assert feed(client, node="²").status_code == 400
+    response = post_form(client, {**form_data(cluster["node1"][:1]), "gpus": ["²"]})
+    assert response.status_code == 400 and "GPUs: “²” is not a valid value." in response.content.decode()
+
+
+@pytest.mark.parametrize("start", ["0001-01-01T00:00:00Z", "9999-12-30T00:00:00Z"])
+def test_a_window_far_from_now_is_a_400(owner, cluster, start):
+    end = start.replace("T00", "T12")
+
+    response = page_client(owner).get("/calendar/events/", {"start": start, "end": end})
+
+    assert response.status_code == 400 and "start" in response.json()["errors"]
+
+
+def test_a_date_outside_the_horizon_or_too_many_slots_name_the_field(owner, cluster):
+    client = page_client(owner, "America/New_York")
+    far = {**form_data(cluster["node1"][:1]), "date": "9999-12-31", "slot": "22:00"}
+    many = form_data(cluster["node1"][:1], slots=10**9)
+
+    far_response, many_response = post_form(client, far), post_form(client, many)
+
+    assert far_response.status_code == 400 and "Date: Pick a day from today to" in far_response.content.decode()
+    assert many_response.status_code == 400 and "Slots: At most 337 slots" in many_response.content.decode()
+
+
+def test_a_wall_time_that_happens_twice_is_read_as_the_one_on_the_slot_grid(owner, cluster, settings):
+    settings.BOOKING_HORIZON_DAYS = 400
+    # 2030-11-03 01:00 in New York happens twice: 05:00 UTC (EDT), then 06:00 UTC (EST), a boundary.
+    data = {**form_data(cluster["node1"][:1]), "date": "2030-11-03", "slot": "01:00"}
+
+    response = post_form(page_client(owner, "America/New_York"), data)
+
+    assert response.status_code == 201, response.content.decode()
+    assert Reservation.objects.get().start.isoformat() == "2030-11-03T06:00:00+00:00"
+
+
+def test_a_wall_time_the_clocks_skip_is_refused_naming_the_slot(owner, cluster, settings):
+    settings.BOOKING_HORIZON_DAYS = 400
+    data = {**form_data(cluster["node1"][:1]), "date": "2030-03-31", "slot": "01:00"}
+
+    response = post_form(page_client(owner, "Europe/London"), data)
+
+    assert response.status_code == 400
+    assert "There is no 01:00 on 2030-03-31 in your zone" in response.content.decode()
+    assert not Reservation.objects.exists()
+
+
+def test_no_preemption_preview_for_a_booking_the_rules_refuse_anyway(high_booker, outsider, cluster):
+    book(outsider, cluster["node1"][:1], start=NEXT_SLOT + SLOT, priority="low")
+    off_grid = NEXT_SLOT + SLOT + timedelta(hours=1)
+
+    response = post_form(page_client(high_booker), form_data(cluster["node1"][:1], start=off_grid, priority="high"))
+
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert "slot boundary" in html and "would preempt" not in html
+
+
+def test_a_confirmation_for_other_bookings_than_those_in_the_way_shows_them_again(high_booker, outsider, cluster):
+    victim = book(outsider, cluster["node1"][:1], start=NEXT_SLOT + SLOT, priority="low")
+    data = form_data(cluster["node1"][:1], start=NEXT_SLOT + SLOT, priority="high", confirm_preempt="on", victims="999")
+
+    response = post_form(page_client(high_booker), data)
+
+    html = response.content.decode()
+    assert response.status_code == 200 and "changed since you looked" in html and f"#{victim.pk}" in html
+    assert not Reservation.objects.filter(user=high_booker).exists()
+
+
+def test_a_member_of_several_teams_is_asked_which_to_charge(owner, other_team, cluster):
+    other_team.memberships.create(user=owner)
+    client = page_client(owner)
+
+    refused = post_form(client, form_data(cluster["node1"][:1]))
+    charged = post_form(client, form_data(cluster["node1"][:1], team=other_team.pk))
+
+    assert refused.status_code == 400 and "You belong to several teams: name one." in refused.content.decode()
+    assert charged.status_code == 201 and Reservation.objects.get().team == other_team

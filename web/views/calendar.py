@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_POST
 
-from reservations import jobs, policy, selectors, services
+from reservations import policy, selectors, services
 from reservations.errors import BookingConflict, BookingError
 from reservations.models import Team
 from trainer.selectors import job_progress
@@ -23,6 +23,7 @@ from ..middleware import viewer_zone
 
 # The widest window the feed serves in one request (the calendar asks for a day or a week).
 FEED_MAX_DAYS = 42
+FEED_MAX_YEARS = 10
 
 
 @login_required
@@ -32,7 +33,7 @@ def calendar_page(request):
     now = timezone.now()
     initial = {"date": timezone.localdate(), "slot": timezone.localtime(policy.ceil_to_slot(now)).time(), "slots": 1}
     resume = request.GET.get("resume", "")
-    if resume.isdigit():
+    if _is_id(resume):
         initial.update(train=True, resume_from=int(resume))
     form = BookingForm(user=request.user, initial=initial)
     return render(request, "web/calendar.html", {
@@ -62,9 +63,14 @@ def _form_context(form, gpus):
     return {
         "form": form,
         "nodes": nodes,
-        "selected_gpus": {int(pk) for pk in chosen if str(pk).isdigit()},
+        "selected_gpus": {int(pk) for pk in chosen if _is_id(str(pk))},
         "slot_minutes": settings.SLOT_MINUTES,
     }
+
+
+def _is_id(text):
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    return text.isascii() and text.isdigit() and len(text) < 19
 
 
 def _resources(gpus):
@@ -99,7 +105,7 @@ def event_feed(request):
     gpus = selectors.calendar_gpus()
     node = request.GET.get("node", "")
     if node:
-        if not node.isdigit():
+        if not _is_id(node):
             return JsonResponse({"errors": {"node": ["Give a node id."]}}, status=400)
         gpus = [g for g in gpus if g.node_id == int(node)]
     bookings = selectors.calendar_bookings(start=start, end=end, gpu_ids=[g.pk for g in gpus])
@@ -146,6 +152,11 @@ def _window(request):
     if errors:
         return None, None, errors
     start, end = moments["start"], moments["end"]
+    # Far from now is no calendar anyone looks at (and year 1 minus the longest booking overflows).
+    now = timezone.now()
+    for name, moment in moments.items():
+        if abs(moment - now) > timedelta(days=FEED_MAX_YEARS * 366):
+            return None, None, {name: [f"Ask for a window within {FEED_MAX_YEARS} years of now."]}
     if end <= start:
         return None, None, {"end": ["The end must be after the start."]}
     if end - start > timedelta(days=FEED_MAX_DAYS):
@@ -193,7 +204,7 @@ def book(request):
     # The fields a suggestion or a confirmation posts again, unchanged.
     context["carry"] = [
         (name, value) for name, values in request.POST.lists() for value in values
-        if name not in ("csrfmiddlewaretoken", "gpus", "date", "slot", "more", "confirm_preempt")
+        if name not in ("csrfmiddlewaretoken", "gpus", "date", "slot", "more", "confirm_preempt", "victims")
     ]
     if form.is_valid():
         context.update(_book(request, form, {g.pk: g for g in gpus}))
@@ -207,7 +218,11 @@ def book(request):
 def _book(request, form, gpus_by_id):
     data = form.cleaned_data
     now = timezone.now()
-    start, end = data["start"], form.window_end()
+    try:
+        start, end = form.window(now)
+    except BookingError as error:
+        form.add_error(error.field if error.field in form.fields else None, error.message)
+        return {"status": 400}
     gpu_ids = sorted(g.pk for g in data["gpus"])
     if data.get("more"):
         extra = _more_gpus(form, start, end, gpu_ids, data["more"])
@@ -215,16 +230,18 @@ def _book(request, form, gpus_by_id):
             return {"status": 400}
         gpu_ids = sorted(gpu_ids + extra)
     priority = data["priority"]
-    if not data["confirm_preempt"]:
-        victims = selectors.preemption_preview(priority=priority, start=start, end=end, now=now, gpu_ids=gpu_ids)
-        if victims:
-            # The confirmation posts the same GPUs again (with "more" resolved to GPUs).
-            gpu_fields = [("gpus", pk) for pk in gpu_ids] + [("date", data["date"].isoformat()), ("slot", data["slot"].strftime("%H:%M"))]
-            return {"preview": victims, "start": start, "end": end, "confirm_fields": gpu_fields, "status": 200}
+    if not data["start_now"]:  # "now" only ever takes free GPUs: nothing to preview
+        try:
+            preview = _preemption_preview(request.user, form, start, end, gpu_ids, now)
+        except BookingError as error:
+            form.add_error(error.field if error.field in form.fields else None, error.message)
+            return {"status": 400}
+        if preview is not None:
+            return preview
     try:
         reservation = services.reservation_create(
             user=request.user,
-            start=start,
+            start=data["start"],
             slots=data["slots"],
             gpu_ids=gpu_ids,
             priority=priority,
@@ -255,12 +272,30 @@ def _book(request, form, gpus_by_id):
     return {"booked": reservation, "warnings": getattr(reservation, "warnings", []), "status": 201}
 
 
+def _preemption_preview(user, form, start, end, gpu_ids, now):
+    """The bookings this one would preempt, to show before it is confirmed; None when it takes none,
+    or when the person confirmed exactly the bookings shown. Raises BookingError for a request the
+    booking would refuse anyway (checked by the same rules first, so no preview is shown for it)."""
+    data = form.cleaned_data
+    policy.validate_window(start, data["slots"], now)
+    policy.resolve_team(user, data["team"].slug if data.get("team") else None)
+    victims = selectors.preemption_preview(priority=data["priority"], start=start, end=end, now=now, gpu_ids=gpu_ids)
+    shown = {p.reservation.pk for p in victims}
+    if not victims or (data["confirm_preempt"] and shown == data["victims"]):
+        return None
+    # The confirmation posts the same GPUs again ("more" resolved to GPUs) and the bookings shown:
+    # if those changed meanwhile, the person sees the new ones before anything is taken.
+    fields = [("gpus", pk) for pk in gpu_ids] + [
+        ("date", data["date"].isoformat()),
+        ("slot", data["slot"].strftime("%H:%M")),
+        ("victims", ",".join(str(pk) for pk in sorted(shown))),
+    ]
+    changed = data["confirm_preempt"] and shown != data["victims"]
+    return {"preview": victims, "changed": changed, "start": start, "end": end, "confirm_fields": fields, "status": 200}
+
+
 def _more_gpus(form, start, end, gpu_ids, count):
     """"Also book N more GPUs on this node": the first N free ones there, or a form error."""
-    nodes = {g.node_id for g in form.cleaned_data["gpus"]}
-    if len(nodes) != 1:
-        form.add_error("more", "Pick GPUs of one node to add more of its GPUs.")
-        return None
     node = form.cleaned_data["gpus"][0].node
     free = selectors.free_gpus_on_node(node_id=node.pk, start=start, end=end, exclude=gpu_ids)
     if len(free) < count:
