@@ -416,9 +416,15 @@ def reservation_page(reservation_id):
     return reservation
 
 
-def audit_history(reservation):
-    """A booking's audit entries, oldest first."""
-    return AuditEntry.objects.filter(reservation=reservation).select_related("actor").order_by("created", "id")
+def audit_history(reservation, *, with_details):
+    """A booking's audit entries, oldest first. Without `with_details` (a viewer who may not see the
+    booking's job: policy.JobViewer), each entry's reason and before/after are blanked, as they
+    name jobs ("job 12 asked to stop") another team must not learn about: when, who and what remain."""
+    entries = list(AuditEntry.objects.filter(reservation=reservation).select_related("actor").order_by("created", "id"))
+    if not with_details:
+        for entry in entries:
+            entry.reason, entry.before, entry.after = "", None, None
+    return entries
 
 
 def notices_of(user):

@@ -283,7 +283,8 @@ def test_the_booking_page_shows_gpus_times_in_the_viewers_zone_and_the_audit_his
     assert "Team Vision" in page and "Owner owner" in page
     history = section(response, "History")
     assert history.index("Created") < history.index("Cancelled")
-    assert "owner Cancelled found a bug" in history
+    # Another team's member sees who did what, not why (reasons may name the booking's job).
+    assert "owner Cancelled" in history and "found a bug" not in history
 
 
 def test_the_booking_page_links_the_preemptor_and_the_rebooking(cluster, owner, high_booker, frozen):

@@ -214,12 +214,14 @@ def _booking_page(request, pk, *, failure=None):
     now = timezone.now()
     _attach_actions(request, reservation, now=now, next_page="booking", failure=failure)
     _explain_conflict(failure, reservation)
-    job = _visible_job(request, reservation)
+    sees_job = policy.JobViewer(request.user).may_see(reservation)
+    job = progress.booking_job(reservation) if sees_job else None
     context = {
         "reservation": reservation,
         "nodes": sorted({a.gpu.node.hostname for a in reservation.allocation_list}),
         "waitlist_ahead": selectors.waitlist_position(reservation),
-        "history": selectors.audit_history(reservation),
+        "history": selectors.audit_history(reservation, with_details=sees_job),
+        "history_reasons": sees_job,
         "job": job,
         "failure": failure,
         "failure_apart": failure is not None and reservation.actions is None,
