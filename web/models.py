@@ -1,3 +1,4 @@
+import re
 import secrets
 
 from django.conf import settings
@@ -12,6 +13,11 @@ def new_feed_token():
     # 32 random bytes (43 characters): the token is the feed's only credential, so it must not be
     # guessable, and a calendar app stores it in the URL it polls.
     return secrets.token_urlsafe(32)
+
+
+# What new_feed_token makes (base64url, no padding): anything else in a feed URL is no feed, and
+# is not worth a query (a NUL there is an error in PostgreSQL, not just no match).
+FEED_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 class CalendarFeed(models.Model):

@@ -2,12 +2,15 @@
 
 from reservations.models import Membership
 
-from .models import CalendarFeed
+from .models import FEED_TOKEN, CalendarFeed
 
 
 def calendar_feed_by_token(token):
     """The feed this secret opens, or None: an unknown token, a deactivated user, or a team feed
-    whose holder has left the team (checked on every request, so leaving closes the feed at once)."""
+    whose holder has left the team (checked on every request, so leaving closes the feed at once).
+    A string not shaped like a token is no feed, without a query."""
+    if not isinstance(token, str) or not FEED_TOKEN.fullmatch(token):
+        return None
     feed = CalendarFeed.objects.select_related("user", "team").filter(token=token).first()
     if feed is None or not feed.user.is_active:
         return None
