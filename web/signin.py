@@ -1,8 +1,13 @@
-"""The sign-in form: Django's, except that a directory that did not answer is not a wrong password."""
+"""The sign-in page: Django's form and view, except that a directory that did not answer is not a
+wrong password, and that `next` never leads back to the login page itself."""
+
+from urllib.parse import unquote, urlsplit
 
 from django import forms
 from django.conf import settings
 from django.contrib.auth.forms import AuthenticationForm
+from django.contrib.auth.views import LoginView
+from django.shortcuts import resolve_url
 
 
 class SignInForm(AuthenticationForm):
@@ -18,3 +23,19 @@ class SignInForm(AuthenticationForm):
         if directory_error:
             return forms.ValidationError(directory_error, code="directory_unavailable")
         return super().get_invalid_login_error()
+
+
+class SignInView(LoginView):
+    """LoginView for people already signed in too (redirect_authenticated_user): with `next` set to
+    the login page (a stale link, a bookmark), Django would send them to the page they are on and
+    raises "Redirection loop" instead (a 500). Such a `next` counts as none: LOGIN_REDIRECT_URL.
+    Off-site `next`s are dropped by LoginView already."""
+
+    authentication_form = SignInForm
+    redirect_authenticated_user = True
+
+    def get_redirect_url(self):
+        url = super().get_redirect_url()
+        if url and unquote(urlsplit(url).path) == resolve_url(settings.LOGIN_URL):
+            return ""
+        return url

@@ -1,18 +1,14 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from .signin import SignInForm
+from .signin import SignInView
 from .views import account, bookings, calendar, ical
 
 app_name = "web"
 
 urlpatterns = [
     # Sign-in (django.contrib.auth's views, our templates; LDAP or local accounts behind them).
-    path(
-        "login/",
-        auth_views.LoginView.as_view(redirect_authenticated_user=True, authentication_form=SignInForm),
-        name="login",
-    ),
+    path("login/", SignInView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     # The calendar and the booking form.
     path("", calendar.calendar_page, name="calendar"),
