@@ -16,6 +16,8 @@
     var slotMs = config.slotMinutes * 60000;
     var offset = utc ? 0 : -new Date().getTimezoneOffset();
     var gridShift = ((offset % config.slotMinutes) + config.slotMinutes) % config.slotMinutes;
+    // The day view fills the width beside the GPU names.
+    var daySlotWidth = Math.max(48, Math.floor((el.clientWidth - 260) / (24 * 60 / config.slotMinutes)));
     var healthy = {}, gpuName = {};
     resources.forEach(function (node) {
       node.children.forEach(function (gpu) {
@@ -32,9 +34,11 @@
       if (/(Z|[+-]\d\d:\d\d)$/.test(str)) return new Date(str);
       return new Date(utc ? str + "Z" : str);
     }
-    // Free cells of healthy GPUs that have not ended: the current slot books "now".
+    // Cells of healthy GPUs from the current slot on (the current slot books "now"); the past
+    // cannot be selected.
     function selectable(info) {
-      return info.resource && healthy[info.resource.id] === true && instant(info.endStr) > new Date();
+      return info.resource && healthy[info.resource.id] === true &&
+        floorToSlot(instant(info.startStr)) >= floorToSlot(new Date());
     }
     function bookingUrl(event) { return config.bookingUrl + event.id + "/"; }
     function describe(event) {
@@ -106,7 +110,7 @@
       views: {
         // A week fits the screen with a label every six hours; a day shows every slot.
         resourceTimelineWeek: { slotWidth: 26, slotLabelInterval: { hours: 6 } },
-        resourceTimelineDay: { slotWidth: 60 },
+        resourceTimelineDay: { slotWidth: daySlotWidth },
       },
       slotLabelFormat: { hour: "2-digit", minute: "2-digit", hourCycle: "h23" },
       dayHeaderFormat: { weekday: "short", day: "numeric", month: "short" },
@@ -115,6 +119,10 @@
       height: "auto",
       nowIndicator: true,
       selectable: true,
+      // Bookings move through the booking's page (the rules decide), never by dragging them here.
+      editable: false,
+      eventStartEditable: false,
+      eventDurationEditable: false,
       selectConstraint: selectable,
       eventSources: [{
         url: config.events,

@@ -473,3 +473,13 @@ def test_a_member_of_several_teams_is_asked_which_to_charge(owner, other_team, c
 
     assert refused.status_code == 400 and "You belong to several teams: name one." in refused.content.decode()
     assert charged.status_code == 201 and Reservation.objects.get().team == other_team
+
+
+def test_start_now_books_the_rest_of_the_current_slot_as_the_api_does(owner, cluster):
+    data = {**form_data(cluster["node1"][:1], slots=2), "start_now": "on", "date": "", "slot": ""}
+
+    response = post_form(page_client(owner), data)
+
+    assert response.status_code == 201, response.content.decode()
+    reservation = Reservation.objects.get()
+    assert (reservation.start, reservation.end) == (FROZEN_NOW, NEXT_SLOT + SLOT)
