@@ -2,11 +2,14 @@ import math
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator, URLValidator
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
 from django.utils import timezone
+
+from .directory_names import normal_dn
 
 
 class Team(models.Model):
@@ -42,6 +45,23 @@ class Team(models.Model):
 
     def __str__(self):
         return self.name
+
+    def clean(self):
+        super().clean()
+        try:
+            self.directory_dn = normal_dn(self.directory_dn) if self.directory_dn else ""
+        except ValueError:
+            raise ValidationError(
+                {"directory_dn": "Enter an LDAP DN, like cn=vision,ou=teams,dc=example,dc=com, or leave it empty."}
+            ) from None
+
+    def save(self, *args, **kwargs):
+        # One spelling, whoever saves (the admin, the directory sync, a shell): the sync finds a team
+        # by its group's DN, which an admin may have typed with other spacing or case. A string
+        # that is no DN raises ValueError here (clean() refuses it in forms first).
+        if self.directory_dn:
+            self.directory_dn = normal_dn(self.directory_dn)
+        super().save(*args, **kwargs)
 
 
 class Membership(models.Model):

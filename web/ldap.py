@@ -21,6 +21,7 @@ from django.dispatch import receiver
 from django.utils.text import slugify
 from django_auth_ldap.backend import LDAPBackend, ldap_error
 
+from reservations.directory_names import is_under, normal_dn, parse_dn
 from reservations.services import DirectoryTeam, user_directory_sync
 
 logger = logging.getLogger(__name__)
@@ -42,16 +43,6 @@ def note_directory_error(sender, context, user, request, exception, **kwargs):
     if request is None:
         return
     request.directory_error = DIRECTORY_DOWN if isinstance(exception, _UNREACHABLE) else DIRECTORY_FAILED
-
-
-def normal_dn(dn):
-    """One spelling per DN, so that the directory's and the settings' can be compared."""
-    return ldap.dn.dn2str(ldap.dn.str2dn(dn)).lower()
-
-
-def _is_under(dn, base):
-    rdns, base_rdns = ldap.dn.str2dn(dn), ldap.dn.str2dn(base)
-    return len(rdns) > len(base_rdns) and rdns[len(rdns) - len(base_rdns):] == base_rdns
 
 
 def _team_of(dn):
@@ -107,7 +98,8 @@ class DirectoryBackend(LDAPBackend):
         if not (staff_group or high_group or team_base):
             return user
         try:
-            groups = {normal_dn(dn): dn for dn in user.ldap_user.group_dns}
+            # A DN that does not parse names no group this site knows: skipped, not a 500.
+            groups = {normal_dn(dn): dn for dn in user.ldap_user.group_dns if parse_dn(dn)}
         except ldap.LDAPError as exc:
             # Without the groups, rights and teams would be stale: refuse, as for any directory error.
             ldap_error.send(type(self), context="directory_groups", user=user, request=request, exception=exc)
@@ -115,11 +107,12 @@ class DirectoryBackend(LDAPBackend):
         teams = None
         if team_base:
             base = normal_dn(team_base)
-            under = sorted(dn for normal, dn in groups.items() if _is_under(normal, base))
+            under = sorted(dn for normal, dn in groups.items() if is_under(normal, base))
             teams = [team for team in map(_team_of, under) if team is not None]
         return user_directory_sync(
             user=user,
             teams=teams,
             staff=normal_dn(staff_group) in groups if staff_group else None,
             high_priority=normal_dn(high_group) in groups if high_group else None,
+            team_base=team_base,
         )

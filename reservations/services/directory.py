@@ -2,8 +2,9 @@
 right to book high priority, and membership of the directory's teams.
 
 The directory is the authority only for what it manages: a flag whose group is not configured is
-left as it is (None), and only teams with a `directory_dn` gain and lose members here. Teams and
-memberships made by hand in the admin are never touched, and a hand-made team whose slug a
+left as it is (None), and only teams whose `directory_dn` lies under the directory's team base
+(LDAP_TEAM_GROUP_BASE) gain and lose members here. Teams and memberships made by hand in the admin
+(or linked to a group elsewhere in the directory) are never touched, and a hand-made team whose slug a
 directory group would take is left alone too (an admin hands it over by setting its directory
 group). Every change is in the audit log, by the scheduler (no actor), so admins see who gained or
 lost what and why.
@@ -16,6 +17,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.db import IntegrityError, transaction
 
+from ..directory_names import is_under, normal_dn, parse_dn
 from ..models import AuditEntry, Membership, Team
 from .audit import audit_record
 from .locks import service_transaction
@@ -34,10 +36,13 @@ class DirectoryTeam:
     name: str
 
 
-def user_directory_sync(*, user, teams, staff, high_priority):
+def user_directory_sync(*, user, teams, staff, high_priority, team_base=""):
     """Bring `user` in line with their directory groups: `staff` and `high_priority` (True/False,
-    or None when the directory does not manage it) and `teams` (the DirectoryTeams they are in, or
-    None when the directory manages no teams). Returns the user with the flags as stored.
+    or None when the directory does not manage it) and `teams` (the DirectoryTeams they are in, all
+    under `team_base`, or None when the directory manages no teams). Only memberships of teams
+    whose group is under `team_base` are managed: a team linked to a group elsewhere would
+    otherwise lose its members at every sign-in and never gain any. Returns the user with the flags
+    as stored.
 
     The user's row is locked for the whole sync, so that two sign-ins of one person at once apply
     one after the other. It is not in locks.py's order, and this transaction takes no other lock
@@ -53,7 +58,9 @@ def user_directory_sync(*, user, teams, staff, high_priority):
         if high_priority is not None:
             _sync_permission(locked, high_priority, reason)
         if teams is not None:
-            _sync_teams(locked, teams, reason)
+            if not team_base:
+                raise ValueError("user_directory_sync needs the team_base the teams come from")
+            _sync_teams(locked, teams, normal_dn(team_base), reason)
     user.is_staff = locked.is_staff
     # Permissions are cached on the instance that authenticated: drop what it may have read before.
     for cache in ("_perm_cache", "_user_perm_cache", "_group_perm_cache"):
@@ -81,13 +88,21 @@ def _sync_permission(user, wanted, reason):
     _audit_user(user, codename, held, wanted, reason)
 
 
-def _sync_teams(user, teams, reason):
+def _managed(team, base):
+    return parse_dn(team.directory_dn) is not None and is_under(normal_dn(team.directory_dn), base)
+
+
+def _sync_teams(user, teams, base, reason):
     wanted = {}
     for group in teams:
         team = _directory_team(group, reason)
-        if team is not None:
+        if team is not None and _managed(team, base):
             wanted[team.pk] = team
-    held = Membership.objects.select_related("team").filter(user=user).exclude(team__directory_dn="")
+    held = [
+        membership
+        for membership in Membership.objects.select_related("team").filter(user=user).exclude(team__directory_dn="")
+        if _managed(membership.team, base)
+    ]
     for membership in held:
         if membership.team_id not in wanted:
             before = _membership_state(membership)
@@ -111,7 +126,8 @@ def _membership_state(membership):
 
 def _directory_team(group, reason):
     """The team of a directory group: the one with its DN, else a new one (first sight)."""
-    team = Team.objects.filter(directory_dn__iexact=group.dn).first()
+    dn = normal_dn(group.dn)
+    team = Team.objects.filter(directory_dn__iexact=dn).first()
     if team is not None:
         return team
     if Team.objects.filter(slug=group.slug).exists():
@@ -125,9 +141,9 @@ def _directory_team(group, reason):
     try:
         # A savepoint: another person's sign-in may create the same team at this moment.
         with transaction.atomic():
-            team = Team.objects.create(name=name[:100], slug=group.slug, directory_dn=group.dn)
+            team = Team.objects.create(name=name[:100], slug=group.slug, directory_dn=dn)
     except IntegrityError:
-        return Team.objects.filter(directory_dn__iexact=group.dn).first()
+        return Team.objects.filter(directory_dn__iexact=dn).first()
     audit_record(
         action=AuditEntry.Action.CREATE, target=f"team:{team.pk}", reason=reason,
         after={"name": team.name, "slug": team.slug, "directory_dn": team.directory_dn},

@@ -1,0 +1,70 @@
+"""Directory teams: a team's directory group is stored in one spelling (so an admin's DN with other
+spacing or case still hands the team over), and the sync manages only teams whose group lies under
+LDAP_TEAM_GROUP_BASE (a team linked to a group elsewhere keeps the members it was given by hand)."""
+
+import pytest
+from django import forms
+from django.core.exceptions import ValidationError
+
+from reservations.models import Membership, Team
+
+from ..support import make_user
+from .ldap_server import PASSWORDS, TEAMS, directory, slapd  # noqa: F401  (fixtures)
+
+SPACED_VISION = "CN=Vision, OU=teams , ou=Groups,  dc=example,dc=com"
+
+
+def sign_in(client, username):
+    return client.post("/login/", {"username": username, "password": PASSWORDS[username]})
+
+
+class TeamForm(forms.ModelForm):
+    class Meta:
+        model = Team
+        fields = ["name", "slug", "colour", "directory_dn"]
+
+
+def test_a_teams_directory_group_is_stored_in_one_spelling(db):
+    team = Team.objects.create(name="Vision", slug="vision", directory_dn=SPACED_VISION)
+
+    team.refresh_from_db()
+    assert team.directory_dn == f"cn=vision,{TEAMS}"
+
+
+def test_the_team_form_normalises_the_directory_group_and_names_the_field_when_it_is_no_dn(db):
+    good = TeamForm({"name": "Vision", "slug": "vision", "colour": "#4e79a7", "directory_dn": SPACED_VISION})
+    bad = TeamForm({"name": "NLP", "slug": "nlp", "colour": "#4e79a7", "directory_dn": "the vision group"})
+
+    assert good.is_valid(), good.errors
+    assert good.save().directory_dn == f"cn=vision,{TEAMS}"
+    assert not bad.is_valid()
+    assert "directory_dn" in bad.errors
+    with pytest.raises(ValidationError):
+        Team(name="X", slug="x", directory_dn="cn=").full_clean()
+
+
+def test_a_hand_made_team_handed_over_with_another_spelling_of_the_dn_gains_its_members(client, directory):
+    vision = Team.objects.create(name="Vision (by hand)", slug="vision")
+    Team.objects.filter(pk=vision.pk).update(directory_dn=SPACED_VISION)  # as stored before normalising
+    vision.directory_dn = SPACED_VISION
+    vision.save()  # an admin's edit
+
+    assert sign_in(client, "alice").status_code == 302
+
+    assert list(vision.members.values_list("username", flat=True)) == ["alice"]
+    assert Team.objects.filter(slug__startswith="vision").count() == 1
+
+
+def test_a_team_linked_to_a_group_outside_the_team_base_keeps_its_members(client, directory):
+    infra = Team.objects.create(
+        name="Infrastructure", slug="infra", directory_dn="cn=infra,ou=elsewhere,dc=example,dc=com"
+    )
+    alice = make_user("alice")
+    alice.set_unusable_password()
+    alice.save()
+    Membership.objects.create(team=infra, user=alice, role=Membership.Role.ADMIN)
+
+    assert sign_in(client, "alice").status_code == 302
+
+    assert Membership.objects.get(team=infra, user=alice).role == Membership.Role.ADMIN
+    assert set(alice.teams.values_list("slug", flat=True)) == {"infra", "vision"}
