@@ -1,13 +1,11 @@
-"""Writes of the pages' own data: calendar feed tokens and the API token for CI.
+"""Writes of the pages' own data: calendar feed tokens (API tokens are reservations.services').
 
 Keyword-only functions named `<entity>_<action>`, as in reservations.services, each in a short
 transaction of its own (durable: never inside another, so a lock is never held longer than its write).
 """
 
-from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from rest_framework.authtoken.models import Token
 
 from reservations.models import Membership
 
@@ -36,21 +34,3 @@ def calendar_feed_rotate(*, user, feed_id):
         feed.save(update_fields=["token"])
     return feed
 
-
-def api_token_for(*, user):
-    """The user's API token (REST API, CI pipelines), made on first use."""
-    token = Token.objects.filter(user=user).first()
-    if token is not None:
-        return token
-    with transaction.atomic(durable=True):
-        return Token.objects.get_or_create(user=user)[0]
-
-
-def api_token_rotate(*, user):
-    """Replace the user's API token: the old key is refused (401) from the moment this commits."""
-    with transaction.atomic(durable=True):
-        # Lock the user row: two rotations at once run one after the other instead of both deleting
-        # the old key and then colliding on the one-token-per-user rule.
-        get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk").first()
-        Token.objects.filter(user=user).delete()
-        return Token.objects.create(user=user)

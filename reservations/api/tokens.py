@@ -10,10 +10,10 @@ wrong password: web.ldap's ldap_error receiver notes why on the request (`direct
 from django.contrib.auth import authenticate
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import permissions, serializers, status
-from rest_framework.authtoken.models import Token
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from .. import services
 from .authentication import SessionAuthentication
 from .serializers import StrictSerializer
 
@@ -52,5 +52,4 @@ class ObtainTokenView(APIView):
             if user is None and directory_error:
                 return Response({"detail": directory_error}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
             raise serializers.ValidationError({"non_field_errors": [INVALID_CREDENTIALS]})
-        token, _ = Token.objects.get_or_create(user=user)
-        return Response({"token": token.key})
+        return Response({"token": services.api_token_for(user=user).key})

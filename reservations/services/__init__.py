@@ -2,8 +2,8 @@
 own that also writes its audit entry. Locks are taken in the one order that locks.py documents.
 
 The package follows the seams of the work: locks, audit, notices, records (writes the flows share),
-booking, preemption, changes (cancel, transfer, edit, move, release), waitlist, clock, inventory.
-Callers use the names below.
+booking, preemption, changes (cancel, transfer, edit, move, release), waitlist, clock, inventory,
+directory (sign-in groups), tokens (API tokens). Callers use the names below.
 """
 
 from .audit import audit_record, snapshot
@@ -28,11 +28,14 @@ from .notices import (
     notices_mark_read,
 )
 from .preemption import preemption_withdraw, reservation_reclaim, reservations_reclaim_due
+from .tokens import api_token_for, api_token_rotate
 from .waitlist import waitlist_promote
 
 __all__ = [
     "Device",
     "DirectoryTeam",
+    "api_token_for",
+    "api_token_rotate",
     "audit_record",
     "idempotency_prune",
     "node_register",

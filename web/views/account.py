@@ -7,7 +7,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from reservations import selectors
+from reservations import selectors, services as reservation_services
 
 from .. import services
 from ..models import CalendarFeed
@@ -27,7 +27,7 @@ def profile(request):
         {
             "memberships": memberships,
             "may_book_high": user.has_perm("reservations.book_high_priority"),
-            "api_token": services.api_token_for(user=user),
+            "api_token": reservation_services.api_token_for(user=user),
             "feeds": [
                 {
                     "label": label,
@@ -43,7 +43,7 @@ def profile(request):
 @login_required
 @require_POST
 def api_token_rotate(request):
-    services.api_token_rotate(user=request.user)
+    reservation_services.api_token_rotate(user=request.user)
     messages.success(request, "Your API token was replaced; update your CI secrets.")
     return redirect("web:profile")
 
