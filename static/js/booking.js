@@ -36,7 +36,9 @@
         { scale: "loss", label: "loss" },
         { scale: "map", label: "mAP", side: 1, grid: { show: false } }
       ],
-      series: [{ label: "epoch" }]
+      series: [{ label: "epoch" }],
+      // The legend names the lines; values show on hover (a live legend reads "--" until then).
+      legend: { live: false }
     };
     LOSSES.forEach(function (s) {
       opts.series.push({ label: s[1], scale: "loss", stroke: s[2], width: 2, spanGaps: true });
