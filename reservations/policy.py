@@ -266,6 +266,12 @@ def no_show_cutoff(now):
     return now - slot_length()
 
 
+def may_move(reservation, now):
+    """Rule: only a confirmed booking that has not started may be moved (a waiting request has no
+    GPUs to keep; a started one may have a job running on them)."""
+    return reservation.status == Reservation.Status.CONFIRMED and not has_started(reservation, now)
+
+
 # --- Preemption -------------------------------------------------------------------------------
 # A booking that overlaps others may take their GPUs (preempt them) under the rules below. The
 # services apply them inside the booking's transaction; reservations.services.preemption does the

@@ -132,7 +132,7 @@ def _update_locked(reservation, *, actor, reason, title, priority, preemptible):
 
 
 def _move_locked(reservation, *, actor, start, slots, reason, now):
-    if reservation.status != Status.CONFIRMED or policy.has_started(reservation, now):
+    if not policy.may_move(reservation, now):
         raise BookingError("start", "Only a confirmed booking that has not started can be moved.")
     end = policy.validate_window(start, slots, now)
     gpu_ids = sorted(reservation.allocations.values_list("gpu_id", flat=True))

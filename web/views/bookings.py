@@ -76,8 +76,8 @@ def _attach_actions(request, reservation, *, now, next_page, page=None, failure=
     forms["move"].fields["start"].widget.attrs["min"] = timezone.localtime(earliest).strftime("%Y-%m-%dT%H:%M")
     reservation.actions = {
         **forms,
-        # Only a confirmed booking that has not begun moves (the service says why otherwise).
-        "may_move": reservation.status == Reservation.Status.CONFIRMED and not policy.has_started(reservation, now),
+        # The move form only where the rule allows it (the service says why otherwise).
+        "may_move": policy.may_move(reservation, now),
         "failure": failure if mine else None,
         "earliest": earliest,
     }
