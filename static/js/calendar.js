@@ -173,7 +173,13 @@
       if (button) button.setAttribute("aria-label", pair[1]);
     });
     filters.addEventListener("change", function () { calendar.refetchEvents(); });
-    // The server answers a booking with an "booked" trigger (HX-Trigger): show it at once.
+    // The answer in the side panel: in view, whatever was scrolled.
+    document.body.addEventListener("htmx:afterSwap", function (e) {
+      if (e.detail.target.id === "booking-result" && e.detail.target.firstElementChild) {
+        e.detail.target.scrollIntoView({ block: "nearest" });
+      }
+    });
+    // The server answers a booking with a "booked" trigger (HX-Trigger): show it at once.
     document.body.addEventListener("booked", function () { calendar.refetchEvents(); });
     document.body.addEventListener("click", function (e) {
       var dismiss = e.target.closest("[data-dismiss]");
