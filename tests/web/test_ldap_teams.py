@@ -4,6 +4,8 @@ LDAP_TEAM_GROUP_BASE (a team linked to a group elsewhere keeps the members it wa
 
 import pytest
 from django import forms
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import ValidationError
 
 from reservations.models import Membership, Team
@@ -68,3 +70,26 @@ def test_a_team_linked_to_a_group_outside_the_team_base_keeps_its_members(client
 
     assert Membership.objects.get(team=infra, user=alice).role == Membership.Role.ADMIN
     assert set(alice.teams.values_list("slug", flat=True)) == {"infra", "vision"}
+
+
+def test_a_new_directory_team_whose_name_is_taken_gets_its_slug_appended(client, directory):
+    Team.objects.create(name="vision", slug="computer-vision")
+
+    assert sign_in(client, "bob").status_code == 302
+
+    assert Team.objects.get(slug="vision").name == "vision (vision)"
+
+
+def test_the_high_priority_group_leaves_a_right_given_through_a_django_group_alone(client, directory):
+    leads = Group.objects.create(name="leads")
+    leads.permissions.add(Permission.objects.get(codename="book_high_priority"))
+    bob = make_user("bob")
+    bob.set_unusable_password()
+    bob.save()
+    bob.groups.add(leads)
+
+    assert sign_in(client, "bob").status_code == 302  # bob is not in the directory's high-priority group
+
+    bob = get_user_model().objects.get(pk=bob.pk)
+    assert bob.has_perm("reservations.book_high_priority")
+    assert not bob.user_permissions.exists()
