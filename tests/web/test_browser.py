@@ -248,6 +248,38 @@ def test_a_conflict_names_whose_booking_is_in_the_way_and_a_suggestion_books_in_
     assert Reservation.objects.get(pk=theirs.pk).status == "confirmed"
 
 
+def test_a_preempting_booking_shows_whose_booking_it_takes_and_books_only_when_confirmed(
+    browsing, high_booker, outsider, cluster
+):
+    start = day_ahead()
+    gpu = cluster["node1"][1]
+    colour_teams()
+    victim = book(outsider, [gpu], start=start, title="overnight sweep", priority="low")
+    page = open_calendar(browsing, high_booker)
+    show_day(page, start)
+
+    fill_form(page, gpu, start, title="deadline run")
+    page.locator("#id_priority").select_option("high")
+    page.get_by_role("button", name="Book", exact=True).click()
+
+    preview = page.locator("#preempt-preview")
+    expect(preview).to_contain_text("This booking would preempt 1 booking")
+    expect(preview).to_contain_text(f"#{victim.pk} overnight sweep of outsider (low priority")
+    expect(preview).to_contain_text("outsider is told now,")
+    expect(preview).to_be_in_viewport()
+    browsing.screenshot(page, "preemption.png")
+    assert not Reservation.objects.filter(user=high_booker).exists()
+
+    page.get_by_role("button", name="Book and preempt").click()
+
+    expect(page.locator("#booked")).to_contain_text("Booked #")
+    mine = Reservation.objects.get(user=high_booker)
+    assert (mine.start, mine.priority) == (start, "high")
+    assert list(mine.allocations.values_list("gpu_id", flat=True)) == [gpu.pk]
+    victim.refresh_from_db()
+    assert not victim.allocations.filter(gpu=gpu, start__lt=mine.end, end__gt=mine.start, live=True).exists()
+
+
 def test_the_form_takes_times_in_the_browsers_zone_and_says_which(browsing, owner, cluster):
     start = day_ahead()
     berlin = start.astimezone(ZoneInfo("Europe/Berlin"))
