@@ -29,6 +29,19 @@ def migrate(env=None):
     subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=REPO, env=env, check=True)
 
 
+def in_process_env(db, **extra):
+    """The environment of a benchmark that runs Django in its own process against database `db`
+    (requests through the test client: no server)."""
+    return {
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{db}",
+        "SECRET_KEY": "bench-only",
+        "DEBUG": "0",
+        "ALLOWED_HOSTS": "testserver",
+        "DJANGO_SETTINGS_MODULE": "scheduler.settings",
+        **extra,
+    }
+
+
 def django_setup(env):
     """Set Django up in this process with `env` on top of its environment (the settings read only it)."""
     os.environ.update(env)

@@ -20,7 +20,7 @@ import statistics
 import time
 from datetime import timedelta
 
-from benchlib import REPO, django_setup, machine, migrate, percentile, recreate_database
+from benchlib import REPO, django_setup, in_process_env, machine, migrate, percentile, recreate_database
 
 DB = "gpu_bench_calendar"
 NODES, GPUS_PER_NODE = 16, 4
@@ -32,15 +32,7 @@ def main():
     parser.add_argument("--totals", type=int, nargs="+", default=[1000, 100_000])
     parser.add_argument("--requests", type=int, default=50, help="timed requests per total (after 5 warm-up)")
     args = parser.parse_args()
-    env = {
-        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB}",
-        "SECRET_KEY": "bench-only",
-        "DEBUG": "0",
-        "ALLOWED_HOSTS": "testserver",
-        "DJANGO_SETTINGS_MODULE": "scheduler.settings",
-        "VAR_DIR": str(REPO / "var" / "bench"),
-    }
-    os.environ.update(env)
+    env = in_process_env(DB, VAR_DIR=str(REPO / "var" / "bench"))
     django_setup(env)
     from django.db import connections
 

@@ -14,7 +14,7 @@ import os
 import statistics
 import time
 
-from benchlib import REPO, django_setup, machine, migrate, recreate_database
+from benchlib import REPO, django_setup, in_process_env, machine, migrate, recreate_database
 
 DB = "gpu_bench_layers"
 AXES = "axes.middleware.AxesMiddleware"
@@ -43,13 +43,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    env = {
-        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB}",
-        "SECRET_KEY": "bench-only",
-        "DEBUG": "0",
-        "ALLOWED_HOSTS": "testserver",
-        "DJANGO_SETTINGS_MODULE": "scheduler.settings",
-    }
+    env = in_process_env(DB)
     version = recreate_database(DB)
     migrate(env={**os.environ, **env})
     django_setup(env)
