@@ -36,16 +36,17 @@ def calendar_page(request):
     if _is_id(resume):
         initial.update(train=True, resume_from=int(resume))
     form = BookingForm(user=request.user, initial=initial)
+    teams = list(Team.objects.order_by("name"))
     return render(request, "web/calendar.html", {
         **_form_context(form, gpus),
-        "teams": Team.objects.order_by("name"),
+        "teams": teams,
         "my_teams": form.fields["team"].queryset,
         "resources": _resources(gpus),
         "waitlisted": selectors.waitlisted(now=now),
         "config": {
             "events": reverse("web:events"),
             "bookingUrl": reverse("web:booking", args=[0]).removesuffix("0/"),
-            "teams": {team.slug: team.name for team in Team.objects.all()},
+            "teams": {team.slug: team.name for team in teams},
             "slotMinutes": settings.SLOT_MINUTES,
             "horizonDays": settings.BOOKING_HORIZON_DAYS,
             "now": now.isoformat(),
