@@ -6,10 +6,11 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from . import queue, services
+from . import metrics, queue, services
 
 
 @shared_task(name="reservations.tasks.tick")
+@metrics.TICK_SECONDS.time()
 def tick():
     """Beat's clock: reclaim preempted GPUs, advance statuses, settle the waitlist, drop stale
     idempotency records."""

@@ -5,6 +5,7 @@ broker under var/); production points DATABASE_URL at PostgreSQL and CELERY_BROK
 Every helper below fails loudly on a value it cannot read, so a typo never becomes a silent default.
 """
 
+import ipaddress
 import os
 import re
 from datetime import timedelta
@@ -112,6 +113,18 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 # and ignore the header, which a client could otherwise forge to dodge its limit.
 NUM_PROXIES = env_int("NUM_PROXIES", 0, minimum=0)
 
+# --- Metrics (README "Operations: metrics") ---
+# /metrics answers the client addresses in METRICS_ALLOWED_IPS (addresses or networks, the address
+# read as NUM_PROXIES says) and requests with "Authorization: Bearer <METRICS_BEARER_TOKEN>";
+# everyone else gets 403. An empty list and no token close it altogether.
+METRICS_BEARER_TOKEN = env_str("METRICS_BEARER_TOKEN", "")
+try:
+    METRICS_ALLOWED_IPS = [
+        ipaddress.ip_network(entry, strict=False) for entry in env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
+    ]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"METRICS_ALLOWED_IPS must be addresses or networks (10.0.0.0/8): {exc}") from None
+
 # --- Booking policy knobs (read by reservations.policy) ---
 SLOT_HOURS = env_int("SLOT_HOURS", 2, minimum=1)
 # The slot in minutes; SLOT_MINUTES overrides SLOT_HOURS for short slots (demos, end-to-end tests).
@@ -168,9 +181,12 @@ INSTALLED_APPS = [
     "reservations",
     "trainer",
     "web",
+    "ops",
 ]
 
 MIDDLEWARE = [
+    # First, so a request's measured time includes all the other middleware.
+    "ops.middleware.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -2,11 +2,15 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from ops import views as ops_views
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("reservations.api.urls")),
     path("api/v1/", include("trainer.api")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    # Prometheus scrapes it; restricted to METRICS_ALLOWED_IPS or METRICS_BEARER_TOKEN.
+    path("metrics", ops_views.metrics, name="metrics"),
     # Its start-up script from its own URL rather than inline, as the Content Security Policy asks.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="swagger-ui"),
     # The pages: the calendar at the root.

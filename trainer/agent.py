@@ -23,7 +23,7 @@ from reservations import policy
 from reservations.models import Node, Reservation
 from reservations.services import node_register
 
-from . import services
+from . import metrics, services
 from .hardware import detect
 from .models import TrainingJob
 from .process import spawn, stop
@@ -38,6 +38,7 @@ class NodeAgent:
         self.hardware = hardware
         self.children = {}  # job id -> Popen
         self.killed = set()  # job ids killed after the stop grace
+        self.seen_running = set()  # job ids whose start latency is recorded
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -107,6 +108,9 @@ class NodeAgent:
                 self.request_stop(job.pk, self._stop_reason(job, reservation, now))
             elif not running and job.status in TrainingJob.WAITING and policy.job_window_open(reservation, now):
                 self._start(job)
+            elif running and job.status == Status.RUNNING and job.pk not in self.seen_running:
+                self.seen_running.add(job.pk)
+                metrics.observe_start(job, reservation)
 
     def _should_stop(self, job, reservation, now):
         if job.status == Status.STOPPING:
@@ -166,6 +170,7 @@ class NodeAgent:
             if process is None or getattr(process, "stop_sent", False):
                 return
             process.stop_sent = True
+            process.stop_asked = time.monotonic()
         threading.Thread(target=self._stop, args=(job_id, process), daemon=True).start()
 
     def _stop(self, job_id, process):
@@ -175,7 +180,10 @@ class NodeAgent:
             with self.lock:
                 self.killed.add(job_id)
 
-        stop(process, settings.STOP_GRACE_SECONDS, before_kill=mark_killed)
+        if stop(process, settings.STOP_GRACE_SECONDS, before_kill=mark_killed):
+            metrics.STOP_SECONDS.labels(phase="checkpoint").observe(time.monotonic() - process.stop_asked)
+        else:
+            metrics.STOP_KILLS.inc()
 
     def _wait(self, job_id, process):
         returncode = process.wait()
@@ -183,6 +191,7 @@ class NodeAgent:
             self.children.pop(job_id, None)
             killed = job_id in self.killed
             self.killed.discard(job_id)
+            self.seen_running.discard(job_id)
         try:
             close_old_connections()
             job = services.job_exited(job_id=job_id, returncode=returncode, killed=killed)
@@ -192,6 +201,8 @@ class NodeAgent:
                     services.release_after_finish(reservation_id=job.reservation_id, job_id=job_id)
         finally:
             connection.close()
+        if hasattr(process, "stop_asked"):
+            metrics.STOP_SECONDS.labels(phase="gpu_free").observe(time.monotonic() - process.stop_asked)
         self.nudge()  # its devices are free: a waiting gang may start now
 
 

@@ -7,7 +7,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from . import queue, services
+from . import metrics, queue, services
 from .agent import reconcile_soon
 
 START_LOOKAHEAD = timedelta(seconds=30)
@@ -25,6 +25,7 @@ def stop_job(job_id, reason):
 
 
 @shared_task(name="trainer.tasks.reconcile")
+@metrics.RECONCILE_SECONDS.time()
 def reconcile():
     """Central, level-triggered: lost nodes, precise start nudges, early release, end-of-slot and
     node-away notices."""

@@ -3,6 +3,7 @@
 from django.db.models import Prefetch
 from django.utils import timezone
 
+from .. import metrics
 from ..models import Allocation, AuditEntry, IdempotencyRecord, Reservation
 from .audit import snapshot
 from .locks import service_transaction
@@ -42,6 +43,7 @@ def reservations_advance(*, now=None):
             Reservation.objects.filter(pk__in=[r.pk for r in due]).update(status=new, updated=now)
             AuditEntry.objects.bulk_create(entries)
             changed += len(due)
+        metrics.BOOKING_TRANSITIONS.labels(to=new).inc(len(due))  # after the commit: only what happened
     return changed
 
 

@@ -1,0 +1,163 @@
+"""Product metrics read from the database at scrape time: one cheap query per family.
+
+They are gauges of what the database holds (and counters where it only ever grows, like the audit
+log), so every web worker reports the same numbers and nothing needs adding up across processes.
+"""
+
+import logging
+from datetime import timedelta
+
+from django.db import DatabaseError
+from django.db.models import Count, Q
+from django.utils import timezone
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from reservations.models import Allocation, AuditEntry, Node, Notice, Reservation
+from trainer.models import TrainingJob
+
+log = logging.getLogger(__name__)
+
+WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
+PREEMPTION_OUTCOMES = {
+    AuditEntry.Action.PREEMPT: "scheduled",
+    AuditEntry.Action.RECLAIM: "reclaimed",
+    AuditEntry.Action.REBOOK: "rebooked",
+    AuditEntry.Action.WITHDRAW: "withdrawn",
+}
+
+
+def _overlap_hours(start, end, since, until):
+    seconds = (min(end, until) - max(start, since)).total_seconds()
+    return max(seconds, 0.0) / 3600
+
+
+class DatabaseCollector:
+    """A prometheus_client custom collector; `now` fixes the clock for tests."""
+
+    def __init__(self, now=None):
+        self.now = now
+
+    def describe(self):
+        # Nothing: describing must not query the database (a registry may describe at register time).
+        return []
+
+    def collect(self):
+        now = self.now or timezone.now()
+        up = GaugeMetricFamily("gpu_scheduler_database_up", "1 when the database answered this scrape's queries.")
+        try:
+            families = [
+                *self._bookings(),
+                *self._gpu_hours(now),
+                self._preemptions(),
+                self._jobs(),
+                self._heartbeats(now),
+                self._notices(),
+            ]
+        except DatabaseError:
+            log.exception("metrics: the database did not answer")
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _bookings(self):
+        bookings = GaugeMetricFamily(
+            "gpu_scheduler_bookings", "Bookings by status and priority.", labels=["status", "priority"]
+        )
+        waitlist = GaugeMetricFamily("gpu_scheduler_waitlist_length", "Waitlisted requests.")
+        counts = {(s, p): 0 for s in Reservation.Status.values for p in Reservation.Priority.values}
+        for row in Reservation.objects.order_by().values("status", "priority").annotate(n=Count("id")):
+            counts[row["status"], row["priority"]] = row["n"]
+        for (status, priority), n in sorted(counts.items()):
+            bookings.add_metric([status, priority], n)
+        waitlist.add_metric([], sum(n for (status, _), n in counts.items() if status == Reservation.Status.WAITLISTED))
+        return bookings, waitlist
+
+    def _gpu_hours(self, now):
+        """Booked: GPU-hours held by bookings in the window. Used: GPU-hours in which a job trained
+        on its booking (its run intersected with the booking, times the booking's GPUs)."""
+        since = now - max(WINDOWS.values())
+        booked = GaugeMetricFamily(
+            "gpu_scheduler_booked_gpu_hours", "GPU-hours booked over the last window (up to now).", labels=["window"]
+        )
+        used = GaugeMetricFamily(
+            "gpu_scheduler_used_gpu_hours",
+            "GPU-hours in which a training job ran on its booking over the last window.",
+            labels=["window"],
+        )
+        held = list(
+            Allocation.objects.filter(live=True, start__lt=now, end__gt=since).values_list("start", "end")
+        )
+        runs = list(
+            TrainingJob.objects.filter(started_at__lt=now)
+            .filter(Q(ended_at__gt=since) | Q(ended_at=None, status__in=TrainingJob.LIVE))
+            .values_list("started_at", "ended_at", "reservation__start", "reservation__end", "reservation__gpu_count")
+        )
+        for window, length in WINDOWS.items():
+            start = now - length
+            booked.add_metric([window], sum(_overlap_hours(a, b, start, now) for a, b in held))
+            used.add_metric(
+                [window],
+                sum(
+                    gpus * _overlap_hours(max(ran, begin), min(ended or now, end), start, now)
+                    for ran, ended, begin, end, gpus in runs
+                ),
+            )
+        return booked, used
+
+    def _preemptions(self):
+        family = CounterMetricFamily(
+            "gpu_scheduler_preemptions",
+            "Preemption steps from the audit log: scheduled (a victim warned), reclaimed (its GPUs taken), "
+            "rebooked (its rest booked again), withdrawn (the preemptor went away first).",
+            labels=["outcome"],
+        )
+        counts = dict.fromkeys(PREEMPTION_OUTCOMES.values(), 0)
+        rows = (
+            AuditEntry.objects.filter(action__in=list(PREEMPTION_OUTCOMES))
+            .order_by()
+            .values_list("action")
+            .annotate(n=Count("id"))
+        )
+        for action, n in rows:
+            counts[PREEMPTION_OUTCOMES[action]] = n
+        for outcome, n in counts.items():
+            family.add_metric([outcome], n)
+        return family
+
+    def _jobs(self):
+        family = GaugeMetricFamily("gpu_scheduler_jobs", "Training jobs by status.", labels=["status"])
+        counts = dict.fromkeys(TrainingJob.Status.values, 0)
+        counts.update(TrainingJob.objects.order_by().values_list("status").annotate(n=Count("id")))
+        for status, n in counts.items():
+            family.add_metric([status], n)
+        return family
+
+    def _heartbeats(self, now):
+        family = GaugeMetricFamily(
+            "gpu_scheduler_node_heartbeat_age_seconds",
+            "Seconds since each node's agent last sent a heartbeat (nodes that never sent one are left out).",
+            labels=["node"],
+        )
+        for hostname, last in Node.objects.exclude(last_heartbeat=None).values_list("hostname", "last_heartbeat"):
+            family.add_metric([hostname], max((now - last).total_seconds(), 0.0))
+        return family
+
+    def _notices(self):
+        family = GaugeMetricFamily(
+            "gpu_scheduler_notice_deliveries",
+            "Notices delivered outside the app, by channel, and webhook deliveries that failed (an error on "
+            "record: retrying, or given up).",
+            labels=["channel", "result"],
+        )
+        totals = Notice.objects.aggregate(
+            emailed=Count("id", filter=~Q(emailed_at=None)),
+            webhook_delivered=Count("id", filter=~Q(webhook_delivered_at=None)),
+            webhook_failed=Count("id", filter=Q(webhook_delivered_at=None) & ~Q(webhook_error="")),
+        )
+        family.add_metric(["email", "delivered"], totals["emailed"])
+        family.add_metric(["webhook", "delivered"], totals["webhook_delivered"])
+        family.add_metric(["webhook", "failed"], totals["webhook_failed"])
+        return family

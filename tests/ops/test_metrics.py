@@ -1,0 +1,192 @@
+import ipaddress
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import requests
+from django.conf import settings
+from django.db import connection
+from django.test import Client
+from django.utils import timezone
+from prometheus_client import generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+from rest_framework.authtoken.models import Token
+
+from ops.metrics import scrape
+from reservations import services, tasks
+from reservations.models import Reservation
+from trainer.models import TrainingJob
+
+from ..support import NEXT_SLOT, book, client_for, make_user, wait_for
+
+DASHBOARD = Path(settings.BASE_DIR) / "docs" / "ops" / "grafana-dashboard.json"
+# What each node worker's exporter serves (README "Operations: GPU health and alerts").
+NODE_EXPORTER_NAMES = {"gpu_utilization_percent", "gpu_temp_celsius", "gpu_memory_used_mib"}
+
+
+def samples(text):
+    """{(sample name, sorted labels): value} of a Prometheus text exposition."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def scraped(now=None):
+    return samples(generate_latest(scrape(now)).decode())
+
+
+def value(found, name, **labels):
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+# --- who may scrape ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_metrics_answer_the_local_monitor_in_prometheus_text():
+    response = Client().get("/metrics")
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain; version=")
+    assert value(samples(response.content.decode()), "gpu_scheduler_database_up") == 1
+
+
+@pytest.mark.django_db
+def test_metrics_refuse_an_address_not_listed_without_a_token():
+    response = Client(REMOTE_ADDR="203.0.113.9").get("/metrics")
+
+    assert response.status_code == 403
+    assert b"gpu_scheduler" not in response.content
+
+
+@pytest.mark.django_db
+def test_metrics_refuse_a_wrong_bearer_token_and_answer_the_right_one(settings):
+    settings.METRICS_BEARER_TOKEN = "s3cret-scrape-token"
+    client = Client(REMOTE_ADDR="203.0.113.9")
+
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 403
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Token s3cret-scrape-token").status_code == 403
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret-scrape-token").status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_listed_network_may_scrape_and_a_forwarded_address_counts_only_behind_a_trusted_proxy(settings):
+    settings.METRICS_ALLOWED_IPS = [ipaddress.ip_network("10.0.0.0/8")]
+    forged = {"REMOTE_ADDR": "203.0.113.9", "HTTP_X_FORWARDED_FOR": "10.1.2.3"}
+
+    assert Client(REMOTE_ADDR="10.1.2.3").get("/metrics").status_code == 200
+    assert Client(**forged).get("/metrics").status_code == 403
+    settings.NUM_PROXIES = 1
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    assert Client(**forged).get("/metrics").status_code == 200
+
+
+@pytest.mark.django_db
+def test_metrics_are_get_only():
+    assert Client().post("/metrics").status_code == 405
+
+
+# --- product gauges, read from the database -----------------------------------------------------
+
+
+@pytest.mark.usefixtures("frozen")
+def test_booking_and_cancelling_show_in_the_booking_gauges(cluster, owner):
+    gpus = cluster["node1"]
+    kept = book(owner, gpus[:1])
+    cancelled = book(owner, gpus[1:2], start=NEXT_SLOT + timedelta(hours=2))
+    book(owner, gpus[:1], waitlist=True)
+    services.reservation_cancel(reservation_id=cancelled.pk, actor=owner)
+
+    found = scraped()
+
+    assert value(found, "gpu_scheduler_bookings", status="confirmed", priority="normal") == 1
+    assert value(found, "gpu_scheduler_bookings", status="cancelled", priority="normal") == 1
+    assert value(found, "gpu_scheduler_bookings", status="waitlisted", priority="normal") == 1
+    assert value(found, "gpu_scheduler_bookings", status="active", priority="high") == 0
+    assert value(found, "gpu_scheduler_waitlist_length") == 1
+    assert Reservation.objects.get(pk=kept.pk).status == Reservation.Status.CONFIRMED
+
+
+@pytest.mark.usefixtures("frozen")
+def test_a_job_that_ran_shows_as_used_gpu_hours_beside_the_booked_ones(cluster, owner):
+    booking = book(owner, cluster["node1"][:2])  # 10:00-12:00 on two GPUs
+    TrainingJob.objects.create(
+        reservation=booking, spec={}, epochs=1, status=TrainingJob.Status.COMPLETED,
+        started_at=NEXT_SLOT + timedelta(minutes=30), ended_at=NEXT_SLOT + timedelta(minutes=90),
+    )
+
+    found = scraped(now=NEXT_SLOT + timedelta(hours=3))
+
+    assert value(found, "gpu_scheduler_booked_gpu_hours", window="24h") == pytest.approx(4)
+    assert value(found, "gpu_scheduler_used_gpu_hours", window="24h") == pytest.approx(2)
+    assert value(found, "gpu_scheduler_used_gpu_hours", window="7d") == pytest.approx(2)
+    assert value(found, "gpu_scheduler_jobs", status="completed") == 1
+    # A day and a half later the 24-hour window has left it behind; the week still holds it.
+    later = scraped(now=NEXT_SLOT + timedelta(hours=36))
+    assert value(later, "gpu_scheduler_used_gpu_hours", window="24h") == 0
+    assert value(later, "gpu_scheduler_booked_gpu_hours", window="7d") == pytest.approx(4)
+
+
+@pytest.mark.usefixtures("frozen")
+def test_a_running_job_counts_up_to_now_and_a_node_shows_its_heartbeat_age(cluster, owner):
+    booking = book(owner, cluster["node2"][:1])
+    TrainingJob.objects.create(
+        reservation=booking, spec={}, epochs=1, status=TrainingJob.Status.RUNNING, started_at=NEXT_SLOT
+    )
+    node = cluster["node2"][0].node
+    node.last_heartbeat = NEXT_SLOT
+    node.save()
+
+    found = scraped(now=NEXT_SLOT + timedelta(minutes=45))
+
+    assert value(found, "gpu_scheduler_used_gpu_hours", window="24h") == pytest.approx(0.75)
+    assert value(found, "gpu_scheduler_jobs", status="running") == 1
+    assert value(found, "gpu_scheduler_node_heartbeat_age_seconds", node="node2") == 45 * 60
+
+
+# --- event metrics, recorded where they happen ---------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_an_api_call_is_timed_under_its_view_name_not_its_path(owner):
+    before = scraped()
+    client_for(owner).get("/api/v1/reservations/")
+    client_for(owner).get("/api/v1/reservations/999999/")
+
+    found = scraped()
+
+    name = "gpu_scheduler_http_request_duration_seconds_count"
+    assert value(found, name, view="reservation-list", method="GET", status="200") - value(
+        before, name, view="reservation-list", method="GET", status="200"
+    ) == 1
+    assert value(found, name, view="reservation-detail", method="GET", status="404") - value(
+        before, name, view="reservation-detail", method="GET", status="404"
+    ) == 1
+    assert not any("999999" in str(labels) for (_, labels) in found)
+
+
+@pytest.mark.usefixtures("frozen")
+def test_the_tick_records_its_duration_and_the_bookings_it_moved(cluster, owner, frozen):
+    book(owner, cluster["node1"][:1])
+    before = scraped()
+    frozen.move_to(NEXT_SLOT + timedelta(minutes=1))
+
+    tasks.tick()
+
+    found = scraped()
+    assert value(found, "gpu_scheduler_tick_duration_seconds_count") - value(
+        before, "gpu_scheduler_tick_duration_seconds_count"
+    ) == 1
+    assert value(found, "gpu_scheduler_booking_transitions_total", to="active") - value(
+        before, "gpu_scheduler_booking_transitions_total", to="active"
+    ) == 1
