@@ -115,6 +115,55 @@ class GPU(models.Model):
         return f"{self.node.hostname}/gpu{self.index}"
 
 
+class GpuReading(models.Model):
+    """A GPU's latest telemetry, sent by its node's agent with each heartbeat, and where its health
+    check stands (services.health). Readings a device cannot give are empty."""
+
+    gpu = models.OneToOneField(GPU, on_delete=models.CASCADE, primary_key=True, related_name="reading")
+    at = models.DateTimeField()
+    temperature_c = models.FloatField(null=True, blank=True)
+    memory_used_mb = models.PositiveIntegerField(null=True, blank=True, help_text="MiB")
+    memory_free_mb = models.PositiveIntegerField(null=True, blank=True, help_text="MiB")
+    utilization_pct = models.FloatField(null=True, blank=True)
+    power_w = models.FloatField(null=True, blank=True)
+    ecc_errors = models.BigIntegerField(null=True, blank=True, help_text="Volatile uncorrected ECC errors.")
+    xid_errors = models.BigIntegerField(null=True, blank=True, help_text="Critical XID events since the agent started.")
+    # Set while the health check has the GPU out of service; clean readings in a row since then.
+    failed_since = models.DateTimeField(null=True, blank=True)
+    failed_reason = models.TextField(blank=True)
+    clean_readings = models.PositiveIntegerField(default=0)
+
+    def __str__(self):
+        return f"{self.gpu_id} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class GpuAlert(models.Model):
+    """One alert episode: opened when a reading crosses its threshold, ended when readings are back
+    under it. At most one open episode per GPU and kind, so a GPU that stays hot alerts once."""
+
+    class Kind(models.TextChoices):
+        TEMPERATURE = "temperature", "Temperature"
+        MEMORY = "memory", "Memory"
+        ECC = "ecc", "ECC errors"
+        XID = "xid", "XID errors"
+
+    gpu = models.ForeignKey(GPU, on_delete=models.CASCADE, related_name="alerts")
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    started = models.DateTimeField()
+    ended = models.DateTimeField(null=True, blank=True)
+    value = models.FloatField(null=True, blank=True, help_text="The reading that opened it.")
+    message = models.TextField()
+
+    class Meta:
+        ordering = ["-started", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["gpu", "kind"], condition=Q(ended=None), name="gpu_alert_one_open")
+        ]
+
+    def __str__(self):
+        return f"{self.kind} on {self.gpu_id} from {self.started:%Y-%m-%d %H:%M}"
+
+
 class Reservation(models.Model):
     class Priority(models.TextChoices):
         HIGH = "high", "High"
@@ -252,6 +301,10 @@ class AuditEntry(models.Model):
         REBOOK = "rebook", "Rebooked after preemption"
         NOTICE = "notice", "Notice sent"
         WITHDRAW = "withdraw", "Preemption withdrawn"
+        GPU_ALERT = "gpu_alert", "GPU alert"
+        GPU_ALERT_END = "gpu_alert_end", "GPU alert cleared"
+        GPU_UNHEALTHY = "gpu_unhealthy", "GPU taken out of service"
+        GPU_HEALTHY = "gpu_healthy", "GPU back in service"
 
     created = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
     actor = models.ForeignKey(
@@ -301,6 +354,9 @@ class Notice(models.Model):
         PREEMPTED = "preempted", "Booking preempted"
         PREEMPTION_WITHDRAWN = "preemption_withdrawn", "Preemption withdrawn"
         NODE_OFFLINE = "node_offline", "Node offline"
+        GPU_ALERT = "gpu_alert", "GPU alert"
+        GPU_UNHEALTHY = "gpu_unhealthy", "GPU out of service"
+        GPU_RECOVERED = "gpu_recovered", "GPU back in service"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notices")
     kind = models.CharField(max_length=30, choices=Kind.choices)

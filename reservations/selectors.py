@@ -440,3 +440,18 @@ def memberships_of(user):
 def gpu_names(gpu_ids):
     """{GPU id: "node/gpuN"} for `gpu_ids` (suggested windows name their GPUs by id)."""
     return {gpu.pk: gpu.name for gpu in GPU.objects.filter(pk__in=gpu_ids).select_related("node")}
+
+
+# --- GPU health -------------------------------------------------------------------------------
+
+
+def gpu_bookings_ahead(*, gpu_id, now):
+    """The live bookings holding `gpu_id` now or later (confirmed or active, not yet ended), soonest
+    first: whom a GPU's alert or failure concerns."""
+    return list(
+        Reservation.objects.filter(
+            status__in=policy.LIVE_STATUSES, end__gt=now, allocations__gpu_id=gpu_id, allocations__live=True
+        )
+        .select_related("user", "team")
+        .order_by("start", "id")
+    )

@@ -158,9 +158,21 @@ JOB_HOOKS = "trainer.hooks.TrainerJobs"
 CPU_DEVICE_COUNT = env_int("CPU_DEVICE_COUNT", 2, minimum=1)
 # "auto": NVIDIA GPUs when NVML finds some, else CPU devices; "cpu": CPU devices even on a GPU machine
 # (the tests' node workers, whose checks expect CPU devices wherever they run).
+# "double:<json file>": a device double whose devices and readings come from that file (tests of the
+# GPU health alerts with real node workers; rehearsing the alerts).
 NODE_DEVICES = env_str("NODE_DEVICES", "auto")
-if NODE_DEVICES not in ("auto", "cpu"):
-    raise ImproperlyConfigured(f"NODE_DEVICES must be auto or cpu, got {NODE_DEVICES!r}")
+if NODE_DEVICES not in ("auto", "cpu") and not (NODE_DEVICES.startswith("double:") and len(NODE_DEVICES) > 7):
+    raise ImproperlyConfigured(f"NODE_DEVICES must be auto, cpu or double:<json file>, got {NODE_DEVICES!r}")
+# GPU telemetry and health (README "Operations: GPU health and alerts"): each node worker serves its
+# GPUs' readings for Prometheus on NODE_METRICS_PORT (0: off) and sends them with its heartbeat. A
+# reading at or over an alert threshold opens an alert episode (one notice per episode); a new ECC or
+# XID error, or a temperature at or over GPU_TEMP_FAIL_CELSIUS, takes the GPU out of booking until
+# GPU_RECOVERY_READINGS heartbeats in a row are clean.
+NODE_METRICS_PORT = env_int("NODE_METRICS_PORT", 9400, minimum=0)
+GPU_TEMP_ALERT_CELSIUS = env_float("GPU_TEMP_ALERT_CELSIUS", 85.0, minimum=0)
+GPU_TEMP_FAIL_CELSIUS = env_float("GPU_TEMP_FAIL_CELSIUS", 95.0, minimum=0)
+GPU_MEMORY_ALERT_PCT = env_float("GPU_MEMORY_ALERT_PCT", 95.0, minimum=0)
+GPU_RECOVERY_READINGS = env_int("GPU_RECOVERY_READINGS", 3, minimum=1)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -3,6 +3,7 @@ own that also writes its audit entry. Locks are taken in the one order that lock
 
 The package follows the seams of the work: locks, audit, notices, records (writes the flows share),
 booking, preemption, changes (cancel, transfer, edit, move, release), waitlist, clock, inventory,
+health (GPU readings, alerts, taking a failing GPU out of booking),
 directory (sign-in groups), tokens (API tokens). Callers use the names below.
 """
 
@@ -18,6 +19,7 @@ from .changes import (
 )
 from .clock import idempotency_prune, reservations_advance
 from .directory import DirectoryTeam, user_directory_sync
+from .health import gpu_readings_record
 from .inventory import Device, node_register
 from .notices import (
     notice_email,
@@ -37,6 +39,7 @@ __all__ = [
     "api_token_for",
     "api_token_rotate",
     "audit_record",
+    "gpu_readings_record",
     "idempotency_prune",
     "node_register",
     "notice_email",

@@ -1,0 +1,260 @@
+"""GPU health from the readings node agents send with their heartbeats.
+
+Alerts come in episodes: an episode opens when a reading crosses its threshold (temperature at or
+over GPU_TEMP_ALERT_CELSIUS, memory use at or over GPU_MEMORY_ALERT_PCT, a new ECC or XID error) and
+ends when readings are back under it, so a GPU that stays hot for an hour alerts once, not at every
+heartbeat. Each opening tells the owner of the booking on the GPU now and every admin (staff), by
+notice, e-mail and webhook, and is audited on "gpu:<id>".
+
+A new ECC or XID error, or a temperature at or over GPU_TEMP_FAIL_CELSIUS, fails the health check:
+the GPU is taken out of booking (healthy=False, which every free-window search and pick filters on),
+the owners of its bookings still ahead are told with the nearest free window of the same size on
+healthy GPUs, and it comes back after GPU_RECOVERY_READINGS clean readings in a row. The ECC and XID
+episodes stay open while the GPU is out and end when it comes back.
+"""
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from .. import selectors
+from ..models import GPU, AuditEntry, GpuAlert, GpuReading, Notice
+from .audit import audit_record
+from .locks import lock_gpus, service_transaction
+from .notices import notice_send
+
+READING_FIELDS = (
+    "temperature_c", "memory_used_mb", "memory_free_mb", "utilization_pct", "power_w", "ecc_errors", "xid_errors"
+)
+# Error episodes end with the health check, not with the reading that opened them.
+ERROR_KINDS = (GpuAlert.Kind.ECC, GpuAlert.Kind.XID)
+
+
+@dataclass
+class _Crossing:
+    kind: str
+    value: float
+    message: str
+
+
+def gpu_readings_record(*, node, readings, now=None):
+    """Store the latest reading of each of `node`'s GPUs (objects with `index` and READING_FIELDS,
+    None for what a device cannot read), and act on what they say. Returns the GPUs whose health
+    changed, as {gpu id: "unhealthy" | "healthy"}."""
+    now = now or timezone.now()
+    changed = {}
+    with service_transaction():
+        # The node's GPUs in id order (2nd in locks.py's order): the health flag is what booking
+        # picks read under these locks. Bookings are only read here, never locked.
+        lock_gpus(node.gpus.values("id"))
+        gpus = {g.index: g for g in GPU.objects.filter(node=node).select_related("node")}
+        latest = {r.gpu_id: r for r in GpuReading.objects.filter(gpu__node=node)}
+        open_alerts = {}
+        for alert in GpuAlert.objects.filter(gpu__node=node, ended=None):
+            open_alerts.setdefault(alert.gpu_id, {})[alert.kind] = alert
+        for reading in readings:
+            gpu = gpus.get(reading.index)
+            if gpu is None:
+                continue  # registered at the next start of the agent
+            outcome = _record(gpu, reading, latest.get(gpu.pk), open_alerts.get(gpu.pk, {}), now)
+            if outcome:
+                changed[gpu.pk] = outcome
+    return changed
+
+
+def _record(gpu, reading, before, open_alerts, now):
+    values = {name: getattr(reading, name, None) for name in READING_FIELDS}
+    new_ecc = _new_errors(before.ecc_errors if before else None, values["ecc_errors"])
+    new_xid = _new_errors(before.xid_errors if before else None, values["xid_errors"])
+    crossings = _crossings(gpu, values, new_ecc, new_xid)
+    row = before or GpuReading(gpu=gpu)
+    row.at = now
+    for name, value in values.items():
+        setattr(row, name, value)
+
+    for crossing in crossings:
+        if crossing.kind not in open_alerts:
+            _alert_open(gpu, crossing, values, now)
+    live = {c.kind for c in crossings}
+    for kind, alert in open_alerts.items():
+        if kind not in live and kind not in ERROR_KINDS:
+            _alert_end(gpu, alert, now)
+
+    failures = _failures(gpu, values, new_ecc, new_xid)
+    outcome = None
+    if failures:
+        row.clean_readings = 0
+        if row.failed_since is None:
+            row.failed_since, row.failed_reason = now, "; ".join(failures)
+            _take_out(gpu, row.failed_reason, values, now)
+            outcome = "unhealthy"
+    elif row.failed_since is not None:
+        row.clean_readings += 1
+        if row.clean_readings >= settings.GPU_RECOVERY_READINGS:
+            _bring_back(gpu, row, open_alerts, values, now)
+            row.failed_since, row.failed_reason, row.clean_readings = None, "", 0
+            outcome = "healthy"
+    if row.failed_since is not None and gpu.healthy:
+        # node_register marks every device it finds healthy when a worker starts: a GPU the health
+        # check has out stays out until its clean readings bring it back.
+        GPU.objects.filter(pk=gpu.pk).update(healthy=False)
+    row.save()
+    return outcome
+
+
+def _new_errors(before, now):
+    """Errors since the previous reading. A count that went down was reset (the driver reloaded, or
+    the agent restarted and counts its XID events afresh): all of it is new."""
+    if now is None:
+        return 0
+    if before is None or now < before:
+        return now
+    return now - before
+
+
+def _crossings(gpu, values, new_ecc, new_xid):
+    found = []
+    temperature = values["temperature_c"]
+    if temperature is not None and temperature >= settings.GPU_TEMP_ALERT_CELSIUS:
+        found.append(_Crossing(
+            GpuAlert.Kind.TEMPERATURE, temperature,
+            f"{gpu.name} is at {temperature:g} °C (alert at {settings.GPU_TEMP_ALERT_CELSIUS:g} °C).",
+        ))
+    used, free = values["memory_used_mb"], values["memory_free_mb"]
+    if used is not None and free is not None and used + free > 0:
+        percent = 100 * used / (used + free)
+        if percent >= settings.GPU_MEMORY_ALERT_PCT:
+            found.append(_Crossing(
+                GpuAlert.Kind.MEMORY, round(percent, 1),
+                f"{gpu.name} has {percent:.1f}% of its memory in use (alert at {settings.GPU_MEMORY_ALERT_PCT:g}%).",
+            ))
+    if new_ecc:
+        found.append(_Crossing(
+            GpuAlert.Kind.ECC, values["ecc_errors"],
+            f"{gpu.name} reported {new_ecc} new uncorrected ECC error(s) ({values['ecc_errors']} in all).",
+        ))
+    if new_xid:
+        found.append(_Crossing(
+            GpuAlert.Kind.XID, values["xid_errors"], f"{gpu.name} reported {new_xid} new critical XID error(s).",
+        ))
+    return found
+
+
+def _failures(gpu, values, new_ecc, new_xid):
+    failures = []
+    if new_ecc:
+        failures.append(f"{new_ecc} new uncorrected ECC error(s)")
+    if new_xid:
+        failures.append(f"{new_xid} new critical XID error(s)")
+    temperature = values["temperature_c"]
+    if temperature is not None and temperature >= settings.GPU_TEMP_FAIL_CELSIUS:
+        failures.append(f"{temperature:g} °C, at or over the hard limit of {settings.GPU_TEMP_FAIL_CELSIUS:g} °C")
+    return failures
+
+
+def _admins():
+    return list(get_user_model().objects.filter(is_staff=True, is_active=True).order_by("id"))
+
+
+def _alert_open(gpu, crossing, values, now):
+    GpuAlert.objects.create(gpu=gpu, kind=crossing.kind, started=now, value=crossing.value, message=crossing.message)
+    audit_record(
+        action=AuditEntry.Action.GPU_ALERT, target=f"gpu:{gpu.pk}", reason=crossing.message,
+        after={"alert": crossing.kind, "reading": values},
+    )
+    data = {"gpu": gpu.pk, "gpu_name": gpu.name, "alert": crossing.kind, "value": crossing.value, "reading": values}
+    told = set()
+    now_on_it = [r for r in selectors.gpu_bookings_ahead(gpu_id=gpu.pk, now=now) if r.start <= now]
+    for reservation in now_on_it:
+        if reservation.user_id not in told:
+            told.add(reservation.user_id)
+            notice_send(
+                user=reservation.user, kind=Notice.Kind.GPU_ALERT, reservation=reservation,
+                message=f"{crossing.message} Your booking #{reservation.pk} is using it.",
+                data=data | {"booking_url": f"/bookings/{reservation.pk}/"},
+            )
+    for admin in _admins():
+        if admin.pk not in told:
+            notice_send(user=admin, kind=Notice.Kind.GPU_ALERT, message=crossing.message, data=data)
+
+
+def _alert_end(gpu, alert, now):
+    GpuAlert.objects.filter(pk=alert.pk).update(ended=now)
+    audit_record(
+        action=AuditEntry.Action.GPU_ALERT_END, target=f"gpu:{gpu.pk}",
+        reason=f"{gpu.name}: {alert.get_kind_display().lower()} back under its threshold.",
+    )
+
+
+def _take_out(gpu, reason, values, now):
+    GPU.objects.filter(pk=gpu.pk).update(healthy=False)
+    gpu.healthy = False  # the free-window search below must not offer it
+    message = f"{gpu.name} failed its health check ({reason}) and takes no new bookings."
+    audit_record(
+        action=AuditEntry.Action.GPU_UNHEALTHY, target=f"gpu:{gpu.pk}", reason=message,
+        before={"healthy": True}, after={"healthy": False, "reading": values},
+    )
+    told = set()
+    for reservation in selectors.gpu_bookings_ahead(gpu_id=gpu.pk, now=now):
+        told.add(reservation.user_id)
+        suggestion = _suggested_move(reservation, now)
+        url = f"/bookings/{reservation.pk}/"
+        if suggestion:
+            where = (
+                f" The nearest free window of the same size on healthy GPUs: {', '.join(suggestion['gpu_names'])}"
+                f" from {suggestion['start']:%Y-%m-%d %H:%M} to {suggestion['end']:%H:%M} UTC."
+            )
+        else:
+            where = " No free window of the same size on healthy GPUs was found within the booking horizon."
+        notice_send(
+            user=reservation.user, kind=Notice.Kind.GPU_UNHEALTHY, reservation=reservation,
+            message=f"{message} Your booking #{reservation.pk} uses it.{where} See {url}",
+            data={"gpu": gpu.pk, "gpu_name": gpu.name, "reason": reason, "suggestion": suggestion, "booking_url": url},
+        )
+    for admin in _admins():
+        if admin.pk not in told:
+            notice_send(
+                user=admin, kind=Notice.Kind.GPU_UNHEALTHY, message=message,
+                data={"gpu": gpu.pk, "gpu_name": gpu.name, "reason": reason},
+            )
+
+
+def _suggested_move(reservation, now):
+    """The nearest free window of the booking's size (as many GPUs, as many slots) on healthy GPUs,
+    from its start (or the next slot, for one under way): what the booking could be moved to."""
+    count = len(reservation.allocation_list) or reservation.gpu_count
+    windows = selectors.booking_suggestions(
+        now=now, start=max(reservation.start, now), slots=reservation.slots, gpu_count=count,
+        allow_multi_node=reservation.allow_multi_node, limit=1,
+    )
+    if not windows:
+        return None
+    window = windows[0]
+    names = selectors.gpu_names(list(window.gpus))
+    return {
+        "gpus": list(window.gpus),
+        "gpu_names": [names[g] for g in window.gpus],
+        "start": window.start,
+        "end": window.end,
+        "slots": reservation.slots,
+    }
+
+
+def _bring_back(gpu, row, open_alerts, values, now):
+    GPU.objects.filter(pk=gpu.pk).update(healthy=True)
+    for kind in ERROR_KINDS:
+        if kind in open_alerts:
+            _alert_end(gpu, open_alerts[kind], now)
+    message = (
+        f"{gpu.name} is back in service: {row.clean_readings} clean readings in a row since it failed"
+        f" its health check ({row.failed_reason})."
+    )
+    audit_record(
+        action=AuditEntry.Action.GPU_HEALTHY, target=f"gpu:{gpu.pk}", reason=message,
+        before={"healthy": False}, after={"healthy": True, "reading": values},
+    )
+    for admin in _admins():
+        notice_send(user=admin, kind=Notice.Kind.GPU_RECOVERED, message=message, data={"gpu": gpu.pk, "gpu_name": gpu.name})
+

@@ -1,0 +1,151 @@
+"""GPU health from the node agents' readings (services.gpu_readings_record): alerts once per episode
+to the booking's owner and the admins, a failing GPU taken out of booking with a suggested move for
+its bookings, and brought back by clean readings in a row."""
+
+from datetime import timedelta
+
+import pytest
+
+from reservations import selectors
+from reservations.models import GPU, AuditEntry, GpuAlert, GpuReading, Notice
+from reservations.services import Device, gpu_readings_record, node_register
+from trainer.hardware import Telemetry
+
+from ..support import NEXT_SLOT, SLOT, book, make_user
+
+pytestmark = pytest.mark.usefixtures("frozen")
+DURING = NEXT_SLOT + timedelta(minutes=10)  # inside the bookings made for NEXT_SLOT
+Action = AuditEntry.Action
+
+
+def reading(index, **values):
+    return Telemetry(**({
+        "index": index, "utilization_pct": 50.0, "memory_used_mb": 1000, "memory_free_mb": 80000,
+        "temperature_c": 50.0, "power_w": 200.0, "ecc_errors": 0, "xid_errors": 0,
+    } | values))
+
+
+def send(node_gpus, now=DURING, **values):
+    """One heartbeat of node1: GPU 0 with `values`, the others normal."""
+    node = node_gpus[0].node
+    return gpu_readings_record(node=node, readings=[reading(0, **values)] + [reading(i) for i in range(1, 4)], now=now)
+
+
+def alerts_to(user, kind=Notice.Kind.GPU_ALERT):
+    return list(Notice.objects.filter(user=user, kind=kind).order_by("id"))
+
+
+@pytest.fixture
+def admin2(db):
+    return make_user("admin2", None, is_staff=True)
+
+
+def test_a_hot_gpu_alerts_its_booking_owner_and_each_admin_once_per_episode(cluster, owner, staff, admin2):
+    gpus = cluster["node1"]
+    booking = book(owner, gpus[:1])
+    for minute in range(3):
+        send(gpus, now=DURING + timedelta(minutes=minute), temperature_c=88.0)
+
+    [to_owner] = alerts_to(owner)
+    assert to_owner.reservation_id == booking.pk and "88 °C" in to_owner.message
+    assert to_owner.data["booking_url"] == f"/bookings/{booking.pk}/" and to_owner.data["alert"] == "temperature"
+    assert len(alerts_to(staff)) == 1 and len(alerts_to(admin2)) == 1
+    assert alerts_to(staff)[0].reservation is None  # the team's webhook hears it once, from the owner's
+    [entry] = AuditEntry.objects.filter(action=Action.GPU_ALERT)
+    assert entry.target == f"gpu:{gpus[0].pk}"
+    assert GPU.objects.get(pk=gpus[0].pk).healthy  # hot is an alert, not a failure
+
+    send(gpus, now=DURING + timedelta(minutes=4), temperature_c=70.0)
+    assert GpuAlert.objects.get(kind="temperature").ended is not None
+    assert AuditEntry.objects.filter(action=Action.GPU_ALERT_END, target=f"gpu:{gpus[0].pk}").count() == 1
+
+    send(gpus, now=DURING + timedelta(minutes=5), temperature_c=86.0)
+    send(gpus, now=DURING + timedelta(minutes=6), temperature_c=87.0)
+    assert len(alerts_to(owner)) == 2 and len(alerts_to(staff)) == 2
+    assert AuditEntry.objects.filter(action=Action.GPU_ALERT).count() == 2
+
+
+def test_no_booking_on_the_gpu_means_only_the_admins_are_told(cluster, owner, staff):
+    send(cluster["node1"], temperature_c=90.0)
+
+    assert alerts_to(owner) == [] and len(alerts_to(staff)) == 1
+
+
+def test_memory_nearly_full_alerts_and_readings_are_stored_in_their_units(cluster, staff):
+    gpus = cluster["node1"]
+    send(gpus, memory_used_mb=78000, memory_free_mb=2000, power_w=312.5)
+
+    [alert] = GpuAlert.objects.filter(gpu=gpus[0], ended=None)
+    assert alert.kind == "memory" and alert.value == 97.5
+    stored = GpuReading.objects.get(gpu=gpus[0])
+    assert (stored.memory_used_mb, stored.memory_free_mb, stored.power_w, stored.at) == (78000, 2000, 312.5, DURING)
+
+
+def test_readings_a_device_cannot_give_are_empty_and_alert_nothing(cluster, staff):
+    gpus = cluster["node1"]
+    send(gpus, temperature_c=None, memory_used_mb=None, memory_free_mb=None, ecc_errors=None, xid_errors=None)
+
+    assert GpuReading.objects.get(gpu=gpus[0]).temperature_c is None
+    assert not GpuAlert.objects.exists() and GPU.objects.get(pk=gpus[0].pk).healthy
+
+
+def test_an_ecc_error_takes_the_gpu_out_and_its_upcoming_owner_is_offered_the_nearest_window(cluster, owner, staff):
+    gpus = cluster["node1"]
+    send(gpus, now=NEXT_SLOT - SLOT)  # the error count so far: none
+    later = book(owner, gpus[:1], start=NEXT_SLOT + SLOT)
+
+    changed = send(gpus, now=NEXT_SLOT - SLOT + timedelta(minutes=1), ecc_errors=1)
+
+    assert changed == {gpus[0].pk: "unhealthy"} and not GPU.objects.get(pk=gpus[0].pk).healthy
+    windows = selectors.find_windows(slots=1, after=NEXT_SLOT, now=NEXT_SLOT - SLOT, gpu_count=1, limit=50)
+    assert windows and all(gpus[0].pk not in w.gpus for w in windows)
+    [notice] = alerts_to(owner, Notice.Kind.GPU_UNHEALTHY)
+    suggestion = notice.data["suggestion"]
+    assert notice.reservation_id == later.pk and f"/bookings/{later.pk}/" in notice.message
+    assert suggestion["start"] == "2030-01-07T12:00:00Z" and suggestion["slots"] == 1
+    assert len(suggestion["gpus"]) == 1 and suggestion["gpus"][0] != gpus[0].pk
+    assert suggestion["gpu_names"][0] in notice.message
+    assert len(alerts_to(staff, Notice.Kind.GPU_UNHEALTHY)) == 1
+    assert AuditEntry.objects.get(action=Action.GPU_UNHEALTHY).target == f"gpu:{gpus[0].pk}"
+    assert GpuAlert.objects.get(gpu=gpus[0], ended=None).kind == "ecc"
+
+
+def test_clean_readings_in_a_row_bring_a_failed_gpu_back(cluster, staff, settings):
+    settings.GPU_RECOVERY_READINGS = 3
+    gpus = cluster["node1"]
+    send(gpus, now=DURING, xid_errors=1)
+    send(gpus, now=DURING + timedelta(seconds=5), xid_errors=1)
+    send(gpus, now=DURING + timedelta(seconds=10), xid_errors=2)  # a new error: counting starts again
+    for second in (15, 20):
+        send(gpus, now=DURING + timedelta(seconds=second), xid_errors=2)
+    assert not GPU.objects.get(pk=gpus[0].pk).healthy
+
+    assert send(gpus, now=DURING + timedelta(seconds=25), xid_errors=2) == {gpus[0].pk: "healthy"}
+
+    assert GPU.objects.get(pk=gpus[0].pk).healthy
+    assert AuditEntry.objects.filter(action=Action.GPU_HEALTHY, target=f"gpu:{gpus[0].pk}").count() == 1
+    assert AuditEntry.objects.filter(action=Action.GPU_UNHEALTHY).count() == 1
+    [back] = alerts_to(staff, Notice.Kind.GPU_RECOVERED)
+    assert "3 clean readings" in back.message
+    assert not GpuAlert.objects.filter(ended=None).exists()
+
+
+def test_a_temperature_at_the_hard_limit_fails_the_gpu(cluster, staff, settings):
+    settings.GPU_TEMP_FAIL_CELSIUS = 95
+    send(cluster["node1"], temperature_c=96.0)
+
+    assert not GPU.objects.get(pk=cluster["node1"][0].pk).healthy
+    assert "hard limit" in AuditEntry.objects.get(action=Action.GPU_UNHEALTHY).reason
+
+
+def test_a_restarted_worker_does_not_bring_a_failed_gpu_back_before_its_clean_readings(cluster, staff):
+    gpus = cluster["node1"]
+    send(gpus, ecc_errors=4)
+    node_register(
+        hostname="node1", devices=[Device(index=i, model="A100", memory_mb=81920, uuid=f"node1-{i}") for i in range(4)]
+    )
+
+    send(gpus, now=DURING + timedelta(seconds=5), ecc_errors=4)
+
+    assert not GPU.objects.get(pk=gpus[0].pk).healthy
+    assert AuditEntry.objects.filter(action=Action.GPU_UNHEALTHY).count() == 1
