@@ -21,10 +21,11 @@ from django.utils import timezone
 
 from reservations import policy
 from reservations.models import Node, Reservation
-from reservations.services import node_register
+from reservations.services import gpu_readings_record, node_register
 
 from . import metrics, services
 from .hardware import detect
+from .telemetry import publish, start_exporter
 from .models import TrainingJob
 from .process import spawn, stop
 
@@ -49,6 +50,7 @@ class NodeAgent:
     def start(self):
         self.node = node_register(hostname=self.hostname, devices=self.hardware.devices())
         self._reap_orphans()
+        start_exporter(settings.NODE_METRICS_PORT)
         self.thread.start()
         log.info("node agent for %s started with %d device(s)", self.hostname, self.node.gpus.count())
 
@@ -80,6 +82,23 @@ class NodeAgent:
             return
         Node.objects.filter(pk=self.node.pk).update(online=True, last_heartbeat=timezone.now())
         self.last_heartbeat = time.monotonic()
+        self._report_telemetry()
+
+    def _report_telemetry(self):
+        """The GPUs' readings, to the metrics port and to the health check. A failed reading or
+        health check is logged and the pass goes on: the heartbeat itself has been written."""
+        try:
+            readings = self.hardware.telemetry()
+        except Exception:
+            log.exception("reading the devices' telemetry failed")
+            return
+        publish(self.hostname, readings)
+        try:
+            for gpu_id, health in gpu_readings_record(node=self.node, readings=readings).items():
+                log.warning("GPU %s is now %s", gpu_id, health)
+        except Exception:
+            log.exception("recording the GPU readings failed")
+            connection.close()
 
     def _reap_orphans(self):
         """A job this node was running when its worker died: make sure no old process still trains
