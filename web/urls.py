@@ -2,7 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from .signin import SignInView
-from .views import account, bookings, calendar, ical
+from .views import account, bookings, calendar, ical, reports
 
 app_name = "web"
 
@@ -27,6 +27,8 @@ urlpatterns = [
     path("profile/", account.profile, name="profile"),
     path("profile/api-token/rotate/", account.api_token_rotate, name="api-token-rotate"),
     path("profile/feeds/<int:feed_id>/rotate/", account.calendar_feed_rotate, name="feed-rotate"),
+    # Staff: the usage report.
+    path("reports/usage/", reports.usage, name="usage-report"),
     # iCal feeds: no sign-in, the secret token in the URL is the credential.
     path("ical/<str:token>.ics", ical.feed, name="ical"),
 ]

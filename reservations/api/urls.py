@@ -1,7 +1,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from . import tokens, views
+from . import reports, tokens, views
 
 router = DefaultRouter()
 router.register("gpus", views.GPUViewSet)
@@ -15,5 +15,6 @@ urlpatterns = [
     path("status/", views.StatusView.as_view(), name="status"),
     path("me/", views.MeView.as_view(), name="me"),
     path("auth/token/", tokens.ObtainTokenView.as_view(), name="auth-token"),
+    path("reports/usage/", reports.UsageReportView.as_view(), name="usage-report"),
     *router.urls,
 ]
