@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from reservations import selectors
+from reservations.errors import BookingError
 from reservations.models import GPU, AuditEntry, GpuAlert, GpuReading, Notice
 from reservations.services import Device, gpu_readings_record, node_register
 from trainer.hardware import Telemetry
@@ -99,6 +100,10 @@ def test_an_ecc_error_takes_the_gpu_out_and_its_upcoming_owner_is_offered_the_ne
     assert changed == {gpus[0].pk: "unhealthy"} and not GPU.objects.get(pk=gpus[0].pk).healthy
     windows = selectors.find_windows(slots=1, after=NEXT_SLOT, now=NEXT_SLOT - SLOT, gpu_count=1, limit=50)
     assert windows and all(gpus[0].pk not in w.gpus for w in windows)
+    offered = selectors.booking_suggestions(now=NEXT_SLOT - SLOT, start=NEXT_SLOT, slots=1, gpu_ids=[gpus[1].pk])
+    assert offered and all(gpus[0].pk not in w.gpus for w in offered)
+    with pytest.raises(BookingError, match="Not healthy"):
+        book(owner, gpus[:1], start=NEXT_SLOT + 2 * SLOT)
     [notice] = alerts_to(owner, Notice.Kind.GPU_UNHEALTHY)
     suggestion = notice.data["suggestion"]
     assert notice.reservation_id == later.pk and f"/bookings/{later.pk}/" in notice.message
