@@ -13,6 +13,11 @@ import os
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
+# Imported for their metrics: so the web lists every family (at zero) even before a process here
+# has recorded one, and Prometheus sees a series from the first scrape rather than a gap.
+from reservations import metrics as reservations_metrics  # noqa: F401
+from trainer import metrics as trainer_metrics  # noqa: F401
+
 from .collectors import DatabaseCollector
 
 REQUEST_SECONDS = Histogram(

@@ -38,3 +38,8 @@ def observe_start(job, reservation):
         return
     ready = max(reservation.start, job.created)
     START_SECONDS.observe(max((job.started_at - ready).total_seconds(), 0.0))
+
+
+# Both phases from the start, so each has a series at zero before the first stop.
+for _phase in ("checkpoint", "gpu_free"):
+    STOP_SECONDS.labels(phase=_phase)

@@ -1,5 +1,6 @@
 import ipaddress
 import json
+import os
 import re
 import socket
 import subprocess
@@ -190,3 +191,105 @@ def test_the_tick_records_its_duration_and_the_bookings_it_moved(cluster, owner,
     assert value(found, "gpu_scheduler_booking_transitions_total", to="active") - value(
         before, "gpu_scheduler_booking_transitions_total", to="active"
     ) == 1
+
+
+# --- several gunicorn workers --------------------------------------------------------------------
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _per_process_counts(directory, view):
+    """Requests each process counted for `view`, read from its own file."""
+    counts = {}
+    for path in Path(directory).glob("histogram_*.db"):
+        for family in MultiProcessCollector.merge([str(path)]):
+            for s in family.samples:
+                if s.name.endswith("_count") and s.labels.get("view") == view and s.value:
+                    counts[path.name] = counts.get(path.name, 0) + s.value
+    return counts
+
+
+@pytest.mark.django_db(transaction=True)
+def test_under_gunicorn_with_two_workers_metrics_add_up_every_workers_requests(tmp_path):
+    owner = make_user("owner")
+    token = Token.objects.create(user=owner).key
+    multiproc = tmp_path / "prometheus"
+    multiproc.mkdir()
+    (multiproc / "counter_999999999.db").write_bytes(b"")  # a dead process's file from an earlier run
+    port = _free_port()
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+        "WEB_PORT": str(port),
+        "WEB_WORKERS": "2",
+    }
+    log = open(tmp_path / "gunicorn.log", "wb")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gunicorn"), "-c", "scheduler/gunicorn.conf.py", "scheduler.wsgi"],
+        cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(f"{base}/metrics"), 60, "gunicorn to answer")
+        assert not (multiproc / "counter_999999999.db").exists()
+        headers = {"Authorization": f"Token {token}"}
+
+        def call(_):
+            response = requests.get(f"{base}/api/v1/reservations/", headers=headers, timeout=30)
+            assert response.status_code == 200
+
+        sent = 0
+        # Concurrent requests, so both (single-threaded) workers answer some; more rounds if one
+        # worker happened to take them all.
+        while len(_per_process_counts(multiproc, "reservation-list")) < 2 and sent < 400:
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(call, range(40)))
+            sent += 40
+
+        per_process = _per_process_counts(multiproc, "reservation-list")
+        found = samples(requests.get(f"{base}/metrics", timeout=30).text)
+        count = value(
+            found, "gpu_scheduler_http_request_duration_seconds_count", view="reservation-list", method="GET",
+            status="200",
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+    assert len(per_process) == 2, per_process
+    assert sum(per_process.values()) == sent
+    assert count == sent
+    assert value(found, "gpu_scheduler_database_up") == 1
+
+
+def _answers(url):
+    try:
+        return requests.get(url, timeout=10).status_code == 200
+    except requests.RequestException:  # not listening yet, or still loading the app
+        return False
+
+
+# --- the Grafana dashboard -----------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_every_metric_the_dashboard_reads_is_one_that_is_exported():
+    exported = set(NODE_EXPORTER_NAMES)
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+    for family in text_string_to_metric_families(generate_latest(scrape()).decode()):
+        exported.add(family.name)
+        exported.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
+    dashboard = json.loads(DASHBOARD.read_text())
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    expressions += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+
+    read = {name for expr in expressions for name in re.findall(r"\bgpu_[a-z0-9_]+", expr)}
+
+    assert {"gpu_utilization_percent", "gpu_scheduler_job_stop_latency_seconds_bucket"} <= read
+    assert read - exported == set()
