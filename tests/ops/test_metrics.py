@@ -5,7 +5,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -15,7 +14,6 @@ import requests
 from django.conf import settings
 from django.db import connection
 from django.test import Client
-from django.utils import timezone
 from prometheus_client import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,7 +21,7 @@ from rest_framework.authtoken.models import Token
 
 from ops.metrics import scrape
 from reservations import services, tasks
-from reservations.models import Reservation
+from reservations.models import Notice, Reservation
 from trainer.models import TrainingJob
 
 from ..support import NEXT_SLOT, book, client_for, make_user, wait_for
@@ -154,6 +152,25 @@ def test_a_running_job_counts_up_to_now_and_a_node_shows_its_heartbeat_age(clust
     assert value(found, "gpu_scheduler_jobs", status="running") == 1
     assert value(found, "gpu_scheduler_node_heartbeat_age_seconds", node="node2") == 45 * 60
 
+
+
+@pytest.mark.usefixtures("frozen")
+def test_a_preemption_and_its_notices_show_in_the_preemption_and_delivery_counts(cluster, owner, high_booker):
+    owner.email = "owner@example.com"
+    owner.save()
+    victim = book(owner, cluster["node1"][:1], priority="low", auto_rebook=False)
+    book(high_booker, cluster["node1"][:1], priority="high")
+    notice = Notice.objects.get(user=owner, reservation=victim)
+    services.notice_email(notice_id=notice.pk)
+    services.notice_webhook_gave_up(notice_id=notice.pk, error="HTTPError: 502")
+
+    found = scraped()
+
+    assert value(found, "gpu_scheduler_preemptions_total", outcome="scheduled") == 1
+    assert value(found, "gpu_scheduler_preemptions_total", outcome="reclaimed") == 0
+    assert value(found, "gpu_scheduler_notice_deliveries", channel="email", result="delivered") == 1
+    assert value(found, "gpu_scheduler_notice_deliveries", channel="webhook", result="failed") == 1
+    assert value(found, "gpu_scheduler_notice_deliveries", channel="webhook", result="delivered") == 0
 
 # --- event metrics, recorded where they happen ---------------------------------------------------
 
