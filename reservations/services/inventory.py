@@ -29,11 +29,17 @@ def node_register(*, hostname, devices, now=None):
         node.online, node.last_heartbeat = True, now
         node.save(update_fields=["online", "last_heartbeat"])
         seen = []
+        # A GPU the health check took out (services.health) stays out across a worker restart: it
+        # comes back through its clean readings, not by being discovered again.
+        failed = set(node.gpus.filter(reading__failed_since__isnull=False).values_list("index", flat=True))
         for device in devices:
             gpu, _ = GPU.objects.update_or_create(
                 node=node,
                 index=device.index,
-                defaults={"model": device.model, "memory_mb": device.memory_mb, "uuid": device.uuid, "healthy": True},
+                defaults={
+                    "model": device.model, "memory_mb": device.memory_mb, "uuid": device.uuid,
+                    "healthy": device.index not in failed,
+                },
             )
             seen.append(gpu.pk)
         node.gpus.exclude(pk__in=seen).update(healthy=False)

@@ -150,6 +150,9 @@ def test_a_restarted_worker_does_not_bring_a_failed_gpu_back_before_its_clean_re
         hostname="node1", devices=[Device(index=i, model="A100", memory_mb=81920, uuid=f"node1-{i}") for i in range(4)]
     )
 
+    # Registering again (a worker restart) does not put it back in service, not even until the next reading.
+    assert not GPU.objects.get(pk=gpus[0].pk).healthy
+    assert GPU.objects.get(pk=gpus[1].pk).healthy
     send(gpus, now=DURING + timedelta(seconds=5), ecc_errors=4)
 
     assert not GPU.objects.get(pk=gpus[0].pk).healthy
