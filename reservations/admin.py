@@ -1,12 +1,21 @@
 """Admin: inventory and teams edited directly; reservations only through the booking services (so
 every admin edit is checked and audited like an API call); the audit log read-only for everyone."""
 
+import csv
+import json
+from datetime import date, datetime, time, timedelta, timezone as dt_timezone
+
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.options import csrf_protect_m
+from django.contrib.admin.options import IncorrectLookupParameters, csrf_protect_m
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.core.exceptions import PermissionDenied
 from django.forms.models import model_to_dict
+from django.http import StreamingHttpResponse
+from django.urls import path
+from django.utils import timezone
+from django.utils.html import format_html
 
 from . import services
 from .errors import BookingConflict, BookingError
@@ -236,16 +245,107 @@ class ReservationAdmin(admin.ModelAdmin):
             self.message_user(request, "Not cancelled: " + "; ".join(failed), messages.WARNING)
 
 
+class CreatedBetweenFilter(admin.ListFilter):
+    """Entries written from one day to another, both included, in the viewer's zone: a range, where
+    date_hierarchy and the date filter only pick one day, month or year."""
+
+    title = "created between"
+    parameters = ("created_from", "created_to")
+    template = "admin/reservations/auditentry/created_between_filter.html"
+
+    def __init__(self, request, params, model, model_admin):
+        super().__init__(request, params, model, model_admin)
+        for name in self.parameters:
+            if name in params:
+                self.used_parameters[name] = params.pop(name)[-1].strip()
+
+    def has_output(self):
+        return True
+
+    def expected_parameters(self):
+        return list(self.parameters)
+
+    def _day_start(self, name, days_after=0):
+        value = self.used_parameters.get(name)
+        if not value:
+            return None
+        try:
+            day = date.fromisoformat(value) + timedelta(days=days_after)
+        except (ValueError, OverflowError) as exc:
+            # The admin answers a bad lookup by showing the list unfiltered with an error flag.
+            raise IncorrectLookupParameters(f"{name}: {exc}") from None
+        return timezone.make_aware(datetime.combine(day, time.min), timezone.get_current_timezone())
+
+    def queryset(self, request, queryset):
+        start, end = self._day_start("created_from"), self._day_start("created_to", days_after=1)
+        if start is not None:
+            queryset = queryset.filter(created__gte=start)
+        if end is not None:
+            queryset = queryset.filter(created__lt=end)
+        return queryset
+
+    def choices(self, changelist):
+        # One "choice": the form, which keeps the other filters and the search as hidden fields.
+        yield {
+            "from": self.used_parameters.get("created_from", ""),
+            "to": self.used_parameters.get("created_to", ""),
+            "others": [(k, v) for k, v in changelist.params.items() if k not in self.parameters],
+        }
+
+
+class _Echo:
+    """A file-like object whose write() returns what it was given: csv.writer formats one row at a
+    time for a streamed response (Django's docs, "Streaming large CSV files")."""
+
+    def write(self, value):
+        return value
+
+
+def _csv_cell(value):
+    # A cell starting like a formula would be run by spreadsheet programs (CSV injection); reasons
+    # and targets are free text.
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 @admin.register(AuditEntry)
 class AuditEntryAdmin(admin.ModelAdmin):
-    """Read-only for everyone, superusers included: the log is evidence."""
+    """Read-only for everyone, superusers included: the log is evidence. Filtered, searched, and
+    exported as CSV with the same filters and search (the "Export CSV" link on the list)."""
 
-    list_display = ["created", "actor", "action", "reservation", "target", "reason"]
-    list_filter = ["action", ("created", admin.DateFieldListFilter), ("actor", admin.RelatedOnlyFieldListFilter)]
-    list_select_related = ["actor", "reservation"]
-    search_fields = ["reason"]
+    list_display = ["created", "actor", "action", "booking", "team", "target", "reason"]
+    list_filter = [
+        "action",
+        CreatedBetweenFilter,
+        ("created", admin.DateFieldListFilter),
+        ("actor", admin.RelatedOnlyFieldListFilter),
+        ("reservation__team", admin.RelatedFieldListFilter),
+    ]
+    list_select_related = ["actor", "reservation__team"]
+    # "=reservation__id": a booking's number finds its entries (a word is not tried as one).
+    search_fields = ["reason", "target", "actor__username", "=reservation__id"]
+    search_help_text = "Reason, target (gpu:3, team:7), actor's username, or a booking's number."
     date_hierarchy = "created"
     readonly_fields = ["created", "actor", "action", "reservation", "target", "reason", "before", "after"]
+    change_list_template = "admin/reservations/auditentry/change_list.html"
+    # Rows read from the database per round trip while exporting.
+    export_chunk_size = 2000
+    export_columns = [
+        ("created", "created"), ("actor", "actor__username"), ("action", "action"),
+        ("reservation", "reservation_id"), ("team", "reservation__team__slug"), ("target", "target"),
+        ("reason", "reason"), ("before", "before"), ("after", "after"),
+    ]
+
+    @admin.display(description="reservation", ordering="reservation_id")
+    def booking(self, obj):
+        # The booking's number filters the list to its whole history.
+        if obj.reservation_id is None:
+            return ""
+        return format_html('<a href="?reservation__id__exact={0}">#{0}</a>', obj.reservation_id)
+
+    @admin.display(description="team", ordering="reservation__team__slug")
+    def team(self, obj):
+        return obj.reservation.team.slug if obj.reservation_id else ""
 
     def has_add_permission(self, request):
         return False
@@ -255,6 +355,41 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def get_urls(self):
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path("export.csv", self.admin_site.admin_view(self.export_csv), name="%s_%s_export" % info),
+            *super().get_urls(),
+        ]
+
+    def export_csv(self, request):
+        """The entries the list shows (its filters and search, in its order), all pages, streamed:
+        an admin action could only export the rows ticked on one page, and a whole log read into
+        memory at once could be millions of rows."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        changelist = self.get_changelist_instance(request)
+        rows = (
+            changelist.get_queryset(request)
+            .values_list(*(column for _, column in self.export_columns))
+            .iterator(chunk_size=self.export_chunk_size)
+        )
+        writer = csv.writer(_Echo())
+        header = [name for name, _ in self.export_columns]
+
+        def lines():
+            yield writer.writerow(header)
+            for created, *rest, before, after in rows:
+                cells = [created.astimezone(dt_timezone.utc).isoformat(), *map(_csv_cell, rest)]
+                cells += [_csv_cell(json.dumps(v, cls=DjangoJSONEncoder)) if v is not None else "" for v in (before, after)]
+                yield writer.writerow(cells)
+
+        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+        return StreamingHttpResponse(
+            lines(), content_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="audit-{stamp}.csv"'},
+        )
 
 
 @admin.register(Notice)
