@@ -117,3 +117,33 @@ class RedisServer:
         if self.process and self.process.poll() is None:
             self.process.terminate()  # redis-server shuts down on SIGTERM; with --save "" it writes nothing
             self.process.wait(timeout=30)
+
+
+class Beat:
+    """A `celery beat` process with a schedule file of its own (two beats must not share one), and
+    `env` on top of this process's environment (TICK_SECONDS=1 for a fast clock)."""
+
+    def __init__(self, log, schedule, **env):
+        self.log, self.schedule, self.env = log, schedule, env
+        self.process = None
+
+    def start(self):
+        db = connection.settings_dict
+        env = dict(
+            os.environ, DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}", **self.env
+        )
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "scheduler", "beat", "-s", str(self.schedule),
+                 "--loglevel", "INFO"],
+                cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()

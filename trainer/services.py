@@ -253,15 +253,32 @@ def slot_end_notices(*, now, lead):
     ).exclude(notices__kind=Notice.Kind.SLOT_ENDING).select_related("user")
     sent = 0
     for reservation in ending:
-        notice_send(
-            user=reservation.user, kind=Notice.Kind.SLOT_ENDING, reservation=reservation,
+        sent += _notice_once(
+            reservation, Notice.Kind.SLOT_ENDING, match={},
             message=(
                 f"Reservation #{reservation.pk} ends at {reservation.end:%H:%M} UTC; its job will be "
                 "stopped then with a resumable checkpoint (it may overrun while nobody else needs the GPUs)."
             ),
         )
-        sent += 1
     return sent
+
+
+def _notice_once(reservation, kind, *, match, message, data=None):
+    """Send the booking's owner a notice of `kind` unless one whose data has `match` is on record; 1 if
+    sent.
+
+    The queries above exclude bookings already told, but two reconcile passes at once (a second
+    beat, or a slow pass overlapping the next) both read "not told yet" and both sent. The check and
+    the send are one step under the booking's row lock (1st in locks.py's order), so the second pass
+    waits, then sees the first one's notice."""
+    with transaction.atomic(durable=True):
+        locked = Reservation.objects.select_for_update(of=("self",)).filter(pk=reservation.pk)
+        if locked.first() is None or Notice.objects.filter(
+            reservation=reservation, kind=kind, **{f"data__{key}": value for key, value in match.items()}
+        ).exists():
+            return 0
+        notice_send(user=reservation.user, kind=kind, reservation=reservation, message=message, data=data)
+    return 1
 
 
 def node_away_notices(*, now):
@@ -280,14 +297,13 @@ def node_away_notices(*, now):
         if node is None or node.online:
             continue
         reservation = job.reservation
-        notice_send(
-            user=reservation.user, kind=Notice.Kind.NODE_OFFLINE, reservation=reservation,
+        sent += _notice_once(
+            reservation, Notice.Kind.NODE_OFFLINE, match={"at": "slot_start"},
+            data={"node": node.hostname, "job": job.pk, "at": "slot_start"},
             message=(
                 f"Reservation #{reservation.pk} has begun, but node {node.hostname} is still offline: job "
                 f"{job.pk} has not started. It starts if the node comes back before "
                 f"{reservation.end:%Y-%m-%d %H:%M} UTC; or cancel it and book other GPUs."
             ),
-            data={"node": node.hostname, "job": job.pk, "at": "slot_start"},
         )
-        sent += 1
     return sent
