@@ -161,7 +161,7 @@ def test_the_page_shows_the_same_numbers_in_its_table_and_chart_data(day, staff)
     # preempted others, promoted, wait.
     assert "Language 2 4.00 1.83 46 % 1 1 3.00 / 3.00 0 1 0 1 1.00 / 1.00" in text
     assert "Vision 3 12.00 4.50 38 % 1 1 5.50 / 5.50 1 0 1 0 –" in text
-    assert response.context["chart"] == {"teams": ["nlp", "vision"], "booked": [4.0, 12.0], "used": [1.83, 4.5]}
+    assert response.context["chart"] == {"teams": ["Language", "Vision"], "booked": [4.0, 12.0], "used": [1.83, 4.5]}
     page = response.content.decode()
     assert '<script id="usage-data" type="application/json">' in page
     assert 'src="/static/js/report.js"' in page and "<script>" not in page

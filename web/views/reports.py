@@ -52,7 +52,7 @@ def usage(request):
     if period is not None:
         report = selectors.usage_report(start=period[0], end=period[1], now=now)
     chart = {
-        "teams": [row["team"] for row in report],
+        "teams": [row["team_name"] for row in report],
         "booked": [row["booked_gpu_hours"] for row in report],
         "used": [row["used_gpu_hours"] for row in report],
     }
