@@ -1,5 +1,7 @@
 import time
 
+from django.conf import settings
+
 from .metrics import REQUEST_SECONDS
 
 # Anything else is counted as "other": a client can send any method name, and each would be a series.
@@ -17,7 +19,12 @@ class RequestMetricsMiddleware:
         started = time.perf_counter()
         response = self.get_response(request)
         match = getattr(request, "resolver_match", None)
-        view = (match.view_name or match._func_path) if match is not None else "unmatched"
+        if match is not None:
+            view = match.view_name or match._func_path
+        elif request.path.startswith("/" + settings.STATIC_URL.lstrip("/")):
+            view = "static"  # WhiteNoise answers before any URL is resolved
+        else:
+            view = "unmatched"
         method = request.method if request.method in METHODS else "other"
         REQUEST_SECONDS.labels(view=view, method=method, status=str(response.status_code)).observe(
             time.perf_counter() - started

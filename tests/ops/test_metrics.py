@@ -193,6 +193,19 @@ def test_an_api_call_is_timed_under_its_view_name_not_its_path(owner):
     assert not any("999999" in str(labels) for (_, labels) in found)
 
 
+@pytest.mark.django_db
+def test_a_path_no_url_matches_is_timed_as_unmatched_whatever_its_path():
+    before = scraped()
+    Client().get("/no/such/page-12345")
+
+    found = scraped()
+
+    name = "gpu_scheduler_http_request_duration_seconds_count"
+    labels = dict(view="unmatched", method="GET", status="404")
+    assert value(found, name, **labels) - value(before, name, **labels) == 1
+    assert not any("12345" in str(labels) for (_, labels) in found)
+
+
 @pytest.mark.usefixtures("frozen")
 def test_the_tick_records_its_duration_and_the_bookings_it_moved(cluster, owner, frozen):
     book(owner, cluster["node1"][:1])
