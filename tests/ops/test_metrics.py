@@ -25,6 +25,7 @@ from reservations.models import Notice, Reservation
 from trainer.models import TrainingJob
 
 from ..support import NEXT_SLOT, book, client_for, make_user, wait_for
+from ..workers import Worker, purge_central_queue
 
 DASHBOARD = Path(settings.BASE_DIR) / "docs" / "ops" / "grafana-dashboard.json"
 # What each node worker's exporter serves (README "Operations: GPU health and alerts").
@@ -244,7 +245,7 @@ def _per_process_counts(directory, view):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_under_gunicorn_with_two_workers_metrics_add_up_every_workers_requests(tmp_path):
+def test_under_gunicorn_with_two_workers_metrics_add_up_every_workers_requests_and_the_central_workers_tick(tmp_path):
     owner = make_user("owner")
     token = Token.objects.create(user=owner).key
     multiproc = tmp_path / "prometheus"
@@ -288,6 +289,21 @@ def test_under_gunicorn_with_two_workers_metrics_add_up_every_workers_requests(t
             found, "gpu_scheduler_http_request_duration_seconds_count", view="reservation-list", method="GET",
             status="200",
         )
+
+        # The central Celery worker on the web machine, given the same directory: its tick shows too.
+        purge_central_queue()
+        worker = Worker(tmp_path / "worker.log", ["celery"], "central", PROMETHEUS_MULTIPROC_DIR=str(multiproc))
+        worker.start()
+        try:
+            tasks.tick.delay()
+            ticked = wait_for(
+                lambda: value(
+                    samples(requests.get(f"{base}/metrics", timeout=30).text), "gpu_scheduler_tick_duration_seconds_count"
+                ),
+                60, "the worker's tick in the web's /metrics",
+            )
+        finally:
+            worker.stop()
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -295,6 +311,7 @@ def test_under_gunicorn_with_two_workers_metrics_add_up_every_workers_requests(t
     assert len(per_process) == 2, per_process
     assert sum(per_process.values()) == sent
     assert count == sent
+    assert ticked == 1
     assert value(found, "gpu_scheduler_database_up") == 1
 
 
