@@ -23,7 +23,7 @@ from .collectors import DatabaseCollector
 REQUEST_SECONDS = Histogram(
     "gpu_scheduler_http_request_duration_seconds",
     "Time to answer a request, by the view's URL name (not the path, so the series stay few), method "
-    "and status.",
+    "and status class (2xx, 4xx, ...).",
     ["view", "method", "status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )

@@ -26,7 +26,10 @@ class RequestMetricsMiddleware:
         else:
             view = "unmatched"
         method = request.method if request.method in METHODS else "other"
-        REQUEST_SECONDS.labels(view=view, method=method, status=str(response.status_code)).observe(
+        # The status class, not the code: each label value multiplies the series every worker writes
+        # and every scrape merges (bench/metrics_scrape.py).
+        status = f"{response.status_code // 100}xx"
+        REQUEST_SECONDS.labels(view=view, method=method, status=status).observe(
             time.perf_counter() - started
         )
         return response
