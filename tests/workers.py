@@ -56,7 +56,13 @@ class NodeWorker(Worker):
 
     def __init__(self, log, host, central=False, **env):
         queues = [f"node.{host}"] + (["celery"] if central else [])
-        env = dict(dict(NODE_AGENT_HOSTNAME=host, NODE_DEVICES="cpu", CPU_DEVICE_COUNT="2", STOP_GRACE_SECONDS="60", HEARTBEAT_SECONDS="1"), **env)
+        # No telemetry exporter unless a test asks for one: several node workers at once would all
+        # try the default port.
+        env = dict(
+            dict(NODE_AGENT_HOSTNAME=host, NODE_DEVICES="cpu", CPU_DEVICE_COUNT="2", STOP_GRACE_SECONDS="60",
+                 HEARTBEAT_SECONDS="1", NODE_METRICS_PORT="0"),
+            **env,
+        )
         super().__init__(log, queues, host, **env)
         self.host = host
 
