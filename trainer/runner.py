@@ -139,6 +139,11 @@ def train(job_id):
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     spec = dict(job.spec)
     source = resume_source(job)
+    if job.checkpoint and (job.checkpoint_epoch or 0) >= job.epochs:
+        # Interrupted after its last epoch was saved, before it was marked completed: ultralytics
+        # refuses to resume a finished run ("nothing to resume"), and there is nothing left to train.
+        _finish(job_id, Status.COMPLETED, "Training finished all epochs (the last was saved before an interruption).")
+        return Status.COMPLETED
 
     from ultralytics import YOLO
 

@@ -13,7 +13,7 @@ from trainer import services
 from trainer.agent import NodeAgent
 from trainer.models import TrainingJob
 from trainer.process import child_environment
-from trainer.runner import _device_argument
+from trainer.runner import _device_argument, train
 
 from ..support import NEXT_SLOT, SLOT
 
@@ -207,3 +207,22 @@ def test_a_booking_of_gpus_places_its_job_on_their_node_with_their_indices(clust
 
     assert (node.hostname, devices) == ("node2", [1, 3])
     assert services.job_placement(job_for(spanning, status="queued")) == (None, None)
+
+
+def test_a_job_interrupted_after_its_last_epoch_was_saved_completes_instead_of_failing(
+    owner, team, cluster, training_data
+):
+    # Its worker died between saving the last epoch and marking it completed: resuming would ask
+    # ultralytics to go on from a finished run, which it refuses ("nothing to resume").
+    reservation = booking(owner, team, cluster["node1"][:1], NEXT_SLOT - SLOT, 2 * SLOT, status="active")
+    job = TrainingJob.objects.create(
+        reservation=reservation, spec={"model": "yolov8n.yaml", "data": str(training_data), "epochs": 2},
+        epochs=2, epoch=2, status=TrainingJob.Status.STARTING, checkpoint="/runs/job/checkpoints/epoch-0002.pt",
+        checkpoint_epoch=2,
+    )
+
+    assert train(job.pk) == TrainingJob.Status.COMPLETED
+
+    job.refresh_from_db()
+    assert job.status == "completed" and job.ended_at is not None
+    assert "finished all epochs" in job.reason
