@@ -648,3 +648,25 @@ def gpu_bookings_ahead(*, gpu_id, now):
         .select_related("user", "team")
         .order_by("start", "id")
     )
+
+
+def healthy_move_suggestion(reservation, now):
+    """For a booking on a GPU the health check took out: the nearest free window of its size (as
+    many GPUs, as many slots) on healthy GPUs, from its start (or now, for one under way): what its
+    notice suggests and its page offers to move it to."""
+    count = len(reservation.allocation_list) or reservation.gpu_count
+    windows = booking_suggestions(
+        now=now, start=max(reservation.start, now), slots=reservation.slots, gpu_count=count,
+        allow_multi_node=reservation.allow_multi_node, limit=1,
+    )
+    if not windows:
+        return None
+    window = windows[0]
+    names = gpu_names(list(window.gpus))
+    return {
+        "gpus": list(window.gpus),
+        "gpu_names": [names[g] for g in window.gpus],
+        "start": window.start,
+        "end": window.end,
+        "slots": reservation.slots,
+    }

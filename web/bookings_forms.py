@@ -51,7 +51,18 @@ class MoveForm(ActionForm):
         max_value=MAX_SLOTS,
         error_messages={"required": "Give the number of slots."},
     )
+    # Set by a suggestion to move to other GPUs (e.g. off one the health check took out).
+    gpus = forms.CharField(required=False, max_length=2000, widget=forms.HiddenInput)
     field_order = ["start", "slots", "reason"]
+
+    def clean_gpus(self):
+        raw = self.cleaned_data["gpus"]
+        if not raw:
+            return None
+        ids = raw.split(",")
+        if not all(i.isascii() and i.isdigit() and len(i) < 19 for i in ids):
+            raise forms.ValidationError("Not a list of GPU ids.")
+        return [int(i) for i in ids]
 
     def __init__(self, *args, slot_seconds=None, **kwargs):
         super().__init__(*args, **kwargs)

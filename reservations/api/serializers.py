@@ -136,6 +136,16 @@ class CancelSerializer(StrictSerializer):
     reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
 
 
+class MoveSerializer(StrictSerializer):
+    start = AwareDateTimeField()
+    slots = serializers.IntegerField(min_value=1, max_value=10_000)
+    gpus = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), allow_empty=False, max_length=1024, required=False,
+        help_text="Other GPUs to move to (as many as the booking holds); without it, the same GPUs.",
+    )
+    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
 class TransferSerializer(StrictSerializer):
     to = serializers.CharField(max_length=150)
     reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")

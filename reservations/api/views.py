@@ -2,7 +2,7 @@
 
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import mixins, permissions, status, viewsets
+from rest_framework import mixins, permissions, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -16,6 +16,7 @@ from .serializers import (
     AvailabilityQuerySerializer,
     CancelSerializer,
     GPUSerializer,
+    MoveSerializer,
     NodeSerializer,
     NoticeSerializer,
     ReservationCreatedSerializer,
@@ -93,6 +94,20 @@ class ReservationViewSet(
             reservation_id=reservation.pk, actor=request.user, reason=serializer.validated_data["reason"]
         )
         return Response(self._render(reservation))
+
+    @extend_schema(request=MoveSerializer, responses=ReservationSerializer)
+    @action(detail=True, methods=["post"])
+    def move(self, request, pk=None):
+        """Move a booking that has not begun to another window, whole, on its GPUs or on `gpus`."""
+        reservation = self.get_object()
+        serializer = MoveSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        reservation = services.reservation_move(
+            reservation_id=reservation.pk, actor=request.user, start=data["start"], slots=data["slots"],
+            gpu_ids=data.get("gpus"), reason=data["reason"],
+        )
+        return Response(self._render(selectors.reservation_queryset().get(pk=reservation.pk)))
 
     @extend_schema(request=TransferSerializer, responses=ReservationSerializer)
     @action(detail=True, methods=["post"])

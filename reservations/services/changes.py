@@ -7,12 +7,12 @@ from django.utils import timezone
 
 from .. import policy, selectors
 from ..errors import BookingConflict, BookingError
-from ..models import AuditEntry, Notice, Reservation
+from ..models import Allocation, AuditEntry, Notice, Reservation
 from .audit import audit_change, snapshot
 from .locks import lock_gpus, lock_reservation, service_transaction
 from .notices import notice_send
 from .preemption import preemption_withdraw
-from .records import cancel_locked
+from .records import bookable_gpus, cancel_locked, check_gpu_ids
 from .waitlist import waitlist_promote
 
 Status = Reservation.Status
@@ -97,22 +97,26 @@ def reservation_update(*, reservation_id, actor, reason="", title=None, priority
     )
 
 
-def reservation_move(*, reservation_id, actor, start, slots, reason="", now=None):
-    """Move a confirmed (not yet started) booking to another window on the same GPUs, whole."""
-    return reservation_edit(reservation_id=reservation_id, actor=actor, reason=reason, start=start, slots=slots, now=now)
+def reservation_move(*, reservation_id, actor, start, slots, gpu_ids=None, reason="", now=None):
+    """Move a confirmed (not yet started) booking to another window, whole: on the same GPUs, or on
+    `gpu_ids` (as many as it holds; e.g. off a GPU the health check took out)."""
+    return reservation_edit(
+        reservation_id=reservation_id, actor=actor, reason=reason, start=start, slots=slots, gpu_ids=gpu_ids, now=now
+    )
 
 
 def reservation_edit(
-    *, reservation_id, actor, reason="", title=None, priority=None, preemptible=None, start=None, slots=None, now=None
+    *, reservation_id, actor, reason="", title=None, priority=None, preemptible=None, start=None, slots=None,
+    gpu_ids=None, now=None,
 ):
-    """Change a booking in one transaction: its window (`start` and `slots`: moved whole, same GPUs,
-    only before it starts) and what does not move GPU time (title, priority, preemptible). Each
-    change is audited; nothing is written when any part is refused."""
+    """Change a booking in one transaction: its window (`start` and `slots`: moved whole, on the same
+    GPUs or `gpu_ids`, only before it starts) and what does not move GPU time (title, priority,
+    preemptible). Each change is audited; nothing is written when any part is refused."""
     now = now or timezone.now()
     with service_transaction():
         reservation = _lock_open(reservation_id, actor)
         if start is not None:
-            _move_locked(reservation, actor=actor, start=start, slots=slots, reason=reason, now=now)
+            _move_locked(reservation, actor=actor, start=start, slots=slots, gpu_ids=gpu_ids, reason=reason, now=now)
         _update_locked(reservation, actor=actor, reason=reason, title=title, priority=priority, preemptible=preemptible)
     return reservation
 
@@ -131,12 +135,20 @@ def _update_locked(reservation, *, actor, reason, title, priority, preemptible):
         audit_change(action=AuditEntry.Action.UPDATE, actor=actor, reservation=reservation, reason=reason, before=before)
 
 
-def _move_locked(reservation, *, actor, start, slots, reason, now):
+def _move_locked(reservation, *, actor, start, slots, gpu_ids, reason, now):
     if not policy.may_move(reservation, now):
         raise BookingError("start", "Only a confirmed booking that has not started can be moved.")
     end = policy.validate_window(start, slots, now)
-    gpu_ids = sorted(reservation.allocations.values_list("gpu_id", flat=True))
-    lock_gpus(gpu_ids)
+    held = sorted(reservation.allocations.values_list("gpu_id", flat=True))
+    target = held if gpu_ids is None else check_gpu_ids(list(gpu_ids))
+    if len(target) != len(held):
+        raise BookingError("gpus", f"Move it to as many GPUs as it holds ({len(held)}).")
+    # Both sets in one id-ordered lock (locks.py: GPUs after the reservation), then the new ones
+    # checked to exist and be healthy.
+    lock_gpus(sorted(set(held) | set(target)))
+    if target != held:
+        bookable_gpus(target, lock=False)
+    gpu_ids = target
     conflicts = list(selectors.conflicting_allocations(gpu_ids, start, end, exclude_reservation=reservation.pk))
     if conflicts:
         raise BookingConflict(
@@ -144,11 +156,20 @@ def _move_locked(reservation, *, actor, start, slots, reason, now):
             conflicts=conflicts,
             suggestions=selectors.booking_suggestions(now=now, start=start, slots=slots, gpu_ids=gpu_ids),
         )
-    before = snapshot(reservation, gpu_ids)
+    before = snapshot(reservation, held)
     reservation.start, reservation.end = start, end
     reservation.save(update_fields=["start", "end", "updated"])
-    reservation.allocations.update(start=start, end=end)
-    audit_change(action=AuditEntry.Action.MOVE, actor=actor, reservation=reservation, reason=reason, before=before)
+    if gpu_ids == held:
+        reservation.allocations.update(start=start, end=end)
+    else:
+        reservation.allocations.all().delete()
+        Allocation.objects.bulk_create(
+            [Allocation(reservation=reservation, gpu_id=gpu_id, start=start, end=end) for gpu_id in gpu_ids]
+        )
+        reservation.held_allocations = None  # allocation_list reads the new ones
+    audit_change(
+        action=AuditEntry.Action.MOVE, actor=actor, reservation=reservation, reason=reason, before=before, gpu_ids=gpu_ids
+    )
     if actor.pk != reservation.user_id:
         notice_send(
             user=reservation.user, kind=Notice.Kind.MOVED, reservation=reservation,

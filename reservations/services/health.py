@@ -199,12 +199,13 @@ def _take_out(gpu, reason, values, now):
     told = set()
     for reservation in selectors.gpu_bookings_ahead(gpu_id=gpu.pk, now=now):
         told.add(reservation.user_id)
-        suggestion = _suggested_move(reservation, now)
+        suggestion = selectors.healthy_move_suggestion(reservation, now)
         url = f"/bookings/{reservation.pk}/"
         if suggestion:
             where = (
                 f" The nearest free window of the same size on healthy GPUs: {', '.join(suggestion['gpu_names'])}"
-                f" from {suggestion['start']:%Y-%m-%d %H:%M} to {suggestion['end']:%H:%M} UTC."
+                f" from {suggestion['start']:%Y-%m-%d %H:%M} to {suggestion['end']:%H:%M} UTC: move it there in"
+                f" one click on its page, or with POST /api/v1/reservations/{reservation.pk}/move/."
             )
         else:
             where = " No free window of the same size on healthy GPUs was found within the booking horizon."
@@ -219,27 +220,6 @@ def _take_out(gpu, reason, values, now):
                 user=admin, kind=Notice.Kind.GPU_UNHEALTHY, message=message,
                 data={"gpu": gpu.pk, "gpu_name": gpu.name, "reason": reason},
             )
-
-
-def _suggested_move(reservation, now):
-    """The nearest free window of the booking's size (as many GPUs, as many slots) on healthy GPUs,
-    from its start (or the next slot, for one under way): what the booking could be moved to."""
-    count = len(reservation.allocation_list) or reservation.gpu_count
-    windows = selectors.booking_suggestions(
-        now=now, start=max(reservation.start, now), slots=reservation.slots, gpu_count=count,
-        allow_multi_node=reservation.allow_multi_node, limit=1,
-    )
-    if not windows:
-        return None
-    window = windows[0]
-    names = selectors.gpu_names(list(window.gpus))
-    return {
-        "gpus": list(window.gpus),
-        "gpu_names": [names[g] for g in window.gpus],
-        "start": window.start,
-        "end": window.end,
-        "slots": reservation.slots,
-    }
 
 
 def _bring_back(gpu, row, open_alerts, values, now):

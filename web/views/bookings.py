@@ -80,7 +80,19 @@ def _attach_actions(request, reservation, *, now, next_page, page=None, failure=
         "may_move": policy.may_move(reservation, now),
         "failure": failure if mine else None,
         "earliest": earliest,
+        "off_unhealthy": _off_unhealthy(reservation, now),
     }
+
+
+def _off_unhealthy(reservation, now):
+    """For a booking on a GPU the health check took out: the window its notice suggested, to move
+    to in one click, or None."""
+    if not policy.may_move(reservation, now) or all(a.gpu.healthy for a in reservation.allocation_list):
+        return None
+    suggestion = selectors.healthy_move_suggestion(reservation, now)
+    if suggestion is None:
+        return None
+    return {**suggestion, "gpus": ",".join(map(str, suggestion["gpus"]))}
 
 
 def _refusal_status(exc):
@@ -151,7 +163,8 @@ def booking_transfer(request, pk):
 def booking_move(request, pk):
     def move(data):
         services.reservation_move(
-            reservation_id=pk, actor=request.user, start=data["start"], slots=data["slots"], reason=data["reason"]
+            reservation_id=pk, actor=request.user, start=data["start"], slots=data["slots"], gpu_ids=data["gpus"],
+            reason=data["reason"],
         )
 
     return _act(request, pk, "move", MoveForm, move, f"Booking #{pk} is moved.")
