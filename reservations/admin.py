@@ -12,8 +12,8 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.core.exceptions import PermissionDenied
 from django.forms.models import model_to_dict
-from django.http import StreamingHttpResponse
-from django.urls import path
+from django.http import HttpResponseRedirect, StreamingHttpResponse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
@@ -369,7 +369,13 @@ class AuditEntryAdmin(admin.ModelAdmin):
         memory at once could be millions of rows."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        changelist = self.get_changelist_instance(request)
+        try:
+            changelist = self.get_changelist_instance(request)
+        except IncorrectLookupParameters:
+            # As changelist_view does: back to the list, unfiltered, with the admin's error flag
+            # ("e=1"); exporting other rows than were asked for would be worse than none.
+            info = self.opts.app_label, self.opts.model_name
+            return HttpResponseRedirect(reverse("admin:%s_%s_changelist" % info) + "?e=1")
         rows = (
             changelist.get_queryset(request)
             .values_list(*(column for _, column in self.export_columns))

@@ -80,6 +80,17 @@ def test_a_bad_date_shows_the_list_unfiltered_with_the_admins_error_flag(root, l
     assert response.status_code == 302 and response["Location"].endswith("?e=1")
 
 
+@pytest.mark.parametrize("query", [
+    {"created_from": "garbage"}, {"created_to": "9999-12-31"}, {"reservation__id__exact": "abc"},
+])
+def test_an_export_with_a_bad_filter_sends_back_to_the_list_with_the_error_flag(root, log, query):
+    # As the list itself does: an export of something other than what was asked is worse than none.
+    response = root.get(EXPORT, query)
+
+    assert response.status_code == 302 and response["Location"] == LIST + "?e=1"
+    assert root.get(response["Location"]).status_code == 200
+
+
 def test_search_finds_entries_by_reason_username_and_booking_number(root, log, outsider):
     dropped, theirs = log["dropped"].pk, log["theirs"].pk
 
