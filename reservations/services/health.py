@@ -45,9 +45,13 @@ def gpu_readings_record(*, node, readings, now=None):
     changed, as {gpu id: "unhealthy" | "healthy"}."""
     now = now or timezone.now()
     changed = {}
+    outbox = []
     with service_transaction():
         # The node's GPUs in id order (2nd in locks.py's order): the health flag is what booking
-        # picks read under these locks. Bookings are only read here, never locked.
+        # picks read under these locks. Bookings are only read here, never locked, and nothing that
+        # points at one is written here: a notice's row takes a key-share lock on its booking, which
+        # would wait, holding the GPUs, on a move or cancel that holds the booking and waits for the
+        # GPUs (a deadlock). The notices go out after commit, below.
         lock_gpus(node.gpus.values("id"))
         gpus = {g.index: g for g in GPU.objects.filter(node=node).select_related("node")}
         latest = {r.gpu_id: r for r in GpuReading.objects.filter(gpu__node=node)}
@@ -58,13 +62,22 @@ def gpu_readings_record(*, node, readings, now=None):
             gpu = gpus.get(reading.index)
             if gpu is None:
                 continue  # registered at the next start of the agent
-            outcome = _record(gpu, reading, latest.get(gpu.pk), open_alerts.get(gpu.pk, {}), now)
+            outcome = _record(gpu, reading, latest.get(gpu.pk), open_alerts.get(gpu.pk, {}), now, outbox)
             if outcome:
                 changed[gpu.pk] = outcome
+    _send(outbox)
     return changed
 
 
-def _record(gpu, reading, before, open_alerts, now):
+def _send(outbox):
+    """Each notice in a short transaction of its own, with no GPU locked: one waiting on a booking
+    that its owner is changing waits only for that change."""
+    for notice in outbox:
+        with service_transaction():
+            notice_send(**notice)
+
+
+def _record(gpu, reading, before, open_alerts, now, outbox):
     values = {name: getattr(reading, name, None) for name in READING_FIELDS}
     new_ecc = _new_errors(before.ecc_errors if before else None, values["ecc_errors"])
     new_xid = _new_errors(before.xid_errors if before else None, values["xid_errors"])
@@ -76,7 +89,7 @@ def _record(gpu, reading, before, open_alerts, now):
 
     for crossing in crossings:
         if crossing.kind not in open_alerts:
-            _alert_open(gpu, crossing, values, now)
+            _alert_open(gpu, crossing, values, now, outbox)
     live = {c.kind for c in crossings}
     for kind, alert in open_alerts.items():
         if kind not in live and kind not in ERROR_KINDS:
@@ -88,12 +101,12 @@ def _record(gpu, reading, before, open_alerts, now):
         row.clean_readings = 0
         if row.failed_since is None:
             row.failed_since, row.failed_reason = now, "; ".join(failures)
-            _take_out(gpu, row.failed_reason, values, now)
+            _take_out(gpu, row.failed_reason, values, now, outbox)
             outcome = "unhealthy"
     elif row.failed_since is not None:
         row.clean_readings += 1
         if row.clean_readings >= settings.GPU_RECOVERY_READINGS:
-            _bring_back(gpu, row, open_alerts, values, now)
+            _bring_back(gpu, row, open_alerts, values, now, outbox)
             row.failed_since, row.failed_reason, row.clean_readings = None, "", 0
             outcome = "healthy"
     if row.failed_since is not None and gpu.healthy:
@@ -158,7 +171,7 @@ def _admins():
     return list(get_user_model().objects.filter(is_staff=True, is_active=True).order_by("id"))
 
 
-def _alert_open(gpu, crossing, values, now):
+def _alert_open(gpu, crossing, values, now, outbox):
     GpuAlert.objects.create(gpu=gpu, kind=crossing.kind, started=now, value=crossing.value, message=crossing.message)
     audit_record(
         action=AuditEntry.Action.GPU_ALERT, target=f"gpu:{gpu.pk}", reason=crossing.message,
@@ -170,14 +183,14 @@ def _alert_open(gpu, crossing, values, now):
     for reservation in now_on_it:
         if reservation.user_id not in told:
             told.add(reservation.user_id)
-            notice_send(
+            outbox.append(dict(
                 user=reservation.user, kind=Notice.Kind.GPU_ALERT, reservation=reservation,
                 message=f"{crossing.message} Your booking #{reservation.pk} is using it.",
                 data=data | {"booking_url": f"/bookings/{reservation.pk}/"},
-            )
+            ))
     for admin in _admins():
         if admin.pk not in told:
-            notice_send(user=admin, kind=Notice.Kind.GPU_ALERT, message=crossing.message, data=data)
+            outbox.append(dict(user=admin, kind=Notice.Kind.GPU_ALERT, message=crossing.message, data=data))
 
 
 def _alert_end(gpu, alert, now):
@@ -188,7 +201,7 @@ def _alert_end(gpu, alert, now):
     )
 
 
-def _take_out(gpu, reason, values, now):
+def _take_out(gpu, reason, values, now, outbox):
     GPU.objects.filter(pk=gpu.pk).update(healthy=False)
     gpu.healthy = False  # the free-window search below must not offer it
     message = f"{gpu.name} failed its health check ({reason}) and takes no new bookings."
@@ -209,20 +222,20 @@ def _take_out(gpu, reason, values, now):
             )
         else:
             where = " No free window of the same size on healthy GPUs was found within the booking horizon."
-        notice_send(
+        outbox.append(dict(
             user=reservation.user, kind=Notice.Kind.GPU_UNHEALTHY, reservation=reservation,
             message=f"{message} Your booking #{reservation.pk} uses it.{where} See {url}",
             data={"gpu": gpu.pk, "gpu_name": gpu.name, "reason": reason, "suggestion": suggestion, "booking_url": url},
-        )
+        ))
     for admin in _admins():
         if admin.pk not in told:
-            notice_send(
+            outbox.append(dict(
                 user=admin, kind=Notice.Kind.GPU_UNHEALTHY, message=message,
                 data={"gpu": gpu.pk, "gpu_name": gpu.name, "reason": reason},
-            )
+            ))
 
 
-def _bring_back(gpu, row, open_alerts, values, now):
+def _bring_back(gpu, row, open_alerts, values, now, outbox):
     GPU.objects.filter(pk=gpu.pk).update(healthy=True)
     for kind in ERROR_KINDS:
         if kind in open_alerts:
@@ -236,5 +249,5 @@ def _bring_back(gpu, row, open_alerts, values, now):
         before={"healthy": False}, after={"healthy": True, "reading": values},
     )
     for admin in _admins():
-        notice_send(user=admin, kind=Notice.Kind.GPU_RECOVERED, message=message, data={"gpu": gpu.pk, "gpu_name": gpu.name})
+        outbox.append(dict(user=admin, kind=Notice.Kind.GPU_RECOVERED, message=message, data={"gpu": gpu.pk, "gpu_name": gpu.name}))
 
