@@ -85,6 +85,8 @@ def _record(gpu, reading, before, open_alerts, now, outbox):
     row = before or GpuReading(gpu=gpu)
     row.at = now
     for name, value in values.items():
+        if value is None and name in ("ecc_errors", "xid_errors"):
+            continue  # one failed read keeps the last count, so the next one is not all "new"
         setattr(row, name, value)
 
     for crossing in crossings:
@@ -118,11 +120,13 @@ def _record(gpu, reading, before, open_alerts, now, outbox):
 
 
 def _new_errors(before, now):
-    """Errors since the previous reading. A count that went down was reset (the driver reloaded, or
-    the agent restarted and counts its XID events afresh): all of it is new."""
-    if now is None:
+    """Errors since the previous reading. The first count known is a baseline, not news (a GPU's
+    volatile count from before this database knew it, e.g. right after migrating). A count that went
+    down was reset (the driver reloaded, or the agent restarted and counts its XID events afresh):
+    all of it is new."""
+    if now is None or before is None:
         return 0
-    if before is None or now < before:
+    if now < before:
         return now
     return now - before
 

@@ -118,6 +118,7 @@ def test_an_ecc_error_takes_the_gpu_out_and_its_upcoming_owner_is_offered_the_ne
 def test_clean_readings_in_a_row_bring_a_failed_gpu_back(cluster, staff, settings):
     settings.GPU_RECOVERY_READINGS = 3
     gpus = cluster["node1"]
+    send(gpus, now=DURING - timedelta(seconds=5))
     send(gpus, now=DURING, xid_errors=1)
     send(gpus, now=DURING + timedelta(seconds=5), xid_errors=1)
     send(gpus, now=DURING + timedelta(seconds=10), xid_errors=2)  # a new error: counting starts again
@@ -145,6 +146,7 @@ def test_a_temperature_at_the_hard_limit_fails_the_gpu(cluster, staff, settings)
 
 def test_a_restarted_worker_does_not_bring_a_failed_gpu_back_before_its_clean_readings(cluster, staff):
     gpus = cluster["node1"]
+    send(gpus, now=DURING - timedelta(seconds=5))
     send(gpus, ecc_errors=4)
     node_register(
         hostname="node1", devices=[Device(index=i, model="A100", memory_mb=81920, uuid=f"node1-{i}") for i in range(4)]
@@ -157,3 +159,26 @@ def test_a_restarted_worker_does_not_bring_a_failed_gpu_back_before_its_clean_re
 
     assert not GPU.objects.get(pk=gpus[0].pk).healthy
     assert AuditEntry.objects.filter(action=Action.GPU_UNHEALTHY).count() == 1
+
+
+def test_the_first_error_count_known_is_a_baseline_and_takes_no_gpu_out(cluster, staff):
+    gpus = cluster["node1"]
+    send(gpus, ecc_errors=3, xid_errors=1)  # counted before this database knew the GPU
+
+    assert GPU.objects.get(pk=gpus[0].pk).healthy and not GpuAlert.objects.exists()
+    assert GpuReading.objects.get(gpu=gpus[0]).ecc_errors == 3
+
+    send(gpus, now=DURING + timedelta(seconds=5), ecc_errors=4, xid_errors=1)
+    assert not GPU.objects.get(pk=gpus[0].pk).healthy
+    assert "1 new uncorrected ECC" in AuditEntry.objects.get(action=Action.GPU_UNHEALTHY).reason
+
+
+def test_a_failed_count_read_keeps_the_last_count_and_the_next_read_finds_nothing_new(cluster, staff):
+    gpus = cluster["node1"]
+    send(gpus, ecc_errors=2, xid_errors=1)
+    send(gpus, now=DURING + timedelta(seconds=5), ecc_errors=None, xid_errors=None)
+    assert GpuReading.objects.get(gpu=gpus[0]).ecc_errors == 2
+
+    send(gpus, now=DURING + timedelta(seconds=10), ecc_errors=2, xid_errors=1)
+
+    assert GPU.objects.get(pk=gpus[0].pk).healthy and not GpuAlert.objects.exists()
