@@ -473,7 +473,10 @@ def usage_period(*, start=None, end=None, now):
     """The report's period [start, end): by default the 30 days up to `now`; a BookingError names
     the field when it is empty or longer than USAGE_MAX_PERIOD."""
     end = end or now
-    start = start or end - USAGE_DEFAULT_PERIOD
+    try:
+        start = start or end - USAGE_DEFAULT_PERIOD
+    except OverflowError:  # 30 days before year 1: callers that bound their input never get here
+        raise BookingError("end", "The end is too early for a report of the default length.") from None
     if start >= end:
         raise BookingError("end", "The end must come after the start.")
     if end - start > USAGE_MAX_PERIOD:

@@ -8,7 +8,8 @@ from datetime import datetime, timezone as dt_timezone
 import pytest
 from django.test import Client
 
-from reservations import services
+from reservations import selectors, services
+from reservations.errors import BookingError
 from trainer.models import TrainingJob
 
 from ..support import book, client_for, page_client, text_of
@@ -135,6 +136,8 @@ def test_a_period_outside_the_bookings_reports_no_team(day, staff):
         ("start=2030-01-08T00:00:00Z&end=2030-01-07T00:00:00Z", "end"),
         ("start=2029-01-01T00:00:00Z&end=2030-01-07T00:00:00Z", "end"),  # over 366 days
         ("team=vision", "team"),
+        ("end=0001-01-01T00:00:00Z", "end"),
+        ("start=9999-12-31T00:00:00Z", "start"),
     ],
 )
 def test_bad_dates_are_a_400_naming_the_field(db, staff, frozen, query, field):
@@ -181,6 +184,10 @@ def test_the_page_reads_whole_days_in_the_viewers_zone(day, staff):
         ("start=2030-13-01", "From: Enter a valid date."),
         ("start=2030-01-08&end=2030-01-07", "To (included): The end must come after the start."),
         ("start=2028-01-01&end=2030-01-07", "To (included): Ask for at most 366 days at a time."),
+        # Python's dates end at years 1 and 9999: the default 30 days before 0001-01-01 overflowed.
+        ("end=0001-01-01", "To (included): Give a date between the years 1000 and 9000."),
+        ("end=9999-12-31", "To (included): Give a date between the years 1000 and 9000."),
+        ("start=0001-01-01", "From: Give a date between the years 1000 and 9000."),
     ],
 )
 def test_a_bad_period_on_the_page_is_a_400_naming_the_field(db, staff, frozen, query, message):
@@ -188,6 +195,13 @@ def test_a_bad_period_on_the_page_is_a_400_naming_the_field(db, staff, frozen, q
 
     assert response.status_code == 400
     assert message in text_of(response)
+
+
+def test_a_period_the_calendar_cannot_hold_is_refused_naming_the_end():
+    with pytest.raises(BookingError) as caught:
+        selectors.usage_period(end=datetime(1, 1, 2, tzinfo=dt_timezone.utc), now=at(12))
+
+    assert caught.value.field == "end"
 
 
 def test_staff_see_the_report_in_the_navigation_and_others_do_not(db, staff, owner, frozen):

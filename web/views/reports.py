@@ -2,11 +2,12 @@
 bookings. The rules of what counts are the selector's (reservations.selectors.usage_report); this
 view reads the period from the form and renders."""
 
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 
 from django import forms
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
@@ -15,11 +16,21 @@ from reservations import selectors
 from reservations.errors import BookingError
 
 
+# The API's bounds (reservations.api.fields): far enough inside Python's years 1 to 9999 that the
+# day after the end, the default period before it and the zone's offset all stay representable.
+YEARS = "Give a date between the years 1000 and 9000."
+DAYS = [MinValueValidator(date(1000, 1, 1), YEARS), MaxValueValidator(date(8999, 12, 31), YEARS)]
+
+
 class PeriodForm(forms.Form):
     """Whole days in the viewer's zone, both ends included (the API takes exact times)."""
 
-    start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="From")
-    end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="To (included)")
+    start = forms.DateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"}), label="From", validators=DAYS,
+    )
+    end = forms.DateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"}), label="To (included)", validators=DAYS,
+    )
 
     def period(self, now):
         """[start, end) as aware datetimes (None for the selector's default), or BookingError."""
