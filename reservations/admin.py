@@ -99,6 +99,14 @@ class GPUAdmin(AuditedAdmin):
     list_select_related = ["node"]
     raw_id_fields = ["node"]
     search_fields = ["node__hostname", "model", "uuid"]
+    actions = ["return_to_service"]
+
+    @admin.action(description="Return to service (clear health failure)")
+    def return_to_service(self, request, queryset):
+        # An ECC/XID failure never clears itself from clean readings (the GPU needs a reset): this
+        # is how an admin who reset it puts it back.
+        returned = [gpu for gpu in queryset if services.gpu_return_to_service(gpu_id=gpu.pk, actor=request.user)]
+        self.message_user(request, f"{len(returned)} GPU(s) returned to service.", messages.SUCCESS)
 
 
 class ServiceForm(forms.ModelForm):

@@ -19,7 +19,7 @@ from .changes import (
 )
 from .clock import idempotency_prune, reservations_advance
 from .directory import DirectoryTeam, user_directory_sync
-from .health import gpu_readings_record
+from .health import gpu_readings_record, gpu_return_to_service
 from .inventory import Device, node_register
 from .notices import (
     notice_email,
@@ -40,6 +40,7 @@ __all__ = [
     "api_token_rotate",
     "audit_record",
     "gpu_readings_record",
+    "gpu_return_to_service",
     "idempotency_prune",
     "node_register",
     "notice_email",

@@ -81,6 +81,12 @@ def _record(gpu, reading, before, open_alerts, now, outbox):
     values = {name: getattr(reading, name, None) for name in READING_FIELDS}
     new_ecc = _new_errors(before.ecc_errors if before else None, values["ecc_errors"])
     new_xid = _new_errors(before.xid_errors if before else None, values["xid_errors"])
+    # Only a GPU reset or a driver reload brings the volatile ECC count down (XID counts restart with
+    # the agent, which says nothing about the GPU: an XID failure waits for an admin).
+    ecc_reset = (
+        before is not None and before.ecc_errors is not None and values["ecc_errors"] is not None
+        and values["ecc_errors"] < before.ecc_errors
+    )
     crossings = _crossings(gpu, values, new_ecc, new_xid)
     row = before or GpuReading(gpu=gpu)
     row.at = now
@@ -97,6 +103,9 @@ def _record(gpu, reading, before, open_alerts, now, outbox):
         if kind not in live and kind not in ERROR_KINDS:
             _alert_end(gpu, alert, now)
 
+    if ecc_reset and not new_ecc and GpuAlert.Kind.ECC in open_alerts:
+        _alert_end(gpu, open_alerts.pop(GpuAlert.Kind.ECC), now, "its ECC count was reset (GPU reset or driver reload)")
+
     failures = _failures(gpu, values, new_ecc, new_xid)
     outcome = None
     if failures:
@@ -105,6 +114,11 @@ def _record(gpu, reading, before, open_alerts, now, outbox):
             row.failed_since, row.failed_reason = now, "; ".join(failures)
             _take_out(gpu, row.failed_reason, values, now, outbox)
             outcome = "unhealthy"
+    elif row.failed_since is not None and any(kind in open_alerts for kind in ERROR_KINDS):
+        # NVIDIA: an uncorrectable ECC error or a critical XID needs a GPU reset. Clean readings
+        # say nothing until then (the count still shows the error): only a reset of the ECC count,
+        # or an admin (gpu_return_to_service), ends the error episode that keeps it out.
+        row.clean_readings = 0
     elif row.failed_since is not None:
         row.clean_readings += 1
         if row.clean_readings >= settings.GPU_RECOVERY_READINGS:
@@ -197,11 +211,11 @@ def _alert_open(gpu, crossing, values, now, outbox):
             outbox.append(dict(user=admin, kind=Notice.Kind.GPU_ALERT, message=crossing.message, data=data))
 
 
-def _alert_end(gpu, alert, now):
+def _alert_end(gpu, alert, now, why="back under its threshold", actor=None):
     GpuAlert.objects.filter(pk=alert.pk).update(ended=now)
     audit_record(
-        action=AuditEntry.Action.GPU_ALERT_END, target=f"gpu:{gpu.pk}",
-        reason=f"{gpu.name}: {alert.get_kind_display().lower()} back under its threshold.",
+        action=AuditEntry.Action.GPU_ALERT_END, target=f"gpu:{gpu.pk}", actor=actor,
+        reason=f"{gpu.name}: {alert.get_kind_display().lower()} {why}.",
     )
 
 
@@ -255,3 +269,36 @@ def _bring_back(gpu, row, open_alerts, values, now, outbox):
     for admin in _admins():
         outbox.append(dict(user=admin, kind=Notice.Kind.GPU_RECOVERED, message=message, data={"gpu": gpu.pk, "gpu_name": gpu.name}))
 
+
+
+def gpu_return_to_service(*, gpu_id, actor, now=None):
+    """An admin puts a GPU the health check took out back in service (after resetting it, say):
+    its health failure and open ECC/XID episodes are cleared, audited with who did it. Returns
+    False if the GPU was in service already."""
+    now = now or timezone.now()
+    outbox = []
+    with service_transaction():
+        if not lock_gpus([gpu_id]):
+            return False
+        gpu = GPU.objects.select_related("node").get(pk=gpu_id)
+        row = GpuReading.objects.filter(gpu=gpu).first()
+        if gpu.healthy and (row is None or row.failed_since is None):
+            return False
+        for alert in GpuAlert.objects.filter(gpu=gpu, ended=None, kind__in=ERROR_KINDS):
+            _alert_end(gpu, alert, now, f"cleared by {actor.get_username()}", actor=actor)
+        GPU.objects.filter(pk=gpu.pk).update(healthy=True)
+        was = row.failed_reason if row is not None else ""
+        if row is not None:
+            row.failed_since, row.failed_reason, row.clean_readings = None, "", 0
+            row.save(update_fields=["failed_since", "failed_reason", "clean_readings"])
+        message = f"{gpu.name} was returned to service by {actor.get_username()}" + (f" (it had failed: {was})." if was else ".")
+        audit_record(
+            action=AuditEntry.Action.GPU_HEALTHY, actor=actor, target=f"gpu:{gpu.pk}", reason=message,
+            before={"healthy": False, "failed_reason": was}, after={"healthy": True},
+        )
+        for admin in _admins():
+            outbox.append(dict(
+                user=admin, kind=Notice.Kind.GPU_RECOVERED, message=message, data={"gpu": gpu.pk, "gpu_name": gpu.name}
+            ))
+    _send(outbox)
+    return True

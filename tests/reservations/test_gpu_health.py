@@ -5,6 +5,7 @@ its bookings, and brought back by clean readings in a row."""
 from datetime import timedelta
 
 import pytest
+from django.test import Client
 
 from reservations import selectors
 from reservations.errors import BookingError
@@ -115,18 +116,17 @@ def test_an_ecc_error_takes_the_gpu_out_and_its_upcoming_owner_is_offered_the_ne
     assert GpuAlert.objects.get(gpu=gpus[0], ended=None).kind == "ecc"
 
 
-def test_clean_readings_in_a_row_bring_a_failed_gpu_back(cluster, staff, settings):
+def test_clean_readings_in_a_row_bring_a_gpu_failed_for_heat_back(cluster, staff, settings):
     settings.GPU_RECOVERY_READINGS = 3
     gpus = cluster["node1"]
-    send(gpus, now=DURING - timedelta(seconds=5))
-    send(gpus, now=DURING, xid_errors=1)
-    send(gpus, now=DURING + timedelta(seconds=5), xid_errors=1)
-    send(gpus, now=DURING + timedelta(seconds=10), xid_errors=2)  # a new error: counting starts again
+    send(gpus, now=DURING, temperature_c=96.0)
+    send(gpus, now=DURING + timedelta(seconds=5), temperature_c=80.0)
+    send(gpus, now=DURING + timedelta(seconds=10), temperature_c=97.0)  # failing again: counting starts again
     for second in (15, 20):
-        send(gpus, now=DURING + timedelta(seconds=second), xid_errors=2)
+        send(gpus, now=DURING + timedelta(seconds=second), temperature_c=70.0)
     assert not GPU.objects.get(pk=gpus[0].pk).healthy
 
-    assert send(gpus, now=DURING + timedelta(seconds=25), xid_errors=2) == {gpus[0].pk: "healthy"}
+    assert send(gpus, now=DURING + timedelta(seconds=25), temperature_c=70.0) == {gpus[0].pk: "healthy"}
 
     assert GPU.objects.get(pk=gpus[0].pk).healthy
     assert AuditEntry.objects.filter(action=Action.GPU_HEALTHY, target=f"gpu:{gpus[0].pk}").count() == 1
@@ -134,6 +134,49 @@ def test_clean_readings_in_a_row_bring_a_failed_gpu_back(cluster, staff, setting
     [back] = alerts_to(staff, Notice.Kind.GPU_RECOVERED)
     assert "3 clean readings" in back.message
     assert not GpuAlert.objects.filter(ended=None).exists()
+
+
+def test_an_ecc_failure_stays_out_through_clean_readings_until_its_count_is_reset(cluster, staff, settings):
+    settings.GPU_RECOVERY_READINGS = 2
+    gpus = cluster["node1"]
+    send(gpus, now=DURING - timedelta(seconds=5))
+    send(gpus, now=DURING, ecc_errors=1)
+    for second in range(5, 30, 5):  # the count still shows the error: the GPU needs a reset
+        send(gpus, now=DURING + timedelta(seconds=second), ecc_errors=1)
+    assert not GPU.objects.get(pk=gpus[0].pk).healthy
+
+    send(gpus, now=DURING + timedelta(seconds=30), ecc_errors=0)  # reset: the driver reloaded
+    assert not GPU.objects.get(pk=gpus[0].pk).healthy
+    assert send(gpus, now=DURING + timedelta(seconds=35), ecc_errors=0) == {gpus[0].pk: "healthy"}
+
+    assert GPU.objects.get(pk=gpus[0].pk).healthy and not GpuAlert.objects.filter(ended=None).exists()
+    assert "reset" in AuditEntry.objects.get(action=Action.GPU_ALERT_END).reason
+
+
+def test_an_xid_failure_stays_out_until_an_admin_returns_it_to_service(cluster, staff, settings):
+    settings.GPU_RECOVERY_READINGS = 2
+    gpus = cluster["node1"]
+    send(gpus, now=DURING - timedelta(seconds=5))
+    send(gpus, now=DURING, xid_errors=1)
+    send(gpus, now=DURING + timedelta(seconds=5), xid_errors=0)  # the agent restarted: not a GPU reset
+    for second in range(10, 30, 5):
+        send(gpus, now=DURING + timedelta(seconds=second), xid_errors=0)
+    assert not GPU.objects.get(pk=gpus[0].pk).healthy
+
+    root = make_user("root", is_staff=True, is_superuser=True)
+    admin = Client()
+    admin.force_login(root)
+    response = admin.post(
+        "/admin/reservations/gpu/", {"action": "return_to_service", "_selected_action": [gpus[0].pk]}
+    )
+
+    assert response.status_code == 302
+    assert GPU.objects.get(pk=gpus[0].pk).healthy and not GpuAlert.objects.filter(ended=None).exists()
+    entry = AuditEntry.objects.get(action=Action.GPU_HEALTHY)
+    assert entry.actor == root and "returned to service" in entry.reason
+    assert GpuReading.objects.get(gpu=gpus[0]).failed_since is None
+    send(gpus, now=DURING + timedelta(seconds=30), xid_errors=0)
+    assert GPU.objects.get(pk=gpus[0].pk).healthy
 
 
 def test_a_temperature_at_the_hard_limit_fails_the_gpu(cluster, staff, settings):
