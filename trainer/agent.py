@@ -108,7 +108,8 @@ class NodeAgent:
                 os.killpg(job.pid, signal.SIGTERM)
                 _wait_gone(job.pid, settings.STOP_GRACE_SECONDS)
             TrainingJob.objects.filter(pk=job.pk, status__in=TrainingJob.LIVE).update(
-                status=Status.INTERRUPTED, reason="Its worker restarted; resuming from the checkpoint.", pid=None
+                status=Status.INTERRUPTED, reason="Its worker restarted; resuming from the checkpoint.", pid=None,
+                ended_at=timezone.now(),
             )
 
     # --- reconcile -------------------------------------------------------------------------

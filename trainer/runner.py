@@ -105,6 +105,8 @@ def _record_start(job_id, trainer):
         start_epoch=trainer.start_epoch,
         epochs=trainer.epochs,
         started_at=timezone.now(),
+        # A resumed run is running again: the end its interruption recorded no longer holds.
+        ended_at=None,
         reason=f"Training from epoch {trainer.start_epoch + 1} of {trainer.epochs}.",
     )
 

@@ -187,6 +187,9 @@ def nodes_mark_lost(*, now=None):
         status=TrainingJob.Status.INTERRUPTED,
         reason="The node stopped sending heartbeats; resumes from its checkpoint when the node is back.",
         pid=None,
+        # The run ended here as far as usage counts (the report and /metrics read ended_at); a
+        # resumed run records its own start and clears it (runner._record_start).
+        ended_at=now,
         updated=now,
     )
 

@@ -21,8 +21,10 @@ from rest_framework.authtoken.models import Token
 
 from ops.metrics import scrape
 from reservations import services, tasks
-from reservations.models import Notice, Reservation
+from reservations.models import Node, Notice, Reservation
+from reservations.selectors import usage_report
 from trainer.models import TrainingJob
+from trainer.services import nodes_mark_lost
 
 from ..support import NEXT_SLOT, book, client_for, make_user, wait_for
 from ..workers import Worker, purge_central_queue
@@ -153,6 +155,27 @@ def test_a_running_job_counts_up_to_now_and_a_node_shows_its_heartbeat_age(clust
     assert value(found, "gpu_scheduler_jobs", status="running") == 1
     assert value(found, "gpu_scheduler_node_heartbeat_age_seconds", node="node2") == 45 * 60
 
+
+
+@pytest.mark.usefixtures("frozen")
+def test_a_job_interrupted_by_a_lost_node_counts_until_then_alike_in_metrics_and_the_usage_report(
+    cluster, owner, settings
+):
+    settings.NODE_LOST_SECONDS = 60
+    booking = book(owner, cluster["node2"][:2])  # 10:00-12:00 on two GPUs
+    job = TrainingJob.objects.create(
+        reservation=booking, spec={}, epochs=1, status=TrainingJob.Status.RUNNING, started_at=NEXT_SLOT,
+        node=cluster["node2"][0].node,
+    )
+    Node.objects.filter(pk=job.node_id).update(online=True, last_heartbeat=NEXT_SLOT + timedelta(minutes=28))
+
+    assert nodes_mark_lost(now=NEXT_SLOT + timedelta(minutes=30)) == 1
+    now = NEXT_SLOT + timedelta(hours=3)
+    report = usage_report(start=now - timedelta(hours=24), end=now, now=now)
+
+    assert TrainingJob.objects.get(pk=job.pk).ended_at == NEXT_SLOT + timedelta(minutes=30)
+    assert [row["used_gpu_hours"] for row in report] == [1.0]
+    assert value(scraped(now=now), "gpu_scheduler_used_gpu_hours", window="24h") == pytest.approx(1.0)
 
 
 @pytest.mark.usefixtures("frozen")

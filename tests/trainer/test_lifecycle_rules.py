@@ -1,5 +1,6 @@
 """The lifecycle's rules, one at a time, without a worker."""
 
+import types
 from datetime import timedelta
 from io import StringIO
 
@@ -13,7 +14,7 @@ from trainer import services
 from trainer.agent import NodeAgent
 from trainer.models import TrainingJob
 from trainer.process import child_environment
-from trainer.runner import _device_argument, train
+from trainer.runner import _device_argument, _record_start, train
 
 from ..support import NEXT_SLOT, SLOT
 
@@ -60,6 +61,22 @@ def test_a_silent_node_goes_offline_and_its_running_jobs_are_interrupted(cluster
     assert node.online is False
     assert TrainingJob.objects.get(pk=running.pk).status == "interrupted"
     assert TrainingJob.objects.get(pk=elsewhere.pk).status == "running"
+
+
+def test_a_resumed_run_clears_the_end_its_interruption_recorded_and_counts_from_its_new_start(cluster, owner, team):
+    # Usage (the report and /metrics) counts [started_at, ended_at or now]: a stale end before the
+    # new start would count the resumed run as nothing while it trains.
+    earlier = timezone.now() - timedelta(minutes=5)
+    training = job_for(
+        booking(owner, team, cluster["node1"][:1], NEXT_SLOT, SLOT), status="interrupted",
+        started_at=earlier - timedelta(minutes=30), ended_at=earlier,
+    )
+    services.job_claim_start(job_id=training.pk, node=Node.objects.get(hostname="node1"), devices=[0])
+
+    _record_start(training.pk, types.SimpleNamespace(start_epoch=2, epochs=5))
+
+    resumed = TrainingJob.objects.get(pk=training.pk)
+    assert (resumed.status, resumed.started_at, resumed.ended_at) == ("running", timezone.now(), None)
 
 
 def test_a_node_inside_the_heartbeat_window_is_not_lost(cluster, frozen):
