@@ -48,11 +48,21 @@ class NVMLError_Timeout(NVMLError):
     pass
 
 
-def fake_nvml(devices, refused=(), xid_events=None):
+class NVMLError_GpuIsLost(NVMLError):
+    pass
+
+
+def fake_nvml(devices, refused=(), xid_events=None, lost=()):
     """A `pynvml` with `devices`: dicts of raw NVML values (bytes, milliwatts, ...). Calls named in
     `refused` raise NVMLError_NotSupported, as on a card without that sensor. `xid_events`: per
-    device index, a list of (event type, XID) waiting in its event set."""
+    device index, a list of (event type, XID) waiting in its event set. Device indexes in `lost`
+    have fallen off the bus: NVML gives no handle for them."""
     xid_events = xid_events if xid_events is not None else {}
+
+    def handle(index):
+        if index in lost:
+            raise NVMLError_GpuIsLost(f"GPU {index} is lost")
+        return {"index": index, **devices[index]}
 
     def call(name, body):
         def function(*args):
@@ -83,7 +93,7 @@ def fake_nvml(devices, refused=(), xid_events=None):
         nvmlEventTypeXidCriticalError=8,
         nvmlInit=lambda: None,
         nvmlDeviceGetCount=lambda: len(devices),
-        nvmlDeviceGetHandleByIndex=lambda i: {"index": i, **devices[i]},
+        nvmlDeviceGetHandleByIndex=handle,
         nvmlDeviceGetName=call("nvmlDeviceGetName", lambda h: h["name"]),
         nvmlDeviceGetUUID=call("nvmlDeviceGetUUID", lambda h: h["uuid"]),
         nvmlDeviceGetMemoryInfo=call(

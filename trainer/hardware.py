@@ -38,6 +38,8 @@ class Telemetry:
     power_w: float | None = None
     ecc_errors: int | None = None
     xid_errors: int | None = None
+    # NVML cannot reach the device at all (fallen off the bus, XID 79): a failure, not a gap.
+    lost: bool = False
 
 
 class NvmlHardware:
@@ -53,7 +55,16 @@ class NvmlHardware:
         self.xid_counts = {}
 
     def _handles(self):
-        return [self.nvml.nvmlDeviceGetHandleByIndex(i) for i in range(self.nvml.nvmlDeviceGetCount())]
+        """(index, handle) per device; the handle None for a device NVML cannot reach, so that one
+        lost GPU neither stops the others being read nor goes unreported."""
+        found = []
+        for index in range(self.nvml.nvmlDeviceGetCount()):
+            try:
+                found.append((index, self.nvml.nvmlDeviceGetHandleByIndex(index)))
+            except self.nvml.NVMLError as exc:
+                log.warning("GPU %s cannot be reached through NVML (%s)", index, exc)
+                found.append((index, None))
+        return found
 
     def _read(self, call, *args):
         """One NVML call; None when NVML refuses it (not supported, no permission, GPU lost)."""
@@ -65,7 +76,9 @@ class NvmlHardware:
 
     def devices(self):
         found = []
-        for index, handle in enumerate(self._handles()):
+        for index, handle in self._handles():
+            if handle is None:
+                continue
             name = self.nvml.nvmlDeviceGetName(handle)
             found.append(
                 Device(
@@ -80,7 +93,10 @@ class NvmlHardware:
     def telemetry(self):
         nvml, read = self.nvml, self._read
         readings = []
-        for index, handle in enumerate(self._handles()):
+        for index, handle in self._handles():
+            if handle is None:
+                readings.append(Telemetry(index=index, utilization_pct=None, memory_used_mb=None, lost=True))
+                continue
             utilization = read(nvml.nvmlDeviceGetUtilizationRates, handle)
             memory = read(nvml.nvmlDeviceGetMemoryInfo, handle)
             temperature = read(nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU)

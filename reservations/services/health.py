@@ -106,7 +106,7 @@ def _record(gpu, reading, before, open_alerts, now, outbox):
     if ecc_reset and not new_ecc and GpuAlert.Kind.ECC in open_alerts:
         _alert_end(gpu, open_alerts.pop(GpuAlert.Kind.ECC), now, "its ECC count was reset (GPU reset or driver reload)")
 
-    failures = _failures(gpu, values, new_ecc, new_xid)
+    failures = _failures(gpu, values, new_ecc, new_xid, lost=getattr(reading, "lost", False))
     outcome = None
     if failures:
         row.clean_readings = 0
@@ -173,8 +173,10 @@ def _crossings(gpu, values, new_ecc, new_xid):
     return found
 
 
-def _failures(gpu, values, new_ecc, new_xid):
+def _failures(gpu, values, new_ecc, new_xid, lost=False):
     failures = []
+    if lost:
+        failures.append("the node cannot reach it (fallen off the bus?)")
     if new_ecc:
         failures.append(f"{new_ecc} new uncorrected ECC error(s)")
     if new_xid:

@@ -225,3 +225,15 @@ def test_a_failed_count_read_keeps_the_last_count_and_the_next_read_finds_nothin
     send(gpus, now=DURING + timedelta(seconds=10), ecc_errors=2, xid_errors=1)
 
     assert GPU.objects.get(pk=gpus[0].pk).healthy and not GpuAlert.objects.exists()
+
+
+def test_a_gpu_the_node_cannot_reach_is_taken_out(cluster, staff):
+    gpus = cluster["node1"]
+    send(gpus, now=DURING - timedelta(seconds=5), ecc_errors=1)
+
+    changed = send(gpus, lost=True, utilization_pct=None, memory_used_mb=None, memory_free_mb=None,
+                   temperature_c=None, power_w=None, ecc_errors=None, xid_errors=None)
+
+    assert changed == {gpus[0].pk: "unhealthy"} and not GPU.objects.get(pk=gpus[0].pk).healthy
+    assert "cannot reach" in AuditEntry.objects.get(action=Action.GPU_UNHEALTHY).reason
+    assert GpuReading.objects.get(gpu=gpus[0]).ecc_errors == 1

@@ -55,6 +55,16 @@ def test_readings_nvml_refuses_are_none_and_the_others_still_read():
     assert all(r.memory_used_mb == 2048 and r.utilization_pct == 37.0 for r in readings)
 
 
+def test_a_gpu_fallen_off_the_bus_is_reported_lost_and_the_others_still_read():
+    hardware = NvmlHardware(nvml=fake_nvml([H100, H100 | {"uuid": "GPU-2", "temp": 70}], lost={0}))
+
+    lost, other = hardware.telemetry()
+
+    assert lost == Telemetry(index=0, utilization_pct=None, memory_used_mb=None, lost=True)
+    assert other.index == 1 and other.temperature_c == 70.0 and not other.lost
+    assert [d.uuid for d in hardware.devices()] == ["GPU-2"]
+
+
 def test_cpu_devices_report_load_and_their_share_of_this_machines_memory():
     hardware = CpuHardware(2)
     [first, second] = hardware.telemetry()
