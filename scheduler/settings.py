@@ -173,6 +173,8 @@ GPU_TEMP_ALERT_CELSIUS = env_float("GPU_TEMP_ALERT_CELSIUS", 85.0, minimum=0)
 GPU_TEMP_FAIL_CELSIUS = env_float("GPU_TEMP_FAIL_CELSIUS", 95.0, minimum=0)
 GPU_MEMORY_ALERT_PCT = env_float("GPU_MEMORY_ALERT_PCT", 95.0, minimum=0)
 GPU_RECOVERY_READINGS = env_int("GPU_RECOVERY_READINGS", 3, minimum=1)
+# A temperature/memory episode ends only this far (degrees / percentage points) under its threshold.
+GPU_ALERT_CLEAR_MARGIN = env_float("GPU_ALERT_CLEAR_MARGIN", 5.0, minimum=0)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

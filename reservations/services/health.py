@@ -2,7 +2,8 @@
 
 Alerts come in episodes: an episode opens when a reading crosses its threshold (temperature at or
 over GPU_TEMP_ALERT_CELSIUS, memory use at or over GPU_MEMORY_ALERT_PCT, a new ECC or XID error) and
-ends when readings are back under it, so a GPU that stays hot for an hour alerts once, not at every
+ends when readings are GPU_ALERT_CLEAR_MARGIN under it (never on a reading the device could not
+give), so a GPU that stays hot for an hour alerts once, not at every
 heartbeat. Each opening tells the owner of the booking on the GPU now and every admin (staff), by
 notice, e-mail and webhook, and is audited on "gpu:<id>".
 
@@ -98,9 +99,8 @@ def _record(gpu, reading, before, open_alerts, now, outbox):
     for crossing in crossings:
         if crossing.kind not in open_alerts:
             _alert_open(gpu, crossing, values, now, outbox)
-    live = {c.kind for c in crossings}
     for kind, alert in open_alerts.items():
-        if kind not in live and kind not in ERROR_KINDS:
+        if kind not in ERROR_KINDS and _cleared(kind, values):
             _alert_end(gpu, alert, now)
 
     if ecc_reset and not new_ecc and GpuAlert.Kind.ECC in open_alerts:
@@ -171,6 +171,20 @@ def _crossings(gpu, values, new_ecc, new_xid):
             GpuAlert.Kind.XID, values["xid_errors"], f"{gpu.name} reported {new_xid} new critical XID error(s).",
         ))
     return found
+
+
+def _cleared(kind, values):
+    """Whether a temperature or memory episode is over: the reading is GPU_ALERT_CLEAR_MARGIN under
+    its threshold, so a GPU hovering around it alerts once, not at every other heartbeat. A reading
+    the device could not give says nothing: the episode goes on."""
+    margin = settings.GPU_ALERT_CLEAR_MARGIN
+    if kind == GpuAlert.Kind.TEMPERATURE:
+        temperature = values["temperature_c"]
+        return temperature is not None and temperature < settings.GPU_TEMP_ALERT_CELSIUS - margin
+    used, free = values["memory_used_mb"], values["memory_free_mb"]
+    if used is None or free is None or used + free <= 0:
+        return False
+    return 100 * used / (used + free) < settings.GPU_MEMORY_ALERT_PCT - margin
 
 
 def _failures(gpu, values, new_ecc, new_xid, lost=False):

@@ -237,3 +237,29 @@ def test_a_gpu_the_node_cannot_reach_is_taken_out(cluster, staff):
     assert changed == {gpus[0].pk: "unhealthy"} and not GPU.objects.get(pk=gpus[0].pk).healthy
     assert "cannot reach" in AuditEntry.objects.get(action=Action.GPU_UNHEALTHY).reason
     assert GpuReading.objects.get(gpu=gpus[0]).ecc_errors == 1
+
+
+def test_a_gpu_hovering_at_its_alert_threshold_or_unreadable_stays_in_one_episode(cluster, owner, staff, settings):
+    settings.GPU_TEMP_ALERT_CELSIUS, settings.GPU_ALERT_CLEAR_MARGIN = 85, 5
+    gpus = cluster["node1"]
+    book(owner, gpus[:1])
+    for step, temperature in enumerate([86.0, 84.0, 86.0, None, 85.5, 81.0, 86.0]):
+        send(gpus, now=DURING + timedelta(seconds=5 * step), temperature_c=temperature)
+
+    assert len(alerts_to(owner)) == 1 and len(alerts_to(staff)) == 1
+    assert GpuAlert.objects.get().ended is None
+
+    send(gpus, now=DURING + timedelta(minutes=1), temperature_c=79.0)
+    assert GpuAlert.objects.get().ended is not None
+
+
+def test_memory_just_under_its_threshold_does_not_end_the_episode(cluster, staff, settings):
+    settings.GPU_MEMORY_ALERT_PCT, settings.GPU_ALERT_CLEAR_MARGIN = 95, 5
+    gpus = cluster["node1"]
+    send(gpus, memory_used_mb=96, memory_free_mb=4)
+    send(gpus, now=DURING + timedelta(seconds=5), memory_used_mb=93, memory_free_mb=7)
+    send(gpus, now=DURING + timedelta(seconds=10), memory_used_mb=96, memory_free_mb=4)
+    assert len(alerts_to(staff)) == 1 and GpuAlert.objects.get().ended is None
+
+    send(gpus, now=DURING + timedelta(seconds=15), memory_used_mb=80, memory_free_mb=20)
+    assert GpuAlert.objects.get().ended is not None
