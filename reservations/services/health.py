@@ -10,8 +10,10 @@ notice, e-mail and webhook, and is audited on "gpu:<id>".
 A new ECC or XID error, or a temperature at or over GPU_TEMP_FAIL_CELSIUS, fails the health check:
 the GPU is taken out of booking (healthy=False, which every free-window search and pick filters on),
 the owners of its bookings still ahead are told with the nearest free window of the same size on
-healthy GPUs, and it comes back after GPU_RECOVERY_READINGS clean readings in a row. The ECC and XID
-episodes stay open while the GPU is out and end when it comes back.
+healthy GPUs. A GPU failed for heat, or one its node could not reach, comes back after
+GPU_RECOVERY_READINGS clean readings in a row. An ECC or XID error needs a GPU reset: its episode
+stays open (and the GPU out) until the ECC count is reset (then the clean readings count) or an
+admin returns the GPU to service (gpu_return_to_service).
 """
 
 from dataclasses import dataclass
