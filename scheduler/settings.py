@@ -114,8 +114,9 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 NUM_PROXIES = env_int("NUM_PROXIES", 0, minimum=0)
 
 # --- Metrics (README "Operations: metrics") ---
-# /metrics answers the client addresses in METRICS_ALLOWED_IPS (addresses or networks, the address
-# read as NUM_PROXIES says) and requests with "Authorization: Bearer <METRICS_BEARER_TOKEN>";
+# /metrics answers the direct peers in METRICS_ALLOWED_IPS (addresses or networks, the connection's
+# address, never X-Forwarded-For: a proxied request is not a direct peer) and requests with
+# "Authorization: Bearer <METRICS_BEARER_TOKEN>";
 # everyone else gets 403. An empty list and no token close it altogether.
 METRICS_BEARER_TOKEN = env_str("METRICS_BEARER_TOKEN", "")
 try:

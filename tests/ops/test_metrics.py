@@ -82,15 +82,19 @@ def test_metrics_refuse_a_wrong_bearer_token_and_answer_the_right_one(settings):
 
 
 @pytest.mark.django_db
-def test_a_listed_network_may_scrape_and_a_forwarded_address_counts_only_behind_a_trusted_proxy(settings):
-    settings.METRICS_ALLOWED_IPS = [ipaddress.ip_network("10.0.0.0/8")]
+def test_a_listed_network_may_scrape_directly_and_a_forwarded_address_never_counts_even_behind_a_proxy(settings):
+    settings.METRICS_ALLOWED_IPS = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.1/32")]
     forged = {"REMOTE_ADDR": "203.0.113.9", "HTTP_X_FORWARDED_FOR": "10.1.2.3"}
+    # Through the proxy on the same machine: the peer is listed, the client it forwards is not.
+    proxied = {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "203.0.113.9"}
 
     assert Client(REMOTE_ADDR="10.1.2.3").get("/metrics").status_code == 200
     assert Client(**forged).get("/metrics").status_code == 403
     settings.NUM_PROXIES = 1
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
-    assert Client(**forged).get("/metrics").status_code == 200
+    assert Client(**forged).get("/metrics").status_code == 403
+    assert Client(**proxied).get("/metrics").status_code == 403
+    assert Client(REMOTE_ADDR="10.1.2.3").get("/metrics").status_code == 200
 
 
 @pytest.mark.django_db
