@@ -115,6 +115,15 @@ def test_every_unit_reads_the_environment_file_and_the_node_unit_agrees_with_its
     assert "--queues=node.%H" in node["ExecStart"]
 
 
+def test_each_unit_with_a_metrics_directory_has_systemd_create_it_whichever_starts_first():
+    # The worker imports the metrics at start, which fails if the directory is missing; only the
+    # web's gunicorn.conf.py used to create it.
+    for path in units():
+        text = path.read_text()
+        if "PROMETHEUS_MULTIPROC_DIR=/var/lib/gpu-scheduler/prometheus" in text:
+            assert "gpu-scheduler/prometheus" in read_unit(path)["Service"]["StateDirectory"].split(), path.name
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_systemd_accepts_the_units(tmp_path):
     # verify checks that each ExecStart's program exists: point them at this checkout's environment.
