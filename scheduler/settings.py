@@ -167,9 +167,15 @@ if NODE_DEVICES not in ("auto", "cpu") and not (NODE_DEVICES.startswith("double:
 # GPU telemetry and health (README "Operations: GPU health and alerts"): each node worker serves its
 # GPUs' readings for Prometheus on NODE_METRICS_PORT (0: off) and sends them with its heartbeat. A
 # reading at or over an alert threshold opens an alert episode (one notice per episode); a new ECC or
-# XID error, or a temperature at or over GPU_TEMP_FAIL_CELSIUS, takes the GPU out of booking until
-# GPU_RECOVERY_READINGS heartbeats in a row are clean.
+# XID error, a temperature at or over GPU_TEMP_FAIL_CELSIUS, or a GPU the node cannot reach takes the
+# GPU out of booking: heat and a lost GPU come back after GPU_RECOVERY_READINGS clean heartbeats in a
+# row, ECC after its counter resets (a GPU reset) and then as many, XID only by the admin's "Return
+# to service".
 NODE_METRICS_PORT = env_int("NODE_METRICS_PORT", 9400, minimum=0)
+# The address the node's exporter listens on: all interfaces by default, so a Prometheus on another
+# machine can scrape it (as DCGM exporter does); firewall the port to the Prometheus host, or give
+# 127.0.0.1 when Prometheus runs on the node.
+NODE_METRICS_ADDR = env_str("NODE_METRICS_ADDR", "0.0.0.0")
 GPU_TEMP_ALERT_CELSIUS = env_float("GPU_TEMP_ALERT_CELSIUS", 85.0, minimum=0)
 GPU_TEMP_FAIL_CELSIUS = env_float("GPU_TEMP_FAIL_CELSIUS", 95.0, minimum=0)
 GPU_MEMORY_ALERT_PCT = env_float("GPU_MEMORY_ALERT_PCT", 95.0, minimum=0)

@@ -50,7 +50,7 @@ class NodeAgent:
     def start(self):
         self.node = node_register(hostname=self.hostname, devices=self.hardware.devices())
         self._reap_orphans()
-        start_exporter(settings.NODE_METRICS_PORT)
+        start_exporter(settings.NODE_METRICS_PORT, settings.NODE_METRICS_ADDR)
         self.thread.start()
         log.info("node agent for %s started with %d device(s)", self.hostname, self.node.gpus.count())
 

@@ -11,6 +11,7 @@ from reservations import policy
 from reservations.errors import BookingError
 from reservations.models import Allocation, Node, Notice, Reservation
 from reservations.services import notice_send, reservation_release_early
+from reservations.services.locks import lock_reservation, service_transaction
 
 from . import queue
 from .models import TrainingJob
@@ -274,9 +275,8 @@ def _notice_once(reservation, kind, *, match, message, data=None):
     beat, or a slow pass overlapping the next) both read "not told yet" and both sent. The check and
     the send are one step under the booking's row lock (1st in locks.py's order), so the second pass
     waits, then sees the first one's notice."""
-    with transaction.atomic(durable=True):
-        locked = Reservation.objects.select_for_update(of=("self",)).filter(pk=reservation.pk)
-        if locked.first() is None or Notice.objects.filter(
+    with service_transaction():
+        if lock_reservation(reservation.pk) is None or Notice.objects.filter(
             reservation=reservation, kind=kind, **{f"data__{key}": value for key, value in match.items()}
         ).exists():
             return 0

@@ -54,18 +54,19 @@ REGISTRY.register(COLLECTOR)
 _server = None
 
 
-def start_exporter(port):
-    """Serve this process's metrics (the GPU readings and whatever else it registered) on `port`;
-    0 serves nothing. A port already taken is logged, not fatal: the node still trains and books."""
+def start_exporter(port, addr="0.0.0.0"):
+    """Serve this process's metrics (the GPU readings and whatever else it registered) on `addr`:
+    `port`; port 0 serves nothing. A port already taken is logged, not fatal: the node still trains
+    and books."""
     global _server
     if not port or _server is not None:
         return _server
     try:
-        _server = start_http_server(port)
+        _server = start_http_server(port, addr=addr)
     except OSError as exc:
         log.error("GPU metrics not served: port %s: %s", port, exc)
         return None
-    log.info("GPU metrics served on port %s", port)
+    log.info("GPU metrics served on %s:%s", addr, port)
     return _server
 
 
