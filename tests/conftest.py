@@ -12,8 +12,10 @@ from django.core.cache import cache
 
 from reservations.models import Membership, Team
 from reservations.services import Device, node_register
+from trainer.dataset import make_dataset
 
 from .support import FROZEN_NOW, client_for, make_user
+from .workers import RedisServer
 
 
 @pytest.fixture(autouse=True)
@@ -89,3 +91,22 @@ def high_booker(team):
 def api(owner):
     """An API client signed in (by token) as `owner`."""
     return client_for(owner)
+
+
+@pytest.fixture
+def training_data(tmp_path, settings, monkeypatch):
+    """Data and run folders for this test, in settings and in the environment (training children and
+    worker processes read their settings from it). Returns the demo dataset's data.yaml."""
+    for name, value in (("TRAINING_DATA_ROOTS", tmp_path / "data"), ("TRAINING_RUNS_DIR", tmp_path / "runs")):
+        monkeypatch.setenv(name, str(value))
+    settings.TRAINING_DATA_ROOTS = [(tmp_path / "data").resolve()]
+    settings.TRAINING_RUNS_DIR = (tmp_path / "runs").resolve()
+    return make_dataset(tmp_path / "data" / "demo", images=32, size=64)
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A Redis for this test alone: stopping the shared one would break every other worker and test."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

@@ -12,33 +12,17 @@ from celery import Celery
 
 from reservations.models import GPU, AuditEntry, Node, Notice, Reservation
 from reservations.queue import NOTICE_EMAIL
-from trainer.dataset import make_dataset
 from trainer.models import TrainingJob
 from trainer.queue import STOP_JOB, node_queue
 
 from .support import make_user, wait_for
 from .trainer.test_slot_lifecycle import booking_now, job
-from .workers import NodeWorker, RedisServer, kill_training_children
+from .workers import NodeWorker, kill_training_children
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 HOST = "redis-restart-node"
 
 
-@pytest.fixture
-def training_data(tmp_path, settings, monkeypatch):
-    for name, value in (("TRAINING_DATA_ROOTS", tmp_path / "data"), ("TRAINING_RUNS_DIR", tmp_path / "runs")):
-        monkeypatch.setenv(name, str(value))
-    settings.TRAINING_DATA_ROOTS = [(tmp_path / "data").resolve()]
-    settings.TRAINING_RUNS_DIR = (tmp_path / "runs").resolve()
-    return make_dataset(tmp_path / "data" / "demo", images=32, size=64)
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    """A Redis for this test alone: stopping the shared one would break every other worker and test."""
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

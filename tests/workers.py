@@ -17,6 +17,17 @@ from trainer.models import TrainingJob
 from .support import wait_for
 
 
+def celery(log, arguments, env):
+    """`celery -A scheduler <arguments>` against the test database, its output appended to `log`."""
+    db = connection.settings_dict
+    env = dict(os.environ, DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}", **env)
+    with open(log, "ab") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "scheduler", *arguments, "--loglevel", "INFO"],
+            cwd=settings.BASE_DIR, env=env, stdout=output, stderr=subprocess.STDOUT,
+        )
+
+
 class Worker:
     """A worker process on `queues`, with `env` on top of this process's environment."""
 
@@ -25,16 +36,11 @@ class Worker:
         self.process = None
 
     def start(self):
-        db = connection.settings_dict
-        env = dict(
-            os.environ, DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}", **self.env
+        self.process = celery(
+            self.log,
+            ["worker", "-Q", ",".join(self.queues), "--pool", "threads", "--concurrency", "4", "-n", f"{self.name}@%h"],
+            self.env,
         )
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "scheduler", "worker", "-Q", ",".join(self.queues),
-                 "--pool", "threads", "--concurrency", "4", "-n", f"{self.name}@%h", "--loglevel", "INFO"],
-                cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
         return self
 
     def kill(self):
@@ -134,16 +140,7 @@ class Beat:
         self.process = None
 
     def start(self):
-        db = connection.settings_dict
-        env = dict(
-            os.environ, DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}", **self.env
-        )
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "scheduler", "beat", "-s", str(self.schedule),
-                 "--loglevel", "INFO"],
-                cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
+        self.process = celery(self.log, ["beat", "-s", str(self.schedule)], self.env)
         return self
 
     def stop(self):

@@ -14,7 +14,7 @@ from trainer.services import job_create
 from trainer.spec import JobSpecSerializer
 
 from ..support import client_for, make_user, wait_for
-from ..workers import NodeWorker, RedisServer, kill_training_children
+from ..workers import NodeWorker, kill_training_children
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
 HOST = "lifecycle-node"
@@ -27,13 +27,6 @@ def node_worker(tmp_path, training_data):
     worker.stop()
     kill_training_children()
 
-
-@pytest.fixture
-def own_redis(tmp_path):
-    """A Redis for this test alone: stopping the shared one would break every other worker and test."""
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
