@@ -171,8 +171,9 @@ def booking_move(request, pk):
 
 
 def _explain_conflict(failure, reservation):
-    """Split a move's suggestions into those the move can take (the same GPUs: a move keeps its
-    GPUs) and the others (other GPUs free at that time: a new booking from the calendar)."""
+    """Split a move's suggestions into those on the booking's own GPUs (offered as one-click moves)
+    and those on other GPUs (listed; reservation_move can take other GPUs too, which only the
+    move off an unhealthy GPU offers in one click so far)."""
     if failure is None or failure.conflict is None:
         return
     held = {a.gpu_id for a in reservation.allocation_list}
