@@ -153,8 +153,11 @@ OVERRUN_GRACE_PCT = env_int("OVERRUN_GRACE_PCT", 10, minimum=0)
 HEARTBEAT_SECONDS = env_int("HEARTBEAT_SECONDS", 5, minimum=1)
 NODE_LOST_SECONDS = env_int("NODE_LOST_SECONDS", 45, minimum=2)
 NO_SHOW_RELEASE = env_bool("NO_SHOW_RELEASE", False)
-# The training side of a booking (reservations never imports trainer; this wires them).
-JOB_HOOKS = "trainer.hooks.TrainerJobs"
+# What a booking may carry, by field: a training job, or models to serve (reservations imports
+# neither app; this wires them, as Django wires its backends).
+BOOKING_WORK = ["trainer.hooks.TrainerJobs", "serving.hooks.ServingHooks"]
+# What a node's agent supervises beside training jobs: the serving bookings' replicas.
+NODE_SUPERVISORS = ["serving.supervisor.ReplicaSupervisor"]
 # Devices a node without NVIDIA GPUs offers, so the whole flow runs on CPU.
 CPU_DEVICE_COUNT = env_int("CPU_DEVICE_COUNT", 2, minimum=1)
 # "auto": NVIDIA GPUs when NVML finds some, else CPU devices; "cpu": CPU devices even on a GPU machine
@@ -183,6 +186,28 @@ GPU_RECOVERY_READINGS = env_int("GPU_RECOVERY_READINGS", 3, minimum=1)
 # A temperature/memory episode ends only this far (degrees / percentage points) under its threshold.
 GPU_ALERT_CLEAR_MARGIN = env_float("GPU_ALERT_CLEAR_MARGIN", 5.0, minimum=0)
 
+# Serving (README "Serving models"). Registered weights are copied into MODEL_STORE as
+# <sha256>.pt: shared storage (NFS, ...) in a deployment with several nodes, so every replica reads the
+# same bytes. A replica listens on REPLICA_ADDR (the node's address others reach it at) and a port of
+# REPLICA_PORTS; its models may take REPLICA_GPU_BUDGET_PCT of its GPU's memory (on a CPU device,
+# REPLICA_CPU_BUDGET_MB), unless the booking gives memory_budget_mb. A replica that is drained
+# (slot end, preemption) finishes its requests within REPLICA_DRAIN_SECONDS.
+MODEL_STORE = Path(env_str("MODEL_STORE", str(VAR_DIR / "model-store"))).resolve()
+REPLICA_ADDR = env_str("REPLICA_ADDR", "127.0.0.1")
+_ports = env_str("REPLICA_PORTS", "9500-9599")
+try:
+    _low, _, _high = _ports.partition("-")
+    REPLICA_PORTS = range(int(_low), int(_high or _low) + 1)
+except ValueError:
+    raise ImproperlyConfigured(f"REPLICA_PORTS must be a port or a range like 9500-9599, got {_ports!r}") from None
+if not REPLICA_PORTS or REPLICA_PORTS.start < 1 or REPLICA_PORTS.stop > 65536:
+    raise ImproperlyConfigured(f"REPLICA_PORTS must be ports between 1 and 65535, got {_ports!r}")
+REPLICA_GPU_BUDGET_PCT = env_float("REPLICA_GPU_BUDGET_PCT", 80, minimum=1)
+REPLICA_CPU_BUDGET_MB = env_int("REPLICA_CPU_BUDGET_MB", 2048, minimum=1)
+REPLICA_DRAIN_SECONDS = env_int("REPLICA_DRAIN_SECONDS", 30, minimum=1)
+# Seconds a replica's start may take (its process up and answering) before it counts as failed.
+REPLICA_START_SECONDS = env_int("REPLICA_START_SECONDS", 120, minimum=1)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -201,6 +226,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "reservations",
     "trainer",
+    "serving",
     "web",
     "ops",
 ]
