@@ -81,12 +81,12 @@ def main():
         for round_ in range(args.rounds):
             research = reservation_create(
                 user=researcher, gpu_ids=[gpu.pk], start=policy.ceil_to_slot(timezone.now()), slots=10,
-                priority="low", job=spec(300),
+                priority="low", work={"job": spec(300)},
             )
             wait_for(lambda: (job_of(research).checkpoint_epoch or 0) >= 1, 300, "research training")
             victim_pid = job_of(research).pid
             prod = reservation_create(
-                user=production, gpu_ids=[gpu.pk], priority="high", slots=2, job=spec(3),
+                user=production, gpu_ids=[gpu.pk], priority="high", slots=2, work={"job": spec(3)},
                 start=policy.ceil_to_slot(timezone.now() + policy.notice_length()),
             )
             research.refresh_from_db()

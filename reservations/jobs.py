@@ -1,11 +1,12 @@
-"""What the booking side needs of the training that a booking may carry: one small interface.
+"""What the booking side needs of the work a booking may carry: one small interface.
 
-`reservations` never imports `trainer` (trainer uses reservations, not the reverse). A booking may
-carry a training job, so the booking flows need a few things from the training side: validate a
-job spec, create the job with its booking, stop it when the booking ends early, know where it stands
-(for preemption), and show it. The training app provides them as a `JobHooks` subclass that settings
-name (`JOB_HOOKS = "trainer.hooks.TrainerJobs"`). Without it (an installation with no training app),
-bookings work and a `job` is refused.
+`reservations` never imports `trainer` or `serving` (they use reservations, not the reverse). A
+booking may carry work: a training job (`job`) or models to serve (`serve`). The booking flows need a
+few things from the app behind each kind: validate its spec, create it with its booking, stop it when
+the booking ends early, know where it stands (for preemption), say what a rebooking carries on, and
+show it. Each app provides them as a `JobHooks` subclass; settings list them
+(`BOOKING_WORK = ["trainer.hooks.TrainerJobs", "serving.hooks.ServingHooks"]`), the way Django wires
+its backends. Without any (an installation with neither app), bookings carry no work.
 """
 
 import functools
@@ -14,68 +15,110 @@ from datetime import datetime
 
 from django.conf import settings
 from django.utils.module_loading import import_string
-from rest_framework import serializers
 
-from .errors import BookingError
+from . import policy
 
 
 @dataclass(frozen=True)
 class JobState:
-    """Where a booking's job stands, as far as the booking rules care."""
+    """Where a booking's work stands, as far as the booking rules care."""
 
+    field: str  # the kind of work: the booking's field it came in ("job", "serve")
     id: int
     status: str
     spec: dict
-    live: bool  # a training process exists, or is about to
+    live: bool  # a process runs it on the booked devices, or is about to
     ended: bool  # nothing left to run or resume (completed, failed or stopped for good)
     completed: bool
-    spawned_at: datetime | None  # when its training process started (policy.reclaim_time)
+    spawned_at: datetime | None  # when its process started (policy.reclaim_time)
 
 
 class JobHooks:
-    """The interface, and the behaviour with no training app: no jobs."""
+    """One kind of work a booking may carry, as the booking flows see it."""
 
-    # Related names that reservation querysets select, so showing a booking's job costs no query.
+    # The booking's field that carries this kind of work.
+    field = "job"
+    # Related names that reservation querysets select, so showing a booking's work costs no query.
     select_related = ()
 
     def spec_serializer(self):
-        """A serializer (instance) that validates a booking's `job`."""
-        return _NoJobs(required=False)
+        """A serializer (instance) that validates the booking's field."""
+        raise NotImplementedError
 
     def check_spec(self, *, user, team, spec):
-        """Rules that need the database (who may resume what). Returns the spec to store."""
-        raise BookingError("job", "Training is not available on this installation.")
+        """Rules that need the database (who may resume or serve what). Returns the spec to store."""
+        return spec
 
     def create(self, *, reservation, spec, now):
-        """Inside the booking's transaction: the job that runs in the booking (`spec` None: the
-        booking carries none). Returns warnings for the person booking (e.g. its node is offline)."""
-        if spec is not None:
-            raise BookingError("job", "Training is not available on this installation.")
+        """Inside the booking's transaction: the work that runs in the booking (`spec` None: the
+        booking carries none of this kind). Returns warnings for the person booking."""
         return []
 
     def stop(self, *, reservation, reason):
-        """Inside the transaction that ends the booking early: stop its job with a checkpoint."""
+        """Inside the transaction that ends the booking early: stop its work (checkpoint, drain)."""
 
     def state(self, reservation):
-        """The booking's JobState, or None when it carries no job."""
+        """The booking's JobState, or None when it carries none of this kind."""
         return None
+
+    def rebook(self, state):
+        """(spec, note): what the rebooked unused part of a preempted booking carries on with, and a
+        few words for the audit log."""
+        return state.spec, ""
 
     def render(self, reservation):
-        """The booking's job as its JSON shows it, or None."""
+        """The booking's work of this kind as its JSON shows it, or None."""
         return None
 
 
-class _NoJobs(serializers.Field):
-    def to_internal_value(self, data):
-        raise serializers.ValidationError("Training is not available on this installation.")
+class BookingWork:
+    """The kinds of work settings name, together: the booking flows talk to this."""
 
-    def to_representation(self, value):
+    def __init__(self, kinds):
+        self.kinds = {kind.field: kind for kind in kinds}
+        self.select_related = tuple(name for kind in kinds for name in kind.select_related)
+
+    def spec_serializer(self, field):
+        return self.kinds[field].spec_serializer()
+
+    def serializer_fields(self):
+        """The booking request's fields for work, each with its kind's serializer."""
+        return {field: kind.spec_serializer() for field, kind in self.kinds.items()}
+
+    def check(self, *, user, team, work):
+        """The booking's work ({field: spec}), each spec checked by its kind; at most one kind."""
+        work = {field: spec for field, spec in (work or {}).items() if spec is not None}
+        policy.require_one_kind_of_work(work)
+        return {field: self.kinds[field].check_spec(user=user, team=team, spec=spec) for field, spec in work.items()}
+
+    def create(self, *, reservation, work, now):
+        warnings = []
+        for field, kind in self.kinds.items():
+            warnings += kind.create(reservation=reservation, spec=(work or {}).get(field), now=now)
+        return warnings
+
+    def stop(self, *, reservation, reason):
+        for kind in self.kinds.values():
+            kind.stop(reservation=reservation, reason=reason)
+
+    def state(self, reservation):
+        for kind in self.kinds.values():
+            state = kind.state(reservation)
+            if state is not None:
+                return state
         return None
+
+    def rebook(self, state):
+        """({field: spec}, note) for the rebooked part of a preempted booking whose work is `state`."""
+        spec, note = self.kinds[state.field].rebook(state)
+        return {state.field: spec}, note
+
+    def render(self, reservation, field):
+        kind = self.kinds.get(field)
+        return kind.render(reservation) if kind is not None else None
 
 
 @functools.cache
 def hooks():
-    """The training side's hooks, named by settings.JOB_HOOKS (the project wires them, as Django
-    wires its backends); without it, bookings carry no jobs."""
-    path = getattr(settings, "JOB_HOOKS", "")
-    return import_string(path)() if path else JobHooks()
+    """The kinds of work settings.BOOKING_WORK names (the project wires them)."""
+    return BookingWork([import_string(path)() for path in getattr(settings, "BOOKING_WORK", [])])

@@ -74,6 +74,13 @@ def require_one_target(gpu_ids, gpu_count):
         raise BookingError("gpus", "Give exactly one of gpus or gpu_count.")
 
 
+def require_one_kind_of_work(work):
+    """Rule: a booking carries at most one kind of work (a training job, or models to serve)."""
+    given = sorted(field for field, spec in (work or {}).items() if spec is not None)
+    if len(given) > 1:
+        raise BookingError(given[-1], f"A booking carries one of {' or '.join(given)}, not both.")
+
+
 def validate_slots(slots):
     # Rule: a booking is one or more whole slots; its length is checked against the horizon below.
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:

@@ -1,5 +1,5 @@
 """The training side of a booking, as the booking services see it (reservations.jobs): settings
-name this class as JOB_HOOKS."""
+list this class in BOOKING_WORK."""
 
 from django.core.exceptions import ObjectDoesNotExist
 
@@ -20,6 +20,7 @@ def _job(reservation):
 
 
 class TrainerJobs(JobHooks):
+    field = "job"
     select_related = ("job",)
 
     def spec_serializer(self):
@@ -43,6 +44,7 @@ class TrainerJobs(JobHooks):
         if job is None:
             return None
         return JobState(
+            field=self.field,
             id=job.pk,
             status=job.status,
             spec=job.spec,
@@ -51,6 +53,9 @@ class TrainerJobs(JobHooks):
             completed=job.status == TrainingJob.Status.COMPLETED,
             spawned_at=job.spawned_at,
         )
+
+    def rebook(self, state):
+        return dict(state.spec, resume_from=state.id), f"job resumes from job {state.id}'s checkpoint"
 
     def render(self, reservation):
         job = _job(reservation)

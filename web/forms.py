@@ -144,7 +144,7 @@ class BookingForm(forms.Form):
         spec = {key: data[key] for key in ("model", "data", "epochs", "imgsz", "batch") if data.get(key) not in (None, "")}
         if data.get("resume_from") is not None:
             spec["resume_from"] = data["resume_from"].pk
-        serializer = jobs.hooks().spec_serializer()
+        serializer = jobs.hooks().spec_serializer("job")
         serializer.bind("job", None)
         try:
             return serializer.run_validation(spec)

@@ -48,14 +48,16 @@ class ReservationCreateSerializer(StrictSerializer):
     )
 
     def get_fields(self):
-        # The training side validates `job` (reservations.jobs): this app does not know its fields.
+        # The apps behind each kind of work validate it (`job`, `serve`: reservations.jobs); this
+        # app does not know their fields.
         fields = super().get_fields()
-        fields["job"] = jobs.hooks().spec_serializer()
+        fields.update(jobs.hooks().serializer_fields())
         return fields
 
     def validate(self, attrs):
         try:
             policy.require_one_target(attrs.get("gpus"), attrs.get("gpu_count"))
+            policy.require_one_kind_of_work({field: attrs.get(field) for field in jobs.hooks().kinds})
         except BookingError as exc:
             raise serializers.ValidationError(exc.as_dict()) from None
         return attrs
@@ -82,6 +84,7 @@ class ReservationSerializer(serializers.Serializer):
     auto_rebook = serializers.BooleanField(read_only=True)
     rebook_of = serializers.IntegerField(source="rebook_of_id", read_only=True, allow_null=True)
     job = serializers.SerializerMethodField()
+    serve = serializers.SerializerMethodField()
 
     def get_gpus(self, obj) -> list[int]:
         return [a.gpu_id for a in obj.allocation_list]
@@ -92,11 +95,18 @@ class ReservationSerializer(serializers.Serializer):
     def get_job(self, obj) -> dict | None:
         """The booking's training job, for its team, its owner and staff only (policy.JobViewer);
         null for everyone else, and when it carries none."""
-        job = jobs.hooks().render(obj)
-        # Asked only of a booking that has a job: most have none, and the viewer may cost a query.
-        if job is None or not self._job_viewer().may_see(obj):
+        return self._work(obj, "job")
+
+    def get_serve(self, obj) -> dict | None:
+        """What the booking serves and its replicas, seen as its job would be (policy.JobViewer)."""
+        return self._work(obj, "serve")
+
+    def _work(self, obj, field):
+        work = jobs.hooks().render(obj, field)
+        # Asked only of a booking that has work: most have none, and the viewer may cost a query.
+        if work is None or not self._job_viewer().may_see(obj):
             return None
-        return job
+        return work
 
     def _job_viewer(self):
         # Once per response, not per booking: a list shows many.

@@ -7,7 +7,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import selectors, services
+from .. import jobs, selectors, services
 from ..models import GPU, AuditEntry, Node, Notice
 from .filters import AuditFilter, ReservationFilter
 from .idempotency import idempotent_create
@@ -73,7 +73,7 @@ class ReservationViewSet(
                 team=data.get("team"),
                 title=data["title"],
                 waitlist=data["waitlist"],
-                job=data.get("job"),
+                work={field: data.get(field) for field in jobs.hooks().kinds},
                 auto_rebook=data["auto_rebook"],
                 on_booked=on_booked,
             )

@@ -38,7 +38,7 @@ def reservation_create(
     team=None,
     title="",
     waitlist=False,
-    job=None,
+    work=None,
     auto_rebook=True,
     actor=None,
     now=None,
@@ -47,7 +47,8 @@ def reservation_create(
     """Book `gpu_ids` (or any `gpu_count` GPUs) for `slots` slots from `start` (a slot boundary;
     "earliest": the nearest free window; "now": from now to the end of this slot, plus slots - 1).
     On conflict: BookingConflict, or with `waitlist` a waitlisted booking. `actor` is who asked, when
-    not the owner (an admin booking for someone). `job` is a training spec to run in the booked slot.
+    not the owner (an admin booking for someone). `work` is what runs in the booked slots: {"job": a
+    training spec} or {"serve": models to serve} (reservations.jobs).
     A booking that overlaps others may preempt them (rules in policy); `auto_rebook` says what happens
     if this one is preempted. `on_booked(reservation)` runs inside the booking's transaction, so what
     it writes commits with the booking or not at all. Each step is its own short transaction: never
@@ -70,9 +71,8 @@ def reservation_create(
         gpu_ids = check_gpu_ids(list(gpu_ids))
     else:
         check_gpu_count(gpu_count, allow_multi_node)
-    if job is not None:
-        job = jobs.hooks().check_spec(user=user, team=team, spec=job)
-    request = Booking(fields=fields, start=None, end=None, job=job, actor=actor or user, now=now, on_booked=on_booked)
+    work = jobs.hooks().check(user=user, team=team, work=work)
+    request = Booking(fields=fields, start=None, end=None, work=work, actor=actor or user, now=now, on_booked=on_booked)
 
     for window in _windows_to_try(start, slots, gpu_ids, gpu_count, allow_multi_node, now):
         booking = replace(request, start=window.start, end=window.end)

@@ -199,14 +199,11 @@ def _rebook_unused_part(victim, preemptor, job, *, gpu_ids, slots, now):
         preemptible=victim.preemptible, gpu_count=victim.gpu_count, allow_multi_node=victim.allow_multi_node,
         auto_rebook=victim.auto_rebook, rebook_of=victim,
     )
-    spec = dict(job.spec, resume_from=job.id) if job is not None else None
+    work, note = jobs.hooks().rebook(job) if job is not None else (None, "")
     return write_reservation(
-        fields, window.start, window.end, list(window.gpus), confirmed=True, job=spec, actor=None, now=now,
+        fields, window.start, window.end, list(window.gpus), confirmed=True, work=work, actor=None, now=now,
         action=AuditEntry.Action.REBOOK,
-        reason=(
-            f"The unused part of #{victim.pk}, preempted by {describe(preemptor)}"
-            + (f"; job resumes from job {job.id}'s checkpoint." if job is not None else ".")
-        ),
+        reason=f"The unused part of #{victim.pk}, preempted by {describe(preemptor)}" + (f"; {note}." if note else "."),
     )
 
 

@@ -78,13 +78,13 @@ def write_allocations(reservation, gpus, *, live=True):
     )
 
 
-def write_reservation(fields, start, end, gpus, *, confirmed, job, actor, now, action=None, reason=""):
-    """A reservation, its allocations (live when confirmed), its job and its audit entry. The job's
-    warnings for the person booking (its node is offline, ...) are left on `reservation.warnings`."""
+def write_reservation(fields, start, end, gpus, *, confirmed, work, actor, now, action=None, reason=""):
+    """A reservation, its allocations (live when confirmed), its work (a job, models to serve) and its
+    audit entry. The work's warnings for the person booking (its node is offline, ...) are left on `reservation.warnings`."""
     status = Status.CONFIRMED if confirmed else Status.WAITLISTED
     reservation = Reservation.objects.create(start=start, end=end, status=status, **fields)
     write_allocations(reservation, gpus, live=confirmed)
-    reservation.warnings = jobs.hooks().create(reservation=reservation, spec=job, now=now)
+    reservation.warnings = jobs.hooks().create(reservation=reservation, work=work, now=now)
     audit_record(
         action=action or (AuditEntry.Action.CREATE if confirmed else AuditEntry.Action.WAITLIST),
         actor=actor,
@@ -116,7 +116,7 @@ class Booking:
     fields: dict  # Reservation fields: user, team, title, priority, preemptible, gpu_count, ...
     start: datetime
     end: datetime
-    job: dict | None
+    work: dict | None  # {"job": spec} or {"serve": spec}, checked (reservations.jobs)
     actor: object
     now: datetime
     # Called with the new reservation inside the booking's transaction (the API's idempotency record).
@@ -124,7 +124,7 @@ class Booking:
 
     def write(self, gpus, *, confirmed=True, reason=""):
         reservation = write_reservation(
-            self.fields, self.start, self.end, gpus, confirmed=confirmed, job=self.job, actor=self.actor,
+            self.fields, self.start, self.end, gpus, confirmed=confirmed, work=self.work, actor=self.actor,
             now=self.now, reason=reason,
         )
         if self.on_booked is not None:

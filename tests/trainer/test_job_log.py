@@ -114,7 +114,7 @@ def demo_job(frozen, cluster, team, training_data):
     spec = JobSpecSerializer(data=dict(model="yolov8n.yaml", data=str(training_data), epochs=10, imgsz=64, batch=4))
     spec.is_valid(raise_exception=True)
     gpu = cluster["node1"][0]
-    reservation = book(make_user("trainer-owner", team), [gpu], job=spec.validated_data)
+    reservation = book(make_user("trainer-owner", team), [gpu], work={"job": spec.validated_data})
     return reservation.job, gpu
 
 
@@ -137,7 +137,7 @@ def test_a_job_on_the_waitlist_says_so(demo_job, team, training_data):
     _, gpu = demo_job
     spec = JobSpecSerializer(data=dict(model="yolov8n.yaml", data=str(training_data), epochs=1))
     spec.is_valid(raise_exception=True)
-    waiting = book(make_user("second", team), [gpu], job=spec.validated_data, waitlist=True).job
+    waiting = book(make_user("second", team), [gpu], work={"job": spec.validated_data}, waitlist=True).job
     assert job_log_text(waiting, 65536) == (
         f"Job {waiting.pk} has not started yet: its booking is on the waitlist for 2030-01-07 10:00 UTC; "
         "it starts when the booking is confirmed and begins.\n"

@@ -23,7 +23,7 @@ def spec(**fields):
 
 def book_job(user, gpu, job_spec):
     reservation = services.reservation_create(
-        user=user, gpu_ids=[gpu.pk], start="earliest", slots=1, job=job_spec, now=timezone.now()
+        user=user, gpu_ids=[gpu.pk], start="earliest", slots=1, work={"job": job_spec}, now=timezone.now()
     )
     return reservation.job
 

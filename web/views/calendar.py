@@ -250,7 +250,7 @@ def _book(request, form, gpus_by_id):
             team=data["team"].slug if data.get("team") else None,
             title=data["title"],
             waitlist=data["waitlist"],
-            job=data.get("job"),
+            work={"job": data.get("job")},
             auto_rebook=data["auto_rebook"],
             now=now,
         )
