@@ -10,7 +10,6 @@ the node's queue only make that happen sooner.
 
 import logging
 import os
-import signal
 import threading
 import time
 
@@ -18,6 +17,7 @@ from celery import signals
 from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from reservations import policy
 from reservations.models import Node, Reservation
@@ -27,7 +27,7 @@ from . import metrics, services
 from .hardware import detect
 from .telemetry import publish, start_exporter
 from .models import TrainingJob
-from .process import spawn, stop
+from .process import command_line_has, spawn, stop, terminate_orphan
 
 log = logging.getLogger(__name__)
 Status = TrainingJob.Status
@@ -45,11 +45,16 @@ class NodeAgent:
         self.stopping = threading.Event()
         self.last_heartbeat = 0.0
         self.thread = threading.Thread(target=self._loop, name=f"node-agent-{hostname}", daemon=True)
+        # What else this node runs on its booked devices (settings.NODE_SUPERVISORS: serving replicas),
+        # supervised from the same loop.
+        self.supervisors = [import_string(path)(self) for path in settings.NODE_SUPERVISORS]
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self):
         self.node = node_register(hostname=self.hostname, devices=self.hardware.devices())
         self._reap_orphans()
+        for supervisor in self.supervisors:
+            supervisor.start()
         start_exporter(settings.NODE_METRICS_PORT, settings.NODE_METRICS_ADDR)
         self.thread.start()
         log.info("node agent for %s started with %d device(s)", self.hostname, self.node.gpus.count())
@@ -58,6 +63,8 @@ class NodeAgent:
         self.stopping.set()
         self.wake.set()
         self.thread.join(timeout=10)
+        for supervisor in self.supervisors:
+            supervisor.shutdown()
 
     def nudge(self):
         """Reconcile now rather than within the second (a start_job or stop_job task arrived)."""
@@ -71,6 +78,8 @@ class NodeAgent:
                 close_old_connections()
                 self._heartbeat()
                 self.reconcile()
+                for supervisor in self.supervisors:
+                    supervisor.reconcile()
             except Exception:
                 log.exception("node agent pass failed; retrying")
                 connection.close()
@@ -104,9 +113,8 @@ class NodeAgent:
         """A job this node was running when its worker died: make sure no old process still trains
         on the devices (it may have outlived a missed PDEATHSIG), then let reconcile resume it."""
         for job in TrainingJob.objects.filter(node=self.node, status__in=TrainingJob.LIVE):
-            if job.pid and _is_training_process(job.pid, job.pk):
-                os.killpg(job.pid, signal.SIGTERM)
-                _wait_gone(job.pid, settings.STOP_GRACE_SECONDS)
+            if job.pid and command_line_has(job.pid, "run_training_job", str(job.pk)):
+                terminate_orphan(job.pid, settings.STOP_GRACE_SECONDS)
             TrainingJob.objects.filter(pk=job.pk, status__in=TrainingJob.LIVE).update(
                 status=Status.INTERRUPTED, reason="Its worker restarted; resuming from the checkpoint.", pid=None,
                 ended_at=timezone.now(),
@@ -173,14 +181,20 @@ class NodeAgent:
 
     def _devices_free(self, job):
         gpu_ids = {a.gpu_id for a in job.reservation.allocation_list}
+        busy = self.busy_gpu_ids(except_job=job.pk)
+        for supervisor in self.supervisors:
+            busy |= supervisor.busy_gpu_ids()
+        return not (gpu_ids & busy)
+
+    def busy_gpu_ids(self, except_job=None):
+        """The GPUs this node's training processes hold (gang readiness for whatever starts next)."""
         with self.lock:
-            others = [j for j in self.children if j != job.pk]
+            others = [j for j in self.children if j != except_job]
         if not others:
-            return True
-        busy = set(
+            return set()
+        return set(
             TrainingJob.objects.filter(pk__in=others).values_list("reservation__allocations__gpu_id", flat=True)
         )
-        return not (gpu_ids & busy)
 
     def request_stop(self, job_id, reason):
         """Ask the job to stop (checkpoint), and kill it if it has not exited within the grace."""
@@ -224,27 +238,6 @@ class NodeAgent:
         if hasattr(process, "stop_asked"):
             metrics.STOP_SECONDS.labels(phase="gpu_free").observe(time.monotonic() - process.stop_asked)
         self.nudge()  # its devices are free: a waiting gang may start now
-
-
-def _is_training_process(pid, job_id):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            parts = cmdline.read().split(b"\0")
-    except OSError:
-        return False
-    return b"run_training_job" in parts and str(job_id).encode() in parts
-
-
-def _wait_gone(pid, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not os.path.exists(f"/proc/{pid}"):
-            return
-        time.sleep(0.2)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 AGENT = None

@@ -1,4 +1,5 @@
-"""Starting and stopping the training child process on a node."""
+"""Starting and stopping the child processes a node's agent supervises: training jobs, and (through
+NODE_SUPERVISORS) serving replicas."""
 
 import ctypes
 import os
@@ -44,22 +45,57 @@ def spawn(job, devices, *, die_with_parent=False):
     """Start job `job` training on `devices` in a child process with its own log.
     Returns (Popen, log path)."""
     run_dir, _ = job_dirs(job)
-    run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "train.log"
+    command = [sys.executable, str(MANAGE_PY), "run_training_job", str(job.pk)]
+    return spawn_process(command, child_environment(devices), log_path, die_with_parent=die_with_parent), log_path
+
+
+def spawn_process(command, env, log_path, *, die_with_parent=False):
+    """Start `command` in its own process group (a stop reaches every process it starts: DDP ranks,
+    a server's workers), its output appended to `log_path`. Returns the Popen."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")
     try:
-        process = subprocess.Popen(
-            [sys.executable, str(MANAGE_PY), "run_training_job", str(job.pk)],
-            env=child_environment(devices),
+        return subprocess.Popen(
+            command,
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: a stop reaches DDP ranks too
+            start_new_session=True,
             preexec_fn=_die_with_parent if die_with_parent else None,
         )
     finally:
         log.close()
-    return process, log_path
+
+
+def command_line_has(pid, *parts):
+    """Whether process `pid` is still one of ours: each of `parts` is a word of its command line (a
+    pid recorded before a restart may belong to another program by now)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            words = cmdline.read().split(b"\0")
+    except OSError:
+        return False
+    return all(part.encode() in words for part in parts)
+
+
+def terminate_orphan(pid, grace_seconds):
+    """SIGTERM the process group of `pid` (a child a dead worker left behind) and SIGKILL it if it is
+    still there after `grace_seconds`."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/{pid}"):
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def stop(process, grace_seconds, before_kill=None):
