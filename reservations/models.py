@@ -305,6 +305,8 @@ class AuditEntry(models.Model):
         GPU_ALERT_END = "gpu_alert_end", "GPU alert cleared"
         GPU_UNHEALTHY = "gpu_unhealthy", "GPU taken out of service"
         GPU_HEALTHY = "gpu_healthy", "GPU back in service"
+        MODEL_REGISTER = "model_register", "Model version registered"
+        MODEL_DELETE = "model_delete", "Model or model version deleted"
 
     created = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
     actor = models.ForeignKey(
