@@ -1,0 +1,194 @@
+"""The replica's model cache in-process, with real YOLO weights on the CPU: on-demand loads, the
+LRU within a byte budget, single-flight loads, hash checks and what eviction gives back. No
+database: these are plain functions without the db fixture."""
+
+import hashlib
+import shutil
+import weakref
+
+import pytest
+from PIL import Image
+
+from serving.replica import runtime
+from serving.replica.cache import ModelCache
+from serving.replica.config import ReplicaConfig
+from serving.replica.errors import ModelTooLarge, NoRoom, WeightsMismatch
+
+from ..support import at_once
+
+# yolov8n loaded for inference (fused, float32) measures 12.02 MB here; its file is 6.19 MB.
+ONE_MODEL = 13_000_000
+
+
+def spec(name, path, version=1, pinned=False):
+    data = path.read_bytes()
+    return {
+        "name": name, "version": version, "sha256": hashlib.sha256(data).hexdigest(), "path": str(path),
+        "imgsz": 64, "class_names": ["square", "bar"], "size": len(data), "pinned": pinned,
+    }
+
+
+def config(models, budget, max_delay_ms=0):
+    return ReplicaConfig.from_dict(
+        {"replica": 1, "port": 0, "token": "t", "device": "cpu", "memory_budget": budget, "max_batch": 8,
+         "max_delay_ms": max_delay_ms, "models": models}
+    )
+
+
+class CountingLoader:
+    """The real loader, counting its calls and keeping a weak reference to each loaded network."""
+
+    def __init__(self):
+        self.calls = []
+        self.networks = {}
+
+    def __call__(self, spec, device):
+        self.calls.append(spec.label)
+        loaded = runtime.LoadedModel(spec, device)
+        self.networks[spec.label] = weakref.ref(loaded.yolo.model)
+        return loaded
+
+
+def image():
+    return Image.new("RGB", (80, 60), (200, 30, 30))
+
+
+def resident(cache):
+    return {f"{m['name']}:{m['version']}" for m in cache.status()["models"] if m["resident"]}
+
+
+def metric(cache, name, **labels):
+    return cache.metrics.registry.get_sample_value(name, labels) or 0
+
+
+@pytest.fixture
+def three(yolo_weights):
+    return [spec("a", yolo_weights.variant(1)), spec("b", yolo_weights.variant(2)), spec("c", yolo_weights.variant(3))]
+
+
+def test_a_first_request_loads_the_model_and_a_second_finds_it_resident(yolo_weights):
+    loader = CountingLoader()
+    cache = ModelCache(config([spec("a", yolo_weights.variant(1))], 10 * ONE_MODEL), loader=loader)
+
+    first = cache.predict("a", None, [image()])
+    second = cache.predict("a", 1, [image()])
+
+    assert (first["cache"], second["cache"]) == ("miss", "hit")
+    assert first["timings"]["load_ms"] > 0 and second["timings"]["load_ms"] == 0
+    assert loader.calls == ["a:1"]
+    assert len(second["detections"]) == 1
+    status = cache.status()
+    assert status["resident_bytes"] == status["models"][0]["bytes"] > 6_000_000
+    assert metric(cache, "replica_cache_hits_total", model="a:1") == 1
+    assert metric(cache, "replica_cache_misses_total", model="a:1") == 1
+
+
+def test_a_budget_for_two_of_three_models_evicts_the_least_recently_used_and_frees_it(three):
+    loader = CountingLoader()
+    cache = ModelCache(config(three, int(2.5 * ONE_MODEL)), loader=loader)
+    for name in ("a", "b", "a"):  # b is now the least recently used
+        cache.predict(name, None, [image()])
+    assert resident(cache) == {"a:1", "b:1"}
+    before = cache.resident_bytes()
+
+    assert cache.predict("c", None, [image()])["cache"] == "miss"
+
+    assert resident(cache) == {"a:1", "c:1"}
+    assert cache.resident_bytes() <= cache.budget
+    assert metric(cache, "replica_evictions_total", model="b:1", reason="lru") == 1
+    # The evicted network is really gone, not just forgotten by the bookkeeping.
+    assert loader.networks["b:1"]() is None
+    assert cache.unload("a") is True
+    assert cache.resident_bytes() < before
+    assert loader.networks["a:1"]() is None
+
+
+def test_a_model_with_a_request_in_flight_is_not_evicted(three):
+    cache = ModelCache(config(three[:2], int(1.5 * ONE_MODEL)))
+    cache.predict("a", None, [image()])
+
+    with cache.use(cache.resolve("a")):  # a request for "a" in flight
+        with pytest.raises(NoRoom) as refused:
+            cache.predict("b", None, [image()])
+        assert resident(cache) == {"a:1"}
+    assert refused.value.status == 503 and refused.value.retry_after
+
+    assert cache.predict("b", None, [image()])["cache"] == "miss"  # "a" is idle now: it makes room
+    assert resident(cache) == {"b:1"}
+
+
+def test_concurrent_first_requests_load_the_model_once(yolo_weights):
+    loader = CountingLoader()
+    cache = ModelCache(config([spec("a", yolo_weights.variant(1))], 10 * ONE_MODEL, max_delay_ms=50), loader=loader)
+
+    answers = at_once([lambda: cache.predict("a", None, [image()]) for _ in range(4)])
+
+    assert loader.calls == ["a:1"]
+    assert metric(cache, "replica_loads_total", model="a:1", outcome="ok") == 1
+    assert cache.status()["models"][0]["loads"] == 1
+    assert all(len(answer["detections"]) == 1 for answer in answers)
+
+
+def test_a_weights_file_changed_after_registration_is_refused_and_never_loaded(yolo_weights, tmp_path):
+    path = tmp_path / "model.pt"
+    shutil.copy(yolo_weights.variant(1), path)
+    registered = spec("a", path)
+    with open(path, "ab") as handle:
+        handle.write(b"tampered")
+    loader = CountingLoader()
+    cache = ModelCache(config([registered], 10 * ONE_MODEL), loader=loader)
+
+    for _ in range(2):
+        with pytest.raises(WeightsMismatch) as refused:
+            cache.predict("a", None, [image()])
+
+    assert refused.value.status == 409
+    assert loader.calls == []
+    assert resident(cache) == set()
+    assert metric(cache, "replica_loads_total", model="a:1", outcome="weights_mismatch") == 2
+
+
+def test_a_model_larger_than_the_whole_budget_is_refused_before_loading(yolo_weights):
+    loader = CountingLoader()
+    cache = ModelCache(config([spec("a", yolo_weights.variant(1))], 8_000_000), loader=loader)
+
+    with pytest.raises(ModelTooLarge) as refused:
+        cache.predict("a", None, [image()])
+
+    assert refused.value.status == 422
+    assert loader.calls == []
+
+
+def test_a_model_measured_over_the_budget_after_loading_is_dropped_and_then_refused_up_front(yolo_weights):
+    networks = []
+
+    def heavy(spec, device):
+        loaded = runtime.LoadedModel(spec, device)
+        networks.append(weakref.ref(loaded.yolo.model))
+        loaded.bytes *= 4  # as if warm-up had taken far more than the file suggested
+        return loaded
+
+    cache = ModelCache(config([spec("a", yolo_weights.variant(1))], 2 * ONE_MODEL), loader=heavy)
+
+    for _ in range(2):
+        with pytest.raises(ModelTooLarge):
+            cache.predict("a", None, [image()])
+
+    assert len(networks) == 1  # the second refusal came from the first measurement, before loading
+    assert networks[0]() is None
+    assert resident(cache) == set() and cache.resident_bytes() == 0
+
+
+def test_pinned_models_preload_and_stay_until_an_operator_unloads_them(three):
+    three[0]["pinned"] = True
+    cache = ModelCache(config(three, int(2.5 * ONE_MODEL)))
+
+    cache.preload()
+    assert resident(cache) == {"a:1"}
+    for name in ("b", "c"):  # a is the least recently used, but pinned
+        cache.predict(name, None, [image()])
+
+    assert resident(cache) == {"a:1", "c:1"}
+    cache.unload("a")
+    assert resident(cache) == {"c:1"}
+    assert [m["pinned"] for m in cache.status()["models"]] == [False, False, False]
