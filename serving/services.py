@@ -110,11 +110,11 @@ def replica_draining(*, replica_id, reason):
 
 
 def replica_exited(*, replica_id, returncode, drained, reason=""):
-    """Its process is gone: stopped when it was drained and exited cleanly, else failed."""
-    if drained and returncode == 0:
-        state, why = State.STOPPED, reason or "Drained and stopped."
-    elif drained:
-        state, why = State.STOPPED, reason or f"Stopped (exit code {returncode} after the drain)."
+    """Its process is gone: stopped when it was drained (saying why it was), else failed."""
+    if drained:
+        asked = Replica.objects.filter(pk=replica_id).values_list("reason", flat=True).first() or ""
+        done = "Drained and stopped." if returncode == 0 else f"Stopped (exit code {returncode} after the drain)."
+        state, why = State.STOPPED, reason or f"{done} Asked: {asked}"
     else:
         state, why = State.FAILED, reason or f"The replica exited unexpectedly (code {returncode})."
     Replica.objects.filter(pk=replica_id).exclude(state__in=Replica.ENDED).update(

@@ -44,7 +44,7 @@ class ServeSpecSerializer(serializers.Serializer):
     def validate_models(self, value):
         bad = [ref for ref in value if not MODEL_REF.match(ref)]
         if bad:
-            raise serializers.ValidationError(f'Name models as "name" or "name:version": {", ".join(bad)}.')
+            raise serializers.ValidationError(f"Name models as name or name:version (defects, defects:3): {', '.join(bad)}.")
         names = [parse_ref(ref)[0] for ref in value]
         twice = sorted({name for name in names if names.count(name) > 1})
         if twice:
