@@ -2,7 +2,9 @@
 replica processes loading real YOLO weights on CPU devices, Redis and PostgreSQL. A replica starts
 on each booked device at the slot start and is drained at the booking's end and when preempted."""
 
+import os
 import shutil
+import signal
 from datetime import timedelta
 from io import BytesIO
 
@@ -178,5 +180,44 @@ def test_a_preempted_serving_booking_is_warned_then_drained_at_the_reclaim_and_r
         rebook = Reservation.objects.get(rebook_of=low["id"])
         assert rebook.serving.spec["models"] == ["defects"]
         assert rebook.serving.status in ("queued", "starting", "serving")  # it may have begun on the other GPU
+    finally:
+        worker.stop()
+
+
+def test_a_replica_that_dies_is_started_again_and_a_lost_worker_takes_its_replicas_with_it(
+    tmp_path, team, model_store, yolo_weights
+):
+    owner = make_user("serving-owner", team)
+    register(team, "defects", yolo_weights.best, model_store)
+    worker = NodeWorker(tmp_path / "node.log", HOST, REPLICA_PORTS="9630-9639").start()
+    try:
+        gpu = GPU.objects.filter(node__hostname=HOST).order_by("index").first()
+        spec = {"models": ["defects"], "preload": ["defects"], "max_batch": 4, "max_delay_ms": 5, "memory_budget_mb": 256}
+        _, serving = serving_now(owner, team, [gpu], spec, starts_in=timedelta(seconds=1), length=timedelta(hours=1))
+        first = wait_for(lambda: (r := Replica.objects.filter(serving=serving, state="ready").first()) and r, 120, "a replica")
+        # Preloaded: the pinned model is resident before any request.
+        assert [(m["name"], m["pinned"]) for m in first.resident] == [("defects", True)]
+
+        # Its process dies: it is recorded failed, and a fresh replica takes over on the same device.
+        os.killpg(first.pid, signal.SIGKILL)
+        second = wait_for(
+            lambda: (r := Replica.objects.filter(serving=serving, state="ready").exclude(pk=first.pk).first()) and r,
+            120, "a second replica",
+        )
+        failed = Replica.objects.get(pk=first.pk)
+        assert failed.state == "failed" and "exited unexpectedly" in failed.reason
+        assert second.gpu_id == gpu.pk and second.token != first.token
+
+        # The worker is killed outright: its replica goes with it (it must not serve unsupervised)...
+        worker.kill()
+        wait_for(lambda: not os.path.exists(f"/proc/{second.pid}"), 60, "the orphaned replica to exit")
+        # ...and the next worker records it and starts a fresh one while the booking lasts.
+        worker = NodeWorker(tmp_path / "node-2.log", HOST, REPLICA_PORTS="9630-9639").start()
+        third = wait_for(
+            lambda: (r := Replica.objects.filter(serving=serving, state="ready").exclude(pk__in=[first.pk, second.pk]).first()) and r,
+            120, "a replica from the new worker",
+        )
+        assert Replica.objects.get(pk=second.pk).state in ("stopped", "failed")
+        assert ReplicaClient(third.address, third.token).get("/v1/status").json()["state"] == "ready"
     finally:
         worker.stop()
