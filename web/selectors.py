@@ -1,6 +1,9 @@
 """Reads of the pages' own data (the booking reads are in reservations.selectors)."""
 
+from django.db.models import Prefetch
+
 from reservations.models import Membership
+from serving.models import Replica, Serving
 
 from .models import FEED_TOKEN, CalendarFeed
 
@@ -17,3 +20,25 @@ def calendar_feed_by_token(token):
     if feed.team_id is not None and not Membership.objects.filter(user_id=feed.user_id, team_id=feed.team_id).exists():
         return None
     return feed
+
+
+# Replicas shown on a booking's page: the newest of each device first; a long-running booking whose
+# replicas restarted often shows the last few only.
+PAGE_REPLICAS = 12
+
+
+def booking_serving(reservation):
+    """The booking's serving with its replicas (newest first), or None when it serves nothing."""
+    replicas = Replica.objects.select_related("node", "gpu__node").order_by("gpu_id", "-id")
+    serving = Serving.objects.prefetch_related(Prefetch("replicas", queryset=replicas)).filter(reservation=reservation).first()
+    if serving is not None:
+        serving.shown_replicas = [_with_memory(r) for r in serving.replicas.all()[:PAGE_REPLICAS]]
+    return serving
+
+
+def _with_memory(replica):
+    """Its resident models' bytes, in MiB and against its budget, for the page's meter."""
+    used = sum(model.get("bytes") or 0 for model in replica.resident)
+    replica.used_mib = round(used / (1 << 20), 1)
+    replica.budget_mib = round(replica.memory_budget / (1 << 20), 1)
+    return replica

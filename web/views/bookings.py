@@ -23,6 +23,7 @@ from trainer import progress
 from trainer.logs import job_log_text
 from trainer.models import TrainingJob
 
+from .. import selectors as web_selectors
 from ..bookings_forms import CancelForm, MoveForm, TransferForm
 
 PAST_PER_PAGE = 20
@@ -237,6 +238,7 @@ def _booking_page(request, pk, *, failure=None):
         "history": selectors.audit_history(reservation, with_details=sees_job),
         "history_reasons": sees_job,
         "job": job,
+        "serving": web_selectors.booking_serving(reservation) if sees_job else None,
         "failure": failure,
         "failure_apart": failure is not None and reservation.actions is None,
     }
