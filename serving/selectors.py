@@ -2,9 +2,10 @@
 
 from django.conf import settings
 
+from reservations import policy
 from reservations.errors import BookingError
 
-from .models import ModelVersion
+from .models import Model, ModelVersion, Serving
 from .spec import parse_ref
 
 
@@ -52,3 +53,39 @@ def replica_config_models(versions, pinned_refs, refs):
         }
         for ref, v in zip(refs, versions)
     ]
+
+
+def models_visible(user):
+    """The registry's models `user` sees: those of their teams (every team's, for staff). Like jobs,
+    another team's models are not to be found out."""
+    models = Model.objects.select_related("team", "created_by")
+    if user.is_staff:
+        return models
+    return models.filter(team__memberships__user=user)
+
+
+def _serving_uses(serving, name, version, latest):
+    """Whether `serving` uses model `name` (any version when `version` is None, else that version;
+    a name without a version uses the latest, `latest`)."""
+    for ref in serving.spec.get("models", []):
+        ref_name, ref_version = parse_ref(ref)
+        if ref_name == name and (version is None or ref_version == version or (ref_version is None and version == latest)):
+            return True
+    return any(
+        entry.get("name") == name and (version is None or entry.get("version") == version)
+        for entry in serving.resolved or []
+        if isinstance(entry, dict)
+    )
+
+
+def servings_using(model, version=None):
+    """The serving bookings that use `model` (or only its `version`) now or later: not finished, on
+    a booking that is live. Their team's registry is the model's, so only that team's are read."""
+    latest = model.versions.order_by("-version").values_list("version", flat=True).first()
+    live = (
+        Serving.objects.filter(reservation__team_id=model.team_id, reservation__status__in=policy.LIVE_STATUSES)
+        .exclude(status__in=Serving.FINISHED)
+        .select_related("reservation")
+        .order_by("reservation_id")
+    )
+    return [serving for serving in live if _serving_uses(serving, model.name, version, latest)]
