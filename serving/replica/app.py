@@ -18,7 +18,9 @@ import io
 import json
 import logging
 import re
+import threading
 import time
+from contextlib import contextmanager
 from urllib.parse import parse_qs, quote
 
 from PIL import Image, JpegImagePlugin, PngImagePlugin
@@ -62,19 +64,40 @@ def error_response(error):
 
 
 class ReplicaApp:
-    """`ReplicaApp(config, cache)` is the WSGI callable; `start_draining()` makes new predict and
-    load requests answer 503 `draining` while those in flight finish."""
+    """`ReplicaApp(config, cache)` is the WSGI callable. `start_draining()` makes new predict and
+    load requests answer 503 `draining` while those in flight finish; `wait_idle(timeout)` returns
+    once none is left (True) or the time is up (False)."""
 
     def __init__(self, config, cache):
         self.config = config
         self.cache = cache
         self.metrics = cache.metrics
         self.draining = False
+        self._working = 0  # predict and load requests being served
+        self._idle = threading.Condition()
 
     def start_draining(self):
-        if not self.draining:
-            log.info("replica %s draining", self.config.replica)
-        self.draining = True
+        with self._idle:
+            if not self.draining:
+                log.info("replica %s draining: %d request(s) in flight", self.config.replica, self._working)
+            self.draining = True
+
+    def wait_idle(self, timeout):
+        with self._idle:
+            return self._idle.wait_for(lambda: self._working == 0, timeout)
+
+    @contextmanager
+    def _work(self, refusal):
+        with self._idle:
+            if self.draining:  # checked and counted at once, so a drain never misses a request
+                raise Draining(refusal, retry_after=1)
+            self._working += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._working -= 1
+                self._idle.notify_all()
 
     def __call__(self, environ, start_response):
         started = time.monotonic()
@@ -181,12 +204,11 @@ class ReplicaApp:
         }
 
     def predict(self, environ, name, version, body, query):
-        if self.draining:
-            raise Draining("this replica is draining and takes no new requests", retry_after=1)
         self.cache.resolve(name, version)  # an unknown model is a 404 before any image is read
         conf = self._conf(query)
         images = decode_images(environ.get("CONTENT_TYPE", ""), body)
-        found = self.cache.predict(name, version, images, conf)
+        with self._work("this replica is draining and takes no new requests; send it to another replica"):
+            found = self.cache.predict(name, version, images, conf)
         results = [
             {"width": image.width, "height": image.height, "detections": detections}
             for image, detections in zip(images, found.pop("detections"))
@@ -207,8 +229,6 @@ class ReplicaApp:
         return conf
 
     def load(self, name, version, body):
-        if self.draining:
-            raise Draining("this replica is draining and loads no models", retry_after=1)
         pin = False
         if body.strip():
             try:
@@ -218,7 +238,8 @@ class ReplicaApp:
             pin = options.get("pin", False) if isinstance(options, dict) else None
             if not isinstance(pin, bool):
                 raise BadRequest("pin must be true or false", field="pin")
-        lease = self.cache.load(name, version, pin=pin)
+        with self._work("this replica is draining and loads no models"):
+            lease = self.cache.load(name, version, pin=pin)
         return json_response(200, {**self._model_status(name, lease.spec.version), "cache": lease.cache,
                                    "load_ms": round(lease.load_ms, 2)})
 

@@ -4,17 +4,20 @@ One worker, because the models live in that process's memory (or on its device);
 HTTP while each resident model's batcher thread runs inference. The worker builds the cache and
 preloads the pinned models before it accepts requests.
 
-Draining: SIGTERM to the master makes gunicorn stop the worker gracefully (graceful_timeout =
-drain_seconds). Our handler in the worker first marks the app draining, so a request arriving on a
-kept-alive connection is answered 503 `draining`; gunicorn stops accepting new connections at once
-(they are refused once the listener closes), lets requests in flight finish, and the master exits
-0. Anything still running after drain_seconds is killed by gunicorn.
+Draining: SIGTERM to the master closes the master's listeners and sends SIGTERM to the worker,
+then waits graceful_timeout (= drain_seconds) before killing it. gunicorn's own worker handler
+would stop accepting at once, leaving new connections hanging in the backlog until the worker
+exits; ours instead keeps accepting and answers new predict and load requests 503 `draining` (with
+Retry-After) while the requests in flight finish, and only then hands over to gunicorn's graceful
+stop. The master exits 0.
 """
 
 import logging
 import os
 import signal
 import sys
+import threading
+from functools import partial
 
 from gunicorn.app.base import BaseApplication
 
@@ -24,6 +27,8 @@ from .config import ConfigError, ReplicaConfig
 from .metrics import ReplicaMetrics
 
 log = logging.getLogger("serving.replica")
+
+SHUTDOWN_MARGIN = 3
 
 
 def build_app(config):
@@ -67,19 +72,27 @@ class ReplicaServer(BaseApplication):
         return self.app
 
     def _post_worker_init(self, worker):
-        # gunicorn's own SIGTERM handler stops the worker gracefully; mark the app draining first.
-        previous = signal.getsignal(signal.SIGTERM)
-
-        def drain(signum, frame):
-            if self.app is not None:
-                self.app.start_draining()
-            if callable(previous):
-                previous(signum, frame)
-
-        signal.signal(signal.SIGTERM, drain)
+        signal.signal(signal.SIGTERM, partial(self._drain, signal.getsignal(signal.SIGTERM)))
         signal.siginterrupt(signal.SIGTERM, False)
         log.info("replica %s ready on %s:%s (%s)", self.config.replica, self.config.bind, self.config.port,
                  self.config.device)
+
+    def _drain(self, stop_worker, signum, frame):
+        """SIGTERM in the worker: answer new work with 503 `draining` (status still answers, so
+        the supervisor and router see the state) until the requests in flight are done, then let
+        gunicorn stop the worker gracefully. The master kills it drain_seconds after SIGTERM."""
+        if self.app.draining:
+            return
+        self.app.start_draining()
+
+        def finish():
+            # Keep a few seconds of the grace period for gunicorn's own shutdown (it lingers on
+            # kept-alive connections).
+            if not self.app.wait_idle(max(0.0, self.config.drain_seconds - SHUTDOWN_MARGIN)):
+                log.warning("drain time is up with requests still in flight")
+            stop_worker(signum, None)
+
+        threading.Thread(target=finish, name="drain", daemon=True).start()
 
     def _worker_exit(self, server, worker):
         if self.app is not None:

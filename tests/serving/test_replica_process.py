@@ -1,0 +1,355 @@
+"""Real replica processes (`python -m serving.replica cfg.json`, gunicorn, CPU) with real YOLO
+weights, driven over signed HTTP. No database: plain functions without the db fixture."""
+
+import base64
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from serving.signing import ReplicaClient, sign
+
+from ..support import at_once, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "5e" * 16
+METRICS_TOKEN = "scrape-me"
+ONE_MODEL = 13_000_000  # yolov8n loaded for inference measures 12.02 MB on CPU
+
+
+def spec(name, path, version=1, pinned=False):
+    data = Path(path).read_bytes()
+    return {
+        "name": name, "version": version, "sha256": hashlib.sha256(data).hexdigest(), "path": str(path),
+        "imgsz": 64, "class_names": ["square", "bar"], "size": len(data), "pinned": pinned,
+    }
+
+
+class Replica:
+    """One replica process on a free port, its log in `folder`."""
+
+    def __init__(self, folder, models, **settings):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.config = {
+            "replica": 7, "bind": "127.0.0.1", "port": self.port, "token": TOKEN, "device": "cpu",
+            "memory_budget": 10 * ONE_MODEL, "max_batch": 8, "max_delay_ms": 0, "drain_seconds": 10,
+            "metrics_token": "", "models": models, **settings,
+        }
+        self.path = folder / "replica.json"
+        self.path.write_text(json.dumps(self.config))
+        self.path.chmod(0o600)
+        self.client = ReplicaClient(f"127.0.0.1:{self.port}", TOKEN)
+        self.process = None
+
+    def start(self):
+        env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(self.folder / "ultralytics")}
+        with open(self.folder / "replica.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "serving.replica", str(self.path)], cwd=ROOT, env=env,
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        wait_for(self.answers, 60, f"the replica on port {self.port} (log: {self.folder / 'replica.log'})")
+        return self
+
+    def answers(self):
+        assert self.process.poll() is None, (self.folder / "replica.log").read_text()
+        try:
+            return self.client.get("/v1/status", timeout=2).status_code == 200
+        except (requests.ConnectionError, requests.Timeout):  # still preloading its pinned models
+            return False
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def status(self):
+        return self.client.get("/v1/status").json()
+
+    def model(self, name, version=1):
+        return next(m for m in self.status()["models"] if (m["name"], m["version"]) == (name, version))
+
+    def predict(self, ref, body=None, content_type="image/png", query=""):
+        return self.client.post(f"/v1/models/{ref}/predict{query}", jpeg() if body is None else body, content_type)
+
+    def metric(self, line_start):
+        """The value of the first metrics line starting with `line_start` (0 when there is none)."""
+        text = self.client.get("/metrics").text
+        values = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(line_start)]
+        return float(values[0]) if values else 0
+
+
+def jpeg(width=96, height=72, colour=(200, 30, 30), kind="JPEG"):
+    buffer = io.BytesIO()
+    image = Image.new("RGB", (width, height), (255, 255, 255))
+    image.paste(colour, (width // 4, height // 4, width // 2, height // 2))
+    image.save(buffer, kind)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def replica(yolo_weights, tmp_path_factory):
+    """A replica serving defects:1 (pinned), defects:2, people:1, spare:1, a tampered file and one
+    too large for its budget; requests within 200 ms are batched together."""
+    folder = tmp_path_factory.mktemp("replica")
+    tampered = folder / "tampered.pt"
+    shutil.copy(yolo_weights.best, tampered)
+    huge = folder / "huge.pt"
+    shutil.copy(yolo_weights.best, huge)
+    with open(huge, "ab") as handle:
+        handle.write(bytes(6 * ONE_MODEL))
+    models = [
+        spec("defects", yolo_weights.variant(1), 1, pinned=True),
+        spec("defects", yolo_weights.variant(2), 2),
+        spec("people", yolo_weights.variant(3)),
+        spec("spare", yolo_weights.best),
+        spec("tampered", tampered),
+        spec("huge", huge),
+    ]
+    with open(tampered, "r+b") as handle:  # changed after the registry hashed it
+        handle.seek(1000)
+        handle.write(b"\x00" * 64)
+    process = Replica(folder, models, max_delay_ms=200, metrics_token=METRICS_TOKEN, max_body_bytes=1_000_000)
+    yield process.start()
+    process.stop()
+
+
+def test_a_pinned_model_is_resident_when_the_replica_starts(replica):
+    status = replica.status()
+
+    assert status["replica"] == 7 and status["state"] == "ready" and status["device"] == "cpu"
+    pinned = replica.model("defects", 1)
+    assert pinned["resident"] and pinned["pinned"] and pinned["loads"] == 1 and pinned["bytes"] > 6_000_000
+    assert not replica.model("people")["resident"]
+    assert status["resident_bytes"] == sum(m["bytes"] for m in status["models"])
+
+
+def test_a_first_request_loads_the_model_and_a_second_is_a_hit(replica):
+    first = replica.predict("people", query="?conf=0.0001")
+    second = replica.predict("people:1")
+
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert (body["model"], body["version"], body["replica"]) == ("people", 1, 7)
+    assert body["sha256"] == replica.model("people")["sha256"]
+    assert body["cache"] == "miss" and body["timings"]["load_ms"] > 0
+    [result] = body["results"]
+    assert (result["width"], result["height"]) == (96, 72)
+    assert result["detections"], "at conf 0.0001 a trained detector reports boxes"
+    for detection in result["detections"]:
+        x1, y1, x2, y2 = detection["box"]
+        assert 0 <= x1 <= x2 <= 96 and 0 <= y1 <= y2 <= 72
+        assert detection["class_name"] == ["square", "bar"][detection["class_id"]]
+        assert 0.0001 <= detection["confidence"] <= 1
+    assert second.json()["cache"] == "hit" and second.json()["timings"]["load_ms"] == 0
+    assert replica.model("people")["resident"]
+
+
+def test_concurrent_first_requests_load_the_model_once(replica):
+    answers = at_once([lambda: replica.predict("defects:2") for _ in range(4)])
+
+    assert [a.status_code for a in answers] == [200] * 4
+    assert replica.model("defects", 2)["loads"] == 1
+    assert replica.metric('replica_loads_total{model="defects:2",outcome="ok"}') == 1
+
+
+def test_requests_arriving_together_run_as_one_batch(replica):
+    answers = at_once([lambda: replica.predict("defects:1") for _ in range(4)])
+
+    assert [a.status_code for a in answers] == [200] * 4
+    sizes = [a.json()["timings"]["batch_size"] for a in answers]
+    assert max(sizes) > 1, sizes
+    assert all(a.json()["cache"] == "hit" for a in answers)
+    assert replica.metric('replica_batch_size_count{model="defects:1"}') < replica.metric(
+        'replica_cache_hits_total{model="defects:1"}'
+    )
+
+
+def test_several_images_in_one_request_get_one_result_each(replica):
+    sizes = [(96, 72), (64, 64), (120, 40)]
+    images = [base64.b64encode(jpeg(w, h, kind="PNG")).decode() for w, h in sizes]
+
+    response = replica.client.json("/v1/models/defects:1/predict", {"images": images})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [(r["width"], r["height"]) for r in body["results"]] == sizes
+    assert body["timings"]["batch_size"] >= 3
+
+
+def test_a_tampered_weights_file_is_refused_and_never_loaded(replica):
+    response = replica.predict("tampered")
+
+    assert response.status_code == 409
+    assert response.json()["error"] == "weights_mismatch"
+    assert "SHA-256" in response.json()["detail"]
+    tampered = replica.model("tampered")
+    assert not tampered["resident"] and tampered["loads"] == 0
+    assert replica.metric('replica_loads_total{model="tampered:1",outcome="weights_mismatch"}') == 1
+
+
+def test_a_model_larger_than_the_whole_budget_is_422(replica):
+    response = replica.predict("huge")
+
+    assert response.status_code == 422
+    assert response.json()["error"] == "model_too_large"
+    assert not replica.model("huge")["resident"]
+
+
+@pytest.mark.parametrize("headers", [
+    {},
+    {"X-Replica-Time": str(int(time.time())), "X-Replica-Signature": "0" * 64},
+    sign(TOKEN, "GET", "/v1/status", b"", now=time.time() - 600),
+    sign("another-token", "GET", "/v1/status", b""),
+    sign(TOKEN, "GET", "/v1/status?other", b""),
+], ids=["unsigned", "bad-signature", "stale", "other-token", "other-path"])
+def test_requests_not_signed_with_the_token_are_401(replica, headers):
+    response = requests.get(f"http://127.0.0.1:{replica.port}/v1/status", headers=headers, timeout=10)
+
+    assert response.status_code == 401
+    assert response.json()["error"] == "unauthorized"
+
+
+def test_a_signed_body_cannot_be_swapped(replica):
+    headers = {**sign(TOKEN, "POST", "/v1/models/defects:1/predict", jpeg()), "Content-Type": "image/jpeg"}
+    response = requests.post(
+        f"http://127.0.0.1:{replica.port}/v1/models/defects:1/predict", data=jpeg(colour=(0, 0, 255)),
+        headers=headers, timeout=10,
+    )
+
+    assert response.status_code == 401
+
+
+def test_metrics_take_the_bearer_token_or_a_signature(replica):
+    url = f"http://127.0.0.1:{replica.port}/metrics"
+
+    scraped = requests.get(url, headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=10)
+
+    assert scraped.status_code == 200
+    for name in ("replica_resident_models", "replica_model_resident_bytes", "replica_memory_budget_bytes",
+                 "replica_loads_total", "replica_load_seconds_bucket", "replica_cache_hits_total",
+                 "replica_cache_misses_total", "replica_queue_depth", "replica_batch_size_bucket",
+                 "replica_inference_seconds_bucket", "replica_request_seconds_bucket"):
+        assert name in scraped.text
+    assert requests.get(url, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
+    assert replica.client.get("/metrics").status_code == 200
+
+
+@pytest.mark.parametrize("body,content_type", [
+    (b"not an image at all", "image/jpeg"),
+    (b"", "image/png"),
+    (b"\xff\xd8\xff\xe0 a truncated jpeg", "image/jpeg"),
+    (json.dumps({"images": ["***not base64***"]}).encode(), "application/json"),
+    (json.dumps({"images": []}).encode(), "application/json"),
+    (b"{not json", "application/json"),
+], ids=["garbage", "empty", "truncated", "bad-base64", "no-images", "bad-json"])
+def test_a_bad_image_is_400_naming_images(replica, body, content_type):
+    response = replica.predict("defects:1", body, content_type)
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "bad_image"
+    assert response.json()["field"] == "images"
+    assert response.json()["detail"]
+
+
+def test_a_body_over_the_limit_is_413(replica):
+    response = replica.predict("defects:1", b"\xff" * 1_500_000, "image/jpeg")
+
+    assert response.status_code == 413
+
+
+def test_unknown_models_and_versions_are_404(replica):
+    unknown = replica.predict("nobody")
+    wrong_version = replica.predict("defects:9")
+
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown_model")
+    assert (wrong_version.status_code, wrong_version.json()["error"]) == (404, "unknown_version")
+    assert "[1, 2]" in wrong_version.json()["detail"]
+
+
+def test_a_bad_confidence_is_400_naming_conf(replica):
+    response = replica.predict("defects:1", query="?conf=2")
+
+    assert response.status_code == 400
+    assert response.json()["field"] == "conf"
+
+
+def test_an_operator_loads_with_a_pin_and_unloads_to_free_the_memory(replica):
+    loaded = replica.client.json("/v1/models/spare/load", {"pin": True})
+    assert loaded.status_code == 200, loaded.text
+    assert loaded.json()["resident"] and loaded.json()["pinned"] and loaded.json()["cache"] == "miss"
+    before = replica.status()["resident_bytes"]
+
+    unloaded = replica.client.json("/v1/models/spare:1/unload", {})
+
+    assert unloaded.status_code == 200 and unloaded.json()["unloaded"] is True
+    spare = replica.model("spare")
+    assert not spare["resident"] and not spare["pinned"] and spare["bytes"] == 0
+    assert replica.status()["resident_bytes"] == before - loaded.json()["bytes"]
+    assert replica.metric('replica_evictions_total{model="spare:1",reason="unload"}') == 1
+
+
+def test_a_budget_for_two_of_three_models_evicts_the_least_recently_used(yolo_weights, tmp_path):
+    models = [spec(name, yolo_weights.variant(i)) for i, name in enumerate("abc", 1)]
+    replica = Replica(tmp_path, models, memory_budget=int(2.5 * ONE_MODEL)).start()
+    try:
+        for name in ("a", "b", "a"):
+            assert replica.predict(name).status_code == 200
+        two = replica.status()["resident_bytes"]
+
+        third = replica.predict("c")
+
+        assert third.status_code == 200 and third.json()["cache"] == "miss"
+        resident = {m["name"] for m in replica.status()["models"] if m["resident"]}
+        assert resident == {"a", "c"}
+        assert replica.status()["resident_bytes"] <= int(2.5 * ONE_MODEL) < two + ONE_MODEL
+        assert replica.metric('replica_evictions_total{model="b:1",reason="lru"}') == 1
+        assert replica.predict("b").json()["cache"] == "miss"  # b comes back by loading again
+    finally:
+        replica.stop()
+
+
+def test_sigterm_drains_a_request_in_flight_and_exits_cleanly(yolo_weights, tmp_path):
+    replica = Replica(
+        tmp_path, [spec("a", yolo_weights.variant(1), pinned=True)], max_delay_ms=2000, drain_seconds=10
+    ).start()
+    try:
+        answer = {}
+        thread = threading.Thread(target=lambda: answer.update(response=replica.predict("a")))
+        thread.start()
+        wait_for(lambda: replica.model("a")["in_flight"] == 1, 10, "the request to be in flight")
+        stopped_at = time.monotonic()
+
+        replica.process.send_signal(signal.SIGTERM)
+
+        wait_for(lambda: replica.status()["state"] == "draining", 5, "the replica to drain")
+        late = replica.predict("a")
+        assert (late.status_code, late.json()["error"]) == (503, "draining")
+        assert late.headers["Retry-After"]
+        thread.join(timeout=30)
+        assert answer["response"].status_code == 200
+        assert answer["response"].json()["timings"]["queue_ms"] > 1000
+        assert replica.process.wait(timeout=15) == 0
+        assert time.monotonic() - stopped_at < 10
+    finally:
+        replica.stop()
