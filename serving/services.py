@@ -4,12 +4,14 @@ serving.hooks; the node's replica supervisor (serving.supervisor) calls the rest
 Lock order (reservations.services.locks): serving rows come after reservations and jobs, and are
 never locked: each write is a compare-and-set on a status, like the training jobs' writes."""
 
+import requests
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from .models import Replica, Serving
 from .selectors import replica_config_models, resolve_models
+from .signing import ReplicaClient
 
 Status = Serving.Status
 State = Replica.State
@@ -140,3 +142,22 @@ def serving_drain(*, serving_id, reason):
         Serving.objects.filter(pk=serving_id, status=Status.QUEUED).update(
             status=Status.STOPPED, reason=reason, ended_at=timezone.now()
         )
+
+
+class ReplicaUnavailable(Exception):
+    """The replica cannot take a request: it is not live, or it does not answer."""
+
+
+def replica_forward(*, replica, method, path, body=b"", content_type=None, timeout=60):
+    """Send one signed request to a live replica on behalf of a user the caller has checked. Returns
+    (status, content, content type) as the replica answered."""
+    if replica.state not in (State.READY, State.DRAINING):
+        raise ReplicaUnavailable(f"Replica {replica.pk} is {replica.get_state_display().lower()}: it takes no requests.")
+    client = ReplicaClient(replica.address, replica.token, timeout=timeout)
+    try:
+        response = client.request(method, path, body=body, content_type=content_type)
+    except requests.RequestException as exc:
+        raise ReplicaUnavailable(f"Replica {replica.pk} at {replica.address} did not answer: {type(exc).__name__}.") from None
+    finally:
+        client.close()
+    return response.status_code, response.content, response.headers.get("Content-Type", "application/json")

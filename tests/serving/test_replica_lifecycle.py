@@ -108,6 +108,31 @@ def test_a_serving_booking_starts_a_replica_per_device_at_its_start_serves_and_d
         )
         assert [(m["name"], m["version"]) for m in resident] == [("defects", 1)] and resident[0]["bytes"] > 0
 
+        # Through the API (the token stays on the server): the team sees it and may ask it; operators
+        # (owner, team admin, staff) load and unload; others find nothing.
+        api = client_for(owner)
+        listed = api.get("/api/v1/replicas/?state=ready").json()["results"]
+        assert {r["id"] for r in listed} == {r.pk for r in ready} and "token" not in listed[0]
+        status = api.get(f"/api/v1/replicas/{replica.pk}/status/").json()
+        assert status["state"] == "ready" and status["models"][0]["name"] == "defects"
+        proxied = api.post(
+            f"/api/v1/replicas/{replica.pk}/models/defects:1/predict/", picture(), content_type="image/png"
+        )
+        assert proxied.status_code == 200 and proxied.json()["cache"] == "hit"
+        teammate = client_for(make_user("serving-teammate", team))
+        assert teammate.post(f"/api/v1/replicas/{replica.pk}/models/defects/unload/").status_code == 403
+        assert teammate.get(f"/api/v1/replicas/{replica.pk}/status/").status_code == 200
+        outsider = client_for(make_user("serving-outsider"))
+        assert outsider.get(f"/api/v1/replicas/{replica.pk}/status/").status_code == 404
+        assert api.post(f"/api/v1/replicas/{replica.pk}/models/Bad!/load/").status_code == 400
+        unloaded = api.post(f"/api/v1/replicas/{replica.pk}/models/defects/unload/")
+        assert unloaded.status_code == 200, unloaded.content
+        assert wait_for(lambda: Replica.objects.get(pk=replica.pk).resident == [], 30, "the unload on record")
+        loaded = api.post(f"/api/v1/replicas/{replica.pk}/models/defects/load/", b'{"pin": true}', content_type="application/json")
+        assert loaded.status_code == 200, loaded.content
+        pinned = wait_for(lambda: Replica.objects.get(pk=replica.pk).resident, 30, "the load on record")
+        assert pinned[0]["pinned"] is True
+
         # The booking ends (released early): both replicas drain and stop, and so does the serving.
         Reservation.objects.filter(pk=reservation.pk).update(end=timezone.now())
         def all_stopped():
