@@ -13,6 +13,8 @@ from reservations import jobs, policy
 from reservations.models import GPU, Reservation, Team
 from trainer.models import TrainingJob
 
+from .selectors import servable_models
+
 class GPUChoiceField(forms.ModelMultipleChoiceField):
     def label_from_instance(self, gpu):
         health = "" if gpu.healthy else " (unhealthy)"
@@ -65,6 +67,15 @@ class BookingForm(forms.Form):
     resume_from = forms.ModelChoiceField(
         queryset=TrainingJob.objects.none(), label="Resume from", required=False, empty_label="— a new run —"
     )
+    # The models to serve, when `serve` is ticked: names of the team's registry ("defects" is its
+    # latest version at the slot start, "defects:2" that version).
+    serve = forms.BooleanField(label="Serve registered models in this booking", required=False)
+    serve_models = forms.MultipleChoiceField(label="Models", required=False, choices=[])
+    preload = forms.BooleanField(label="Load them at the slot start and keep them loaded", required=False)
+    max_batch = forms.IntegerField(
+        label="Largest batch", min_value=1, max_value=64, initial=8, required=False,
+        help_text="Requests for a model arriving together run as one batch of up to this many images.",
+    )
     # Set by the preemption preview's "Book and preempt" button, with the bookings it showed.
     confirm_preempt = forms.BooleanField(required=False, widget=forms.HiddenInput)
     victims = forms.CharField(required=False, max_length=2000, widget=forms.HiddenInput)
@@ -88,6 +99,7 @@ class BookingForm(forms.Form):
             .order_by("-created")
             .distinct()
         )
+        self.fields["serve_models"].choices = servable_models(user)
         self.fields["resume_from"].label_from_instance = lambda job: (
             f"job {job.pk}: {job.reservation.title or 'untitled'} (epoch {job.checkpoint_epoch or job.epoch} of {job.epochs})"
         )
@@ -137,20 +149,42 @@ class BookingForm(forms.Form):
                 data["start"] = start
         if data.get("train"):
             data["job"] = self._job_spec(data)
+        if data.get("serve"):
+            data["serve"] = self._serve_spec(data)
+        else:
+            data["serve"] = None
         return data
+
+    def _serve_spec(self, data):
+        """The serving spec as the API takes it, checked by the same serializer the API uses."""
+        if data.get("train"):
+            self.add_error("serve", "A booking trains or serves, not both: untick one.")
+            return None
+        models = data.get("serve_models") or []
+        if not models:
+            self.add_error("serve_models", "Pick at least one model to serve.")
+            return None
+        spec = {"models": models, "preload": models if data.get("preload") else []}
+        if data.get("max_batch"):
+            spec["max_batch"] = data["max_batch"]
+        return self._checked("serve", spec)
 
     def _job_spec(self, data):
         """The training job as the API takes it, checked by the same serializer the API uses."""
         spec = {key: data[key] for key in ("model", "data", "epochs", "imgsz", "batch") if data.get(key) not in (None, "")}
         if data.get("resume_from") is not None:
             spec["resume_from"] = data["resume_from"].pk
-        serializer = jobs.hooks().spec_serializer("job")
-        serializer.bind("job", None)
+        return self._checked("job", spec)
+
+    def _checked(self, field, spec):
+        """`spec` through the API's serializer for `field`; its errors on the form's own fields."""
+        serializer = jobs.hooks().spec_serializer(field)
+        serializer.bind(field, None)
         try:
             return serializer.run_validation(spec)
         except APIValidationError as exc:
             # Name the form's own field where there is one (model, data, epochs, ...).
-            detail = exc.detail if isinstance(exc.detail, dict) else {"job": exc.detail}
+            detail = exc.detail if isinstance(exc.detail, dict) else {field: exc.detail}
             for key, messages in detail.items():
                 field = key if key in self.fields else None
                 for message in messages if isinstance(messages, list) else [messages]:

@@ -3,7 +3,7 @@
 from django.db.models import Prefetch
 
 from reservations.models import Membership
-from serving.models import Replica, Serving
+from serving.models import ModelVersion, Replica, Serving
 
 from .models import FEED_TOKEN, CalendarFeed
 
@@ -42,3 +42,22 @@ def _with_memory(replica):
     replica.used_mib = round(used / (1 << 20), 1)
     replica.budget_mib = round(replica.memory_budget / (1 << 20), 1)
     return replica
+
+
+def servable_models(user):
+    """(value, label) choices of the models `user`'s teams may serve: each model by name (its
+    latest version at the slot start), then each of its versions."""
+    versions = (
+        ModelVersion.objects.filter(model__team__memberships__user=user)
+        .select_related("model__team")
+        .order_by("model__team__slug", "model__name", "-version")
+        .distinct()
+    )
+    choices, seen = [], set()
+    for version in versions:
+        model = version.model
+        if model.pk not in seen:
+            seen.add(model.pk)
+            choices.append((model.name, f"{model.name} (latest: version {version.version}) · {model.team.slug}"))
+        choices.append((f"{model.name}:{version.version}", f"{model.name} version {version.version}"))
+    return choices

@@ -190,6 +190,11 @@
     function showJob() { jobFields.hidden = !train.checked; }
     train.addEventListener("change", showJob);
     showJob();
+    // Ticking "serve" shows the models to serve.
+    var serve = form.elements.serve, serveFields = form.querySelector(".serve-fields");
+    function showServe() { serveFields.hidden = !serve.checked; }
+    serve.addEventListener("change", showServe);
+    showServe();
     form.elements.priority.addEventListener("change", function () {
       form.elements.preemptible.checked = form.elements.priority.value === "low";
     });

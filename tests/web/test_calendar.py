@@ -13,6 +13,7 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 
 from reservations.models import AuditEntry, Reservation
+from serving.models import Model, ModelVersion, Serving
 from trainer.models import TrainingJob
 
 from ..support import FROZEN_NOW, NEXT_SLOT, SLOT, book, iso, make_user, page_client
@@ -483,3 +484,46 @@ def test_start_now_books_the_rest_of_the_current_slot_as_the_api_does(owner, clu
     assert response.status_code == 201, response.content.decode()
     reservation = Reservation.objects.get()
     assert (reservation.start, reservation.end) == (FROZEN_NOW, NEXT_SLOT + SLOT)
+
+
+@pytest.fixture
+def registered(team):
+    model = Model.objects.create(team=team, name="defects")
+    for version in (1, 2):
+        ModelVersion.objects.create(model=model, version=version, imgsz=64, class_names=["a"], size=1, sha256=f"{version:064d}")
+    return model
+
+
+def test_the_form_offers_the_teams_models_to_serve(owner, outsider, cluster, registered):
+    mine = page_client(owner).get("/").content.decode()
+    theirs = page_client(outsider).get("/").content.decode()
+
+    assert 'value="defects"' in mine and 'value="defects:2"' in mine and "latest: version 2" in mine
+    assert 'value="defects"' not in theirs and "no registered models yet" in theirs
+
+
+def test_a_booking_can_serve_models(owner, cluster, registered):
+    data = form_data(cluster["node1"][:1], serve="on", serve_models=["defects"], preload="on", max_batch=4)
+
+    response = post_form(page_client(owner), data)
+
+    assert response.status_code == 201, response.content.decode()
+    serving = Serving.objects.get()
+    assert serving.spec == {"models": ["defects"], "preload": ["defects"], "max_batch": 4, "max_delay_ms": 10, "memory_budget_mb": None}
+    assert serving.reservation.user == owner
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        ({"serve": "on"}, "Pick at least one model to serve."),
+        ({"serve": "on", "serve_models": ["people"]}, "Select a valid choice"),
+        ({"serve": "on", "serve_models": ["defects"], "train": "on", "model": "yolov8n.yaml"}, "trains or serves, not both"),
+    ],
+)
+def test_a_bad_serve_names_the_field_and_books_nothing(owner, cluster, registered, extra, words):
+    response = post_form(page_client(owner), form_data(cluster["node1"][:1], **extra))
+
+    assert response.status_code == 400
+    assert words in response.content.decode()
+    assert not Reservation.objects.exists() and not Serving.objects.exists()

@@ -250,7 +250,7 @@ def _book(request, form, gpus_by_id):
             team=data["team"].slug if data.get("team") else None,
             title=data["title"],
             waitlist=data["waitlist"],
-            work={"job": data.get("job")},
+            work={"job": data.get("job"), "serve": data.get("serve")},
             auto_rebook=data["auto_rebook"],
             now=now,
         )
