@@ -9,6 +9,7 @@ urlpatterns = [
     path("api/v1/", include("reservations.api.urls")),
     path("api/v1/", include("trainer.api")),
     path("api/v1/", include("serving.api")),
+    path("api/v1/", include("serving.replica_api")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # Prometheus scrapes it; restricted to METRICS_ALLOWED_IPS or METRICS_BEARER_TOKEN.
     path("metrics", ops_views.metrics, name="metrics"),
