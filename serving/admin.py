@@ -78,6 +78,11 @@ class ModelAdmin(RegistryDeleteMixin, ReadOnlyAdmin):
     readonly_fields = ["team", "name", "created", "created_by"]
     inlines = [ModelVersionInline]
 
+    def get_deleted_objects(self, objs, request):
+        # Versions protect their model from a plain delete; the registry deletes them with it.
+        listed = [[str(obj), [f"version {version.version}" for version in obj.versions.all()]] for obj in objs]
+        return listed, {}, set(), []
+
     def _delete_through_registry(self, request, obj):
         registry.model_delete(user=request.user, model_id=obj.pk, reason=f"Deleted in the admin: model {obj}.")
 
