@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils.module_loading import import_string
 
 from . import policy
@@ -38,8 +39,10 @@ class JobHooks:
 
     # The booking's field that carries this kind of work.
     field = "job"
-    # Related names that reservation querysets select, so showing a booking's work costs no query.
-    select_related = ()
+    # The one-to-one relation from a booking to its work of this kind (a model with `started_at` and
+    # `ended_at`: when it ran on the GPUs). Reservation querysets select it, so showing a booking's
+    # work costs no query; the usage report and the no-show rule read it.
+    related_name = None
 
     def spec_serializer(self):
         """A serializer (instance) that validates the booking's field."""
@@ -76,7 +79,12 @@ class BookingWork:
 
     def __init__(self, kinds):
         self.kinds = {kind.field: kind for kind in kinds}
-        self.select_related = tuple(name for kind in kinds for name in kind.select_related)
+        self.related_names = tuple(kind.related_name for kind in kinds if kind.related_name)
+        self.select_related = self.related_names
+
+    def without_work(self):
+        """A filter on reservations: those that carry no work of any kind."""
+        return Q(**{f"{name}__isnull": True for name in self.related_names})
 
     def spec_serializer(self, field):
         return self.kinds[field].spec_serializer()

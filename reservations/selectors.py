@@ -502,14 +502,19 @@ def _hours(seconds):
     return round((seconds or 0) / 3600, 2)
 
 
-def _training_relation():
-    """The reverse relation the training app declares on bookings (reservations.jobs: this app never
-    imports it), or None on an installation without training: there, nothing counts as used."""
+def _work_relations():
+    """The reverse relations the apps behind each kind of work declare on bookings (reservations.jobs:
+    this app never imports them): training jobs, servings. None on an installation without either:
+    there, nothing counts as used."""
+    return [name for name in jobs.hooks().related_names if _has_field(Reservation, name)]
+
+
+def _has_field(model, name):
     try:
-        Reservation._meta.get_field("job")
+        model._meta.get_field(name)
     except FieldDoesNotExist:
-        return None
-    return "job"
+        return False
+    return True
 
 
 def usage_report(*, start, end, now):
@@ -518,10 +523,11 @@ def usage_report(*, start, end, now):
 
     - booked GPU-hours: the part of each held booking (confirmed, active, completed, preempted;
       not waitlisted or cancelled) inside the period, times its GPU count;
-    - used GPU-hours: the part of that where its training job ran, [started_at, ended_at or now],
-      times its GPU count; a booking without a job (or whose job never started) adds nothing;
-    - no-shows: held bookings starting in the period whose first slot passed with no training begun
-      (no job, or a job with no started_at): the rule NO_SHOW_RELEASE applies
+    - used GPU-hours: the part of that where its work ran (its training job, or its replicas serving
+      from their start), [started_at, ended_at or now], times its GPU count; a booking without work
+      (or whose work never started) adds nothing;
+    - no-shows: held bookings starting in the period whose first slot passed with nothing begun
+      (no work, or work with no started_at): the rule NO_SHOW_RELEASE applies
       (policy.no_show_cutoff), whether or not the release happened;
     - cancellations: `cancel` audit entries in the period made by a person (not the scheduler's own,
       e.g. a rebooking withdrawn with its preemptor), and how long before the booking's start they
@@ -550,24 +556,23 @@ def usage_report(*, start, end, now):
         "booked": Sum(_seconds(in_period_lo, in_period_hi) * F("gpu_count")),
         "bookings": Count("id"),
     }
-    job = _training_relation()
-    if job:
-        ran_until = Coalesce(F(f"{job}__ended_at"), Value(now))
-        aggregates["used"] = Sum(
-            _seconds(Greatest(in_period_lo, F(f"{job}__started_at")), Least(in_period_hi, ran_until))
+    nothing_ran = Q()
+    for index, work in enumerate(_work_relations()):
+        # One-to-one relations: each joins at most one row, so the sums count each booking once.
+        ran_until = Coalesce(F(f"{work}__ended_at"), Value(now))
+        aggregates[f"used_{index}"] = Sum(
+            _seconds(Greatest(in_period_lo, F(f"{work}__started_at")), Least(in_period_hi, ran_until))
             * F("gpu_count"),
-            filter=Q(**{f"{job}__started_at__isnull": False}),
+            filter=Q(**{f"{work}__started_at__isnull": False}),
         )
-        nothing_ran = Q(**{f"{job}__isnull": True}) | Q(**{f"{job}__started_at__isnull": True})
-    else:
-        nothing_ran = Q()
+        nothing_ran &= Q(**{f"{work}__isnull": True}) | Q(**{f"{work}__started_at__isnull": True})
     aggregates["no_shows"] = Count(
         "id", filter=nothing_ran & Q(start__gte=start, start__lt=end, start__lte=policy.no_show_cutoff(now))
     )
     for row in held.values("team_id").annotate(**aggregates).order_by():
         team = rows[row["team_id"]]
         team["booked_gpu_hours"] = _hours(row["booked"])
-        team["used_gpu_hours"] = _hours(row.get("used"))
+        team["used_gpu_hours"] = _hours(sum(value for key, value in row.items() if key.startswith("used_") and value))
         team["bookings"] = row["bookings"]
         team["no_shows"] = row["no_shows"]
 

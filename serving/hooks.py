@@ -21,7 +21,7 @@ def _serving(reservation):
 
 class ServingHooks(JobHooks):
     field = "serve"
-    select_related = ("serving",)
+    related_name = "serving"
 
     def spec_serializer(self):
         return ServeSpecSerializer(required=False, allow_null=True, default=None)

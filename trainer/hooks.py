@@ -21,7 +21,7 @@ def _job(reservation):
 
 class TrainerJobs(JobHooks):
     field = "job"
-    select_related = ("job",)
+    related_name = "job"
 
     def spec_serializer(self):
         return JobSpecSerializer(required=False)

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from reservations import policy
+from reservations import jobs, policy
 from reservations.errors import BookingError
 from reservations.models import Allocation, Node, Notice, Reservation
 from reservations.services import notice_send, reservation_release_early
@@ -223,7 +223,8 @@ def release_after_finish(*, reservation_id, job_id, now=None):
 def reservations_release_unused(*, now):
     """Level-triggered twin of the agent's release on exit. A started booking with whole slots left
     gives them back when its job completed or, with NO_SHOW_RELEASE, when it has no job after its
-    first slot (a no-show; rules: policy.released_end, policy.no_show_cutoff)."""
+    first slot (a no-show: no work at all, neither a job nor models to serve; rules:
+    policy.released_end, policy.no_show_cutoff)."""
     started = Reservation.objects.filter(
         status__in=policy.LIVE_STATUSES,
         start__lte=now,
@@ -235,7 +236,9 @@ def reservations_release_unused(*, now):
         if release_after_finish(reservation_id=reservation_id, job_id=job_id, now=now)
     )
     if settings.NO_SHOW_RELEASE:
-        no_shows = started.filter(start__lte=policy.no_show_cutoff(now), job__isnull=True).values_list("pk", flat=True)
+        no_shows = started.filter(jobs.hooks().without_work(), start__lte=policy.no_show_cutoff(now)).values_list(
+            "pk", flat=True
+        )
         released += sum(
             1
             for reservation_id in no_shows
