@@ -5,6 +5,8 @@ import re
 
 from rest_framework import serializers
 
+from reservations.api.serializers import StrictSerializer
+
 from .models import MODEL_NAME
 
 # "defects" (its latest version at slot start) or "defects:3".
@@ -18,7 +20,7 @@ def parse_ref(ref):
     return name, int(version) if version else None
 
 
-class ServeSpecSerializer(serializers.Serializer):
+class ServeSpecSerializer(StrictSerializer):
     models = serializers.ListField(
         child=serializers.CharField(max_length=80), min_length=1, max_length=MAX_MODELS,
         help_text='Registered models of the booking\'s team: "name" (its latest version at slot start) or "name:version".',
@@ -33,13 +35,6 @@ class ServeSpecSerializer(serializers.Serializer):
         min_value=1, max_value=1 << 20, required=False, allow_null=True, default=None,
         help_text="Memory each replica's models may take (default: a share of the device's memory).",
     )
-
-    def to_internal_value(self, data):
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError({key: ["Unknown serving setting."] for key in unknown})
-        return super().to_internal_value(data)
 
     def validate_models(self, value):
         bad = [ref for ref in value if not MODEL_REF.match(ref)]

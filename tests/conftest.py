@@ -12,6 +12,7 @@ from django.core.cache import cache
 
 from reservations.models import Membership, Team
 from reservations.services import Device, node_register
+from serving.models import Model, ModelVersion
 from trainer.dataset import make_dataset
 
 from .support import FROZEN_NOW, client_for, make_user
@@ -110,3 +111,25 @@ def own_redis(tmp_path):
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def short_slots(settings, monkeypatch):
+    """One-minute slots, 15 s of preemption notice, 6 s of minimum runtime: preemption stories with
+    real workers (which read the environment) take minutes, not hours."""
+    values = dict(SLOT_MINUTES=1, PREEMPTION_NOTICE_MINUTES=0.25, PREEMPT_MIN_RUNTIME_MINUTES=0.1)
+    for name, value in values.items():
+        monkeypatch.setenv(name, str(value))
+        setattr(settings, name, value)
+
+
+@pytest.fixture
+def defects(team):
+    """The team's registered model "defects" with versions 1 and 2, as rows only (no weights in a
+    store): enough for what reads only the registry (booking checks, pages, forms)."""
+    model = Model.objects.create(team=team, name="defects")
+    for version in (1, 2):
+        ModelVersion.objects.create(
+            model=model, version=version, imgsz=64, class_names=["square", "bar"], size=1, sha256=f"{version:064d}"
+        )
+    return model

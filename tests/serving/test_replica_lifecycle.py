@@ -25,7 +25,6 @@ from ..workers import NodeWorker, purge_central_queue
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
 HOST = "serving-node"
-SHORT = dict(SLOT_MINUTES="1", PREEMPTION_NOTICE_MINUTES="0.25", PREEMPT_MIN_RUNTIME_MINUTES="0.1")
 
 
 @pytest.fixture
@@ -153,15 +152,6 @@ def answers(client):
     except requests.ConnectionError:
         return False
     return True
-
-
-@pytest.fixture
-def short_slots(settings, monkeypatch):
-    for name, value in SHORT.items():
-        monkeypatch.setenv(name, value)
-    settings.SLOT_MINUTES = 1
-    settings.PREEMPTION_NOTICE_MINUTES = 0.25
-    settings.PREEMPT_MIN_RUNTIME_MINUTES = 0.1
 
 
 def test_a_preempted_serving_booking_is_warned_then_drained_at_the_reclaim_and_rebooked_to_serve_again(

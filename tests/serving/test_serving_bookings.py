@@ -3,21 +3,12 @@
 import pytest
 
 from reservations.models import Reservation
-from serving.models import Model, ModelVersion, Serving
+from serving.models import Serving
 
 from ..support import NEXT_SLOT, client_for, iso
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen")]
 URL = "/api/v1/reservations/"
-
-
-@pytest.fixture
-def defects(team):
-    """A registered model of the team, two versions (rows only: booking checks only the registry)."""
-    model = Model.objects.create(team=team, name="defects")
-    for version in (1, 2):
-        ModelVersion.objects.create(model=model, version=version, imgsz=64, class_names=["a"], size=1, sha256=f"{version:064d}")
-    return model
 
 
 def serve(**overrides):
@@ -53,7 +44,7 @@ def test_a_booking_carries_models_to_serve_with_the_defaults_filled_in(api, clus
         ({"serve": serve(max_batch=0)}, "max_batch", ""),
         ({"serve": serve(max_delay_ms=5000)}, "max_delay_ms", ""),
         ({"serve": serve(memory_budget_mb=0)}, "memory_budget_mb", ""),
-        ({"serve": serve(warm=True)}, "warm", "Unknown serving setting"),
+        ({"serve": serve(warm=True)}, "warm", "Unknown field"),
         ({"serve": "defects"}, "serve", ""),
         (
             {"serve": serve(), "job": {"model": "yolov8n.yaml", "data": "/nowhere/data.yaml"}},

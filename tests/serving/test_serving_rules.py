@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from reservations import selectors
 from reservations.models import Reservation
-from serving.models import Model, ModelVersion, Serving
+from serving.models import Serving
 from trainer import services
 
 from ..support import NEXT_SLOT, SLOT, book
@@ -20,12 +20,6 @@ def serving_booking(owner, gpu, slots=4):
     Reservation.objects.filter(pk=reservation.pk).update(status="active")
     return reservation
 
-
-@pytest.fixture
-def defects(team):
-    model = Model.objects.create(team=team, name="defects")
-    ModelVersion.objects.create(model=model, version=1, imgsz=64, class_names=["a"], size=1, sha256="0" * 64)
-    return model
 
 
 def test_a_serving_booking_is_not_a_no_show(cluster, owner, defects, frozen, settings):

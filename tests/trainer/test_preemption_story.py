@@ -17,16 +17,6 @@ from ..workers import NodeWorker, kill_training_children, purge_central_queue
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
 HOST = "preemption-node"
 URL = "/api/v1/reservations/"
-SHORT = dict(SLOT_MINUTES="1", PREEMPTION_NOTICE_MINUTES="0.25", PREEMPT_MIN_RUNTIME_MINUTES="0.1")
-
-
-@pytest.fixture
-def short_slots(settings, monkeypatch):
-    for name, value in SHORT.items():
-        monkeypatch.setenv(name, value)
-    settings.SLOT_MINUTES = 1
-    settings.PREEMPTION_NOTICE_MINUTES = 0.25
-    settings.PREEMPT_MIN_RUNTIME_MINUTES = 0.1
 
 
 def job_of(reservation_id):

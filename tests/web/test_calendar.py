@@ -13,7 +13,7 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 
 from reservations.models import AuditEntry, Reservation
-from serving.models import Model, ModelVersion, Serving
+from serving.models import Serving
 from trainer.models import TrainingJob
 
 from ..support import FROZEN_NOW, NEXT_SLOT, SLOT, book, iso, make_user, page_client
@@ -486,15 +486,7 @@ def test_start_now_books_the_rest_of_the_current_slot_as_the_api_does(owner, clu
     assert (reservation.start, reservation.end) == (FROZEN_NOW, NEXT_SLOT + SLOT)
 
 
-@pytest.fixture
-def registered(team):
-    model = Model.objects.create(team=team, name="defects")
-    for version in (1, 2):
-        ModelVersion.objects.create(model=model, version=version, imgsz=64, class_names=["a"], size=1, sha256=f"{version:064d}")
-    return model
-
-
-def test_the_form_offers_the_teams_models_to_serve(owner, outsider, cluster, registered):
+def test_the_form_offers_the_teams_models_to_serve(owner, outsider, cluster, defects):
     mine = page_client(owner).get("/").content.decode()
     theirs = page_client(outsider).get("/").content.decode()
 
@@ -502,7 +494,7 @@ def test_the_form_offers_the_teams_models_to_serve(owner, outsider, cluster, reg
     assert 'value="defects"' not in theirs and "no registered models yet" in theirs
 
 
-def test_a_booking_can_serve_models(owner, cluster, registered):
+def test_a_booking_can_serve_models(owner, cluster, defects):
     data = form_data(cluster["node1"][:1], serve="on", serve_models=["defects"], preload="on", max_batch=4)
 
     response = post_form(page_client(owner), data)
@@ -521,7 +513,7 @@ def test_a_booking_can_serve_models(owner, cluster, registered):
         ({"serve": "on", "serve_models": ["defects"], "train": "on", "model": "yolov8n.yaml"}, "trains or serves, not both"),
     ],
 )
-def test_a_bad_serve_names_the_field_and_books_nothing(owner, cluster, registered, extra, words):
+def test_a_bad_serve_names_the_field_and_books_nothing(owner, cluster, defects, extra, words):
     response = post_form(page_client(owner), form_data(cluster["node1"][:1], **extra))
 
     assert response.status_code == 400
