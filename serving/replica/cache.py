@@ -250,6 +250,7 @@ class ModelCache:
                 entry.load_seq += 1
                 entry.in_flight -= 1
                 self._cond.notify_all()
+            runtime.release_memory(self.device)  # whatever a failed load left on the device
             self.metrics.loads.labels(label, error.code).inc()
             log.warning("load of %s refused: %s %s", label, error.code, error.detail)
             if error is exc:

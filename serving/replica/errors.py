@@ -66,7 +66,10 @@ class ModelTooLarge(ReplicaError):
 
 
 class LoadFailed(ReplicaError):
-    status, code = 500, "load_failed"
+    """The weights could not be read or loaded here (missing on this node's storage, say): another
+    replica may well serve the request."""
+
+    status, code = 503, "load_failed"
 
 
 class InferenceFailed(ReplicaError):

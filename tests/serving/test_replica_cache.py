@@ -12,7 +12,7 @@ from PIL import Image
 from serving.replica import runtime
 from serving.replica.cache import ModelCache
 from serving.replica.config import ReplicaConfig
-from serving.replica.errors import ModelTooLarge, NoRoom, WeightsMismatch
+from serving.replica.errors import LoadFailed, ModelTooLarge, NoRoom, WeightsMismatch
 
 from ..support import at_once
 
@@ -146,6 +146,38 @@ def test_a_weights_file_changed_after_registration_is_refused_and_never_loaded(y
     assert loader.calls == []
     assert resident(cache) == set()
     assert metric(cache, "replica_loads_total", model="a:1", outcome="weights_mismatch") == 2
+
+
+def test_concurrent_requests_for_a_tampered_file_share_one_refusal(yolo_weights, tmp_path):
+    path = tmp_path / "model.pt"
+    shutil.copy(yolo_weights.variant(1), path)
+    registered = spec("a", path)
+    path.write_bytes(path.read_bytes()[:-10])
+    cache = ModelCache(config([registered], 10 * ONE_MODEL))
+
+    def attempt():
+        try:
+            cache.predict("a", None, [image()])
+        except WeightsMismatch as exc:
+            return exc.code
+
+    assert at_once([attempt for _ in range(4)]) == ["weights_mismatch"] * 4
+    assert cache.status()["models"][0]["in_flight"] == 0
+
+
+def test_a_missing_weights_file_is_a_503_and_the_next_request_tries_again(yolo_weights, tmp_path):
+    path = tmp_path / "model.pt"
+    shutil.copy(yolo_weights.variant(1), path)
+    registered = spec("a", path)
+    moved = path.rename(tmp_path / "elsewhere.pt")
+    cache = ModelCache(config([registered], 10 * ONE_MODEL))
+
+    with pytest.raises(LoadFailed) as failed:
+        cache.predict("a", None, [image()])
+    assert failed.value.status == 503 and "cannot read" in failed.value.detail
+
+    moved.rename(path)
+    assert cache.predict("a", None, [image()])["cache"] == "miss"
 
 
 def test_a_model_larger_than_the_whole_budget_is_refused_before_loading(yolo_weights):
