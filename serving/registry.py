@@ -22,6 +22,7 @@ from reservations.policy import JobViewer
 from reservations.services.audit import audit_record
 from reservations.services.locks import service_transaction
 from trainer.models import TrainingJob
+from trainer.runner import job_dirs
 
 from .models import MODEL_NAME, Model, ModelVersion
 from .selectors import models_visible, servings_using
@@ -78,11 +79,12 @@ def _visible_job(user, job_id):
 def _weights_source(job, weights):
     """The file `weights` names for `job`: best.pt, or for last the job's newest checkpoint copy
     (else ultralytics' last.pt)."""
-    folder = Path(job.run_dir) / "train" / "weights" if job.run_dir else None
+    # The run folder the node recorded, else where the runner puts it (recorded only once spawned).
+    folder = Path(job.run_dir or job_dirs(job)[0]) / "train" / "weights"
     if weights == Weights.BEST:
-        candidates = [folder / "best.pt" if folder else None]
+        candidates = [folder / "best.pt"]
     else:
-        candidates = [Path(job.checkpoint) if job.checkpoint else None, folder / "last.pt" if folder else None]
+        candidates = [Path(job.checkpoint) if job.checkpoint else None, folder / "last.pt"]
     for candidate in candidates:
         if candidate is not None and candidate.is_file():
             return candidate
@@ -160,7 +162,8 @@ def model_register(*, user, job_id, name, weights=Weights.BEST, team=None):
                     raise _StoreFileGone
                 audit_record(
                     action=AuditEntry.Action.MODEL_REGISTER, actor=actor, target=f"model:{model.pk}",
-                    reason=f"Registered {model.name}:{version.version} from job {job.pk}'s {weights} weights.",
+                    reason=f"Registered {model.name}:{version.version} from job {job.pk}'s {weights} weights"
+                    + ("." if user is not None else ", as the job's register_model asked when it completed."),
                     after=version_record(version),
                 )
             return version

@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from .models import TrainingJob
 from .services import resume_source
+from .signals import job_finished
 
 log = logging.getLogger(__name__)
 Status = TrainingJob.Status
@@ -33,6 +34,9 @@ Status = TrainingJob.Status
 STOP = threading.Event()
 # Checkpoint copies kept per job: the newest, and one before it in case the newest is being written.
 KEEP_CHECKPOINTS = 2
+# Spec keys that are the service's, not training arguments (register_model: serving registers the
+# best weights under that name when the job completes, through trainer.signals.job_finished).
+NOT_ULTRALYTICS = ("model", "resume_from", "workers", "register_model")
 
 
 def _trainer_class():
@@ -168,7 +172,7 @@ def train(job_id):
                     arguments[key] = spec[key]
         else:
             model = YOLO(spec["model"])
-            arguments = {k: v for k, v in spec.items() if k not in ("model", "resume_from", "workers")}
+            arguments = {k: v for k, v in spec.items() if k not in NOT_ULTRALYTICS}
             arguments.update(common, project=str(run_dir), name="train")
         model.add_callback("on_train_start", lambda t: _record_start(job_id, t))
         model.add_callback("on_train_batch_end", _count_batch)
@@ -193,7 +197,12 @@ def train(job_id):
 
 
 def _finish(job_id, status, reason):
-    TrainingJob.objects.filter(pk=job_id).exclude(status__in=TrainingJob.FINISHED + (Status.INTERRUPTED,)).update(
+    ended = TrainingJob.objects.filter(pk=job_id).exclude(status__in=TrainingJob.FINISHED + (Status.INTERRUPTED,))
+    recorded = ended.update(
         status=status, reason=reason, ended_at=timezone.now(), pid=None,
         batches_lost=BatchCount.trained - BatchCount.saved,
     )
+    if recorded and status in TrainingJob.FINISHED:
+        for receiver, result in job_finished.send_robust(sender=TrainingJob, job_id=job_id, status=status):
+            if isinstance(result, Exception):
+                log.error("job %s: %s failed after the job ended: %r", job_id, getattr(receiver, "__name__", receiver), result)

@@ -12,6 +12,9 @@ from rest_framework import serializers
 # A built-in model config is a bare file name that ultralytics resolves itself (yolov8n.yaml,
 # yolo11s.yaml, ...): no directories, so nothing outside its package can be named this way.
 BUILTIN_CONFIG = re.compile(r"^yolo[a-z0-9-]*\.ya?ml$")
+# A registered model's name: the same rule as serving.models.MODEL_NAME (serving registers it; the
+# trainer does not import serving).
+MODEL_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 OPTIMIZERS = ["auto", "SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp"]
 
 
@@ -68,6 +71,11 @@ class JobSpecSerializer(serializers.Serializer):
     workers = serializers.IntegerField(min_value=0, max_value=64, default=0)
     cache = CacheField(required=False)
     resume_from = serializers.IntegerField(min_value=1, required=False)
+    register_model = serializers.RegexField(
+        MODEL_NAME, max_length=64, required=False,
+        error_messages={"invalid": "Use lower-case letters, digits, '.', '_' and '-' (64 at most), starting with a letter or digit."},
+        help_text="When the job completes, register its best weights as the next version of this model of the team.",
+    )
 
     def to_internal_value(self, data):
         if isinstance(data, dict):
