@@ -16,7 +16,7 @@ from serving.models import Model, ModelVersion, Serving
 from serving.selectors import store_path
 from trainer.models import TrainingJob
 
-from ..support import book
+from ..support import at_once, book
 
 pytestmark = pytest.mark.usefixtures("model_store")
 
@@ -287,3 +287,31 @@ def test_a_finished_serving_blocks_nothing(owner, trained_job, cluster):
     registry.model_delete(user=owner, model_id=version.model_id)
 
     assert not Model.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_registrations_at_the_same_instant_get_one_model_and_distinct_versions(owner, teammate, trained_job):
+    job = trained_job(owner)
+
+    # Other bytes each time but the one model: only the model's row orders them.
+    versions = at_once([
+        lambda user=user, weights=weights: registry.model_register(user=user, job_id=job.pk, name="defects", weights=weights)
+        for user, weights in ((owner, "best"), (teammate, "last"), (teammate, "best"), (owner, "last"))
+    ])
+
+    assert sorted(v.version for v in versions) == [1, 2, 3, 4]
+    assert Model.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deletion_racing_a_registration_of_the_same_bytes_leaves_every_version_its_file(owner, trained_job):
+    job = trained_job(owner)
+    first = registry.model_register(user=owner, job_id=job.pk, name="defects")
+
+    _, second = at_once([
+        lambda: registry.version_delete(user=owner, model_id=first.model_id, version=1),
+        lambda: registry.model_register(user=owner, job_id=job.pk, name="defects"),
+    ])
+
+    assert list(ModelVersion.objects.values_list("version", flat=True)) == [second.version]
+    assert store_path(second.sha256).is_file()
