@@ -62,7 +62,7 @@ class ModelDetailSerializer(ModelSerializer):
         return ModelVersionSerializer(versions, many=True).data
 
 
-class RegisterSerializer(StrictSerializer):
+class ModelRegisterSerializer(StrictSerializer):
     job = serializers.IntegerField(min_value=1, max_value=2**63 - 1, help_text="The training job whose weights to register.")
     name = serializers.RegexField(
         MODEL_NAME, max_length=64,
@@ -129,11 +129,11 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
 
-    @extend_schema(request=RegisterSerializer, responses={201: RegisteredVersionSerializer})
+    @extend_schema(request=ModelRegisterSerializer, responses={201: RegisteredVersionSerializer})
     def create(self, request):
         """Register a job's weights (best or last, stripped to inference-only) as the next version
         of the named model, made in the job's team if new."""
-        serializer = RegisterSerializer(data=request.data)
+        serializer = ModelRegisterSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         version = registry.model_register(

@@ -175,11 +175,11 @@ def model_register(*, user, job_id, name, weights=Weights.BEST, team=None):
 def _model_for_change(user, model_id):
     """The model, locked, if `user` may change it (its team's members and staff); 404 for a model
     they cannot see."""
+    if not user.is_authenticated:
+        raise PermissionDenied("Sign in to change models.")
     model = models_visible(user).filter(pk=model_id).values_list("pk", flat=True).first()
     if model is None:
         raise Http404(f"No model {model_id}.")
-    if not user.is_authenticated:
-        raise PermissionDenied("Sign in to change models.")
     return Model.objects.select_for_update().select_related("team").get(pk=model)
 
 
