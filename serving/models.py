@@ -21,6 +21,8 @@ class Model(models.Model):
     )
     created = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True)
+    # The highest version number ever given, deleted ones included: a number never names other bytes.
+    last_version = models.PositiveIntegerField(default=0, editable=False)
 
     class Meta:
         ordering = ["team__slug", "name"]

@@ -92,14 +92,11 @@ def _weights_source(job, weights):
 
 
 def _next_version(model):
-    """One more than any version the model ever had: a deleted number is never given to other bytes
-    (the audit log remembers the numbers registered)."""
-    numbers = list(model.versions.values_list("version", flat=True))
-    registered = AuditEntry.objects.filter(
-        action=AuditEntry.Action.MODEL_REGISTER, target=f"model:{model.pk}"
-    ).values_list("after", flat=True)
-    numbers += [after.get("version") or 0 for after in registered if isinstance(after, dict)]
-    return max(numbers, default=0) + 1
+    """On the locked model: one more than any version it ever had (a deleted number is never given
+    to other bytes)."""
+    model.last_version += 1
+    model.save(update_fields=["last_version"])
+    return model.last_version
 
 
 def version_record(version):
