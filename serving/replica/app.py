@@ -38,6 +38,8 @@ IMAGE_TYPES = ("image/jpeg", "image/png", "image/jpg", "application/octet-stream
 MAX_IMAGES = 256
 # Refuse decompression bombs: 50 megapixels is far beyond any image a detector is served.
 MAX_PIXELS = 50_000_000
+# A body over the limit but within this many times it is read and dropped before the 413.
+DISCARD_FACTOR = 4
 
 REASONS = {
     200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
@@ -161,6 +163,10 @@ class ReplicaApp:
             except ValueError:
                 raise BadRequest("Content-Length is not a number") from None
             if declared > limit:
+                if declared <= DISCARD_FACTOR * limit:
+                    # Read it into the void so the kept-alive connection stays usable: answering
+                    # before the client has sent it all would break the client's next request.
+                    _discard(environ["wsgi.input"], declared)
                 raise TooLarge(f"the body is {declared} bytes; at most {limit} are accepted", field="images")
         stream = environ["wsgi.input"]
         body = stream.read(limit + 1) if not length else stream.read(int(length))
@@ -253,6 +259,14 @@ class ReplicaApp:
             if model["name"] == name and model["version"] == version:
                 return model
         raise NotFound(f"model {name}:{version} vanished")
+
+
+def _discard(stream, length, chunk=1024 * 1024):
+    while length > 0:
+        data = stream.read(min(chunk, length))
+        if not data:
+            return
+        length -= len(data)
 
 
 def decode_images(content_type, body):

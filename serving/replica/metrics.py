@@ -15,7 +15,9 @@ class ReplicaMetrics:
     def __init__(self, memory_budget=0):
         self.registry = registry = CollectorRegistry()
         self.resident_models = Gauge("replica_resident_models", "Models resident in the cache", registry=registry)
-        self.resident_bytes = Gauge("replica_resident_bytes", "Measured bytes of all resident models", registry=registry)
+        self.resident_bytes = Gauge(
+            "replica_resident_bytes", "Measured bytes of all resident models", registry=registry
+        )
         self.model_bytes = Gauge(
             "replica_model_resident_bytes", "Measured bytes of one resident model (0 when evicted)", ["model"],
             registry=registry,
@@ -34,7 +36,9 @@ class ReplicaMetrics:
             "replica_load_seconds", "Time to verify, load and warm up a model", ["model"], buckets=LOAD_BUCKETS,
             registry=registry,
         )
-        self.hits = Counter("replica_cache_hits", "Requests that found their model resident", ["model"], registry=registry)
+        self.hits = Counter(
+            "replica_cache_hits", "Requests that found their model resident", ["model"], registry=registry
+        )
         self.misses = Counter(
             "replica_cache_misses", "Requests that had to wait for their model to load", ["model"], registry=registry
         )
