@@ -72,7 +72,9 @@ def store_put(source):
         checkpoint = torch_load(source, map_location="cpu")
     except Exception as exc:
         raise UnusableWeights(f"{Path(source).name} cannot be read as a checkpoint ({type(exc).__name__}).") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("model") is None:
+    # A checkpoint saved during training (last.pt, best.pt, the job's copies) holds its weights as the
+    # EMA only ("model" is None until the run ends); strip_optimizer makes the EMA the model.
+    if not isinstance(checkpoint, dict) or (checkpoint.get("model") is None and checkpoint.get("ema") is None):
         raise UnusableWeights(f"{Path(source).name} is not an ultralytics checkpoint (no model in it).")
     epoch, imgsz = _epochs_trained(checkpoint), _imgsz(checkpoint)
     # Its own date, not today's (strip_optimizer's default when a checkpoint has none): same bytes.

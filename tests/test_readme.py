@@ -1,7 +1,8 @@
 """A newcomer's first ten minutes, for real: bin/quickstart on a fresh checkout (SQLite and the
 filesystem broker, none of the test settings), then README's "Using the API" commands pasted in
-order into a second shell. Each works, the training shows epochs within a minute and a half, and the
-checkout is left with nothing for `git status` to report."""
+order into a second shell. Each works, the training shows epochs within a minute and a half, its
+weights are registered and served by a replica that answers with boxes, and the checkout is left
+with nothing for `git status` to report."""
 
 import json
 import os
@@ -172,7 +173,8 @@ def test_readme_api_commands_work_pasted_in_order_after_the_quick_start(quicksta
     )
     pasted = subprocess.run(
         ["bash", "-c", script], cwd=quickstart.checkout, env=quickstart.environment,
-        capture_output=True, text=True, timeout=120,
+        # The serving steps wait for the job's first checkpoint and for a replica to be ready.
+        capture_output=True, text=True, timeout=420,
     )
     # Kept with the quick start's log for a failure's post-mortem (pytest keeps the last runs' tmp_path).
     (tmp_path / "pasted.out").write_text(pasted.stdout)
@@ -197,6 +199,16 @@ def test_readme_api_commands_work_pasted_in_order_after_the_quick_start(quicksta
     )
     assert job["status"] in ("running", "completed"), job
     assert re.search(r"^\s*1/10\b", get(port, f"jobs/{job_id}/log/", token), flags=re.MULTILINE)
+
+    # The job's weights registered and served: a replica of the serving booking answered with the
+    # registered version's boxes, from its cache (preloaded).
+    assert '"ref":"boxes:1"' in out
+    # curl prints no newline after a body: read the one JSON value that starts there.
+    answer, _ = json.JSONDecoder().raw_decode(out, out.rindex('{"model": "boxes"'))
+    assert (answer["model"], answer["version"], answer["cache"]) == ("boxes", 1, "hit"), answer
+    assert answer["results"][0]["width"] == 64 and isinstance(answer["results"][0]["detections"], list)
+    serving = get(port, f"reservations/{variables['SERVE']}/", token)["serve"]
+    assert serving["status"] == "serving" and serving["replicas"][0]["state"] == "ready"
 
     assert '"user":"alice"' in out and '"kind":"preemption_warning"' in out  # the preemptor's 201, the victim's notice
     warnings = [n for n in get(port, "notices/", bob)["results"] if n["kind"] == "preemption_warning"]

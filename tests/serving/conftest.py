@@ -62,9 +62,10 @@ def yolo_weights(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def resumable_checkpoint(yolo_weights):
-    """A checkpoint as the trainer copies it on each save (trainer.runner): optimizer state, EMA,
-    its epoch counted from 0 (here: after the first epoch), full precision. Dated apart from best.pt
-    (it has the same network), so stripped it is still other bytes."""
+    """A checkpoint as ultralytics saves it during training and the trainer copies it (trainer.runner):
+    no "model" (None until the run ends), the weights as the EMA, optimizer state, its epoch counted
+    from 0 (here: after the first epoch). Dated apart from best.pt (it has the same network), so
+    stripped it is still other bytes."""
     import torch
 
     target = yolo_weights.folder / "resumable.pt"
@@ -72,7 +73,7 @@ def resumable_checkpoint(yolo_weights):
         checkpoint = torch.load(yolo_weights.best, map_location="cpu", weights_only=False)
         model = checkpoint["model"].float()
         checkpoint.update(
-            model=model, ema=model, updates=12, epoch=0, date="resumable copy",
+            model=None, ema=model.half(), updates=12, epoch=0, date="resumable copy",
             optimizer=torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9).state_dict(),
         )
         torch.save(checkpoint, target)
