@@ -14,6 +14,7 @@ The node supervisor, the tests, the benchmarks and the router all sign with `sig
 import hashlib
 import hmac
 import json as jsonlib
+import re
 import time
 
 import requests
@@ -21,6 +22,7 @@ import requests
 TIME_HEADER = "X-Replica-Time"
 SIGNATURE_HEADER = "X-Replica-Signature"
 DEFAULT_SKEW = 60
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
 def _message(method, path, timestamp, body):
@@ -54,6 +56,10 @@ def verify(token, method, path, body, headers, now=None, skew=DEFAULT_SKEW):
     stamp, signature = _header(headers, TIME_HEADER), _header(headers, SIGNATURE_HEADER)
     if not stamp or not signature:
         return False
+    # A header is client input: anything but 64 lower-case hex digits (what `sign` makes) is
+    # refused before compare_digest, which raises TypeError on a non-ASCII str.
+    if not isinstance(signature, str) or not _SIGNATURE.fullmatch(signature):
+        return False
     try:
         timestamp = int(stamp)
     except ValueError:
@@ -62,7 +68,7 @@ def verify(token, method, path, body, headers, now=None, skew=DEFAULT_SKEW):
     if abs(current - timestamp) > skew:
         return False
     expected = _mac(token, method, path, timestamp, body)
-    return hmac.compare_digest(expected, str(signature))
+    return hmac.compare_digest(expected, signature)
 
 
 class ReplicaClient:

@@ -53,7 +53,10 @@ def test_a_signature_outside_the_allowed_skew_is_refused(now):
     {},
     {TIME_HEADER: str(NOW)},
     {TIME_HEADER: "yesterday", SIGNATURE_HEADER: "00"},
-], ids=["none", "no-signature", "bad-time"])
+    {TIME_HEADER: str(NOW), SIGNATURE_HEADER: "\u00e9" * 64},
+    {TIME_HEADER: str(NOW), SIGNATURE_HEADER: "0" * 63 + "\u00b2"},
+    {TIME_HEADER: str(NOW), SIGNATURE_HEADER: b"0" * 64},
+], ids=["none", "no-signature", "bad-time", "non-ascii", "superscript-digit", "bytes"])
 def test_missing_or_malformed_headers_are_refused(headers):
     request, _ = signed()
 
