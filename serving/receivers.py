@@ -5,7 +5,7 @@ import logging
 from reservations.errors import BookingError
 from trainer.models import TrainingJob
 
-from . import registry
+from . import registry, services
 
 log = logging.getLogger(__name__)
 
@@ -27,3 +27,10 @@ def register_completed_job(sender, *, job_id, status, **kwargs):
         return None
     log.info("Job %s: best weights registered as %s:%s (sha256 %s).", job_id, name, version.version, version.sha256)
     return version
+
+
+def replicas_of_lost_nodes(sender, *, node_ids, now, **kwargs):
+    """trainer.signals.nodes_lost: replicas on nodes gone silent are gone too (no router may send
+    them requests); a serving that was draining there is stopped. The node's supervisor starts fresh
+    replicas if it comes back while the booking lasts."""
+    return services.replicas_node_lost(node_ids=node_ids, now=now)

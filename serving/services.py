@@ -9,9 +9,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from .models import Replica, Serving
+from .models import Model, Replica, Serving
 from .selectors import replica_config_models, resolve_models
 from .signing import ReplicaClient
+from .spec import parse_ref
 
 Status = Serving.Status
 State = Replica.State
@@ -25,7 +26,12 @@ def serving_spec_check(*, user, team, spec):
 
 
 def serving_create(*, reservation, spec, now):
-    """Inside the booking's transaction: the serving waits (queued) for its slot."""
+    """Inside the booking's transaction: the serving waits (queued) for its slot. The models it names
+    are locked and looked up again here (4th in the lock order, reservations.services.locks): a
+    deletion that won the race is a clear 400 now, and one that comes later sees this booking."""
+    names = sorted({parse_ref(ref)[0] for ref in spec["models"]})
+    list(Model.objects.select_for_update().filter(team=reservation.team, name__in=names).order_by("pk"))
+    resolve_models(reservation.team, spec["models"])
     Serving.objects.create(
         reservation=reservation, spec=spec, created=now, reason="Booked; its replicas start at the slot start."
     )
@@ -122,6 +128,19 @@ def replica_exited(*, replica_id, returncode, drained, reason=""):
     Replica.objects.filter(pk=replica_id).exclude(state__in=Replica.ENDED).update(
         state=state, reason=why, ended_at=timezone.now(), pid=None
     )
+
+
+def replicas_node_lost(*, node_ids, now):
+    """Replicas on nodes that stopped heartbeating are failed; servings draining there are stopped.
+    Returns how many replicas were failed."""
+    lost = Replica.objects.filter(node_id__in=node_ids, state__in=Replica.LIVE)
+    servings = set(lost.values_list("serving_id", flat=True))
+    failed = lost.update(
+        state=State.FAILED, reason="Its node stopped sending heartbeats.", ended_at=now, pid=None
+    )
+    for serving_id in servings:
+        serving_settle(serving_id=serving_id, reason="Stopped: its node went silent while it drained.")
+    return failed
 
 
 def serving_settle(*, serving_id, reason):

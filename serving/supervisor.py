@@ -5,8 +5,8 @@ training jobs, level-triggered from the database: a serving booking whose slot h
 replica process per booked device of this node; a replica whose booking ended, was cancelled or was
 preempted is drained (SIGTERM: it finishes the requests in flight and exits, killed only after
 REPLICA_DRAIN_SECONDS more); a replica that dies is started again (at most RESTARTS times per
-device). Each pass also asks every replica for its status (signed, serving.signing) and records
-what it holds, for the router.
+device). Each pass also asks every replica for its status (signed, serving.signing; all at once, so a
+slow replica costs the pass one timeout at most) and records what it holds, for the router.
 """
 
 import json
@@ -17,6 +17,7 @@ import socket
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -37,10 +38,13 @@ log = logging.getLogger(__name__)
 Status = Serving.Status
 State = Replica.State
 
-# Starts of a replica per serving booking and device before the supervisor gives up on that device.
+# Failures of a booking's replica on one device within RESTART_WINDOW before the supervisor gives up
+# on that device (a crash days ago does not count against a week-long booking).
 RESTARTS = 3
+RESTART_WINDOW = timedelta(minutes=10)
 RESTART_BACKOFF = timedelta(seconds=5)
 STATUS_TIMEOUT = 0.5
+STATUS_THREADS = 8
 
 
 def replica_dir(replica_id):
@@ -52,6 +56,7 @@ class ReplicaSupervisor:
         self.agent = agent
         self.children = {}  # replica id -> Popen, with .serving_id, .gpu_id, .replica, .drain_asked
         self.lock = threading.Lock()
+        self.polls = ThreadPoolExecutor(max_workers=STATUS_THREADS, thread_name_prefix="replica-status")
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self):
@@ -74,6 +79,7 @@ class ReplicaSupervisor:
         for thread in threads:
             if thread is not None:
                 thread.join(timeout=settings.REPLICA_DRAIN_SECONDS + 10)
+        self.polls.shutdown(wait=False)
 
     def busy_gpu_ids(self):
         with self.lock:
@@ -89,22 +95,31 @@ class ReplicaSupervisor:
             .distinct()
         )
         for serving in servings:
-            reservation = serving.reservation
-            reason = self._drain_reason(serving, reservation, now)
-            if reason is not None:
-                self._drain(serving, reason)
-            elif policy.job_window_open(reservation, now):
-                self._keep_up(serving, reservation, now)
+            # One serving's failure (a database error, a full port range) must not starve the others
+            # nor the status polls: it is logged and tried again at the next pass.
+            try:
+                self._reconcile_one(serving, now)
+            except Exception:
+                log.exception("supervising serving %s failed; retrying at the next pass", serving.pk)
         self._poll()
+
+    def _reconcile_one(self, serving, now):
+        reservation = serving.reservation
+        reason = self._drain_reason(serving, reservation, now)
+        if reason is not None:
+            self._drain(serving, reason)
+        elif policy.job_window_open(reservation, now):
+            self._keep_up(serving, reservation, now)
 
     def _drain_reason(self, serving, reservation, now):
         if serving.status == Status.DRAINING:
             return serving.reason or "Draining."
-        if reservation.preempted_by_id is not None and reservation.status == reservation.Status.PREEMPTED:
-            return f"Preempted by reservation #{reservation.preempted_by_id}: draining."
         if reservation.status not in policy.LIVE_STATUSES:
             return f"The booking was {reservation.status}."
-        if now >= reservation.end:
+        # A preempted booking ends at its preemptor's start, but its replicas serve on until the
+        # reclaim time its owner was told (a minimum runtime may put it later): the reclaim ends the
+        # booking, and drains them, then.
+        if now >= reservation.end and reservation.preempted_by_id is None:
             return "The booking ended."
         return None
 
@@ -122,28 +137,33 @@ class ReplicaSupervisor:
             serving = services.serving_begin(serving_id=serving.pk, now=now)
             if serving is None:
                 return
-        gpus = GPU.objects.filter(node=self.agent.node, allocations__reservation=reservation).distinct()
-        with self.lock:
-            running = {(c.serving_id, c.gpu_id) for c in self.children.values()}
-        busy = self.agent.busy_gpu_ids()  # a training job still stopping there
+        gpus = list(GPU.objects.filter(node=self.agent.node, allocations__reservation=reservation).distinct())
+        # Not free yet: a training job still stopping there, or any replica still live on it (this
+        # booking's own, or the one before it on that GPU, draining).
+        busy = self.agent.busy_gpu_ids() | self.busy_gpu_ids()
+        busy |= set(Replica.objects.filter(gpu__in=gpus, state__in=Replica.LIVE).values_list("gpu_id", flat=True))
         gave_up = 0
         for gpu in gpus:
-            if (serving.pk, gpu.pk) in running or gpu.pk in busy:
+            if gpu.pk in busy:
                 continue
-            earlier = Replica.objects.filter(serving=serving, gpu=gpu)
-            if earlier.filter(state__in=Replica.LIVE).exists():
-                continue  # another node's worker, or one still being reaped
-            failed = list(earlier.filter(state=State.FAILED).order_by("-ended_at").values_list("ended_at", flat=True))
+            failed = list(
+                Replica.objects.filter(serving=serving, gpu=gpu, state=State.FAILED, ended_at__gte=now - RESTART_WINDOW)
+                .order_by("-ended_at").values_list("ended_at", flat=True)
+            )
             if len(failed) >= RESTARTS:
                 gave_up += 1
                 continue
-            if failed and failed[0] and now - failed[0] < RESTART_BACKOFF:
+            if failed and now - failed[0] < RESTART_BACKOFF:
                 continue
             self._start(serving, gpu)
-        if gave_up and gave_up == len(gpus) and not Replica.objects.filter(serving=serving, state__in=Replica.LIVE).exists():
+        # Failed only when every device of the booking (on every node) has given up: another node's
+        # replicas may still serve it.
+        if gave_up and gave_up == reservation.allocations.count() and not Replica.objects.filter(
+            serving=serving, state__in=Replica.LIVE
+        ).exists():
             Serving.objects.filter(pk=serving.pk).exclude(status__in=Serving.FINISHED).update(
                 status=Status.FAILED, ended_at=now,
-                reason=f"Its replicas failed {RESTARTS} times on each device; see their logs.",
+                reason=f"Its replicas failed {RESTARTS} times within {RESTART_WINDOW} on each device; see their logs.",
             )
 
     def _start(self, serving, gpu):
@@ -220,9 +240,10 @@ class ReplicaSupervisor:
     def _poll(self):
         with self.lock:
             children = list(self.children.items())
-        for replica_id, child in children:
-            replica = child.replica
-            status = _status(replica)
+        statuses = self.polls.map(lambda item: _status(item[1].replica), children)
+        for (replica_id, child), status in zip(children, statuses):
+            if status is not None and status.get("state") not in ("ready", "draining"):
+                continue  # up, still loading its preloaded models
             if status is None:
                 if not (child.drain_asked or child.ready or child.gave_up) and (
                     time.monotonic() - child.started > settings.REPLICA_START_SECONDS
@@ -254,9 +275,9 @@ def _status(replica):
         response = requests.get(
             f"http://{replica.address}{path}", headers=sign(replica.token, "GET", path, b""), timeout=STATUS_TIMEOUT
         )
-    except requests.RequestException:
+        return response.json() if response.status_code == 200 else None
+    except (requests.RequestException, ValueError):
         return None
-    return response.json() if response.status_code == 200 else None
 
 
 def _free_port(node):

@@ -13,7 +13,7 @@ from reservations.models import Allocation, Node, Notice, Reservation
 from reservations.services import notice_send, reservation_release_early
 from reservations.services.locks import lock_reservation, service_transaction
 
-from . import queue
+from . import queue, signals
 from .models import TrainingJob
 
 
@@ -184,6 +184,7 @@ def nodes_mark_lost(*, now=None):
     if not lost:
         return 0
     Node.objects.filter(pk__in=lost).update(online=False)
+    signals.nodes_lost.send(sender=Node, node_ids=lost, now=now)
     return TrainingJob.objects.filter(node_id__in=lost, status__in=TrainingJob.LIVE).update(
         status=TrainingJob.Status.INTERRUPTED,
         reason="The node stopped sending heartbeats; resumes from its checkpoint when the node is back.",

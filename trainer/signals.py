@@ -7,3 +7,7 @@ from django.dispatch import Signal
 # of TrainingJob.FINISHED). Receivers run in that process, on the node, after ultralytics has
 # written its final weights; an exception in one is logged, never fails the job.
 job_finished = Signal()
+
+# Sent by nodes_mark_lost (the central reconcile) when nodes go offline: node_ids, now. What runs on
+# those nodes besides training (serving replicas) is recorded as gone by its own app.
+nodes_lost = Signal()

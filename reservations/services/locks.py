@@ -5,7 +5,10 @@ The order (a transaction that needs several of these takes them in this order, n
 1. reservations, in id order (the one being changed; a preemption's victims; a victim's rebookings,
    which always have higher ids than the victim);
 2. GPUs, in id order (whatever takes or moves GPU time);
-3. training jobs (stopping the job of a booking that ends early).
+3. training jobs (stopping the job of a booking that ends early);
+4. registered models, in id order (serving: a serving booking locks the models it names as it is
+   written, so a model cannot be deleted between the check and the booking; the registry locks
+   only these rows, and advisory locks on stored files after them).
 
 Two transactions that follow one order cannot deadlock. The order only holds if each service's
 transaction is its own: a GPU lock taken inside someone else's transaction lives until that outer

@@ -10,6 +10,7 @@ from io import BytesIO
 
 import pytest
 import requests
+from django.db import transaction
 from django.utils import timezone
 from PIL import Image
 
@@ -62,7 +63,8 @@ def serving_now(user, team, gpus, spec, *, starts_in, length):
     )
     for gpu in gpus:
         Allocation.objects.create(reservation=reservation, gpu=gpu, start=reservation.start, end=reservation.end)
-    serving_create(reservation=reservation, spec=spec, now=timezone.now())
+    with transaction.atomic():  # as in the booking's transaction: it locks the models it names
+        serving_create(reservation=reservation, spec=spec, now=timezone.now())
     return reservation, Serving.objects.get(reservation=reservation)
 
 
