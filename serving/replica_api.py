@@ -3,6 +3,8 @@ pin, unload) and a single request, passed on to the replica signed with its toke
 leaves the server. Seen by the serving booking's team, its owner and staff (as its job would be);
 load and unload by those who may manage the booking (its owner, a team admin, staff)."""
 
+from urllib.parse import urlencode
+
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, viewsets
@@ -88,7 +90,7 @@ class ReplicaViewSet(viewsets.ReadOnlyModelViewSet):
         body = request.data if isinstance(request.data, bytes) else b""
         if len(body) > MAX_IMAGE_BYTES:
             raise ValidationError({"images": [f"At most {MAX_IMAGE_BYTES >> 20} MiB per request."]})
-        query = f"?conf={request.query_params['conf']}" if "conf" in request.query_params else ""
+        query = f"?{urlencode({'conf': request.query_params['conf']})}" if "conf" in request.query_params else ""
         return self._forward(replica, "POST", f"/v1/models/{_ref(ref)}/predict{query}", body, request.content_type)
 
     def _operate(self, request, verb, ref):

@@ -46,18 +46,28 @@ def _with_memory(replica):
 
 def servable_models(user):
     """(value, label) choices of the models `user`'s teams may serve: each model by name (its
-    latest version at the slot start), then each of its versions."""
+    latest version at the slot start), then each of its versions. A booking serves its own team's
+    models (the service checks), so a name two of the user's teams use is one choice, labelled with
+    both teams: it means the model of the team the booking is charged to."""
     versions = (
         ModelVersion.objects.filter(model__team__memberships__user=user)
         .select_related("model__team")
-        .order_by("model__team__slug", "model__name", "-version")
+        .order_by("model__name", "-version", "model__team__slug")
         .distinct()
     )
-    choices, seen = [], set()
+    labels = {}
     for version in versions:
-        model = version.model
-        if model.pk not in seen:
-            seen.add(model.pk)
-            choices.append((model.name, f"{model.name} (latest: version {version.version}) · {model.team.slug}"))
-        choices.append((f"{model.name}:{version.version}", f"{model.name} version {version.version}"))
+        name, team = version.model.name, version.model.team.slug
+        latest = labels.setdefault(name, {"teams": [], "latest": version.version})
+        if team not in latest["teams"]:
+            latest["teams"].append(team)
+        labels.setdefault(f"{name}:{version.version}", {"teams": [], "version": version.version})["teams"].append(team)
+    choices = []
+    for value, info in labels.items():
+        teams = ", ".join(sorted(set(info["teams"])))
+        if "latest" in info:
+            choices.append((value, f"{value} (latest: version {info['latest']}) · {teams}"))
+        else:
+            name = value.split(":")[0]
+            choices.append((value, f"{name} version {info['version']} · {teams}"))
     return choices
