@@ -33,6 +33,7 @@ from .errors import (
 
 log = logging.getLogger("serving.replica")
 
+VERSION = re.compile(r"[1-9][0-9]{0,8}")  # ASCII digits only: str.isdigit() is true for '²'
 MODEL_ROUTE = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?::(?P<version>[^/]+))?/(?P<action>predict|load|unload)$")
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/jpg", "application/octet-stream")
 MAX_IMAGES = 256
@@ -150,7 +151,7 @@ class ReplicaApp:
     def _version(text):
         if text is None:
             return None
-        if not text.isdigit() or int(text) < 1:
+        if not VERSION.fullmatch(text):
             raise BadRequest(f"version must be a positive whole number, not {text!r}", field="version")
         return int(text)
 

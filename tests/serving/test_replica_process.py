@@ -86,6 +86,9 @@ class Replica:
     def status(self):
         return self.client.get("/v1/status").json()
 
+    def log(self):
+        return (self.folder / "replica.log").read_text(errors="replace")
+
     def model(self, name, version=1):
         return next(m for m in self.status()["models"] if (m["name"], m["version"]) == (name, version))
 
@@ -222,12 +225,15 @@ def test_a_model_larger_than_the_whole_budget_is_422(replica):
     sign(TOKEN, "GET", "/v1/status", b"", now=time.time() - 600),
     sign("another-token", "GET", "/v1/status", b""),
     sign(TOKEN, "GET", "/v1/status?other", b""),
-], ids=["unsigned", "bad-signature", "stale", "other-token", "other-path"])
+    {"X-Replica-Time": str(int(time.time())), "X-Replica-Signature": "\u00e9" * 64},
+], ids=["unsigned", "bad-signature", "stale", "other-token", "other-path", "non-ascii-signature"])
 def test_requests_not_signed_with_the_token_are_401(replica, headers):
+    logged = len(replica.log())
     response = requests.get(f"http://127.0.0.1:{replica.port}/v1/status", headers=headers, timeout=10)
 
     assert response.status_code == 401
     assert response.json()["error"] == "unauthorized"
+    assert "Traceback" not in replica.log()[logged:]
 
 
 def test_a_signed_body_cannot_be_swapped(replica):
@@ -285,6 +291,15 @@ def test_unknown_models_and_versions_are_404(replica):
     assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown_model")
     assert (wrong_version.status_code, wrong_version.json()["error"]) == (404, "unknown_version")
     assert "[1, 2]" in wrong_version.json()["detail"]
+
+
+@pytest.mark.parametrize("version", ["%B2", "%C2%B2", "0", "01", "-1", "1.0", "x", "1234567890"])
+def test_a_version_that_is_not_a_plain_positive_number_is_400_naming_version(replica, version):
+    logged = len(replica.log())
+    response = replica.predict(f"defects:{version}")
+
+    assert (response.status_code, response.json()["error"], response.json()["field"]) == (400, "bad_request", "version")
+    assert "Traceback" not in replica.log()[logged:]
 
 
 def test_a_bad_confidence_is_400_naming_conf(replica):
