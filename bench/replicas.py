@@ -1,7 +1,7 @@
 """The inference replica on this machine's CPU: cold load against warm requests, dynamic batching under
 a fixed offered load, and the LRU model cache under a Zipf-distributed workload.
 
-    .venv/bin/python bench/serving.py [--quick] [--sizes 64 640] [--seconds 15] [--rate R]
+    .venv/bin/python bench/replicas.py [--quick] [--sizes 64 640] [--seconds 15] [--rate R]
                                       [--requests 300] [--device cpu|cuda:N] [--work DIR]
 
 No database, no downloads: real replica processes (`python -m serving.replica <config.json>`,
@@ -39,14 +39,11 @@ import threading
 import time
 from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path and its name would shadow the
-# `serving` package: look in the repository first, then here (for benchlib).
-BENCH = Path(__file__).resolve().parent
-sys.path[:1] = [str(BENCH.parent), str(BENCH)]
+import requests
 
-import requests  # noqa: E402
+from benchlib import REPO, machine, percentile, wait_for
 
-from benchlib import REPO, machine, percentile, wait_for  # noqa: E402
+sys.path.insert(0, str(REPO))  # the project's packages, for the client and the dataset
 from serving.signing import ReplicaClient  # noqa: E402
 from trainer.dataset import CLASSES, make_dataset  # noqa: E402
 
