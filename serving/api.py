@@ -1,10 +1,13 @@
 """The model registry's API: register a job's weights as a model version, list and show models,
 delete a model or one version. A team's models are for its members and staff; others' are a 404."""
 
+import re
+
 from django.db.models import Count, OuterRef, Subquery
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 
@@ -62,16 +65,35 @@ class ModelDetailSerializer(ModelSerializer):
         return ModelVersionSerializer(versions, many=True).data
 
 
+NAME_RULE = "Use lower-case letters, digits, '.', '_' and '-' (64 at most), starting with a letter or digit."
+
+
 class ModelRegisterSerializer(StrictSerializer):
     job = serializers.IntegerField(min_value=1, max_value=2**63 - 1, help_text="The training job whose weights to register.")
-    name = serializers.RegexField(
-        MODEL_NAME, max_length=64,
-        error_messages={"invalid": "Use lower-case letters, digits, '.', '_' and '-' (64 at most), starting with a letter or digit."},
-    )
+    name = serializers.RegexField(MODEL_NAME, max_length=64, error_messages={"invalid": NAME_RULE})
     weights = serializers.ChoiceField(choices=ModelVersion.Weights.choices, default=ModelVersion.Weights.BEST)
     team = serializers.SlugField(
         required=False, help_text="The job's booking's team (the default); a model is registered in the team that trained it."
     )
+
+
+TEAM_SLUG = re.compile(r"[-a-zA-Z0-9_]{1,50}")
+
+
+def _list_filters(params):
+    """The list's `team` and `name` filters (blank: not filtering), each checked: a value the
+    database cannot hold (a NUL byte) or no team slug or model name could be is a 400 naming it."""
+    filters = {}
+    team, name = params.get("team", ""), params.get("name", "")
+    if team:
+        if not TEAM_SLUG.fullmatch(team):
+            raise ValidationError({"team": ["A team's slug: letters, digits, '-' and '_' (50 at most)."]})
+        filters["team__slug"] = team
+    if name:
+        if not re.fullmatch(MODEL_NAME, name):
+            raise ValidationError({"name": [NAME_RULE]})
+        filters["name"] = name
+    return filters
 
 
 InUseSerializer = inline_serializer(
@@ -92,10 +114,7 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation: no user
             return Model.objects.none()
-        models = models_visible(self.request.user)
-        for key in ("team", "name"):
-            if self.request.query_params.get(key):
-                models = models.filter(**{"team__slug" if key == "team" else "name": self.request.query_params[key]})
+        models = models_visible(self.request.user).filter(**_list_filters(self.request.query_params))
         latest = ModelVersion.objects.filter(model=OuterRef("pk")).order_by("-version").values("pk")[:1]
         # Explicitly ordered: an aggregate drops the model's default ordering.
         return models.annotate(version_count=Count("versions"), latest_id=Subquery(latest)).order_by("team__slug", "name", "pk")

@@ -119,7 +119,7 @@ def model_register(*, user, job_id, name, weights=Weights.BEST, team=None):
     `user` None: the scheduler registers (a job that asked for it when it finished)."""
     if weights not in Weights.values:
         raise BookingError("weights", f"Use {' or '.join(Weights.values)}.")
-    if not isinstance(name, str) or not re.match(MODEL_NAME, name):
+    if not isinstance(name, str) or not re.fullmatch(MODEL_NAME, name):
         raise BookingError("name", "Use lower-case letters, digits, '.', '_' and '-' (64 at most), starting with a letter or digit.")
     job = _visible_job(user, job_id)
     job_team = job.reservation.team

@@ -160,3 +160,36 @@ def test_others_cannot_delete_a_teams_model(owner, outsider, trained_job):
 
 def test_anonymous_callers_are_turned_away(client):
     assert client.get(URL).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ({"team": "\x00"}, "team"),
+        ({"team": "vision\x00"}, "team"),
+        ({"team": "no such/team"}, "team"),
+        ({"team": "t" * 51}, "team"),
+        ({"name": "\x00"}, "name"),
+        ({"name": "defects\x00"}, "name"),
+        ({"name": "defects\n"}, "name"),
+        ({"name": "Defects!"}, "name"),
+        ({"name": "x" * 65}, "name"),
+    ],
+)
+def test_a_bad_list_filter_is_a_400_naming_it(owner, staff, query, field):
+    for user in (owner, staff):
+        response = client_for(user).get(URL, query)
+
+        assert response.status_code == 400, response.content
+        assert list(response.json()) == [field]
+
+
+def test_odd_ids_and_versions_are_a_404(owner, trained_job):
+    client = client_for(owner)
+    model_id = _register(client, trained_job(owner)).json()["model"]
+
+    for path in (f"{10**30}/", f"{2**63}/", "0/", f"{model_id}/versions/{10**30}/", f"{model_id}/versions/0/",
+                 f"{model_id}/versions/-1/", f"{model_id}/versions/1.0/", f"{10**30}/versions/1/", "%00/"):
+        assert client.get(f"{URL}{path}").status_code in (404, 405), path
+        assert client.delete(f"{URL}{path}").status_code == 404, path
+    assert client.get(f"{URL}{model_id}/").status_code == 200

@@ -122,6 +122,15 @@ def test_another_teams_job_is_refused_like_a_job_that_does_not_exist(owner, outs
     assert not Model.objects.exists()
 
 
+@pytest.mark.parametrize("name", ["defects\n", "defects\x00", "Defects", ""])
+def test_a_name_that_is_not_a_model_name_is_refused(owner, trained_job, name):
+    with pytest.raises(BookingError) as refused:
+        registry.model_register(user=owner, job_id=trained_job(owner).pk, name=name)
+
+    assert refused.value.field == "name"
+    assert not Model.objects.exists()
+
+
 def test_a_teammate_registers_into_the_jobs_team(owner, teammate, trained_job, team):
     version = registry.model_register(user=teammate, job_id=trained_job(owner).pk, name="defects")
 
