@@ -162,7 +162,8 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
 
     @extend_schema(responses={204: None, 409: InUseSerializer})
     def destroy(self, request, pk=None):
-        """Delete the model and all its versions, unless a live serving booking uses it (409)."""
+        """Delete the model and all its versions, unless a serving booking that may still run
+        (waitlisted, confirmed or active) uses it (409)."""
         model = self.get_object()
         try:
             registry.model_delete(user=request.user, model_id=model.pk)
@@ -173,8 +174,8 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
     @extend_schema(responses={204: None, 409: InUseSerializer})
     @action(detail=True, methods=["delete"], url_path=r"versions/(?P<version>[0-9]{1,9})")
     def delete_version(self, request, pk=None, version=None):
-        """Delete one version, unless a live serving booking uses it (by number, or as the latest
-        under its bare name, or resolved at its start): 409."""
+        """Delete one version, unless a serving booking that may still run (waitlisted, confirmed or
+        active) uses it (by number, or as the latest under its bare name, or resolved at its start): 409."""
         model = self.get_object()
         try:
             registry.version_delete(user=request.user, model_id=model.pk, version=int(version))

@@ -193,8 +193,8 @@ def _refuse_in_use(model, version=None):
 
 
 def version_delete(*, user, model_id, version, reason=""):
-    """Delete one version, unless a live serving booking uses it (ModelInUse); its store file goes
-    with the last version that has those bytes."""
+    """Delete one version, unless a serving booking that may still run (waitlisted, confirmed or
+    active) uses it (ModelInUse); its store file goes with the last version that has those bytes."""
     with service_transaction():
         model = _model_for_change(user, model_id)
         target = model.versions.select_related("model__team").filter(version=version).first()
@@ -211,7 +211,8 @@ def version_delete(*, user, model_id, version, reason=""):
 
 
 def model_delete(*, user, model_id, reason=""):
-    """Delete a model and all its versions, unless a live serving booking uses any of them."""
+    """Delete a model and all its versions, unless a serving booking that may still run (waitlisted,
+    confirmed or active) uses any of them."""
     with service_transaction():
         model = _model_for_change(user, model_id)
         _refuse_in_use(model)

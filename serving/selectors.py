@@ -2,8 +2,8 @@
 
 from django.conf import settings
 
-from reservations import policy
 from reservations.errors import BookingError
+from reservations.models import Reservation
 
 from .models import Model, ModelVersion, Serving
 from .spec import parse_ref
@@ -80,10 +80,11 @@ def _serving_uses(serving, name, version, latest):
 
 def servings_using(model, version=None):
     """The serving bookings that use `model` (or only its `version`) now or later: not finished, on
-    a booking that is live. Their team's registry is the model's, so only that team's are read."""
+    a booking that may still run (waitlisted, confirmed or active: a waitlisted one serves its models
+    once promoted). Their team's registry is the model's, so only that team's are read."""
     latest = model.versions.order_by("-version").values_list("version", flat=True).first()
     live = (
-        Serving.objects.filter(reservation__team_id=model.team_id, reservation__status__in=policy.LIVE_STATUSES)
+        Serving.objects.filter(reservation__team_id=model.team_id, reservation__status__in=Reservation.OPEN_STATUSES)
         .exclude(status__in=Serving.FINISHED)
         .select_related("reservation")
         .order_by("reservation_id")

@@ -10,7 +10,7 @@ from django.http import Http404
 
 from reservations import services
 from reservations.errors import BookingError
-from reservations.models import AuditEntry
+from reservations.models import AuditEntry, Reservation
 from serving import registry
 from serving.models import Model, ModelVersion, Serving
 from serving.selectors import store_path
@@ -248,6 +248,25 @@ def test_a_live_serving_booking_blocks_deleting_the_model_until_cancelled(owner,
 
     assert not Model.objects.exists()
     assert not store_path(version.sha256).exists()
+
+
+def test_a_waitlisted_serving_booking_blocks_deleting_the_model(owner, teammate, trained_job, cluster):
+    version = registry.model_register(user=owner, job_id=trained_job(owner).pk, name="defects")
+    gpu = cluster["node2"][3]
+    book(teammate, [gpu])  # holds the GPU: the serving booking waits for it
+    waiting = book(owner, [gpu], waitlist=True, work={"serve": {"models": ["defects:1"], **SERVE}})
+    assert waiting.status == Reservation.Status.WAITLISTED
+
+    with pytest.raises(registry.ModelInUse) as refused:
+        registry.model_delete(user=owner, model_id=version.model_id)
+    assert refused.value.bookings == [waiting.pk]
+    with pytest.raises(registry.ModelInUse):
+        registry.version_delete(user=owner, model_id=version.model_id, version=1)
+
+    services.reservation_cancel(reservation_id=waiting.pk, actor=owner, reason="not needed")
+    registry.model_delete(user=owner, model_id=version.model_id)
+
+    assert not Model.objects.exists()
 
 
 def test_a_bare_name_blocks_only_the_latest_version(owner, trained_job, cluster):
