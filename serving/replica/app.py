@@ -213,7 +213,7 @@ class ReplicaApp:
     def predict(self, environ, name, version, body, query):
         self.cache.resolve(name, version)  # an unknown model is a 404 before any image is read
         conf = self._conf(query)
-        images = decode_images(environ.get("CONTENT_TYPE", ""), body)
+        images = decode_images(environ.get("CONTENT_TYPE", ""), body, self.config.max_request_pixels)
         with self._work("this replica is draining and takes no new requests; send it to another replica"):
             found = self.cache.predict(name, version, images, conf)
         results = [
@@ -270,8 +270,12 @@ def _discard(stream, length, chunk=1024 * 1024):
         length -= len(data)
 
 
-def decode_images(content_type, body):
-    """PIL images (RGB, decoded) from a body: one image, or JSON {"images": [base64, ...]}."""
+def decode_images(content_type, body, max_pixels=None):
+    """PIL images (RGB, decoded) from a body: one image, or JSON {"images": [base64, ...]}.
+
+    Every image's size is read from its header first (opening is lazy); when together they have
+    more than `max_pixels` pixels the request is refused (TooLarge) before any is decoded. Then
+    they are decoded one at a time."""
     kind = content_type.split(";")[0].strip().lower()
     if kind == "application/json":
         try:
@@ -283,21 +287,34 @@ def decode_images(content_type, body):
             raise BadImage("images must be a non-empty list of base64-encoded JPEG or PNG images")
         if len(encoded) > MAX_IMAGES:
             raise BadImage(f"at most {MAX_IMAGES} images per request, not {len(encoded)}")
-        blobs = []
+        opened = []
         for index, text in enumerate(encoded):
             if not isinstance(text, str):
                 raise BadImage(f"images[{index}] is not a base64 string")
             try:
-                blobs.append(base64.b64decode(text, validate=True))
+                blob = base64.b64decode(text, validate=True)
             except (binascii.Error, ValueError):
                 raise BadImage(f"images[{index}] is not valid base64") from None
-        return [_open(blob, f"images[{index}]") for index, blob in enumerate(blobs)]
-    if kind and kind not in IMAGE_TYPES:
+            opened.append((_open(blob, f"images[{index}]"), f"images[{index}]"))
+    elif kind and kind not in IMAGE_TYPES:
         raise BadImage(f"Content-Type {kind!r} is not accepted: send image/jpeg, image/png or application/json")
-    return [_open(body, "the body")]
+    else:
+        opened = [(_open(body, "the body"), "the body")]
+    total = sum(image.width * image.height for image, _ in opened)
+    if max_pixels is not None and total > max_pixels:
+        raise TooLarge(
+            f"the images have {total} pixels together; at most {max_pixels} are accepted in one request",
+            field="images",
+        )
+    decoded = []
+    while opened:  # one at a time, each undecoded original let go once its RGB copy is made
+        image, what = opened.pop(0)
+        decoded.append(_decode(image, what))
+    return decoded
 
 
 def _open(blob, what):
+    """The image in `blob`, its header read but its pixels not decoded yet."""
     if not blob:
         raise BadImage(f"{what} is empty: send a JPEG or PNG image")
     # Only JPEG and PNG, opened by their own Pillow plugins: no other decoder sees the bytes, and
@@ -310,11 +327,18 @@ def _open(blob, what):
         raise BadImage(f"{what} is not a JPEG or PNG image")
     try:
         image = plugin(io.BytesIO(blob))
-        if image.width * image.height > MAX_PIXELS:
-            raise BadImage(f"{what} is {image.width}x{image.height}, over {MAX_PIXELS} pixels")
-        image.load()
-        return image.convert("RGB")
-    except BadImage:
-        raise
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         raise BadImage(f"{what} is not a decodable JPEG or PNG image") from None
+    if image.width * image.height > MAX_PIXELS:
+        raise BadImage(f"{what} is {image.width}x{image.height}, over {MAX_PIXELS} pixels")
+    return image
+
+
+def _decode(image, what):
+    try:
+        image.load()
+        return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        raise BadImage(f"{what} is not a decodable JPEG or PNG image") from None
+    finally:
+        image.close()

@@ -2,9 +2,13 @@
 
     {"replica": 12, "bind": "127.0.0.1", "port": 9501, "token": "<hex>", "device": "cpu" | "cuda:0",
      "memory_budget": <bytes>, "max_batch": 8, "max_delay_ms": 10, "drain_seconds": 30,
-     "metrics_token": "", "max_body_bytes": 33554432,
+     "metrics_token": "", "max_body_bytes": 33554432, "max_request_pixels": 64000000,
      "models": [{"name": "defects", "version": 3, "sha256": "<hex>", "path": "/store/<sha>.pt",
                  "imgsz": 64, "class_names": ["square", "bar"], "size": 6189226, "pinned": true}]}
+
+`max_request_pixels` caps the pixels of all the images of one predict request together (each
+image's size is read from its header before any is decoded; over it is 413 `too_large`): a 32 MiB
+body of tiny, highly compressed large PNGs would otherwise decode to tens of gigabytes.
 
 A bad file stops the replica at start with a message naming the field (ConfigError).
 """
@@ -14,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
+DEFAULT_MAX_REQUEST_PIXELS = 64_000_000
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -54,6 +59,7 @@ class ReplicaConfig:
     drain_seconds: float = 30
     metrics_token: str = ""
     max_body_bytes: int = DEFAULT_MAX_BODY
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -81,7 +87,7 @@ class ReplicaConfig:
             raise ConfigError("device: must be 'cpu' or 'cuda:N'")
         known = {
             "replica", "bind", "port", "token", "device", "memory_budget", "max_batch", "max_delay_ms",
-            "drain_seconds", "metrics_token", "max_body_bytes", "models",
+            "drain_seconds", "metrics_token", "max_body_bytes", "max_request_pixels", "models",
         }
         return cls(
             replica=_integer(data, "replica", minimum=0),
@@ -95,6 +101,9 @@ class ReplicaConfig:
             drain_seconds=_number(data, "drain_seconds", default=30, minimum=0),
             metrics_token=_text(data, "metrics_token", ""),
             max_body_bytes=_integer(data, "max_body_bytes", default=DEFAULT_MAX_BODY, minimum=1),
+            max_request_pixels=_integer(
+                data, "max_request_pixels", default=DEFAULT_MAX_REQUEST_PIXELS, minimum=1
+            ),
             models=specs,
             extra={key: value for key, value in data.items() if key not in known},
         )

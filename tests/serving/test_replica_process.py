@@ -284,6 +284,23 @@ def test_a_body_over_the_limit_is_413(replica):
     assert response.status_code == 413
 
 
+def test_images_over_the_pixel_budget_together_are_413_before_any_is_decoded(replica):
+    # Each under the 50 MP cap for one image and a few kilobytes, but 98 MP together (the default
+    # budget is 64 MP); the second is cut short, so decoding it would have been a 400 bad_image.
+    buffer = io.BytesIO()
+    Image.new("1", (7000, 7000)).save(buffer, "PNG")
+    whole = buffer.getvalue()
+    images = [base64.b64encode(blob).decode() for blob in (whole, whole[: len(whole) // 2])]
+    logged = len(replica.log())
+
+    response = replica.client.json("/v1/models/defects:1/predict", {"images": images})
+
+    assert response.status_code == 413, response.text
+    assert (response.json()["error"], response.json()["field"]) == ("too_large", "images")
+    assert "98000000" in response.json()["detail"]
+    assert "Traceback" not in replica.log()[logged:]
+
+
 def test_unknown_models_and_versions_are_404(replica):
     unknown = replica.predict("nobody")
     wrong_version = replica.predict("defects:9")

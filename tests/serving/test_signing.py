@@ -74,6 +74,7 @@ def test_a_replica_configuration_names_the_field_it_refuses():
     good = {"replica": 1, "port": 9501, "token": "t", "memory_budget": 1000, "models": [
         {"name": "defects", "version": 3, "sha256": "ab" * 32, "path": "/store/x.pt"}]}
     assert ReplicaConfig.from_dict(good).models[0].label == "defects:3"
+    assert ReplicaConfig.from_dict(good).max_request_pixels == 64_000_000
 
     for broken, field in [
         ({**good, "memory_budget": 0}, "memory_budget"),
@@ -81,6 +82,7 @@ def test_a_replica_configuration_names_the_field_it_refuses():
         ({**good, "token": ""}, "token"),
         ({**good, "models": [{**good["models"][0], "sha256": "xyz"}]}, "models[0].sha256"),
         ({**good, "models": good["models"] * 2}, "models"),
+        ({**good, "max_request_pixels": 0}, "max_request_pixels"),
     ]:
         with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
             ReplicaConfig.from_dict(broken)
