@@ -14,8 +14,12 @@ Rules, all decided under one lock (`_cond`):
 - Before loading, the file's SHA-256 must equal the configuration's (WeightsMismatch, 409).
 - After loading, the measured bytes replace the reservation: over the whole budget is
   ModelTooLarge, otherwise more idle models are evicted or the new one is dropped with NoRoom.
-- Eviction stops the model's batcher, drops every reference, collects and (on CUDA) empties the
-  allocator's cache, so `resident_bytes` and the device's allocated memory both go down.
+  The bytes are remembered per SHA-256 only when the loader says they were a plausible
+  measurement (`loaded.measured`, see runtime.measure); a fallback figure is not kept.
+- Eviction stops the model's batcher and drops every reference under the lock; collecting and (on
+  CUDA) synchronising and emptying the allocator's cache happen after the lock is released
+  (`_give_back`), so no request waits on the lock behind another model's running batch. Then
+  `resident_bytes` and the device's allocated memory both go down.
 """
 
 import copy
@@ -86,7 +90,8 @@ class ModelCache:
         for spec in config.models:
             if spec.version > self._latest.get(spec.name, 0):
                 self._latest[spec.name] = spec.version
-        self._measured = {}  # sha256 -> bytes measured at its last load
+        self._measured = {}  # sha256 -> bytes measured at its last load (plausible measurements only)
+        self._dropped = False  # models were dropped under the lock: give their memory back after it
         self._cond = threading.Condition()
         self._load_lock = threading.Lock()
         self._clock = itertools.count(1)
@@ -193,7 +198,8 @@ class ModelCache:
                     retry_after=RETRY_AFTER,
                 )
             self._evict(entry, "unload")
-            return True
+        self._give_back()
+        return True
 
     def preload(self):
         """Load every pinned model; a failure is logged and the others still load."""
@@ -211,6 +217,7 @@ class ModelCache:
             for entry in self.entries.values():
                 if entry.state == RESIDENT:
                     self._evict(entry, "shutdown")
+        self._give_back()
 
     # -- internals (callers hold self._cond where noted) ---------------------------------------------
 
@@ -237,10 +244,14 @@ class ModelCache:
             except BaseException:
                 entry.in_flight -= 1
                 raise
+        self._give_back()
         try:
             loaded = self._load(entry)
-            with self._cond:
-                self._install(entry, loaded)
+            try:
+                with self._cond:
+                    self._install(entry, loaded)
+            finally:
+                self._give_back()
         except BaseException as exc:
             error = exc if isinstance(exc, ReplicaError) else LoadFailed(f"could not load {label}: {exc}")
             with self._cond:
@@ -337,7 +348,10 @@ class ModelCache:
     def _install(self, entry, loaded):
         """Under the lock: make a freshly loaded model resident, or drop it and raise."""
         spec = entry.spec
-        self._measured[spec.sha256] = loaded.bytes
+        if getattr(loaded, "measured", True):
+            self._measured[spec.sha256] = loaded.bytes
+        else:
+            self._measured.pop(spec.sha256, None)
         entry.reserved = 0
         if loaded.bytes > self.budget:
             self._drop(loaded)
@@ -363,8 +377,19 @@ class ModelCache:
         self._cond.notify_all()
 
     def _drop(self, loaded):
+        """Under the lock: let a loaded model go (its memory is given back after the lock)."""
         loaded.close()
-        runtime.release_memory(self.device)
+        self._dropped = True
+
+    def _give_back(self):
+        """Not under the lock: collect what was dropped and (on CUDA) empty the allocator's cache,
+        which synchronises with whatever batch is running on the device."""
+        with self._cond:
+            dropped, self._dropped = self._dropped, False
+        if dropped:
+            runtime.release_memory(self.device)
+            with self._cond:
+                self._publish()  # the device's allocated memory, now that it went down
 
     def _evict(self, entry, reason):
         """Under the lock: stop the batcher, drop the model and give its memory back."""
@@ -377,7 +402,7 @@ class ModelCache:
         if loaded is not None:
             loaded.close()
         del batcher, loaded
-        runtime.release_memory(self.device)
+        self._dropped = True
         self.metrics.evictions.labels(entry.spec.label, reason).inc()
         self._publish()
         log.info("evicted %s (%s): %d bytes freed", entry.spec.label, reason, freed)

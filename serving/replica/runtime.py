@@ -3,9 +3,12 @@ takes, running a batch, and giving memory back. torch and ultralytics are import
 that the process starts (and its configuration is checked) in well under a second.
 
 Memory measurement (`LoadedModel.bytes`):
-- on CUDA, the `torch.cuda.memory_allocated()` delta around load + warm-up (loads are serialised by
-  the cache, so the delta is this model's), and never less than the bytes of the model's tensors
-  (a batch of another model running meanwhile can make the delta too small);
+- on CUDA, the `torch.cuda.memory_allocated()` delta around load + warm-up, never less than the
+  bytes of the model's tensors. Loads are serialised by the cache, but other models' batches run
+  meanwhile and allocate (or free) activations, so the delta can be too small or too large. A delta
+  over PLAUSIBLE_FACTOR times the tensor bytes is not trusted: the model then counts as tensor bytes
+  times FALLBACK_FACTOR and `measured` is False, so the cache does not remember it for the next
+  load of the same SHA-256 (see `measure`);
 - on CPU, the bytes of the parameters and buffers of the fused model used for inference: a measured
   estimate (activations are transient; the Python objects around the tensors are not counted).
 
@@ -24,6 +27,12 @@ CHUNK = 1024 * 1024
 # A registered .pt is inference-only and stored in half precision; loaded for inference it is
 # float32, about twice the file. Used only until a first load has measured a given SHA-256.
 ESTIMATE_FACTOR = 2.0
+# On CUDA a model's weights plus what its warm-up keeps allocated stay well within 3x its tensors;
+# a larger memory_allocated delta is another model's batch allocating at the same time. Such a
+# model counts as its tensors times FALLBACK_FACTOR (room for the CUDA context's share of the
+# warm-up), and that figure is not remembered as a measurement.
+PLAUSIBLE_FACTOR = 3.0
+FALLBACK_FACTOR = 1.5
 
 
 def sha256_file(path):
@@ -69,6 +78,17 @@ def release_memory(device):
         torch.cuda.empty_cache()
 
 
+def measure(tensors, delta=None):
+    """(bytes, measured): what a model with `tensors` bytes of tensors counts for, given the device
+    allocation `delta` around its load (None on CPU), and whether that is a measurement worth
+    remembering."""
+    if delta is None:
+        return int(tensors), True
+    if delta > PLAUSIBLE_FACTOR * tensors:
+        return int(tensors * FALLBACK_FACTOR), False
+    return int(max(delta, tensors)), True
+
+
 def tensor_bytes(module):
     seen, total = set(), 0
     for tensor in (*module.parameters(), *module.buffers()):
@@ -103,11 +123,12 @@ class LoadedModel:
         if inference is not None and inference is not self.yolo.model:
             self.yolo.model = inference
         gc.collect()
-        measured = tensor_bytes(inference if inference is not None else self.yolo.model)
+        tensors = tensor_bytes(inference if inference is not None else self.yolo.model)
+        delta = None
         if cuda:
             torch.cuda.synchronize(device)
-            measured = max(measured, device_allocated(device) - before)
-        self.bytes = int(measured)
+            delta = device_allocated(device) - before
+        self.bytes, self.measured = measure(tensors, delta)
         names = getattr(self.yolo, "names", None) or {}
         self.names = {int(k): v for k, v in dict(names).items()}
 

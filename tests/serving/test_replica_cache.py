@@ -224,3 +224,67 @@ def test_pinned_models_preload_and_stay_until_an_operator_unloads_them(three):
     cache.unload("a")
     assert resident(cache) == {"c:1"}
     assert [m["pinned"] for m in cache.status()["models"]] == [False, False, False]
+
+
+class FakeModel:
+    """What a loader returns, without torch: `bytes` as the loader claims, `measured` whether the
+    claim was a plausible measurement."""
+
+    def __init__(self, size, measured=True):
+        self.bytes = size
+        self.measured = measured
+
+    def predict(self, images, conf):
+        return [[] for _ in images]
+
+    def close(self):
+        pass
+
+
+def fake_spec(tmp_path, name, content=b"weights"):
+    path = tmp_path / f"{name}.pt"
+    path.write_bytes(content + name.encode())
+    return spec(name, path)
+
+
+@pytest.mark.parametrize("tensors,delta,counted", [
+    (100, None, (100, True)),  # CPU: the tensors
+    (100, 50, (100, True)),  # another model freed memory meanwhile: never under the tensors
+    (100, 300, (300, True)),  # weights plus warm-up buffers
+    (100, 301, (int(100 * runtime.FALLBACK_FACTOR), False)),  # another model's batch allocated meanwhile
+])
+def test_a_device_delta_is_trusted_only_within_a_plausible_multiple_of_the_tensors(tensors, delta, counted):
+    assert runtime.PLAUSIBLE_FACTOR == 3
+    assert runtime.measure(tensors, delta) == counted
+
+
+def test_an_implausible_measurement_is_not_remembered_for_the_next_load(tmp_path):
+    answers = iter([FakeModel(5000, measured=False), FakeModel(400)])
+    calls = []
+
+    def loader(spec, device):
+        calls.append(spec.label)
+        return next(answers)
+
+    cache = ModelCache(config([fake_spec(tmp_path, "a")], 1000), loader=loader)
+
+    with pytest.raises(ModelTooLarge):  # skewed by another model's batch
+        cache.predict("a", None, [image()])
+    found = cache.predict("a", None, [image()])
+
+    assert calls == ["a:1", "a:1"]  # not refused up front on the skewed figure
+    assert found["cache"] == "miss" and cache.resident_bytes() == 400
+
+
+def test_memory_is_given_back_after_the_cache_lock_is_released(tmp_path, monkeypatch):
+    held = []
+    monkeypatch.setattr(runtime, "release_memory", lambda device: held.append(cache._cond._is_owned()))
+    models = [fake_spec(tmp_path, "a"), fake_spec(tmp_path, "b")]
+    cache = ModelCache(config(models, 1000), loader=lambda spec, device: FakeModel(600))
+
+    cache.predict("a", None, [image()])
+    cache.predict("b", None, [image()])  # evicts a
+    assert resident(cache) == {"b:1"}
+    cache.unload("b")
+
+    assert held and not any(held), held
