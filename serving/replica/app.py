@@ -4,7 +4,7 @@ Every request must be signed with the replica's token (serving.signing); `/metri
 `Authorization: Bearer <metrics_token>` when one is configured. Errors are JSON:
 `{"error": "<code>", "detail": "<sentence>", "field": "<field>"}` (field only when about an input).
 
-    GET  /v1/status
+    GET  /v1/status         "state": "loading" (pinned models preloading), "ready" or "draining"
     POST /v1/models/<name>[:<version>]/predict   image/jpeg | image/png | application/json {"images": [b64...]}
     POST /v1/models/<name>[:<version>]/load      optional JSON {"pin": true}
     POST /v1/models/<name>[:<version>]/unload
@@ -67,17 +67,36 @@ def error_response(error):
 
 
 class ReplicaApp:
-    """`ReplicaApp(config, cache)` is the WSGI callable. `start_draining()` makes new predict and
-    load requests answer 503 `draining` while those in flight finish; `wait_idle(timeout)` returns
-    once none is left (True) or the time is up (False)."""
+    """`ReplicaApp(config, cache)` is the WSGI callable. `start_preload()` loads the pinned models
+    in a background thread: meanwhile status says `"state": "loading"` and a request for a model
+    being preloaded waits for that load (the cache's single flight). `start_draining()` makes new
+    predict and load requests answer 503 `draining` while those in flight finish;
+    `wait_idle(timeout)` returns once none is left (True) or the time is up (False)."""
 
     def __init__(self, config, cache):
         self.config = config
         self.cache = cache
         self.metrics = cache.metrics
         self.draining = False
+        self.loading = False
         self._working = 0  # predict and load requests being served
         self._idle = threading.Condition()
+
+    def start_preload(self):
+        """Load the pinned models in a background thread (the server already answers); the
+        returned thread ends when they are loaded or refused."""
+        self.loading = True
+
+        def preload():
+            try:
+                self.cache.preload()
+            finally:
+                self.loading = False
+                log.info("replica %s ready: pinned models preloaded", self.config.replica)
+
+        thread = threading.Thread(target=preload, name="preload", daemon=True)
+        thread.start()
+        return thread
 
     def start_draining(self):
         with self._idle:
@@ -206,7 +225,7 @@ class ReplicaApp:
     def status(self):
         return {
             "replica": self.config.replica,
-            "state": "draining" if self.draining else "ready",
+            "state": "draining" if self.draining else "loading" if self.loading else "ready",
             **self.cache.status(),
         }
 

@@ -1,8 +1,10 @@
 """`python -m serving.replica <config.json>`: the replica under gunicorn (one worker, gthread).
 
 One worker, because the models live in that process's memory (or on its device); its threads serve
-HTTP while each resident model's batcher thread runs inference. The worker builds the cache and
-preloads the pinned models before it accepts requests.
+HTTP while each resident model's batcher thread runs inference. The worker builds the cache, then
+preloads the pinned models in a background thread while it already answers: `GET /v1/status` says
+`"state": "loading"` until they are loaded (or refused, which is logged), then "ready"; a predict
+for a model being preloaded waits for its load.
 
 Draining: SIGTERM to the master closes the master's listeners and sends SIGTERM to the worker,
 then waits graceful_timeout (= drain_seconds) before killing it. gunicorn's own worker handler
@@ -32,9 +34,8 @@ SHUTDOWN_MARGIN = 3
 
 
 def build_app(config):
-    """The WSGI app with its cache, pinned models loaded (what the worker serves)."""
+    """The WSGI app with its cache (what the worker serves); `start_preload` loads the pinned models."""
     cache = ModelCache(config, ReplicaMetrics(config.memory_budget))
-    cache.preload()
     return ReplicaApp(config, cache)
 
 
@@ -74,8 +75,9 @@ class ReplicaServer(BaseApplication):
     def _post_worker_init(self, worker):
         signal.signal(signal.SIGTERM, partial(self._drain, signal.getsignal(signal.SIGTERM)))
         signal.siginterrupt(signal.SIGTERM, False)
-        log.info("replica %s ready on %s:%s (%s)", self.config.replica, self.config.bind, self.config.port,
-                 self.config.device)
+        self.app.start_preload()
+        log.info("replica %s answering on %s:%s (%s), preloading its pinned models", self.config.replica,
+                 self.config.bind, self.config.port, self.config.device)
 
     def _drain(self, stop_worker, signum, frame):
         """SIGTERM in the worker: answer new work with 503 `draining` (status still answers, so

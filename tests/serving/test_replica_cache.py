@@ -4,17 +4,19 @@ database: these are plain functions without the db fixture."""
 
 import hashlib
 import shutil
+import threading
 import weakref
 
 import pytest
 from PIL import Image
 
 from serving.replica import runtime
+from serving.replica.app import ReplicaApp
 from serving.replica.cache import ModelCache
 from serving.replica.config import ReplicaConfig
 from serving.replica.errors import LoadFailed, ModelTooLarge, NoRoom, WeightsMismatch
 
-from ..support import at_once
+from ..support import at_once, wait_for
 
 # yolov8n loaded for inference (fused, float32) measures 12.02 MB here; its file is 6.19 MB.
 ONE_MODEL = 13_000_000
@@ -288,3 +290,36 @@ def test_memory_is_given_back_after_the_cache_lock_is_released(tmp_path, monkeyp
     cache.unload("b")
 
     assert held and not any(held), held
+
+
+def test_status_says_loading_while_pinned_models_preload_and_a_request_waits_for_that_load(tmp_path):
+    entered, release = threading.Event(), threading.Event()
+    calls = []
+
+    def slow(spec, device):
+        calls.append(spec.label)
+        entered.set()
+        assert release.wait(30)
+        return FakeModel(100)
+
+    models = [fake_spec(tmp_path, "a")]
+    models[0]["pinned"] = True
+    cache = ModelCache(config(models, 1000), loader=slow)
+    app = ReplicaApp(cache.config, cache)
+
+    preload = app.start_preload()
+    assert entered.wait(30)
+    answer = {}
+    request = threading.Thread(target=lambda: answer.update(found=cache.predict("a", None, [image()])))
+    request.start()
+    wait_for(lambda: cache.status()["models"][0]["in_flight"] == 2, 10, "the request to wait for the preload")
+    assert app.status()["state"] == "loading" and app.status()["models"][0]["loading"]
+
+    release.set()
+    request.join(30)
+    preload.join(30)
+
+    assert app.status()["state"] == "ready"
+    assert calls == ["a:1"]  # the request shared the preload's load
+    assert answer["found"]["cache"] == "miss" and answer["found"]["timings"]["load_ms"] > 0
+    assert [(m["resident"], m["pinned"]) for m in app.status()["models"]] == [(True, True)]

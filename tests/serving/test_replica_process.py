@@ -68,11 +68,13 @@ class Replica:
         return self
 
     def answers(self):
+        """Up and ready: status answers "loading" while the pinned models preload."""
         assert self.process.poll() is None, (self.folder / "replica.log").read_text()
         try:
-            return self.client.get("/v1/status", timeout=2).status_code == 200
-        except (requests.ConnectionError, requests.Timeout):  # still preloading its pinned models
+            response = self.client.get("/v1/status", timeout=2)
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet
             return False
+        return response.status_code == 200 and response.json()["state"] == "ready"
 
     def stop(self):
         if self.process and self.process.poll() is None:
