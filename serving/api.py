@@ -1,11 +1,14 @@
 """The model registry's API: register a job's weights as a model version, list and show models,
-delete a model or one version. A team's models are for its members and staff; others' are a 404."""
+delete a model or one version. A team's models are for its members and staff; others' are a 404.
+Deleting is for the team's admins, the user who registered the model and staff: other members get a
+403 saying so."""
 
 import re
 
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, OuterRef, Subquery
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
@@ -96,6 +99,7 @@ def _list_filters(params):
     return filters
 
 
+ForbiddenSerializer = inline_serializer("ModelDeleteForbidden", {"detail": serializers.CharField()})
 InUseSerializer = inline_serializer(
     "ModelInUse", {"detail": serializers.CharField(), "bookings": serializers.ListField(child=serializers.IntegerField())}
 )
@@ -160,7 +164,7 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
         )
         return Response(RegisteredVersionSerializer(version).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(responses={204: None, 409: InUseSerializer})
+    @extend_schema(responses={204: None, 403: ForbiddenSerializer, 409: InUseSerializer})
     def destroy(self, request, pk=None):
         """Delete the model and all its versions, unless a serving booking that may still run
         (waitlisted, confirmed or active) uses it (409)."""
@@ -169,9 +173,11 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
             registry.model_delete(user=request.user, model_id=model.pk)
         except registry.ModelInUse as exc:
             return _in_use(exc)
+        except PermissionDenied as exc:
+            raise exceptions.PermissionDenied(str(exc)) from None  # DRF would drop the message
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    @extend_schema(responses={204: None, 409: InUseSerializer})
+    @extend_schema(responses={204: None, 403: ForbiddenSerializer, 409: InUseSerializer})
     @action(detail=True, methods=["delete"], url_path=r"versions/(?P<version>[0-9]{1,9})")
     def delete_version(self, request, pk=None, version=None):
         """Delete one version, unless a serving booking that may still run (waitlisted, confirmed or
@@ -181,6 +187,8 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
             registry.version_delete(user=request.user, model_id=model.pk, version=int(version))
         except registry.ModelInUse as exc:
             return _in_use(exc)
+        except PermissionDenied as exc:
+            raise exceptions.PermissionDenied(str(exc)) from None
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -25,7 +25,7 @@ from trainer.models import TrainingJob
 from trainer.runner import job_dirs
 
 from .models import MODEL_NAME, Model, ModelVersion
-from .selectors import models_visible, servings_using
+from .selectors import may_delete_model, models_visible, servings_using
 from .store import UnusableWeights, store_has, store_put, store_remove
 
 Weights = ModelVersion.Weights
@@ -170,14 +170,21 @@ def model_register(*, user, job_id, name, weights=Weights.BEST, team=None):
 
 
 def _model_for_change(user, model_id):
-    """The model, locked, if `user` may change it (its team's members and staff); 404 for a model
-    they cannot see."""
+    """The model, locked, if `user` may delete it or its versions (selectors.may_delete_model: a team
+    admin, the user who registered it, staff); 404 for a model they cannot see, PermissionDenied for
+    one they see but may not delete."""
     if not user.is_authenticated:
         raise PermissionDenied("Sign in to change models.")
     model = models_visible(user).filter(pk=model_id).values_list("pk", flat=True).first()
     if model is None:
         raise Http404(f"No model {model_id}.")
-    return Model.objects.select_for_update().select_related("team").get(pk=model)
+    model = Model.objects.select_for_update().select_related("team").get(pk=model)
+    if not may_delete_model(user, model):
+        raise PermissionDenied(
+            f"Only an admin of team {model.team.slug}, the user who registered model {model.name}"
+            f"{f' ({model.created_by.get_username()})' if model.created_by else ''} or staff may delete it or its versions."
+        )
+    return model
 
 
 def _refuse_in_use(model, version=None):

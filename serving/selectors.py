@@ -3,7 +3,7 @@
 from django.conf import settings
 
 from reservations.errors import BookingError
-from reservations.models import Reservation
+from reservations.models import Membership, Reservation
 
 from .models import Model, ModelVersion, Serving
 from .spec import parse_ref
@@ -90,3 +90,12 @@ def servings_using(model, version=None):
         .order_by("reservation_id")
     )
     return [serving for serving in live if _serving_uses(serving, model.name, version, latest)]
+
+
+def may_delete_model(user, model):
+    """Rule: a model or one of its versions is deleted by an admin of the model's team, the user who
+    registered the model, or staff (as load and unload on a replica need more than membership); other
+    members may use it but not delete it."""
+    if user.is_staff or (model.created_by_id is not None and model.created_by_id == user.pk):
+        return True
+    return Membership.objects.filter(team_id=model.team_id, user=user, role=Membership.Role.ADMIN).exists()

@@ -158,6 +158,30 @@ def test_others_cannot_delete_a_teams_model(owner, outsider, trained_job):
     assert Model.objects.filter(pk=created["model"]).exists()
 
 
+def test_a_teammate_sees_the_model_but_may_not_delete_it(owner, teammate, trained_job):
+    created = _register(client_for(owner), trained_job(owner)).json()
+    client = client_for(teammate)
+
+    for path in (f"{created['model']}/", f"{created['model']}/versions/1/"):
+        refused = client.delete(f"{URL}{path}")
+        assert refused.status_code == 403, path
+        assert refused.json() == {"detail": (
+            "Only an admin of team vision, the user who registered model defects (owner) or staff may delete it or its versions."
+        )}
+    assert client.get(f"{URL}{created['model']}/").status_code == 200
+    assert Model.objects.filter(pk=created["model"]).exists()
+
+
+@pytest.mark.parametrize("who", ["team_admin", "staff"])
+def test_a_team_admin_and_staff_may_delete_a_model_they_did_not_register(request, owner, trained_job, who):
+    created = _register(client_for(owner), trained_job(owner)).json()
+    client = client_for(request.getfixturevalue(who))
+
+    assert client.delete(f"{URL}{created['model']}/versions/1/").status_code == 204
+    assert client.delete(f"{URL}{created['model']}/").status_code == 204
+    assert not Model.objects.exists()
+
+
 def test_anonymous_callers_are_turned_away(client):
     assert client.get(URL).status_code == 401
 

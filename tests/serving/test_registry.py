@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from django.core.exceptions import PermissionDenied
 from django.http import Http404
 
 from reservations import services
@@ -221,12 +222,42 @@ def test_deleting_a_model_deletes_its_versions_and_files(owner, trained_job):
     assert store_path(kept.sha256).is_file()
 
 
-def test_a_teammate_may_delete_an_outsider_may_not(owner, teammate, outsider, trained_job):
+def test_a_teammate_may_not_delete_an_outsider_gets_a_404(owner, teammate, outsider, trained_job):
     version = registry.model_register(user=owner, job_id=trained_job(owner).pk, name="defects")
 
     with pytest.raises(Http404):
         registry.model_delete(user=outsider, model_id=version.model_id)
-    registry.model_delete(user=teammate, model_id=version.model_id)
+    with pytest.raises(PermissionDenied) as refused:
+        registry.model_delete(user=teammate, model_id=version.model_id)
+    assert str(refused.value) == (
+        "Only an admin of team vision, the user who registered model defects (owner) or staff may delete it or its versions."
+    )
+    with pytest.raises(PermissionDenied):
+        registry.version_delete(user=teammate, model_id=version.model_id, version=1)
+
+    assert ModelVersion.objects.filter(pk=version.pk).exists()
+
+
+@pytest.mark.parametrize("who", ["owner", "team_admin", "staff"])
+def test_the_registering_user_a_team_admin_and_staff_may_delete(request, owner, trained_job, who):
+    user = request.getfixturevalue(who)
+    job = trained_job(owner)
+    version = registry.model_register(user=owner, job_id=job.pk, name="defects")
+    registry.model_register(user=owner, job_id=job.pk, name="defects", weights="last")
+
+    registry.version_delete(user=user, model_id=version.model_id, version=2)
+    registry.model_delete(user=user, model_id=version.model_id)
+
+    assert not Model.objects.exists()
+
+
+def test_a_model_the_scheduler_registered_is_deleted_by_team_admins_and_staff_only(owner, team_admin, trained_job):
+    version = registry.model_register(user=None, job_id=trained_job(owner).pk, name="defects")
+
+    with pytest.raises(PermissionDenied) as refused:
+        registry.model_delete(user=owner, model_id=version.model_id)
+    assert "registered model defects or staff" in str(refused.value)
+    registry.model_delete(user=team_admin, model_id=version.model_id)
 
     assert not Model.objects.exists()
 
