@@ -205,8 +205,9 @@ if not REPLICA_PORTS or REPLICA_PORTS.start < 1 or REPLICA_PORTS.stop > 65536:
 REPLICA_GPU_BUDGET_PCT = env_float("REPLICA_GPU_BUDGET_PCT", 80, minimum=1)
 REPLICA_CPU_BUDGET_MB = env_int("REPLICA_CPU_BUDGET_MB", 2048, minimum=1)
 REPLICA_DRAIN_SECONDS = env_int("REPLICA_DRAIN_SECONDS", 30, minimum=1)
-# Seconds a replica's start may take (its process up and answering) before it counts as failed.
-REPLICA_START_SECONDS = env_int("REPLICA_START_SECONDS", 120, minimum=1)
+# Seconds a replica's start may take (its process up and its preloaded models loaded) before it
+# counts as failed.
+REPLICA_START_SECONDS = env_int("REPLICA_START_SECONDS", 300, minimum=1)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -242,17 +242,17 @@ class ReplicaSupervisor:
             children = list(self.children.items())
         statuses = self.polls.map(lambda item: _status(item[1].replica), children)
         for (replica_id, child), status in zip(children, statuses):
-            if status is not None and status.get("state") not in ("ready", "draining"):
-                continue  # up, still loading its preloaded models
-            if status is None:
+            up = status is not None and status.get("state") in ("ready", "draining")
+            if not up:  # not answering yet, or still loading its preloaded models
                 if not (child.drain_asked or child.ready or child.gave_up) and (
                     time.monotonic() - child.started > settings.REPLICA_START_SECONDS
                 ):
-                    log.error("replica %s did not answer within %ss; stopping it", replica_id, settings.REPLICA_START_SECONDS)
+                    what = "was still loading its models" if status is not None else "did not answer"
+                    log.error("replica %s %s after %ss; stopping it", replica_id, what, settings.REPLICA_START_SECONDS)
                     child.gave_up = True
                     services.replica_exited(
                         replica_id=replica_id, returncode=None, drained=False,
-                        reason=f"It did not answer within REPLICA_START_SECONDS ({settings.REPLICA_START_SECONDS} s).",
+                        reason=f"It {what} after REPLICA_START_SECONDS ({settings.REPLICA_START_SECONDS} s).",
                     )
                     threading.Thread(target=stop, args=(child, 5), daemon=True).start()
                 continue
