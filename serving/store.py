@@ -2,6 +2,11 @@
 training checkpoints. A file is only ever complete under its final name (written aside, hashed, then
 renamed), and its name is its hash, so the same version is the same bytes wherever it is read.
 
+A registration strips the weights in a folder of its own in the store (`.incoming-*`) and removes
+it when done; a worker killed meanwhile (a request timeout, out of memory) leaves it behind. Each
+registration sweeps away the `.incoming-*` folders older than an hour (STALE_INCOMING_S), far longer
+than stripping takes, so a registration in progress elsewhere keeps its folder.
+
 ultralytics and torch are imported when weights are stored, not when the web process starts."""
 
 import hashlib
@@ -26,6 +31,24 @@ class Stored(NamedTuple):
     class_names: list
     epoch: int | None  # epochs the weights had trained, when the checkpoint says
     imgsz: int | None  # the image size it trained at, when the checkpoint says
+
+
+INCOMING = ".incoming-"
+STALE_INCOMING_S = 3600
+
+
+def _sweep_incoming(work):
+    """Remove the `.incoming-*` folders beside `work` (this registration's, just made) older than
+    STALE_INCOMING_S. Ages are measured against `work`'s own time: the store's clock, which on shared
+    storage is the file server's, not this host's."""
+    now = work.stat().st_mtime
+    for folder in work.parent.glob(f"{INCOMING}*"):
+        try:
+            stale = folder != work and folder.is_dir() and now - folder.stat().st_mtime > STALE_INCOMING_S
+        except FileNotFoundError:  # another registration swept or finished it
+            continue
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _hash_file(path):
@@ -83,8 +106,9 @@ def store_put(source):
     # A folder of its own in the store (same file system: the rename below is atomic), and always
     # the same file name in it: torch.save writes the name into the archive, so a random name would
     # make the same weights different bytes.
-    work = Path(tempfile.mkdtemp(prefix=".incoming-", dir=store))
+    work = Path(tempfile.mkdtemp(prefix=INCOMING, dir=store))
     try:
+        _sweep_incoming(work)
         partial = work / "weights.pt"
         stripped = strip_optimizer(source, str(partial), updates={"date": date})
         if not stripped:

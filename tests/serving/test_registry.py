@@ -2,6 +2,7 @@
 version numbers, who may register and delete, and the in-use rule for serving bookings."""
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,22 @@ def test_versions_count_up_and_the_same_weights_share_one_file(owner, teammate, 
     assert first.model_id == second.model_id
     assert first.sha256 == second.sha256
     assert sorted(p.name for p in model_store.iterdir()) == [f"{first.sha256}.pt"]  # nothing left aside
+
+
+def test_registering_sweeps_away_folders_left_aside_over_an_hour_ago(owner, trained_job, model_store):
+    model_store.mkdir(parents=True)
+    folders = {name: model_store / f".incoming-{name}" for name in ("killed", "recent", "starting")}
+    for folder in folders.values():
+        folder.mkdir()
+        (folder / "weights.pt").write_bytes(b"partial")
+    now = folders["starting"].stat().st_mtime  # the store's clock (the test's is frozen)
+    os.utime(folders["killed"], (now - 3700, now - 3700))
+    os.utime(folders["recent"], (now - 3500, now - 3500))
+
+    version = registry.model_register(user=owner, job_id=trained_job(owner).pk, name="defects")
+
+    left = sorted(p.name for p in model_store.iterdir())
+    assert left == sorted([".incoming-recent", ".incoming-starting", f"{version.sha256}.pt"])
 
 
 def test_other_weights_are_another_file(owner, trained_job):
