@@ -202,7 +202,9 @@ class ModelCache:
         return True
 
     def preload(self):
-        """Load every pinned model; a failure is logged and the others still load."""
+        """Import the runtime (runtime.prepare), then load every pinned model; a failure is logged
+        and the others still load."""
+        runtime.prepare()
         for entry in list(self.entries.values()):
             if not entry.pinned:
                 continue

@@ -58,6 +58,20 @@ def _torch():
     return torch
 
 
+def prepare():
+    """Import torch and ultralytics now, then freeze what the imports made (gc.freeze): from then on
+    a collection scans only objects made later, the models among them. Each eviction and each load
+    collects once (release_memory, LoadedModel), and a full scan of the ~370,000 objects torch and
+    ultralytics leave behind took ~120 ms: inside the request that caused the eviction, it made an
+    LRU miss cost nearly twice a plain load (bench/README.md, "replicas.py")."""
+    import ultralytics
+
+    ultralytics.YOLO  # the model classes too: their import makes objects as well
+    _torch()
+    gc.collect()
+    gc.freeze()
+
+
 def is_cuda(device):
     return str(device).startswith("cuda")
 
