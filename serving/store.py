@@ -9,7 +9,6 @@ than stripping takes, so a registration in progress elsewhere keeps its folder.
 
 ultralytics and torch are imported when weights are stored, not when the web process starts."""
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from django.conf import settings
+
+from trainer.runner import sha256_of
 
 from .selectors import store_path
 
@@ -49,14 +50,6 @@ def _sweep_incoming(work):
             continue
         if stale:
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _hash_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as reader:
-        for block in iter(lambda: reader.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _class_names(model):
@@ -117,7 +110,7 @@ def store_put(source):
         del stripped
         with open(partial, "rb+") as handle:
             os.fsync(handle.fileno())
-        sha256, size = _hash_file(partial), partial.stat().st_size
+        sha256, size = sha256_of(partial), partial.stat().st_size
         target = store_path(sha256)
         if not target.exists():  # one that exists has these very bytes: its name is their hash
             os.replace(partial, target)
