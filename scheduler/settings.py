@@ -209,6 +209,27 @@ REPLICA_DRAIN_SECONDS = env_int("REPLICA_DRAIN_SECONDS", 30, minimum=1)
 # counts as failed.
 REPLICA_START_SECONDS = env_int("REPLICA_START_SECONDS", 300, minimum=1)
 
+# The inference front door (README "Serving models: one endpoint"): its own ASGI process
+# (`uvicorn routing.asgi:app`) on ROUTER_HOST:ROUTER_PORT. Routing (routing.policy): warm replicas
+# first, least in flight per unit of weight, spilling to the least loaded replica once every warm
+# one has ROUTER_QUEUE_THRESHOLD requests in flight per unit of weight; ROUTER_MAX_FAILS failures
+# within ROUTER_FAIL_WINDOW_SECONDS take a replica out for ROUTER_FAIL_TIMEOUT_SECONDS; each replica
+# is checked every ROUTER_HEALTH_SECONDS; a replica stops getting requests ROUTER_END_MARGIN_SECONDS
+# before its booking ends, and at once when its node has not heartbeat for
+# ROUTER_HEARTBEAT_GRACE_SECONDS. Each team may send ROUTER_TEAM_RATE requests; each front door holds
+# at most ROUTER_MAX_QUEUE requests waiting for a replica (more: 429 with Retry-After).
+ROUTER_HOST = env_str("ROUTER_HOST", "127.0.0.1")
+ROUTER_PORT = env_int("ROUTER_PORT", 8100, minimum=1)
+ROUTER_QUEUE_THRESHOLD = env_float("ROUTER_QUEUE_THRESHOLD", 4, minimum=0.1)
+ROUTER_MAX_FAILS = env_int("ROUTER_MAX_FAILS", 3, minimum=1)
+ROUTER_FAIL_WINDOW_SECONDS = env_float("ROUTER_FAIL_WINDOW_SECONDS", 10, minimum=0.1)
+ROUTER_FAIL_TIMEOUT_SECONDS = env_float("ROUTER_FAIL_TIMEOUT_SECONDS", 10, minimum=0.1)
+ROUTER_HEALTH_SECONDS = env_float("ROUTER_HEALTH_SECONDS", 2, minimum=0.1)
+ROUTER_END_MARGIN_SECONDS = env_float("ROUTER_END_MARGIN_SECONDS", 5, minimum=0)
+ROUTER_HEARTBEAT_GRACE_SECONDS = env_float("ROUTER_HEARTBEAT_GRACE_SECONDS", 3 * HEARTBEAT_SECONDS, minimum=1)
+ROUTER_TEAM_RATE = env_str("ROUTER_TEAM_RATE", "100/second")
+ROUTER_MAX_QUEUE = env_int("ROUTER_MAX_QUEUE", 256, minimum=1)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -228,6 +249,7 @@ INSTALLED_APPS = [
     "reservations",
     "trainer",
     "serving",
+    "routing",
     "web",
     "ops",
 ]
