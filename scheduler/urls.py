@@ -13,6 +13,8 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # Prometheus scrapes it; restricted to METRICS_ALLOWED_IPS or METRICS_BEARER_TOKEN.
     path("metrics", ops_views.metrics, name="metrics"),
+    # Where Prometheus finds the replicas to scrape (http_sd_configs); the same access rule.
+    path("metrics/replicas", ops_views.replica_targets, name="metrics-replicas"),
     # Its start-up script from its own URL rather than inline, as the Content Security Policy asks.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="swagger-ui"),
     # The pages: the calendar at the root.

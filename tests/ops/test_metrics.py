@@ -23,6 +23,8 @@ from ops.metrics import scrape
 from reservations import services, tasks
 from reservations.models import Node, Notice, Reservation
 from reservations.selectors import usage_report
+from serving.models import Replica, Serving
+from serving.replica.metrics import ReplicaMetrics
 from trainer.models import TrainingJob
 from trainer.services import nodes_mark_lost
 
@@ -363,7 +365,36 @@ def test_every_metric_the_dashboard_reads_is_one_that_is_exported():
     expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     expressions += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
 
-    read = {name for expr in expressions for name in re.findall(r"\bgpu_[a-z0-9_]+", expr)}
+    for family in text_string_to_metric_families(generate_latest(ReplicaMetrics(1).registry).decode()):
+        exported.add(family.name)
+        exported.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
 
-    assert {"gpu_utilization_percent", "gpu_scheduler_job_stop_latency_seconds_bucket"} <= read
+    read = {name for expr in expressions for name in re.findall(r"\b(?:gpu|replica)_[a-z0-9_]+", expr)}
+
+    assert {"gpu_utilization_percent", "gpu_scheduler_job_stop_latency_seconds_bucket", "replica_resident_bytes"} <= read
     assert read - exported == set()
+
+
+@pytest.mark.django_db
+def test_prometheus_finds_the_live_replicas_through_the_web_with_the_metrics_access_rule(
+    settings, cluster, owner, defects, frozen
+):
+    gpu = cluster["node1"][0]
+    reservation = book(owner, [gpu], work={"serve": {"models": ["defects"], "preload": []}})
+    serving = Serving.objects.get(reservation=reservation)
+    live = Replica.objects.create(serving=serving, gpu=gpu, node=gpu.node, device="cuda:0", address="10.0.0.7:9501",
+                                  token="t", state="ready", memory_budget=1)
+    Replica.objects.create(serving=serving, gpu=cluster["node1"][1], node=gpu.node, device="cuda:1",
+                           address="10.0.0.7:9502", token="t", state="stopped", memory_budget=1)
+    settings.METRICS_BEARER_TOKEN = "s3cret-scrape-token"
+
+    assert Client(REMOTE_ADDR="203.0.113.9").get("/metrics/replicas").status_code == 403
+    found = Client(REMOTE_ADDR="203.0.113.9").get(
+        "/metrics/replicas", HTTP_AUTHORIZATION="Bearer s3cret-scrape-token"
+    ).json()
+
+    assert found == [{
+        "targets": ["10.0.0.7:9501"],
+        "labels": {"replica": str(live.pk), "node": "node1", "device": "cuda:0", "team": owner.teams.first().slug,
+                   "reservation": str(reservation.pk)},
+    }]
