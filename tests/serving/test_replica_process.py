@@ -2,114 +2,23 @@
 weights, driven over signed HTTP. No database: plain functions without the db fixture."""
 
 import base64
-import hashlib
 import io
 import json
-import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 from PIL import Image
 
-from serving.signing import ReplicaClient, sign
+from serving.signing import sign
 
+from ..replicas import ONE_MODEL, TOKEN, Replica, jpeg, spec
 from ..support import at_once, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "5e" * 16
 METRICS_TOKEN = "scrape-me"
-ONE_MODEL = 13_000_000  # yolov8n loaded for inference measures 12.02 MB on CPU
-
-
-def spec(name, path, version=1, pinned=False):
-    data = Path(path).read_bytes()
-    return {
-        "name": name, "version": version, "sha256": hashlib.sha256(data).hexdigest(), "path": str(path),
-        "imgsz": 64, "class_names": ["square", "bar"], "size": len(data), "pinned": pinned,
-    }
-
-
-class Replica:
-    """One replica process on a free port, its log in `folder`."""
-
-    def __init__(self, folder, models, **settings):
-        folder.mkdir(parents=True, exist_ok=True)
-        self.folder = folder
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.config = {
-            "replica": 7, "bind": "127.0.0.1", "port": self.port, "token": TOKEN, "device": "cpu",
-            "memory_budget": 10 * ONE_MODEL, "max_batch": 8, "max_delay_ms": 0, "drain_seconds": 10,
-            "metrics_token": "", "models": models, **settings,
-        }
-        self.path = folder / "replica.json"
-        self.path.write_text(json.dumps(self.config))
-        self.path.chmod(0o600)
-        self.client = ReplicaClient(f"127.0.0.1:{self.port}", TOKEN)
-        self.process = None
-
-    def start(self):
-        env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(self.folder / "ultralytics")}
-        with open(self.folder / "replica.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "serving.replica", str(self.path)], cwd=ROOT, env=env,
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-        wait_for(self.answers, 60, f"the replica on port {self.port} (log: {self.folder / 'replica.log'})")
-        return self
-
-    def answers(self):
-        """Up and ready: status answers "loading" while the pinned models preload."""
-        assert self.process.poll() is None, (self.folder / "replica.log").read_text()
-        try:
-            response = self.client.get("/v1/status", timeout=2)
-        except (requests.ConnectionError, requests.Timeout):  # not listening yet
-            return False
-        return response.status_code == 200 and response.json()["state"] == "ready"
-
-    def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def status(self):
-        return self.client.get("/v1/status").json()
-
-    def log(self):
-        return (self.folder / "replica.log").read_text(errors="replace")
-
-    def model(self, name, version=1):
-        return next(m for m in self.status()["models"] if (m["name"], m["version"]) == (name, version))
-
-    def predict(self, ref, body=None, content_type="image/png", query=""):
-        return self.client.post(f"/v1/models/{ref}/predict{query}", jpeg() if body is None else body, content_type)
-
-    def metric(self, line_start):
-        """The value of the first metrics line starting with `line_start` (0 when there is none)."""
-        text = self.client.get("/metrics").text
-        values = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(line_start)]
-        return float(values[0]) if values else 0
-
-
-def jpeg(width=96, height=72, colour=(200, 30, 30), kind="JPEG"):
-    buffer = io.BytesIO()
-    image = Image.new("RGB", (width, height), (255, 255, 255))
-    image.paste(colour, (width // 4, height // 4, width // 2, height // 2))
-    image.save(buffer, kind)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

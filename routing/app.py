@@ -1,0 +1,407 @@
+"""The inference front door: one endpoint that sends each predict request to a replica chosen by
+routing.policy, as an ASGI app (Starlette under uvicorn: `python -m routing`, or
+`uvicorn routing.asgi:app`) so that a request waiting on a GPU holds a coroutine, not a Django worker.
+
+    POST /api/v1/models/<name>/predict            the highest version a replica serves now
+    POST /api/v1/models/<name>:<version>/predict  body: image/jpeg, image/png or {"images": [b64...]}
+    GET  /healthz                                  no authentication
+    GET  /metrics                                  METRICS_ALLOWED_IPS or Authorization: Bearer
+
+Errors are JSON like the replica's: {"error": "<code>", "detail": "<sentence>", "field": "<field>"}.
+"""
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import math
+import re
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+from django.conf import settings
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from rest_framework.authtoken.models import Token
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from reservations.models import Membership
+from serving.models import MODEL_NAME, Model
+from serving.signing import sign
+
+from . import policy, selectors
+from .limits import TeamRateLimit
+from .metrics import RouterMetrics
+from .table import ReplicaTable, orm
+
+log = logging.getLogger("routing")
+
+NAME = re.compile(MODEL_NAME)
+VERSION = re.compile(r"[1-9][0-9]{0,8}")  # as the replica reads it: ASCII digits, no leading zero
+TOKEN_KEY = re.compile(r"[0-9a-fA-F]{1,64}")
+MAX_BODY_BYTES = 32 * 1024 * 1024  # the replica's own default limit (serving.replica.config)
+CACHE_SECONDS = 10  # a revoked token or a team left is seen within this
+MODEL_CACHE_SECONDS = 3  # a model registered or deleted is seen within this
+# Exceptions raised before the request's bytes left for the replica: safe to send elsewhere.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# What a replica may answer that is about the caller's request; other errors are the replica's.
+CALLER_ERRORS = (400, 413, 422)
+
+
+class Refusal(Exception):
+    """An answer other than the replica's: status, error code, a sentence, and the field at fault."""
+
+    def __init__(self, status, error, detail, field=None, headers=None):
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.field, self.headers = status, error, detail, field, headers
+
+    def response(self):
+        body = {"error": self.error, "detail": self.detail, **({"field": self.field} if self.field else {})}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+class NotReached(Exception):
+    """The replica did not take the request (it could not be reached, or it is draining)."""
+
+
+@dataclass
+class Caller:
+    user_id: int
+    is_staff: bool
+    team_ids: frozenset
+
+
+@dataclass
+class RouteTaken:
+    """What the log line and the metrics say about one request."""
+
+    model: str = ""
+    replica: str = ""
+    node: str = ""
+    decision: str = ""
+
+
+class Cached:
+    """A small time-bounded memo of lookups made in a thread (bounded: keys come from requests)."""
+
+    def __init__(self, function, seconds=CACHE_SECONDS, size=10_000, clock=time.monotonic):
+        self.function, self.seconds, self.size, self.clock = function, seconds, size, clock
+        self.entries = {}
+
+    async def __call__(self, *key):
+        now = self.clock()
+        hit = self.entries.get(key)
+        if hit and hit[0] > now:
+            return hit[1]
+        value = await orm(self.function, *key)
+        if len(self.entries) >= self.size:
+            self.entries = {k: v for k, v in self.entries.items() if v[0] > now}
+            if len(self.entries) >= self.size:
+                self.entries.clear()
+        self.entries[key] = (now + self.seconds, value)
+        return value
+
+
+def caller_for(key):
+    token = Token.objects.select_related("user").filter(key=key).first()
+    if token is None or not token.user.is_active:
+        return None
+    teams = frozenset(Membership.objects.filter(user_id=token.user_id).values_list("team_id", flat=True))
+    return Caller(token.user_id, token.user.is_staff, teams)
+
+
+def teams_with_model(name, team_ids):
+    """([(team id, slug)] of the teams in `team_ids` (all teams: None) with a model `name`, whether
+    another team has one)."""
+    teams = list(Model.objects.filter(name=name).values_list("team_id", "team__slug"))
+    mine = [(team, slug) for team, slug in teams if team_ids is None or team in team_ids]
+    return mine, len(mine) < len(teams)
+
+
+def parse_ref(ref):
+    name, colon, version = ref.partition(":")
+    if not NAME.fullmatch(name):
+        raise Refusal(400, "bad_request", f"{name!r} is not a model name (lower-case letters, digits, '.', '_', '-')", "name")
+    if not colon:
+        return name, None
+    if not VERSION.fullmatch(version):
+        raise Refusal(400, "bad_request", f"{version!r} is not a version: use a positive whole number (defects:3)", "version")
+    return name, int(version)
+
+
+class FrontDoor:
+    """The app's state: the replica table, the HTTP client pool to the replicas, the limits."""
+
+    def __init__(self):
+        self.metrics = RouterMetrics()
+        self.client = None
+        self.table = None
+        self.limit = None
+        self.task = None
+        self.in_flight = 0
+        self.caller = Cached(caller_for)
+        self.teams_with_model = Cached(teams_with_model, seconds=MODEL_CACHE_SECONDS)
+        self.registry_sha = Cached(selectors.registry_version)
+
+    async def start(self):
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per health check
+        self.client = httpx.AsyncClient(
+            # More connections than requests it may hold, so none waits on the pool; idle ones are
+            # dropped before the replica's keep-alive (5 s) closes them under a request.
+            limits=httpx.Limits(max_connections=settings.ROUTER_MAX_QUEUE + 64, max_keepalive_connections=64,
+                                keepalive_expiry=2.0),
+            timeout=httpx.Timeout(300.0, connect=2.0, pool=10.0),
+        )
+        broker = settings.CELERY_BROKER_URL
+        self.limit = TeamRateLimit(settings.ROUTER_TEAM_RATE, broker if broker.startswith(("redis://", "rediss://")) else None)
+        self.table = ReplicaTable(self.client, self.metrics)
+        try:
+            await self.table.reload()
+        except Exception:  # the loop tries again every second; /healthz says 503 meanwhile
+            log.exception("routing table: first load failed")
+        self.task = asyncio.create_task(self.table.run())
+
+    async def stop(self):
+        if self.task:
+            self.task.cancel()
+        await self.client.aclose()
+        await self.limit.close()
+
+    # -- predict ---------------------------------------------------------------------------------
+
+    async def predict(self, request):
+        started = time.monotonic()
+        route = RouteTaken()
+        if self.in_flight >= settings.ROUTER_MAX_QUEUE:
+            response = Refusal(
+                429, "busy", f"this front door holds {settings.ROUTER_MAX_QUEUE} requests already: retry shortly",
+                headers={"Retry-After": "1"},
+            ).response()
+        else:
+            self.in_flight += 1
+            self.metrics.in_flight.inc()
+            try:
+                response = await self._predict(request, route, started)
+            except Refusal as refusal:
+                response = refusal.response()
+            finally:
+                self.in_flight -= 1
+                self.metrics.in_flight.dec()
+        elapsed = time.monotonic() - started
+        self.metrics.requests.labels(route.model, str(response.status_code), route.replica).inc()
+        self.metrics.latency.labels(route.model).observe(elapsed)
+        log.info(
+            "%s %s %s %s replica=%s node=%s route=%s %.1fms", request.method, request.url.path,
+            route.model or "-", response.status_code, route.replica or "-", route.node or "-",
+            route.decision or "-", elapsed * 1000,
+        )
+        return response
+
+    async def _predict(self, request, route, started):
+        caller = await self._authenticate(request)
+        name, version = parse_ref(request.path_params["ref"])
+        team_id = await self._team(caller, name, request.query_params.get("team"))
+        route.model = name
+        retry_after = await self.limit.hit(team_id)
+        if retry_after:
+            raise Refusal(429, "rate_limited", f"your team's rate ({settings.ROUTER_TEAM_RATE}) is used up: retry in {retry_after} s",
+                          headers={"Retry-After": str(retry_after)})
+        if version is None:
+            version = policy.served_version(self.table.views(), team_id, name, time.monotonic())
+            if version is None:
+                raise self._unavailable(f"no replica serves model {name} now")
+        key = (name, version)
+        route.model = f"{name}:{version}"
+        sha = self.table.registry.get((team_id, name, version)) or await self.registry_sha(team_id, name, version)
+        if sha is None:
+            raise Refusal(404, "not_found", f"model {name} has no version {version}", "version")
+        body = await self._body(request)
+        content_type = request.headers.get("content-type", "application/octet-stream")
+        query = [(k, v) for k, v in request.query_params.multi_items() if k != "team"]
+
+        tried, retried = set(), False
+        while True:
+            now = time.monotonic()
+            eligible = [r for r in policy.candidates(self.table.views(), team_id, key, sha, now) if r.id not in tried]
+            replica, decision = policy.choose(eligible, key, queue_threshold=settings.ROUTER_QUEUE_THRESHOLD)
+            if replica is None:
+                if tried:
+                    raise Refusal(502, "replica_unreachable", f"no replica serving {name}:{version} could be reached",
+                                  headers={"Retry-After": self._retry_seconds()})
+                raise self._unavailable(f"no replica can take {name}:{version} now")
+            decision = policy.RETRY if retried else decision
+            self.metrics.decisions.labels(decision).inc()
+            route.replica, route.node, route.decision = str(replica.id), replica.node, decision
+            if not tried:
+                self.metrics.queue_seconds.observe(time.monotonic() - started)
+            try:
+                answer = await self._send(replica, key, body, content_type, query)
+            except NotReached as exc:
+                log.warning("replica %s (%s) did not take %s:%s: %s", replica.id, replica.address, name, version, exc)
+                tried.add(replica.id)
+                if policy.may_retry(reached_replica=False, retried=retried):
+                    retried = True
+                    continue
+                raise Refusal(502, "replica_unreachable", f"replicas {sorted(tried)} serving {name}:{version} could "
+                              "not be reached", headers={"Retry-After": self._retry_seconds()}) from None
+            return self._answer(replica, decision, answer, name, version, sha)
+
+    async def _authenticate(self, request):
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        key = key.strip()
+        caller = None
+        if scheme.lower() == "token" and TOKEN_KEY.fullmatch(key):
+            caller = await self.caller(key)
+        if caller is None:
+            raise Refusal(401, "unauthorized", "send your API token: Authorization: Token <key>",
+                          headers={"WWW-Authenticate": "Token"})
+        return caller
+
+    async def _team(self, caller, name, slug):
+        """The team whose model `name` the caller uses: one of the caller's teams (any, for staff)."""
+        # Cached by the caller's teams too: someone who just joined a team is not refused for a while.
+        mine, elsewhere = await self.teams_with_model(name, None if caller.is_staff else caller.team_ids)
+        if not mine and not elsewhere:
+            raise Refusal(404, "not_found", f"there is no model {name}", "name")
+        if slug is not None:
+            mine = [(team, s) for team, s in mine if s == slug]
+        if not mine:
+            raise Refusal(403, "forbidden", f"your team may not use model {name}", "name")
+        if len(mine) > 1:
+            raise Refusal(400, "bad_request", f"model {name} exists in teams {', '.join(sorted(s for _, s in mine))}: "
+                          "name one with ?team=<slug>", "team")
+        return mine[0][0]
+
+    async def _body(self, request):
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise Refusal(413, "too_large", f"the body may be {MAX_BODY_BYTES} bytes at most", "body")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise Refusal(413, "too_large", f"the body may be {MAX_BODY_BYTES} bytes at most", "body")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _send(self, replica, key, body, content_type, query):
+        """POST the request to `replica`, counted as in flight there. NotReached when it never got
+        there (or refused it unread, draining); any other failure is a 502 that is never resent."""
+        name, version = key
+        url = httpx.URL(f"http://{replica.address}/v1/models/{name}:{version}/predict", params=query or None)
+        headers = {"Content-Type": content_type, **sign(replica.token, "POST", url.raw_path.decode("ascii"), body)}
+        replica.outstanding += 1
+        replica.outstanding_by_model[key] = replica.outstanding_by_model.get(key, 0) + 1
+        try:
+            answer = await self.client.post(url, content=body, headers=headers)
+        except NOT_SENT as exc:
+            self.table.failure(replica)
+            raise NotReached(str(exc) or type(exc).__name__) from None
+        except httpx.HTTPError as exc:
+            self.table.failure(replica)
+            raise Refusal(
+                502, "replica_failed", f"replica {replica.id} on {replica.node} failed after the request reached it "
+                f"({type(exc).__name__}); it was not resent, as it may have reached the model",
+            ) from None
+        finally:
+            replica.outstanding -= 1
+            replica.outstanding_by_model[key] -= 1
+        if answer.status_code == 503 and _error_of(answer) == "draining":
+            self.table.draining(replica)
+            raise NotReached("it is draining")
+        return answer
+
+    def _answer(self, replica, decision, answer, name, version, sha):
+        try:
+            payload = answer.json()
+        except ValueError:
+            payload = None
+        where = {"replica": replica.id, "node": replica.node}
+        if answer.status_code == 200 and isinstance(payload, dict):
+            if payload.get("sha256") != sha:
+                self.table.eject(replica, f"it answered {name}:{version} with sha256 {payload.get('sha256')}, the registry has {sha}")
+                raise Refusal(502, "inconsistent_replica", f"replica {replica.id} on {replica.node} answered with other "
+                              f"bytes than the registry's for {name}:{version}; it is out")
+            return JSONResponse({**payload, **where, "route": decision})
+        if answer.status_code in CALLER_ERRORS and isinstance(payload, dict):
+            return JSONResponse({**payload, **where}, status_code=answer.status_code)
+        self.table.failure(replica)
+        detail = payload.get("detail") if isinstance(payload, dict) else None
+        raise Refusal(502, "replica_error", f"replica {replica.id} on {replica.node} answered {answer.status_code}"
+                      + (f": {detail}" if detail else ""))
+
+    def _retry_seconds(self):
+        return str(max(1, math.ceil(settings.ROUTER_HEALTH_SECONDS)))
+
+    def _unavailable(self, detail):
+        return Refusal(503, "no_replica", detail, headers={"Retry-After": self._retry_seconds()})
+
+    # -- the rest --------------------------------------------------------------------------------
+
+    async def healthz(self, request):
+        table = self.table
+        age = None if table.reloaded_at is None else time.monotonic() - table.reloaded_at
+        states = {}
+        for view in table.views():
+            states[table.state_of(view)] = states.get(table.state_of(view), 0) + 1
+        fresh = age is not None and age < 10
+        body = {"status": "ok" if fresh else "stale", "table_age_seconds": None if age is None else round(age, 1),
+                "replicas": states, "in_flight": self.in_flight}
+        return JSONResponse(body, status_code=200 if fresh else 503)
+
+    async def metrics_view(self, request):
+        peer = request.client.host if request.client else ""
+        if not metrics_allowed(request.headers, peer):
+            return Response("Metrics are for the monitoring system.\n", status_code=403, media_type="text/plain")
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def metrics_allowed(headers, peer):
+    """The web's /metrics rule (ops.views): the bearer token, or a direct peer in METRICS_ALLOWED_IPS
+    (never one that came through a proxy: X-Forwarded-For could be forged, the proxy's address is not
+    the client's)."""
+    token = settings.METRICS_BEARER_TOKEN
+    scheme, _, presented = headers.get("authorization", "").partition(" ")
+    if token and scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode()):
+        return True
+    if "x-forwarded-for" in headers:
+        return False
+    try:
+        address = ipaddress.ip_address(peer or "")
+    except ValueError:
+        return False
+    return any(address in network for network in settings.METRICS_ALLOWED_IPS)
+
+
+def _error_of(answer):
+    try:
+        payload = answer.json()
+    except ValueError:
+        return None
+    return payload.get("error") if isinstance(payload, dict) else None
+
+
+def build_app():
+    door = FrontDoor()
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await door.start()
+        try:
+            yield
+        finally:
+            await door.stop()
+
+    app = Starlette(
+        routes=[
+            Route("/api/v1/models/{ref}/predict", door.predict, methods=["POST"]),
+            Route("/healthz", door.healthz, methods=["GET"]),
+            Route("/metrics", door.metrics_view, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.door = door
+    return app
