@@ -106,7 +106,7 @@ def read_unit(path):
 def test_every_unit_reads_the_environment_file_and_the_node_unit_agrees_with_its_queue():
     assert {path.name for path in units()} == {
         "gpu-scheduler-web.service", "gpu-scheduler-worker.service", "gpu-scheduler-beat.service",
-        "gpu-scheduler-node.service",
+        "gpu-scheduler-node.service", "gpu-scheduler-router.service",
     }
     for path in units():
         assert read_unit(path)["Service"]["EnvironmentFile"] == "/etc/gpu-scheduler/env", path.name
