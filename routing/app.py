@@ -229,8 +229,8 @@ class FrontDoor:
             replica, decision = policy.choose(eligible, key, queue_threshold=settings.ROUTER_QUEUE_THRESHOLD)
             if replica is None:
                 if tried:
-                    raise Refusal(502, "replica_unreachable", f"no replica serving {name}:{version} could be reached",
-                                  headers={"Retry-After": self._retry_seconds()})
+                    raise self._unavailable(f"no other replica can take {name}:{version} now (replica "
+                                            f"{', '.join(map(str, sorted(tried)))} could not be reached)")
                 raise self._unavailable(f"no replica can take {name}:{version} now")
             decision = policy.RETRY if retried else decision
             self.metrics.decisions.labels(decision).inc()
@@ -245,8 +245,8 @@ class FrontDoor:
                 if policy.may_retry(reached_replica=False, retried=retried):
                     retried = True
                     continue
-                raise Refusal(502, "replica_unreachable", f"replicas {sorted(tried)} serving {name}:{version} could "
-                              "not be reached", headers={"Retry-After": self._retry_seconds()}) from None
+                raise self._unavailable(f"replicas {', '.join(map(str, sorted(tried)))} serving {name}:{version} "
+                                        "could not be reached") from None
             return self._answer(replica, decision, answer, name, version, sha)
 
     async def _authenticate(self, request):

@@ -44,14 +44,15 @@ def weights(yolo_weights):
 
 @pytest.fixture(scope="module")
 def processes(weights, tmp_path_factory):
-    """Replicas "a" and "b" (defects:1 pinned, people:1 on demand) and "c", whose defects:1 is other
-    bytes than the registry's; started together, then waited for."""
+    """Replicas "a" and "b" (defects:1 pinned, people:1 on demand) and "c", whose defects:1 (pinned)
+    and people:1 (on demand) are other bytes than the registry's; started together, then waited for."""
     folder = tmp_path_factory.mktemp("routing")
     served = [spec("defects", weights["defects"], pinned=True), spec("people", weights["people"])]
     started = {
         "a": Replica(folder / "a", served, replica=1, memory_budget=4 * ONE_MODEL),
         "b": Replica(folder / "b", served, replica=2, memory_budget=4 * ONE_MODEL),
-        "c": Replica(folder / "c", [spec("defects", weights["impostor"], pinned=True)], replica=3),
+        "c": Replica(folder / "c", [spec("defects", weights["impostor"], pinned=True), spec("people", weights["impostor"])],
+                     replica=3),
     }
     try:
         for replica in started.values():
@@ -223,6 +224,19 @@ def test_a_replica_serving_other_bytes_than_the_registry_is_never_chosen(process
     scraped = requests.get(f"{front_door.url}/metrics", timeout=10).text
     assert f'replica="{a.pk}"' in scraped and not [line for line in scraped.splitlines()
                                                    if line.startswith("router_requests_total") and f'replica="{c.pk}"' in line]
+
+
+def test_a_replica_answering_with_other_bytes_than_the_registrys_is_refused_and_ejected(processes, front_door, cluster):
+    ensure(processes["c"], "people", resident=False)
+    c = cluster.serve(processes["c"], "node1", 1)  # nothing on record says what it would load
+    routable(front_door, c)
+
+    answer = predict(front_door, cluster.token, "people:1")
+
+    assert answer.status_code == 502 and answer.json()["error"] == "inconsistent_replica", answer.text
+    assert in_state(front_door, c, "ejected")
+    again = predict(front_door, cluster.token, "people:1")
+    assert again.status_code == 503 and again.json()["error"] == "no_replica"
 
 
 def test_a_replica_off_a_node_that_stopped_heartbeating_or_draining_gets_nothing(processes, front_door, cluster):
