@@ -1,13 +1,15 @@
 """Spreading requests over inference replicas: the front door against calling one replica, round-robin
 in the client and NGINX least_conn, over the same replica processes, side by side in one run.
 
-    .venv/bin/python bench/router.py [--quick] [--seconds 10] [--concurrency 1 16 64] [--weights 1 1 2]
-                                     [--failover-seconds 10] [--db gpu_bench_router] [--work DIR]
+    .venv/bin/python bench/router.py [--quick] [--seconds 10] [--rounds 3] [--concurrency 1 16 64]
+                                     [--weights 1 1 2] [--failover-seconds 10] [--db gpu_bench_router] [--work DIR]
 
 Real replicas (`python -m serving.replica`, CPU devices, one pinned YOLOv8n made as bench/replicas.py
 makes its weights; --work keeps them for the next run), one per weight, all signed with one token so a
 signing client works behind any proxy. For each concurrency (closed loop: each client sends its next
-request on the last answer, for --seconds after a one-second warm-up) and each way of reaching them:
+request on the last answer; --seconds per path, in --rounds turns with the paths alternating so that
+other work on the machine weighs on each alike, each turn after 0.5 s of warm-up) and each way of
+reaching them:
 
 - direct: the client calls the first replica itself (the overhead baseline; it gets no spreading);
 - round-robin: the client sends request i to replica i mod n, whatever their weights;
@@ -23,9 +25,10 @@ request on the last answer, for --seconds after a one-second warm-up) and each w
 Each answer names the replica that produced it (the replica's JSON says `"replica"`; the front door
 adds its own), so the table shows each replica's share of the requests against its share of weight.
 
-Failover, at concurrency 16 through nginx and through the front door: the busiest replica (the
-largest weight) is killed with SIGKILL (its whole process group) 2 s into a --failover-seconds run;
-the table gives the errors the clients saw and the time from the kill to the last error. Nothing
+Failover, at concurrency 16 through nginx and through the front door: once the path sends requests
+to the busiest replica (the largest weight), it is killed with SIGKILL (its whole process group) 2 s
+into a --failover-seconds run; the table gives the errors the clients saw and the time from the kill
+to the last error. Nothing
 marks the dead replica failed in the database (no node supervisor runs here): the router finds out
 by itself, as NGINX does. The replica is then started again on its port, and the table gives the
 time until a request is served by it again.
@@ -110,7 +113,8 @@ class Process:
 
     def alive(self):
         if self.process.poll() is not None:
-            raise SystemExit(f"{self.name} exited with {self.process.returncode}:\n{Path(self.log).read_text()[-3000:]}")
+            tail = Path(self.log).read_text()[-3000:]
+            raise SystemExit(f"{self.name} exited with {self.process.returncode}:\n{tail}")
         return True
 
     def stop(self):
@@ -350,37 +354,53 @@ def closed_loop(make, image, clients, seconds, warmup=1.0, during=None):
 
 
 def measure(make, image, clients, seconds, processes):
+    """One closed-loop round: its records, measured seconds, and CPU seconds by component."""
     client_cpu, busy = time.process_time(), machine_busy_seconds()
     cpu = {name: sum(p.cpu_seconds() for p in group) for name, group in processes.items()}
     wall = time.monotonic()
-    t0, records = closed_loop(make, image, clients, seconds)
+    t0, records = closed_loop(make, image, clients, seconds, warmup=0.5)
     wall = time.monotonic() - wall
-    used = {name: (sum(p.cpu_seconds() for p in group) - cpu[name]) / wall for name, group in processes.items()}
-    used["client"] = (time.process_time() - client_cpu) / wall
-    used["machine"] = (machine_busy_seconds() - busy) / wall
+    used = {name: sum(p.cpu_seconds() for p in group) - cpu[name] for name, group in processes.items()}
+    used["client"] = time.process_time() - client_cpu
+    used["machine"] = machine_busy_seconds() - busy
+    measured = max((r[1] for r in records), default=t0) - t0
+    return records, measured, used, wall
+
+
+def summary(rounds, replicas):
+    """A row from a path's rounds: req/s over their measured time, latency percentiles over all
+    their requests, CPU in cores over their wall time."""
+    records = [r for own, *_ in rounds for r in own]
+    measured = sum(m for _, m, _, _ in rounds)
+    wall = sum(w for *_, w in rounds)
     ok = [r for r in records if r[2]]
     latencies = [(done - began) * 1000 for began, done, *_ in ok]
-    last = max((r[1] for r in records), default=t0)
     return {
         "requests": len(records),
         "errors": len(records) - len(ok),
         "first_error": next((r[4] for r in records if not r[2]), None),
-        "throughput": len(ok) / (last - t0) if ok else 0.0,
+        "throughput": len(ok) / measured if ok else 0.0,
         "p50": percentile(latencies, 50),
         "p99": percentile(latencies, 99),
-        "by_replica": [sum(1 for r in ok if r[3] == index) for index in range(1, len(processes["replicas"]) + 1)],
-        "cpu": used,
+        "by_replica": [sum(1 for r in ok if r[3] == index) for index in range(1, replicas + 1)],
+        "cpu": {name: sum(u[name] for _, _, u, _ in rounds) / wall for name in rounds[0][2]},
     }
 
 
 # -- the parts -----------------------------------------------------------------------------------
 
 
-def spreading(modes, image, concurrencies, seconds, processes):
+def spreading(modes, image, concurrencies, seconds, rounds, processes):
+    """Per concurrency, the paths take turns for `rounds` rounds of seconds/rounds each, so that
+    other work on the machine weighs on each path alike."""
     rows = []
     for clients in concurrencies:
-        for mode, make in modes:
-            row = measure(make, image, clients, seconds, processes)
+        taken = {mode: [] for mode, _ in modes}
+        for _ in range(rounds):
+            for mode, make in modes:
+                taken[mode].append(measure(make, image, clients, seconds / rounds, processes))
+        for mode, _ in modes:
+            row = summary(taken[mode], len(processes["replicas"]))
             row.update(mode=mode, clients=clients)
             rows.append(row)
             print(f"  {mode} x{clients}: {row['throughput']:.1f} req/s, p50 {row['p50']:.1f} ms, "
@@ -394,19 +414,20 @@ def share(counts):
     return " / ".join(f"{100 * c / total:.0f}%" if total else "-" for c in counts)
 
 
-def print_spreading(rows, weights, seconds):
+def print_spreading(rows, weights, seconds, rounds):
     total = sum(weights)
-    print(f"\n## 1. Throughput, latency and spreading (closed loop, {seconds:g} s per row after 1 s of warm-up; "
+    print(f"\n## 1. Throughput, latency and spreading (closed loop, {seconds:g} s per row: {rounds} turns of "
+          f"{seconds / rounds:g} s, each after 0.5 s of warm-up, the paths alternating; "
           f"replicas' weights {' / '.join(f'{w:g}' for w in weights)}, "
           f"shares by weight {' / '.join(f'{100 * w / total:.0f}%' for w in weights)})\n")
     print("| clients | path | req/s | p50 ms | p99 ms | errors | requests per replica | share per replica "
           "| CPU cores: replicas | proxy | client | other | proxy CPU ms per request |")
     print("|---:|---|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        proxy = r["cpu"].get("nginx", 0.0) if r["mode"] == "nginx" else r["cpu"].get("door", 0.0) if r["mode"] == "door" else 0.0
+        proxy = r["cpu"].get(r["mode"], 0.0)  # the nginx or door process; nothing for the others
         other = max(0.0, r["cpu"]["machine"] - r["cpu"]["replicas"] - proxy - r["cpu"]["client"])
-        print(f"| {r['clients']} | {r['mode']} | {r['throughput']:.1f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} "
-              f"| {' / '.join(str(c) for c in r['by_replica'])} | {share(r['by_replica'])} "
+        print(f"| {r['clients']} | {r['mode']} | {r['throughput']:.1f} | {r['p50']:.1f} | {r['p99']:.1f} "
+              f"| {r['errors']} | {' / '.join(str(c) for c in r['by_replica'])} | {share(r['by_replica'])} "
               f"| {r['cpu']['replicas']:.2f} | {proxy:.2f} | {r['cpu']['client']:.2f} | {other:.2f} "
               f"| {per_request(proxy, r['throughput'])} |")
     sys.stdout.flush()
@@ -432,9 +453,29 @@ def print_overhead(rows):
     sys.stdout.flush()
 
 
+def served_by(make, image, index, limit=30):
+    """(seconds, requests) one client took to get an answer from replica `index`; seconds is None
+    when none came within `limit` seconds."""
+    send, close = make()
+    began, sends = time.monotonic(), 0
+    try:
+        while time.monotonic() - began < limit:
+            ok, replica, _ = send(image)
+            sends += 1
+            if ok and replica == index:
+                return time.monotonic() - began, sends
+        return None, sends
+    finally:
+        close()
+
+
 def failover(mode, make, image, replicas, victim, seconds, clients=16):
-    """Kill `victim` 2 s (at most a third of the run) into the measured window; then start it again
-    and time its return."""
+    """Once the path sends requests to `victim` (a previous kill may have it still held out), kill
+    it 2 s (at most a third of the run) into the measured window; then start it again and time its
+    return."""
+    index = replicas.index(victim) + 1
+    if served_by(make, image, index)[0] is None:
+        raise SystemExit(f"{mode}: replica {index} gets no requests before the failover run")
     killed = {}
     kill_after = min(2.0, seconds / 3)
 
@@ -445,34 +486,22 @@ def failover(mode, make, image, replicas, victim, seconds, clients=16):
 
     t0, records = closed_loop(make, image, clients, seconds, during=during)
     errors = [r for r in records if not r[2]]
+    before = [r for r in records if r[1] < killed["at"] and r[2]]
     after = [r for r in records if r[0] >= killed["at"]]
     ok_after = [(done - began) * 1000 for began, done, ok, *_ in after if ok]
     row = {
         "mode": mode,
         "requests": len(records),
+        "victim_before": sum(1 for r in before if r[3] == index) / len(before) if before else 0.0,
         "errors": len(errors),
         "error_kinds": sorted({e[4].split(" ", 1)[0] if e[4] else "?" for e in errors}),
         "last_error_s": max(e[1] for e in errors) - killed["at"] if errors else None,
         "after_p99": percentile(ok_after, 99),
         "after_throughput": len(ok_after) / (max(r[1] for r in after) - killed["at"]) if ok_after else 0.0,
-        "victim_after": sum(1 for r in after if r[2] and r[3] == replicas.index(victim) + 1),
+        "victim_after": sum(1 for r in after if r[2] and r[3] == index),
     }
-    # Back: start it again on its port, then send requests until one is served by it.
     start_replica(victim)
-    back = time.monotonic()
-    send, close = make()
-    row["readmitted_s"] = None
-    index = replicas.index(victim) + 1
-    with contextlib.ExitStack() as stack:
-        stack.callback(close)
-        sends = 0
-        while time.monotonic() - back < 30:
-            ok, replica, _ = send(image)
-            sends += 1
-            if ok and replica == index:
-                row["readmitted_s"] = time.monotonic() - back
-                break
-        row["readmit_sends"] = sends
+    row["readmitted_s"], row["readmit_sends"] = served_by(make, image, index)
     print(f"  failover {mode}: {row['errors']} errors, last {row['last_error_s']} s after the kill", file=sys.stderr,
           flush=True)
     return row
@@ -481,13 +510,16 @@ def failover(mode, make, image, replicas, victim, seconds, clients=16):
 def print_failover(rows, seconds, victim_weight):
     print(f"\n## 3. Failover: 16 clients for {seconds:g} s; the replica of weight {victim_weight:g} is killed "
           f"(SIGKILL) 2 s in, then started again on its port after the run\n")
-    print("| path | requests | errors | error kinds | kill -> last error s | req/s after the kill "
-          "| p99 after the kill ms | answers from the dead replica after | started again -> served by it again s |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    print("| path | requests | dead replica's share before the kill | errors | error kinds | kill -> last error s "
+          "| req/s after the kill | p99 after the kill ms | answers from the dead replica after "
+          "| started again -> served by it again s |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
         last = "-" if r["last_error_s"] is None else f"{r['last_error_s']:.2f}"
-        back = f"> 30 ({r['readmit_sends']} requests)" if r["readmitted_s"] is None else f"{r['readmitted_s']:.2f} ({r['readmit_sends']} requests)"
-        print(f"| {r['mode']} | {r['requests']} | {r['errors']} | {', '.join(r['error_kinds']) or '-'} | {last} "
+        back = "> 30" if r["readmitted_s"] is None else f"{r['readmitted_s']:.2f}"
+        back += f" ({r['readmit_sends']} requests)"
+        print(f"| {r['mode']} | {r['requests']} | {100 * r['victim_before']:.0f}% | {r['errors']} "
+              f"| {', '.join(r['error_kinds']) or '-'} | {last} "
               f"| {r['after_throughput']:.1f} | {r['after_p99']:.1f} | {r['victim_after']} | {back} |")
     sys.stdout.flush()
 
@@ -506,6 +538,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter rows (about 3 minutes)")
     parser.add_argument("--seconds", type=float, default=10, help="measured seconds per row (part 1)")
+    parser.add_argument("--rounds", type=int, default=3, help="turns the paths take per concurrency (part 1)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--weights", type=float, nargs="+", default=[1, 1, 2], help="one replica per weight")
     parser.add_argument("--failover-seconds", type=float, default=10, help="length of a failover run (part 3)")
@@ -568,8 +601,8 @@ def main():
         # Warm every path (connections, the door's first reads) out of the figures.
         for mode in modes:
             closed_loop(makers[mode], image, 4, 1.0, warmup=0)
-        rows = spreading([(m, makers[m]) for m in modes], image, args.concurrency, args.seconds, processes)
-        print_spreading(rows, args.weights, args.seconds)
+        rows = spreading([(m, makers[m]) for m in modes], image, args.concurrency, args.seconds, args.rounds, processes)
+        print_spreading(rows, args.weights, args.seconds, args.rounds)
         print_overhead(rows)
         victim = replicas[max(range(len(replicas)), key=lambda i: (args.weights[i], i))]
         fails = [failover(mode, makers[mode], image, replicas, victim, args.failover_seconds)
