@@ -187,6 +187,12 @@ class FrontDoor:
                 response = await self._predict(request, route, started)
             except Refusal as refusal:
                 response = refusal.response()
+            except Exception:  # the database or Redis is down: say so, never a bare 500
+                log.exception("predict failed")
+                response = Refusal(
+                    503, "unavailable", "the front door could not check this request (its database is unreachable): "
+                    "retry shortly", headers={"Retry-After": self._retry_seconds()},
+                ).response()
             finally:
                 self.in_flight -= 1
                 self.metrics.in_flight.dec()
