@@ -284,8 +284,14 @@ def test_callers_are_refused_with_a_clear_status(processes, front_door, cluster)
     # A bad image is the replica's 400, passed on with where it was answered.
     bad = predict(front_door, cluster.token, "defects:1", body=b"not an image")
     assert bad.status_code == 400 and bad.json()["field"] == "images" and "replica" in bad.json()
+    # The query goes on to the replica, signed with it; its 400 about it comes back.
+    assert predict(front_door, cluster.token, "defects:1", params={"conf": "0.5"}).status_code == 200
+    bad_conf = predict(front_door, cluster.token, "defects:1", params={"conf": "lots"})
+    assert bad_conf.status_code == 400 and bad_conf.json()["field"] == "conf"
     # Staff may use any team's model.
     assert predict(front_door, staff, "defects:1").status_code == 200
+    # Metrics are for the monitor: a request that came through a proxy is refused.
+    assert requests.get(f"{front_door.url}/metrics", headers={"X-Forwarded-For": "10.0.0.1"}, timeout=10).status_code == 403
 
 
 def test_over_the_team_rate_is_429_with_retry_after(cluster, tmp_path):
