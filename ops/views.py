@@ -1,32 +1,15 @@
-import hmac
-import ipaddress
-
-from django.conf import settings
 from django.http import HttpResponse, HttpResponseForbidden, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving.models import Replica
 
+from .access import metrics_allowed
 from .metrics import scrape
 
 
 def _allowed(request):
-    token = settings.METRICS_BEARER_TOKEN
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    if token and scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode()):
-        return True
-    # The list is matched against the connection's own peer, never X-Forwarded-For: behind a proxy
-    # any client could forge that header. Prometheus scrapes the web directly, so a request that
-    # came through a proxy (it carries the header) is refused: the proxy's own address, often
-    # 127.0.0.1, would otherwise let every client it forwards in.
-    if "X-Forwarded-For" in request.headers:
-        return False
-    try:
-        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR") or "")
-    except ValueError:
-        return False
-    return any(address in network for network in settings.METRICS_ALLOWED_IPS)
+    return metrics_allowed(request.headers, request.META.get("REMOTE_ADDR"))
 
 
 @require_GET

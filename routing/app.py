@@ -11,8 +11,6 @@ Errors are JSON like the replica's: {"error": "<code>", "detail": "<sentence>", 
 """
 
 import asyncio
-import hmac
-import ipaddress
 import logging
 import math
 import re
@@ -28,6 +26,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ops.access import metrics_allowed
 from reservations.models import Membership
 from serving.models import MODEL_NAME, Model
 from serving.signing import sign
@@ -363,23 +362,6 @@ class FrontDoor:
         if not metrics_allowed(request.headers, peer):
             return Response("Metrics are for the monitoring system.\n", status_code=403, media_type="text/plain")
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-def metrics_allowed(headers, peer):
-    """The web's /metrics rule (ops.views): the bearer token, or a direct peer in METRICS_ALLOWED_IPS
-    (never one that came through a proxy: X-Forwarded-For could be forged, the proxy's address is not
-    the client's)."""
-    token = settings.METRICS_BEARER_TOKEN
-    scheme, _, presented = headers.get("authorization", "").partition(" ")
-    if token and scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode()):
-        return True
-    if "x-forwarded-for" in headers:
-        return False
-    try:
-        address = ipaddress.ip_address(peer or "")
-    except ValueError:
-        return False
-    return any(address in network for network in settings.METRICS_ALLOWED_IPS)
 
 
 def _error_of(answer):
