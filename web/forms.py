@@ -71,7 +71,7 @@ class BookingForm(forms.Form):
     # latest version at the slot start, "defects:2" that version).
     serve = forms.BooleanField(label="Serve registered models in this booking", required=False)
     serve_models = forms.MultipleChoiceField(label="Models", required=False, choices=[])
-    preload = forms.BooleanField(label="Load them at the slot start and keep them loaded", required=False)
+    preload = forms.BooleanField(label="Preload them and keep them loaded", required=False)
     max_batch = forms.IntegerField(
         label="Largest batch", min_value=1, max_value=64, initial=8, required=False,
         help_text="Requests for a model arriving together run as one batch of up to this many images.",

@@ -20,6 +20,7 @@ from playwright.sync_api import expect
 
 from reservations import policy
 from reservations.models import Reservation, Team
+from serving.models import Serving
 from trainer.models import TrainingJob
 
 from ..support import book, make_user
@@ -442,3 +443,22 @@ def test_the_booking_form_is_filled_and_sent_with_the_keyboard_only(browsing, ow
     reservation = Reservation.objects.get(user=owner)
     assert (reservation.title, reservation.start, reservation.slots) == ("typed booking", start, 2)
     assert [a.gpu_id for a in reservation.allocations.all()] == [gpu.pk]
+
+
+def test_a_booking_that_serves_a_registered_model_is_made_from_the_form(browsing, owner, cluster, defects):
+    start = day_ahead()
+    page = open_calendar(browsing, owner)
+    fill_form(page, cluster["node1"][3], start, slots=1, title="serve defects")
+    expect(page.get_by_label("Models", exact=True)).to_be_hidden()
+
+    page.get_by_label("Serve registered models in this booking").check()
+    page.get_by_label("Models", exact=True).select_option("defects:2")
+    page.get_by_label("Preload them and keep them loaded").check()
+    page.get_by_role("button", name="Book", exact=True).click()
+
+    expect(page.locator("#booked")).to_contain_text("Booked #")
+    serving = Serving.objects.get(reservation__user=owner)
+    assert (serving.spec["models"], serving.spec["preload"], serving.status) == (["defects:2"], ["defects:2"], "queued")
+    page.get_by_role("link", name=f"Open booking #{serving.reservation_id}").click()
+    expect(page.get_by_role("heading", name=f"Serving #{serving.pk}")).to_be_visible()
+    expect(page.locator("#serving")).to_contain_text("No replica yet")
