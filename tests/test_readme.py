@@ -126,7 +126,7 @@ def quickstart(tmp_path):
     port = free_port()
     # One web and one central worker process: the same product, lighter on a small CI machine.
     environment = {name: os.environ[name] for name in SHELL_VARIABLES if name in os.environ}
-    environment.update(WEB_PORT=str(port), WEB_WORKERS="1", WORKER_CONCURRENCY="1")
+    environment.update(WEB_PORT=str(port), ROUTER_PORT=str(free_port()), WEB_WORKERS="1", WORKER_CONCURRENCY="1")
     log = tmp_path / "quickstart.log"
     with open(log, "wb") as output:
         process = subprocess.Popen(
@@ -209,6 +209,9 @@ def test_readme_api_commands_work_pasted_in_order_after_the_quick_start(quicksta
     assert answer["results"][0]["width"] == 64 and isinstance(answer["results"][0]["detections"], list)
     serving = get(port, f"reservations/{variables['SERVE']}/", token)["serve"]
     assert serving["status"] == "serving" and serving["replicas"][0]["state"] == "ready"
+    # Through the front door: the same replica (the only one), named in the answer with its route.
+    routed, _ = json.JSONDecoder().raw_decode(out, out.rindex('{"model":"boxes"'))  # compact: the front door's
+    assert (routed["version"], routed["replica"], routed["route"]) == (1, int(variables["REPLICA"]), "warm"), routed
 
     assert '"user":"alice"' in out and '"kind":"preemption_warning"' in out  # the preemptor's 201, the victim's notice
     warnings = [n for n in get(port, "notices/", bob)["results"] if n["kind"] == "preemption_warning"]
