@@ -24,6 +24,7 @@ from reservations import services, tasks
 from reservations.models import Node, Notice, Reservation
 from reservations.selectors import usage_report
 from serving.models import Replica, Serving
+from routing.metrics import RouterMetrics
 from serving.replica.metrics import ReplicaMetrics
 from trainer.models import TrainingJob
 from trainer.services import nodes_mark_lost
@@ -365,13 +366,15 @@ def test_every_metric_the_dashboard_reads_is_one_that_is_exported():
     expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     expressions += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
 
-    for family in text_string_to_metric_families(generate_latest(ReplicaMetrics(1).registry).decode()):
+    registries = (ReplicaMetrics(1).registry, RouterMetrics().registry)
+    for family in (f for r in registries for f in text_string_to_metric_families(generate_latest(r).decode())):
         exported.add(family.name)
         exported.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
 
-    read = {name for expr in expressions for name in re.findall(r"\b(?:gpu|replica)_[a-z0-9_]+", expr)}
+    read = {name for expr in expressions for name in re.findall(r"\b(?:gpu|replica|router)_[a-z0-9_]+", expr)}
 
-    assert {"gpu_utilization_percent", "gpu_scheduler_job_stop_latency_seconds_bucket", "replica_resident_bytes"} <= read
+    assert {"gpu_utilization_percent", "gpu_scheduler_job_stop_latency_seconds_bucket", "replica_resident_bytes",
+            "router_request_seconds_bucket"} <= read
     assert read - exported == set()
 
 
