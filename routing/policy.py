@@ -40,6 +40,8 @@ class ReplicaView:
     # Passive health: when recent failures happened (monotonic seconds), and until when it is out.
     failures: deque = field(default_factory=deque)
     ejected_until: float = 0.0
+    # Active health: health checks failed in a row.
+    failed_checks: int = 0
 
     def load(self):
         """Requests in flight there per unit of weight."""
@@ -61,15 +63,18 @@ def is_consistent(replica, key, registry_sha):
     return reported is None or reported == registry_sha
 
 
-def served_version(replicas, team_id, name, now):
-    """Rule: a model named without a version means the highest version that a healthy replica of
-    the team serves now (None: none does). Every response names the version (and hash) it used."""
+def served_version(replicas, team_id, name, registry, now):
+    """Rule: a model named without a version means the highest version that a replica of the team
+    could take now (healthy, with the registry's bytes for it: `registry` is {(team id, name,
+    version): sha256}); None when none could. Every response names the version (and hash) it used."""
     versions = [
         version
         for replica in replicas
         if replica.team_id == team_id and is_healthy(replica, now)
         for (served, version) in replica.serves
         if served == name
+        and registry.get((team_id, name, version)) is not None
+        and is_consistent(replica, (name, version), registry[(team_id, name, version)])
     ]
     return max(versions, default=None)
 
@@ -124,7 +129,49 @@ def record_failure(replica, now, *, max_fails, fail_window, fail_timeout):
     return False
 
 
-def may_retry(*, reached_replica, retried):
-    """Rule: a request that could not reach its replica (the connection failed) is tried once more
-    on another; one that reached it may have reached the model, and is never sent twice."""
-    return not reached_replica and not retried
+def record_check(replica, ok, now, *, max_fails, fail_timeout):
+    """Rule (active health): `max_fails` failed health checks in a row take a replica out for
+    `fail_timeout` seconds (a replica that accepts connections but never answers fails each check
+    only as often as checks time out, too seldom for the passive window); a passing check clears
+    the count. Returns True when this check ejected it."""
+    if ok:
+        replica.failed_checks = 0
+        return False
+    replica.failed_checks += 1
+    if replica.failed_checks >= max_fails and replica.ejected_until <= now:
+        replica.ejected_until = now + fail_timeout
+        replica.failed_checks = 0
+        return True
+    return False
+
+
+def may_readmit(ejection_ends, now, check_passed):
+    """Rule: an ejected replica comes back only when a health check passes after its time out (one
+    still dead when its time is up gets no requests meanwhile)."""
+    return check_passed and now >= ejection_ends
+
+
+# What a replica answers when it refused a request without running the model: (status, error).
+NOT_RUN = {
+    (503, "no_room"): None,  # every other model there is in use or pinned: not the replica's fault
+    (422, "model_too_large"): None,  # over this replica's budget; another may have a larger one
+    (503, "draining"): None,  # its booking is ending: it takes nothing new
+    (503, "load_failed"): "failure",  # it could not read the weights: counts against it
+    (409, "weights_mismatch"): "eject",  # its file is not the registry's bytes: out at once
+}
+
+
+def refused_unrun(status, error):
+    """Rule: a replica's refusal that proves the model did not run (NOT_RUN), so the request may go
+    elsewhere (once, as may_retry says); None for any other answer. Returns what it means for the
+    replica: None (nothing), "failure" (counts toward ejection) or "eject" (out at once), inside a
+    tuple so that None means 'not such a refusal'."""
+    key = (status, error)
+    return (NOT_RUN[key],) if key in NOT_RUN else None
+
+
+def may_retry(*, reached_model, retried):
+    """Rule: a request that did not reach the model (the connection failed, or the replica refused
+    it unrun: refused_unrun) is tried once more on another replica; one that may have reached the
+    model is never sent twice."""
+    return not reached_model and not retried

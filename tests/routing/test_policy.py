@@ -36,14 +36,17 @@ def test_a_replica_with_other_bytes_than_the_registry_for_a_version_is_refused()
     assert not policy.is_consistent(replica(1), ("defects", 4), SHA)  # does not serve it
 
 
-def test_a_bare_name_means_the_highest_version_a_healthy_replica_of_the_team_serves():
-    old, new, other_team, sick = replica(1), replica(2), replica(3, team=2), replica(4, state="draining")
+def test_a_bare_name_means_the_highest_version_a_replica_of_the_team_could_take_now():
+    old, new, other_team, sick, wrong = replica(1), replica(2), replica(3, team=2), replica(4, state="draining"), replica(5)
     new.serves = {("defects", 5): SHA}
     other_team.serves = {("defects", 9): SHA}
     sick.serves = {("defects", 7): SHA}
+    wrong.serves = {("defects", 6): "b" * 64}  # other bytes than the registry's
+    registry = {(1, "defects", v): SHA for v in (3, 5, 6, 7)} | {(2, "defects", 9): SHA}
 
-    assert policy.served_version([old, new, other_team, sick], 1, "defects", now=0) == 5
-    assert policy.served_version([old], 1, "people", now=0) is None
+    assert policy.served_version([old, new, other_team, sick, wrong], 1, "defects", registry, now=0) == 5
+    assert policy.served_version([old, new], 1, "defects", {(1, "defects", 3): SHA}, now=0) == 3  # 5 deleted
+    assert policy.served_version([old], 1, "people", registry, now=0) is None
 
 
 def test_candidates_are_the_teams_healthy_consistent_replicas_serving_that_version():
@@ -109,5 +112,36 @@ def test_max_fails_within_the_window_eject_a_replica_for_the_timeout():
     "reached, retried, expected",
     [(False, False, True), (False, True, False), (True, False, False), (True, True, False)],
 )
-def test_only_a_request_that_never_reached_a_replica_is_tried_again_and_only_once(reached, retried, expected):
-    assert policy.may_retry(reached_replica=reached, retried=retried) is expected
+def test_only_a_request_that_never_reached_the_model_is_tried_again_and_only_once(reached, retried, expected):
+    assert policy.may_retry(reached_model=reached, retried=retried) is expected
+
+
+@pytest.mark.parametrize(
+    "status, error, meaning",
+    [
+        (503, "no_room", (None,)), (422, "model_too_large", (None,)), (503, "draining", (None,)),
+        (503, "load_failed", ("failure",)), (409, "weights_mismatch", ("eject",)),
+        (400, "bad_image", None), (500, "inference_failed", None), (503, "something_else", None),
+    ],
+)
+def test_only_refusals_that_prove_the_model_did_not_run_may_go_elsewhere(status, error, meaning):
+    assert policy.refused_unrun(status, error) == meaning
+
+
+def test_failed_checks_in_a_row_eject_a_replica_and_a_passing_one_clears_the_count():
+    view = replica(1)
+    rules = dict(max_fails=3, fail_timeout=30)
+
+    assert not policy.record_check(view, False, 0, **rules)
+    assert not policy.record_check(view, False, 5, **rules)
+    assert not policy.record_check(view, True, 10, **rules)  # answered: the count starts again
+    assert not policy.record_check(view, False, 15, **rules)
+    assert not policy.record_check(view, False, 20, **rules)
+    assert policy.record_check(view, False, 25, **rules)  # a check timing out every 5 s is caught
+    assert view.ejected_until == 55
+
+
+def test_an_ejected_replica_comes_back_only_on_a_passing_check_after_its_time():
+    assert not policy.may_readmit(50, now=49, check_passed=True)
+    assert not policy.may_readmit(50, now=60, check_passed=False)
+    assert policy.may_readmit(50, now=50, check_passed=True)
