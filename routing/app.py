@@ -215,7 +215,7 @@ class FrontDoor:
             raise Refusal(429, "rate_limited", f"your team's rate ({settings.ROUTER_TEAM_RATE}) is used up: retry in {retry_after} s",
                           headers={"Retry-After": str(retry_after)})
         if version is None:
-            version = policy.served_version(self.table.views(), team_id, name, time.monotonic())
+            version = policy.served_version(self.table.views(), team_id, name, self.table.registry, time.monotonic())
             if version is None:
                 raise self._unavailable(f"no replica serves model {name} now")
         key = (name, version)
@@ -247,7 +247,7 @@ class FrontDoor:
             except NotReached as exc:
                 log.warning("replica %s (%s) did not take %s:%s: %s", replica.id, replica.address, name, version, exc)
                 tried.add(replica.id)
-                if policy.may_retry(reached_replica=False, retried=retried):
+                if policy.may_retry(reached_model=False, retried=retried):
                     retried = True
                     continue
                 raise self._unavailable(f"replicas {', '.join(map(str, sorted(tried)))} serving {name}:{version} "
