@@ -11,6 +11,7 @@ Errors are JSON like the replica's: {"error": "<code>", "detail": "<sentence>", 
 """
 
 import asyncio
+import hashlib
 import logging
 import math
 import re
@@ -20,9 +21,11 @@ from dataclasses import dataclass
 
 import httpx
 from django.conf import settings
+from django.db import Error as DatabaseError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from rest_framework.authtoken.models import Token
 from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -46,8 +49,30 @@ CACHE_SECONDS = 10  # a revoked token or a team left is seen within this
 MODEL_CACHE_SECONDS = 3  # a model registered or deleted is seen within this
 # Exceptions raised before the request's bytes left for the replica: safe to send elsewhere.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-# What a replica may answer that is about the caller's request; other errors are the replica's.
+# What a replica may answer that is about the caller's request; other errors are the replica's
+# (its refusals that prove the model did not run, policy.refused_unrun, are checked first).
 CALLER_ERRORS = (400, 413, 422)
+# A body larger than this is hashed in a worker thread, not on the event loop (~0.8 ms per MiB).
+HASH_IN_THREAD_BYTES = 256 * 1024
+# Bad tokens remembered (so a retried bad token costs no query); bounded apart from the good ones,
+# so a flood of made-up tokens neither grows memory nor evicts real callers.
+MISSES_KEPT = 1024
+CLIENT_CLOSED = 499  # as NGINX counts a client that went away before its answer
+
+
+def request_timeout():
+    """Seconds a replica has to answer once the request is sent (then a 502, not resent)."""
+    return float(getattr(settings, "ROUTER_REQUEST_TIMEOUT_SECONDS", 60))
+
+
+def team_max_in_flight():
+    """Requests one team may have in this front door at once (uploads included): past it, 429."""
+    return int(getattr(settings, "ROUTER_TEAM_MAX_IN_FLIGHT", 64))
+
+
+def body_seconds():
+    """Seconds a caller has to send its whole body: past it, 408."""
+    return float(getattr(settings, "ROUTER_BODY_SECONDS", 30))
 
 
 class Refusal(Exception):
@@ -63,7 +88,8 @@ class Refusal(Exception):
 
 
 class NotReached(Exception):
-    """The replica did not take the request (it could not be reached, or it is draining)."""
+    """The request did not reach the model (the replica could not be reached, or it refused the
+    request unrun: policy.refused_unrun)."""
 
 
 @dataclass
@@ -84,23 +110,28 @@ class RouteTaken:
 
 
 class Cached:
-    """A small time-bounded memo of lookups made in a thread (bounded: keys come from requests)."""
+    """A small time-bounded memo of lookups made in a thread (bounded: keys come from requests).
+    Lookups that found nothing (None) are kept apart, at most `misses` of them: keys made up by a
+    caller fill only that part."""
 
-    def __init__(self, function, seconds=CACHE_SECONDS, size=10_000, clock=time.monotonic):
-        self.function, self.seconds, self.size, self.clock = function, seconds, size, clock
-        self.entries = {}
+    def __init__(self, function, seconds=CACHE_SECONDS, size=10_000, misses=MISSES_KEPT, clock=time.monotonic):
+        self.function, self.seconds, self.clock = function, seconds, clock
+        self.entries, self.size = {}, size
+        self.missed, self.misses = {}, misses
 
     async def __call__(self, *key):
         now = self.clock()
-        hit = self.entries.get(key)
+        hit = self.entries.get(key) or self.missed.get(key)
         if hit and hit[0] > now:
             return hit[1]
         value = await orm(self.function, *key)
-        if len(self.entries) >= self.size:
-            self.entries = {k: v for k, v in self.entries.items() if v[0] > now}
-            if len(self.entries) >= self.size:
-                self.entries.clear()
-        self.entries[key] = (now + self.seconds, value)
+        kept, size = (self.entries, self.size) if value is not None else (self.missed, self.misses)
+        if len(kept) >= size:
+            for stale in [k for k, v in kept.items() if v[0] <= now]:
+                del kept[stale]
+            if len(kept) >= size:
+                kept.clear()
+        kept[key] = (now + self.seconds, value)
         return value
 
 
@@ -113,11 +144,11 @@ def caller_for(key):
 
 
 def teams_with_model(name, team_ids):
-    """([(team id, slug)] of the teams in `team_ids` (all teams: None) with a model `name`, whether
-    another team has one)."""
-    teams = list(Model.objects.filter(name=name).values_list("team_id", "team__slug"))
-    mine = [(team, slug) for team, slug in teams if team_ids is None or team in team_ids]
-    return mine, len(mine) < len(teams)
+    """[(team id, slug)] of the teams in `team_ids` (all teams: None) with a model `name`."""
+    models = Model.objects.filter(name=name)
+    if team_ids is not None:
+        models = models.filter(team_id__in=team_ids)
+    return list(models.values_list("team_id", "team__slug"))
 
 
 def parse_ref(ref):
@@ -141,6 +172,7 @@ class FrontDoor:
         self.limit = None
         self.task = None
         self.in_flight = 0
+        self.team_in_flight = {}  # team id -> its requests held here (absent: none)
         self.caller = Cached(caller_for)
         self.teams_with_model = Cached(teams_with_model, seconds=MODEL_CACHE_SECONDS)
         self.registry_sha = Cached(selectors.registry_version)
@@ -152,7 +184,7 @@ class FrontDoor:
             # dropped before the replica's keep-alive (5 s) closes them under a request.
             limits=httpx.Limits(max_connections=settings.ROUTER_MAX_QUEUE + 64, max_keepalive_connections=64,
                                 keepalive_expiry=2.0),
-            timeout=httpx.Timeout(300.0, connect=2.0, pool=10.0),
+            timeout=httpx.Timeout(request_timeout(), connect=2.0, pool=10.0),
         )
         broker = settings.CELERY_BROKER_URL
         self.limit = TeamRateLimit(settings.ROUTER_TEAM_RATE, broker if broker.startswith(("redis://", "rediss://")) else None)
@@ -166,6 +198,7 @@ class FrontDoor:
     async def stop(self):
         if self.task:
             self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
         await self.client.aclose()
         await self.limit.close()
 
@@ -186,11 +219,20 @@ class FrontDoor:
                 response = await self._predict(request, route, started)
             except Refusal as refusal:
                 response = refusal.response()
-            except Exception:  # the database or Redis is down: say so, never a bare 500
-                log.exception("predict failed")
+            except ClientDisconnect:  # the caller went away mid-upload: nobody to answer
+                log.info("%s %s: the client went away before its body was read", request.method, request.url.path)
+                response = Response(status_code=CLIENT_CLOSED)
+            except DatabaseError as exc:  # the database is down: say so, never a bare 500
+                log.error("predict: database error: %s", exc)
                 response = Refusal(
                     503, "unavailable", "the front door could not check this request (its database is unreachable): "
                     "retry shortly", headers={"Retry-After": self._retry_seconds()},
+                ).response()
+            except Exception:
+                log.exception("predict failed")
+                response = Refusal(
+                    503, "unavailable", "the front door failed on this request: retry shortly",
+                    headers={"Retry-After": self._retry_seconds()},
                 ).response()
             finally:
                 self.in_flight -= 1
@@ -210,6 +252,19 @@ class FrontDoor:
         name, version = parse_ref(request.path_params["ref"])
         team_id = await self._team(caller, name, request.query_params.get("team"))
         route.model = name
+        held = self.team_in_flight.get(team_id, 0)
+        if held >= team_max_in_flight():
+            raise Refusal(429, "busy", f"your team has {held} requests in this front door already: retry shortly",
+                          headers={"Retry-After": "1"})
+        self.team_in_flight[team_id] = held + 1
+        try:
+            return await self._predict_for(request, route, started, team_id, name, version)
+        finally:
+            left = self.team_in_flight.pop(team_id) - 1
+            if left:
+                self.team_in_flight[team_id] = left
+
+    async def _predict_for(self, request, route, started, team_id, name, version):
         retry_after = await self.limit.hit(team_id)
         if retry_after:
             raise Refusal(429, "rate_limited", f"your team's rate ({settings.ROUTER_TEAM_RATE}) is used up: retry in {retry_after} s",
@@ -219,15 +274,19 @@ class FrontDoor:
             if version is None:
                 raise self._unavailable(f"no replica serves model {name} now")
         key = (name, version)
-        route.model = f"{name}:{version}"
         sha = self.table.registry.get((team_id, name, version)) or await self.registry_sha(team_id, name, version)
         if sha is None:
             raise Refusal(404, "not_found", f"model {name} has no version {version}", "version")
+        route.model = f"{name}:{version}"  # a label only once the registry has it: bounded series
         body = await self._body(request)
+        if len(body) > HASH_IN_THREAD_BYTES:
+            digest = await asyncio.to_thread(_sha256, body)
+        else:
+            digest = _sha256(body)
         content_type = request.headers.get("content-type", "application/octet-stream")
         query = [(k, v) for k, v in request.query_params.multi_items() if k != "team"]
 
-        tried, retried = set(), False
+        tried, retried, refused = set(), False, []
         while True:
             now = time.monotonic()
             eligible = [r for r in policy.candidates(self.table.views(), team_id, key, sha, now) if r.id not in tried]
@@ -235,7 +294,7 @@ class FrontDoor:
             if replica is None:
                 if tried:
                     raise self._unavailable(f"no other replica can take {name}:{version} now (replica "
-                                            f"{', '.join(map(str, sorted(tried)))} could not be reached)")
+                                            f"{'; '.join(refused)})")
                 raise self._unavailable(f"no replica can take {name}:{version} now")
             decision = policy.RETRY if retried else decision
             self.metrics.decisions.labels(decision).inc()
@@ -243,15 +302,15 @@ class FrontDoor:
             if not tried:
                 self.metrics.queue_seconds.observe(time.monotonic() - started)
             try:
-                answer = await self._send(replica, key, body, content_type, query)
+                answer = await self._send(replica, key, body, digest, content_type, query)
             except NotReached as exc:
                 log.warning("replica %s (%s) did not take %s:%s: %s", replica.id, replica.address, name, version, exc)
                 tried.add(replica.id)
+                refused.append(f"{replica.id}: {exc}")
                 if policy.may_retry(reached_model=False, retried=retried):
                     retried = True
                     continue
-                raise self._unavailable(f"replicas {', '.join(map(str, sorted(tried)))} serving {name}:{version} "
-                                        "could not be reached") from None
+                raise self._unavailable(f"the replicas tried for {name}:{version} did not take it ({'; '.join(refused)})") from None
             return self._answer(replica, decision, answer, name, version, sha)
 
     async def _authenticate(self, request):
@@ -268,19 +327,25 @@ class FrontDoor:
     async def _team(self, caller, name, slug):
         """The team whose model `name` the caller uses: one of the caller's teams (any, for staff)."""
         # Cached by the caller's teams too: someone who just joined a team is not refused for a while.
-        mine, elsewhere = await self.teams_with_model(name, None if caller.is_staff else caller.team_ids)
-        if not mine and not elsewhere:
-            raise Refusal(404, "not_found", f"there is no model {name}", "name")
+        mine = await self.teams_with_model(name, None if caller.is_staff else caller.team_ids)
         if slug is not None:
             mine = [(team, s) for team, s in mine if s == slug]
         if not mine:
-            raise Refusal(403, "forbidden", f"your team may not use model {name}", "name")
+            # One answer whether no team has it or only others do: names of other teams' models
+            # are not to be found out by asking.
+            raise Refusal(403, "forbidden", f"there is no model {name!r} that your teams may use", "name")
         if len(mine) > 1:
             raise Refusal(400, "bad_request", f"model {name} exists in teams {', '.join(sorted(s for _, s in mine))}: "
                           "name one with ?team=<slug>", "team")
         return mine[0][0]
 
     async def _body(self, request):
+        try:
+            return await asyncio.wait_for(self._read_body(request), body_seconds())
+        except TimeoutError:
+            raise Refusal(408, "timeout", f"the body did not arrive within {body_seconds():g} s", "body") from None
+
+    async def _read_body(self, request):
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise Refusal(413, "too_large", f"the body may be {MAX_BODY_BYTES} bytes at most", "body")
@@ -292,12 +357,14 @@ class FrontDoor:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _send(self, replica, key, body, content_type, query):
+    async def _send(self, replica, key, body, digest, content_type, query):
         """POST the request to `replica`, counted as in flight there. NotReached when it never got
-        there (or refused it unread, draining); any other failure is a 502 that is never resent."""
+        there or the replica refused it without running the model (policy.refused_unrun); any other
+        failure is a 502 that is never resent."""
         name, version = key
         url = httpx.URL(f"http://{replica.address}/v1/models/{name}:{version}/predict", params=query or None)
-        headers = {"Content-Type": content_type, **sign(replica.token, "POST", url.raw_path.decode("ascii"), body)}
+        path = url.raw_path.decode("ascii")
+        headers = {"Content-Type": content_type, **sign(replica.token, "POST", path, body, digest=digest)}
         replica.outstanding += 1
         replica.outstanding_by_model[key] = replica.outstanding_by_model.get(key, 0) + 1
         try:
@@ -314,10 +381,22 @@ class FrontDoor:
         finally:
             replica.outstanding -= 1
             replica.outstanding_by_model[key] -= 1
-        if answer.status_code == 503 and _error_of(answer) == "draining":
-            self.table.draining(replica)
-            raise NotReached("it is draining")
+        if answer.status_code != 200:
+            error = _error_of(answer)
+            refusal = policy.refused_unrun(answer.status_code, error)
+            if refusal is not None:
+                self._refused(replica, answer.status_code, error, refusal[0])
+                raise NotReached(f"it refused it unrun ({answer.status_code} {error})")
         return answer
+
+    def _refused(self, replica, status, error, meaning):
+        """What a refusal unrun means for the replica: nothing, a failure, or out at once."""
+        if error == "draining":
+            self.table.draining(replica)
+        if meaning == "failure":
+            self.table.failure(replica)
+        elif meaning == "eject":
+            self.table.eject(replica, f"it refused a request with {status} {error}")
 
     def _answer(self, replica, decision, answer, name, version, sha):
         try:
@@ -362,6 +441,10 @@ class FrontDoor:
         if not metrics_allowed(request.headers, peer):
             return Response("Metrics are for the monitoring system.\n", status_code=403, media_type="text/plain")
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _sha256(body):
+    return hashlib.sha256(body).hexdigest()
 
 
 def _error_of(answer):

@@ -12,6 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 log = logging.getLogger("routing")
 
+WARN_EVERY_SECONDS = 60  # Redis down: one warning a minute, not one per request
 PERIODS = {"second": 1, "minute": 60, "hour": 3600}
 _RATE = re.compile(r"\s*([1-9][0-9]*)\s*/\s*(second|minute|hour)\s*")
 
@@ -33,6 +34,8 @@ class TeamRateLimit:
         self.clock = clock
         self.redis = aioredis.Redis.from_url(redis_url, socket_timeout=1) if redis_url else None
         self.counts = {}  # (team, window) -> count, without Redis
+        self.warned_at = None  # when (self.clock) Redis's failure was last logged
+        self.missed = 0  # requests not counted since then
 
     async def hit(self, team_id):
         now = self.clock()
@@ -50,7 +53,10 @@ class TeamRateLimit:
                     count, _ = await pipe.incr(key).expire(key, self.period + 1).execute()
             except (aioredis.RedisError, OSError) as exc:
                 # Inference goes on without the limit rather than stopping with Redis.
-                log.warning("rate limit not counted (Redis: %s)", exc)
+                self.missed += 1
+                if self.warned_at is None or now - self.warned_at >= WARN_EVERY_SECONDS:
+                    log.warning("rate limit not counted for %d request(s) (Redis: %s)", self.missed, exc)
+                    self.warned_at, self.missed = now, 0
                 return None
         return retry_after if count > self.limit else None
 

@@ -11,9 +11,9 @@ import asyncio
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
@@ -25,8 +25,14 @@ from . import policy, selectors
 log = logging.getLogger("routing")
 
 RELOAD_SECONDS = 1.0
-# A replica busy with inference may answer its status slowly: a check gets this long before it fails.
+# A replica busy with inference may answer its status slowly: a check gets this long before it
+# fails, and never longer than the time between checks (at least a second), so that failed checks
+# in a row (policy.record_check) eject a hung replica within a few intervals.
 HEALTH_TIMEOUT_SECONDS = 5.0
+# The ORM runs in this many threads of its own: each may hold a database connection, so a front door
+# holds at most this many (the default executor would take up to 32).
+ORM_THREADS = 4
+_ORM_POOL = ThreadPoolExecutor(ORM_THREADS, thread_name_prefix="router-orm")
 STATES = ("ready", "loading", "draining", "ejected", "offline")
 
 
@@ -41,7 +47,11 @@ async def orm(function, *args):
         finally:
             close_old_connections()
 
-    return await sync_to_async(call, thread_sensitive=False)()
+    return await asyncio.get_running_loop().run_in_executor(_ORM_POOL, call)
+
+
+def health_timeout():
+    return min(HEALTH_TIMEOUT_SECONDS, max(1.0, settings.ROUTER_HEALTH_SECONDS))
 
 
 class ReplicaTable:
@@ -119,17 +129,20 @@ class ReplicaTable:
     # -- health ----------------------------------------------------------------------------------
 
     async def check_all(self):
+        """Check every replica once, each on its own time limit (one round; `run` checks each
+        replica in a loop of its own instead, so a slow one never delays the others)."""
         await asyncio.gather(*(self.check(view) for view in self.views()))
         self._publish()
 
     async def check(self, view):
-        """Active health check: the replica's signed status. A failure counts as one (the passive
-        rule's count); an ejected replica comes back only on a check that succeeds after its time."""
+        """Active health check: the replica's signed status within health_timeout(). Failed checks
+        in a row eject it (policy.record_check); an ejected replica comes back only on a check that
+        passes after its time (policy.may_readmit)."""
         path = "/v1/status"
         try:
-            response = await self.client.get(
-                f"http://{view.address}{path}", headers=signing.sign(view.token, "GET", path),
-                timeout=HEALTH_TIMEOUT_SECONDS,
+            response = await asyncio.wait_for(
+                self.client.get(f"http://{view.address}{path}", headers=signing.sign(view.token, "GET", path)),
+                health_timeout(),
             )
             response.raise_for_status()
             status = response.json()
@@ -137,18 +150,24 @@ class ReplicaTable:
             resident = {
                 (m["name"], m["version"]): m["sha256"] for m in status.get("models", []) if m.get("resident")
             }
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            if view.id not in self._ejected:
-                log.warning("replica %s (%s) failed its health check: %s", view.id, view.address, exc or type(exc).__name__)
-                self.failure(view)
+        except (httpx.HTTPError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+            if view.id not in self._ejected and self._views.get(view.id) is view:
+                log.warning("replica %s (%s) failed its health check: %s", view.id, view.address,
+                            str(exc) or type(exc).__name__)
+                ejected = policy.record_check(view, False, self.clock(), max_fails=settings.ROUTER_MAX_FAILS,
+                                              fail_timeout=settings.ROUTER_FAIL_TIMEOUT_SECONDS)
+                if ejected:
+                    self._hold_out(view, view.ejected_until, f"{settings.ROUTER_MAX_FAILS} failed health checks in a row")
             return False
         if self._views.get(view.id) is not view:  # dropped from the table while it was checked
             return True
+        policy.record_check(view, True, self.clock(), max_fails=settings.ROUTER_MAX_FAILS,
+                            fail_timeout=settings.ROUTER_FAIL_TIMEOUT_SECONDS)
         self._reported[view.id] = (state, resident)
         view.resident = resident
         view.state = self._combined_state(view.id)
         until = self._ejected.get(view.id)
-        if until is not None and self.clock() >= until:
+        if until is not None and policy.may_readmit(until, self.clock(), check_passed=True):
             del self._ejected[view.id]
             view.ejected_until = 0.0
             view.failures.clear()
@@ -195,8 +214,36 @@ class ReplicaTable:
     # -- the loop ----------------------------------------------------------------------------------
 
     async def run(self):
-        """Reload every RELOAD_SECONDS and check every ROUTER_HEALTH_SECONDS until cancelled."""
-        await asyncio.gather(self._every(RELOAD_SECONDS, self.reload), self._every(settings.ROUTER_HEALTH_SECONDS, self.check_all))
+        """Reload every RELOAD_SECONDS and check each replica every ROUTER_HEALTH_SECONDS, in a loop
+        of its own, until cancelled."""
+        checks = {}  # replica id -> its check loop
+        try:
+            await asyncio.gather(self._every(RELOAD_SECONDS, self.reload), self._keep_checking(checks))
+        finally:
+            for task in checks.values():
+                task.cancel()
+            await asyncio.gather(*checks.values(), return_exceptions=True)
+
+    async def _keep_checking(self, checks):
+        """Start a check loop for each replica in the table; end those of replicas gone from it."""
+        while True:
+            for replica_id in [i for i, task in checks.items() if i not in self._views or task.done()]:
+                checks.pop(replica_id).cancel()
+            for replica_id in self._views.keys() - checks.keys():
+                checks[replica_id] = asyncio.create_task(self._check_every(replica_id))
+            await asyncio.sleep(RELOAD_SECONDS)
+
+    async def _check_every(self, replica_id):
+        while (view := self._views.get(replica_id)) is not None:
+            started = self.clock()
+            try:
+                await self.check(view)
+                self._publish()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("routing table: checking replica %s failed", replica_id)
+            await asyncio.sleep(max(0.05, settings.ROUTER_HEALTH_SECONDS - (self.clock() - started)))
 
     async def _every(self, seconds, step):
         while True:

@@ -25,19 +25,22 @@ DEFAULT_SKEW = 60
 _SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
-def _message(method, path, timestamp, body):
-    digest = hashlib.sha256(body or b"").hexdigest()
+def _message(method, path, timestamp, body, digest=None):
+    if digest is None:
+        digest = hashlib.sha256(body or b"").hexdigest()
     return f"{method.upper()}\n{path}\n{timestamp}\n{digest}".encode()
 
 
-def _mac(token, method, path, timestamp, body):
-    return hmac.new(token.encode(), _message(method, path, timestamp, body), hashlib.sha256).hexdigest()
+def _mac(token, method, path, timestamp, body, digest=None):
+    return hmac.new(token.encode(), _message(method, path, timestamp, body, digest), hashlib.sha256).hexdigest()
 
 
-def sign(token, method, path, body=b"", now=None):
-    """The headers that sign one request: `path` is the path with its query string, exactly as sent."""
+def sign(token, method, path, body=b"", now=None, digest=None):
+    """The headers that sign one request: `path` is the path with its query string, exactly as sent.
+    `digest`: the body's SHA-256 (hex) when the caller has it already (the router hashes a large
+    body once, off its event loop, and signs each attempt with it); the body is not read then."""
     timestamp = int(time.time() if now is None else now)
-    return {TIME_HEADER: str(timestamp), SIGNATURE_HEADER: _mac(token, method, path, timestamp, body)}
+    return {TIME_HEADER: str(timestamp), SIGNATURE_HEADER: _mac(token, method, path, timestamp, body, digest)}
 
 
 def _header(headers, name):

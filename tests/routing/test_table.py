@@ -124,3 +124,56 @@ def test_a_replica_answering_before_its_time_is_up_stays_out(table, clock):
     clock[0] += 2
     run(table.check_all())
     assert policy.is_healthy(table.get(1), clock[0])
+
+
+def test_failed_checks_count_apart_from_failed_requests(table, clock):
+    run(table.reload())
+    table.replicas.answers = {9502: status()}  # replica 1 refuses its check once, then answers
+
+    run(table.check_all())
+    table.failure(table.get(1))  # one failed request: one in the passive window, not two
+    assert policy.is_healthy(table.get(1), clock[0])
+
+    table.replicas.answers[9501] = status()
+    run(table.check_all())  # a passing check clears the failed checks in a row
+    table.replicas.answers.pop(9501)
+    run(table.check_all())
+    assert policy.is_healthy(table.get(1), clock[0]) and table.get(1).failed_checks == 1
+
+
+class Hung(Replicas):
+    """Replica 1 accepts the check and never answers; the others answer at once (checks counted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.checked = {}
+
+    async def __call__(self, request):
+        port = request.url.port
+        self.checked[port] = self.checked.get(port, 0) + 1
+        if port == 9501:
+            await asyncio.sleep(3600)
+        return super().__call__(request)
+
+
+def test_a_hung_replica_is_ejected_by_its_checks_timing_out_and_never_slows_the_others_checks(router_settings, clock, monkeypatch):
+    router_settings.ROUTER_HEALTH_SECONDS = 0.05
+    monkeypatch.setattr("routing.table.HEALTH_TIMEOUT_SECONDS", 0.3)
+    replicas = Hung()
+    replicas.answers = {9502: status()}
+    table = ReplicaTable(httpx.AsyncClient(transport=httpx.MockTransport(replicas)),
+                         load=lambda now: ([view(1), view(2)], {}), clock=lambda: clock[0])
+
+    async def for_a_while():
+        await table.reload()  # as FrontDoor.start does before it runs the table
+        task = asyncio.create_task(table.run())
+        await asyncio.sleep(1.0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    run(for_a_while())
+
+    # Two checks of 0.3 s timed out in a row (ROUTER_MAX_FAILS = 2): out, while replica 2 was
+    # checked every 0.05 s throughout, not once per round of the slowest.
+    assert table.state_of(table.get(1)) == "ejected" and not policy.is_healthy(table.get(1), clock[0])
+    assert replicas.checked[9502] >= 8 and policy.is_healthy(table.get(2), clock[0]), replicas.checked
