@@ -12,14 +12,18 @@ Errors are JSON like the replica's: {"error": "<code>", "detail": "<sentence>", 
 
 import asyncio
 import hashlib
+import json
 import logging
 import math
 import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import quote, urlencode
 
+import aiohttp
 import httpx
+from yarl import URL
 from django.conf import settings
 from django.db import Error as DatabaseError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -47,8 +51,9 @@ TOKEN_KEY = re.compile(r"[0-9a-fA-F]{1,64}")
 MAX_BODY_BYTES = 32 * 1024 * 1024  # the replica's own default limit (serving.replica.config)
 CACHE_SECONDS = 10  # a revoked token or a team left is seen within this
 MODEL_CACHE_SECONDS = 3  # a model registered or deleted is seen within this
-# Exceptions raised before the request's bytes left for the replica: safe to send elsewhere.
-NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Exceptions raised before the request's bytes left for the replica (no connection: refused, or not
+# made or taken from the pool in time): safe to send elsewhere. Anything later may have reached the model.
+NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 # What a replica may answer that is about the caller's request; other errors are the replica's
 # (its refusals that prove the model did not run, policy.refused_unrun, are checked first).
 CALLER_ERRORS = (400, 413, 422)
@@ -75,6 +80,18 @@ def body_seconds():
     return float(getattr(settings, "ROUTER_BODY_SECONDS", 30))
 
 
+def replica_session():
+    """The HTTP client for predicts (in an event loop)."""
+    return aiohttp.ClientSession(
+        # More connections than requests it may hold, so none waits on the pool; idle ones are
+        # dropped before the replica's keep-alive (5 s) closes them under a request.
+        connector=aiohttp.TCPConnector(limit=settings.ROUTER_MAX_QUEUE + 64, keepalive_timeout=2.0),
+        # connect: a connection made or taken from the pool; sock_read: between bytes of the answer.
+        timeout=aiohttp.ClientTimeout(total=None, connect=10.0, sock_connect=2.0, sock_read=request_timeout()),
+        auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"),
+    )
+
+
 class Refusal(Exception):
     """An answer other than the replica's: status, error code, a sentence, and the field at fault."""
 
@@ -85,6 +102,10 @@ class Refusal(Exception):
     def response(self):
         body = {"error": self.error, "detail": self.detail, **({"field": self.field} if self.field else {})}
         return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+class ReplicaFailed(Exception):
+    """The request may have reached the replica, and then no answer came (never resent)."""
 
 
 class NotReached(Exception):
@@ -163,11 +184,14 @@ def parse_ref(ref):
 
 
 class FrontDoor:
-    """The app's state: the replica table, the HTTP client pool to the replicas, the limits."""
+    """The app's state: the replica table, the HTTP clients to the replicas (aiohttp for predicts:
+    its connection pool costs less per request than httpx's at high concurrency; httpx for the
+    table's health checks), the limits."""
 
     def __init__(self):
         self.metrics = RouterMetrics()
         self.client = None
+        self.session = None
         self.table = None
         self.limit = None
         self.task = None
@@ -179,13 +203,8 @@ class FrontDoor:
 
     async def start(self):
         logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per health check
-        self.client = httpx.AsyncClient(
-            # More connections than requests it may hold, so none waits on the pool; idle ones are
-            # dropped before the replica's keep-alive (5 s) closes them under a request.
-            limits=httpx.Limits(max_connections=settings.ROUTER_MAX_QUEUE + 64, max_keepalive_connections=64,
-                                keepalive_expiry=2.0),
-            timeout=httpx.Timeout(request_timeout(), connect=2.0, pool=10.0),
-        )
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0))  # health checks
+        self.session = replica_session()
         broker = settings.CELERY_BROKER_URL
         self.limit = TeamRateLimit(settings.ROUTER_TEAM_RATE, broker if broker.startswith(("redis://", "rediss://")) else None)
         self.table = ReplicaTable(self.client, self.metrics)
@@ -200,6 +219,7 @@ class FrontDoor:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
         await self.client.aclose()
+        await self.session.close()
         await self.limit.close()
 
     # -- predict ---------------------------------------------------------------------------------
@@ -302,7 +322,7 @@ class FrontDoor:
             if not tried:
                 self.metrics.queue_seconds.observe(time.monotonic() - started)
             try:
-                answer = await self._send(replica, key, body, digest, content_type, query)
+                status, payload = await self._send(replica, key, body, digest, content_type, query)
             except NotReached as exc:
                 log.warning("replica %s (%s) did not take %s:%s: %s", replica.id, replica.address, name, version, exc)
                 tried.add(replica.id)
@@ -311,7 +331,7 @@ class FrontDoor:
                     retried = True
                     continue
                 raise self._unavailable(f"the replicas tried for {name}:{version} did not take it ({'; '.join(refused)})") from None
-            return self._answer(replica, decision, answer, name, version, sha)
+            return self._answer(replica, decision, status, payload, name, version, sha)
 
     async def _authenticate(self, request):
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
@@ -362,32 +382,47 @@ class FrontDoor:
         there or the replica refused it without running the model (policy.refused_unrun); any other
         failure is a 502 that is never resent."""
         name, version = key
-        url = httpx.URL(f"http://{replica.address}/v1/models/{name}:{version}/predict", params=query or None)
-        path = url.raw_path.decode("ascii")
+        # The path and query exactly as they go on the wire: that is what is signed.
+        path = quote(f"/v1/models/{name}:{version}/predict", safe="/:") + (f"?{urlencode(query)}" if query else "")
         headers = {"Content-Type": content_type, **sign(replica.token, "POST", path, body, digest=digest)}
         replica.outstanding += 1
         replica.outstanding_by_model[key] = replica.outstanding_by_model.get(key, 0) + 1
         try:
-            answer = await self.client.post(url, content=body, headers=headers)
-        except NOT_SENT as exc:
+            status, content = await self._post(f"http://{replica.address}{path}", body, headers)
+        except NotReached:
             self.table.failure(replica)
-            raise NotReached(str(exc) or type(exc).__name__) from None
-        except httpx.HTTPError as exc:
+            raise
+        except ReplicaFailed as exc:
             self.table.failure(replica)
             raise Refusal(
                 502, "replica_failed", f"replica {replica.id} on {replica.node} failed after the request reached it "
-                f"({type(exc).__name__}); it was not resent, as it may have reached the model",
+                f"({exc}); it was not resent, as it may have reached the model",
             ) from None
         finally:
             replica.outstanding -= 1
             replica.outstanding_by_model[key] -= 1
-        if answer.status_code != 200:
-            error = _error_of(answer)
-            refusal = policy.refused_unrun(answer.status_code, error)
+        try:
+            payload = json.loads(content)
+        except ValueError:
+            payload = None
+        if status != 200:
+            error = payload.get("error") if isinstance(payload, dict) else None
+            refusal = policy.refused_unrun(status, error)
             if refusal is not None:
-                self._refused(replica, answer.status_code, error, refusal[0])
-                raise NotReached(f"it refused it unrun ({answer.status_code} {error})")
-        return answer
+                self._refused(replica, status, error, refusal[0])
+                raise NotReached(f"it refused it unrun ({status} {error})")
+        return status, payload
+
+    async def _post(self, url, body, headers):
+        """(status, body) of one POST; NotReached when nothing was sent (NOT_SENT), ReplicaFailed
+        when it may have been (the connection broke, or no answer within the request timeout)."""
+        try:
+            async with self.session.post(URL(url, encoded=True), data=body, headers=headers) as answer:
+                return answer.status, await answer.read()
+        except NOT_SENT as exc:
+            raise NotReached(str(exc) or type(exc).__name__) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ReplicaFailed(type(exc).__name__) from None
 
     def _refused(self, replica, status, error, meaning):
         """What a refusal unrun means for the replica: nothing, a failure, or out at once."""
@@ -398,23 +433,19 @@ class FrontDoor:
         elif meaning == "eject":
             self.table.eject(replica, f"it refused a request with {status} {error}")
 
-    def _answer(self, replica, decision, answer, name, version, sha):
-        try:
-            payload = answer.json()
-        except ValueError:
-            payload = None
+    def _answer(self, replica, decision, status, payload, name, version, sha):
         where = {"replica": replica.id, "node": replica.node}
-        if answer.status_code == 200 and isinstance(payload, dict):
+        if status == 200 and isinstance(payload, dict):
             if payload.get("sha256") != sha:
                 self.table.eject(replica, f"it answered {name}:{version} with sha256 {payload.get('sha256')}, the registry has {sha}")
                 raise Refusal(502, "inconsistent_replica", f"replica {replica.id} on {replica.node} answered with other "
                               f"bytes than the registry's for {name}:{version}; it is out")
             return JSONResponse({**payload, **where, "route": decision})
-        if answer.status_code in CALLER_ERRORS and isinstance(payload, dict):
-            return JSONResponse({**payload, **where}, status_code=answer.status_code)
+        if status in CALLER_ERRORS and isinstance(payload, dict):
+            return JSONResponse({**payload, **where}, status_code=status)
         self.table.failure(replica)
         detail = payload.get("detail") if isinstance(payload, dict) else None
-        raise Refusal(502, "replica_error", f"replica {replica.id} on {replica.node} answered {answer.status_code}"
+        raise Refusal(502, "replica_error", f"replica {replica.id} on {replica.node} answered {status}"
                       + (f": {detail}" if detail else ""))
 
     def _retry_seconds(self):
@@ -445,14 +476,6 @@ class FrontDoor:
 
 def _sha256(body):
     return hashlib.sha256(body).hexdigest()
-
-
-def _error_of(answer):
-    try:
-        payload = answer.json()
-    except ValueError:
-        return None
-    return payload.get("error") if isinstance(payload, dict) else None
 
 
 def build_app():

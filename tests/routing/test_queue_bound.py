@@ -7,17 +7,19 @@ database's part is tests/routing/test_front_door.py's)."""
 import asyncio
 import json
 import logging
+from urllib.parse import urlsplit
 
-import httpx
 import pytest
 from django.db import OperationalError
 from starlette.requests import Request
 
 from routing import app as door_module, policy
-from routing.app import Caller, Cached, FrontDoor
+from routing.app import Caller, Cached, FrontDoor, NotReached, ReplicaFailed, replica_session
 from routing.limits import TeamRateLimit
 from routing.table import ReplicaTable
 from serving import signing
+
+from ..replicas import free_port
 
 SHA = "a" * 64
 TOKEN_KEY = "ab" * 20
@@ -57,18 +59,19 @@ def view(replica_id):
 
 
 class Replicas:
-    """What each replica (by port) answers to a predict: (status, body dict); calls are counted."""
+    """What each replica (by port) answers to a predict: (status, body dict), in place of the
+    door's HTTP POST (FrontDoor._post); calls are counted."""
 
     def __init__(self):
         self.answers = {}
         self.calls = []
 
-    def __call__(self, request):
-        port = request.url.port
-        self.calls.append(port - 9500)
-        assert signing.verify("t", "POST", request.url.raw_path.decode(), request.content, request.headers)
-        status, body = self.answers[port]
-        return httpx.Response(status, content=json.dumps(body).encode())
+    async def post(self, url, body, headers):
+        parts = urlsplit(url)
+        self.calls.append(parts.port - 9500)
+        assert signing.verify("t", "POST", parts.path + (f"?{parts.query}" if parts.query else ""), body, headers)
+        status, answer = self.answers[parts.port]
+        return status, json.dumps(answer).encode()
 
 
 @pytest.fixture
@@ -77,8 +80,8 @@ def door(settings):
     settings.ROUTER_QUEUE_THRESHOLD, settings.ROUTER_TEAM_RATE = 4, "1000/second"
     replicas = Replicas()
     front = FrontDoor()
-    front.client = httpx.AsyncClient(transport=httpx.MockTransport(replicas))
-    front.table = ReplicaTable(front.client, front.metrics)
+    front.table = ReplicaTable(None, front.metrics)
+    front._post = replicas.post
     front.table.merge([view(1), view(2)], {(1, "defects", 1): SHA})
     front.limit = TeamRateLimit("1000/second")
 
@@ -263,3 +266,32 @@ def test_a_signature_made_from_the_bodys_digest_is_the_same_and_verifies():
 
     assert made == signing.sign("t", "POST", "/v1/models/defects:1/predict", body, now=1000)
     assert signing.verify("t", "POST", "/v1/models/defects:1/predict", body, made, now=1000)
+
+
+def test_only_a_request_that_was_never_sent_is_not_reached(settings):
+    """A refused connection: not sent (may go elsewhere). A replica that took the request and did
+    not answer within ROUTER_REQUEST_TIMEOUT_SECONDS: it may have reached the model (never resent)."""
+    settings.ROUTER_REQUEST_TIMEOUT_SECONDS = 0.3
+    door = FrontDoor()
+
+    async def silent(reader, writer):
+        await reader.read(1 << 16)
+        await asyncio.sleep(30)
+
+    async def run():
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        door.session = replica_session()
+        outcomes = []
+        try:
+            for url in (f"http://127.0.0.1:{free_port()}/v1/x", f"http://127.0.0.1:{port}/v1/x"):
+                try:
+                    await door._post(url, b"image", {})
+                except (NotReached, ReplicaFailed) as exc:
+                    outcomes.append(type(exc))
+        finally:
+            await door.session.close()
+            server.close()
+        return outcomes
+
+    assert asyncio.run(run()) == [NotReached, ReplicaFailed]
