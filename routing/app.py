@@ -65,21 +65,6 @@ MISSES_KEPT = 1024
 CLIENT_CLOSED = 499  # as NGINX counts a client that went away before its answer
 
 
-def request_timeout():
-    """Seconds a replica has to answer once the request is sent (then a 502, not resent)."""
-    return float(getattr(settings, "ROUTER_REQUEST_TIMEOUT_SECONDS", 60))
-
-
-def team_max_in_flight():
-    """Requests one team may have in this front door at once (uploads included): past it, 429."""
-    return int(getattr(settings, "ROUTER_TEAM_MAX_IN_FLIGHT", 64))
-
-
-def body_seconds():
-    """Seconds a caller has to send its whole body: past it, 408."""
-    return float(getattr(settings, "ROUTER_BODY_SECONDS", 30))
-
-
 def replica_session():
     """The HTTP client for predicts (in an event loop)."""
     return aiohttp.ClientSession(
@@ -87,7 +72,7 @@ def replica_session():
         # dropped before the replica's keep-alive (5 s) closes them under a request.
         connector=aiohttp.TCPConnector(limit=settings.ROUTER_MAX_QUEUE + 64, keepalive_timeout=2.0),
         # connect: a connection made or taken from the pool; sock_read: between bytes of the answer.
-        timeout=aiohttp.ClientTimeout(total=None, connect=10.0, sock_connect=2.0, sock_read=request_timeout()),
+        timeout=aiohttp.ClientTimeout(total=None, connect=10.0, sock_connect=2.0, sock_read=settings.ROUTER_REQUEST_TIMEOUT_SECONDS),
         auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"),
     )
 
@@ -273,7 +258,7 @@ class FrontDoor:
         team_id = await self._team(caller, name, request.query_params.get("team"))
         route.model = name
         held = self.team_in_flight.get(team_id, 0)
-        if held >= team_max_in_flight():
+        if held >= settings.ROUTER_TEAM_MAX_IN_FLIGHT:
             raise Refusal(429, "busy", f"your team has {held} requests in this front door already: retry shortly",
                           headers={"Retry-After": "1"})
         self.team_in_flight[team_id] = held + 1
@@ -361,9 +346,9 @@ class FrontDoor:
 
     async def _body(self, request):
         try:
-            return await asyncio.wait_for(self._read_body(request), body_seconds())
+            return await asyncio.wait_for(self._read_body(request), settings.ROUTER_BODY_SECONDS)
         except TimeoutError:
-            raise Refusal(408, "timeout", f"the body did not arrive within {body_seconds():g} s", "body") from None
+            raise Refusal(408, "timeout", f"the body did not arrive within {settings.ROUTER_BODY_SECONDS:g} s", "body") from None
 
     async def _read_body(self, request):
         declared = request.headers.get("content-length", "")
