@@ -38,6 +38,17 @@ def spec(name, path, version=1, pinned=False):
     }
 
 
+
+def terminate(process):
+    """SIGTERM (a replica drains, the front door shuts down), SIGKILL after 30 s."""
+    if process and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
 class Replica:
     """One replica process on a free port, its log in `folder`."""
 
@@ -83,13 +94,7 @@ class Replica:
         return response.status_code == 200 and response.json()["state"] == "ready"
 
     def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
     def kill(self):
         """SIGKILL to gunicorn's master and its worker: gone at once, as when its machine dies."""
@@ -154,13 +159,7 @@ class FrontDoor:
             return False
 
     def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
     def metric(self, line_start):
         """The sum of the metrics lines starting with `line_start`."""
