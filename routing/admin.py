@@ -1,6 +1,6 @@
 """Admin: the routing weights (how many requests a replica takes relative to others)."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
 
 from .models import GpuModelWeight, GpuWeight
 from .selectors import DEFAULT_WEIGHTS
@@ -12,12 +12,13 @@ class GpuModelWeightAdmin(admin.ModelAdmin):
     search_fields = ["gpu_model"]
 
     def changelist_view(self, request, extra_context=None):
-        extra_context = {
-            **(extra_context or {}),
-            "subtitle": "Without a row here a GPU model weighs: "
-            + ", ".join(f"{marker} {weight:g}" for marker, weight in DEFAULT_WEIGHTS)
-            + " (by name), else 1.",
-        }
+        if request.method == "GET":
+            messages.info(
+                request,
+                "Without a row here a GPU model weighs, by its name: "
+                + ", ".join(f"{marker} {weight:g}" for marker, weight in DEFAULT_WEIGHTS)
+                + "; any other 1. A GPU's own weight (GPU weights) comes first.",
+            )
         return super().changelist_view(request, extra_context)
 
 

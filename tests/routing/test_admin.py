@@ -14,7 +14,7 @@ def test_an_admin_sets_a_weight_per_gpu_model_and_per_gpu(admin_client, cluster)
     gpu = cluster["node1"][0]
 
     listed = client.get("/admin/routing/gpumodelweight/")
-    assert "H100 8" in text_of(listed) and "else 1" in text_of(listed)
+    assert "H100 8" in text_of(listed) and "any other 1" in text_of(listed)
     added = client.post("/admin/routing/gpumodelweight/add/", {"gpu_model": gpu.model, "weight": "3"})
     assert added.status_code == 302
     refused = client.post("/admin/routing/gpuweight/add/", {"gpu": gpu.pk, "weight": "0"})
