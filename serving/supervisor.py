@@ -138,6 +138,10 @@ class ReplicaSupervisor:
             if serving is None:
                 return
         gpus = list(GPU.objects.filter(node=self.agent.node, allocations__reservation=reservation).distinct())
+        with self.lock:
+            mine = {child.gpu_id for child in self.children.values() if child.serving_id == serving.pk}
+        if all(gpu.pk in mine for gpu in gpus):
+            return  # the steady state: a replica of this booking runs on each of its devices here
         # Not free yet: a training job still stopping there, or any replica still live on it (this
         # booking's own, or the one before it on that GPU, draining).
         busy = self.agent.busy_gpu_ids() | self.busy_gpu_ids()
