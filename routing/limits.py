@@ -1,28 +1,30 @@
-"""Per-team rate limits (ROUTER_TEAM_RATE, "N/second" or "N/minute"), counted in fixed windows in
-Redis so every front door shares them; in this process's memory when the broker is not Redis (one
-front door only)."""
+"""Per-team rate limits (ROUTER_TEAM_RATE, a rate like the API's throttles: "100/second",
+"600/minute", or off), counted in fixed windows in Redis so every front door shares them; in this
+process's memory when the broker is not Redis (one front door only)."""
 
 import logging
 import math
-import re
 import time
 
 import redis.asyncio as aioredis
-from django.core.exceptions import ImproperlyConfigured
+from rest_framework.throttling import SimpleRateThrottle
 
 log = logging.getLogger("routing")
 
 WARN_EVERY_SECONDS = 60  # Redis down: one warning a minute, not one per request
-PERIODS = {"second": 1, "minute": 60, "hour": 3600}
-_RATE = re.compile(r"\s*([1-9][0-9]*)\s*/\s*(second|minute|hour)\s*")
 
 
-def parse_rate(text):
-    """"100/second" -> (100, 1): requests per period seconds."""
-    match = _RATE.fullmatch(text or "")
-    if not match:
-        raise ImproperlyConfigured(f"ROUTER_TEAM_RATE must be like 100/second or 600/minute, got {text!r}")
-    return int(match[1]), PERIODS[match[2]]
+class _Rate(SimpleRateThrottle):
+    """Only for DRF's own reading of a rate, which settings.env_rate has checked at start-up."""
+
+    def __init__(self):  # no scope, no cache: nothing but parse_rate is used
+        pass
+
+
+def parse_rate(rate):
+    """"100/second" -> (100, 1): requests per period seconds, read as DRF reads the API's rates;
+    (None, None) for no limit (ROUTER_TEAM_RATE=off)."""
+    return _Rate().parse_rate(rate)
 
 
 class TeamRateLimit:
@@ -38,6 +40,8 @@ class TeamRateLimit:
         self.missed = 0  # requests not counted since then
 
     async def hit(self, team_id):
+        if self.limit is None:
+            return None
         now = self.clock()
         window = int(now // self.period)
         retry_after = max(1, math.ceil((window + 1) * self.period - now))

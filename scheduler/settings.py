@@ -227,7 +227,7 @@ ROUTER_FAIL_TIMEOUT_SECONDS = env_float("ROUTER_FAIL_TIMEOUT_SECONDS", 10, minim
 ROUTER_HEALTH_SECONDS = env_float("ROUTER_HEALTH_SECONDS", 2, minimum=0.1)
 ROUTER_END_MARGIN_SECONDS = env_float("ROUTER_END_MARGIN_SECONDS", 5, minimum=0)
 ROUTER_HEARTBEAT_GRACE_SECONDS = env_float("ROUTER_HEARTBEAT_GRACE_SECONDS", 3 * HEARTBEAT_SECONDS, minimum=1)
-ROUTER_TEAM_RATE = env_str("ROUTER_TEAM_RATE", "100/second")
+ROUTER_TEAM_RATE = env_rate("ROUTER_TEAM_RATE", "100/second")
 ROUTER_MAX_QUEUE = env_int("ROUTER_MAX_QUEUE", 256, minimum=1)
 # Requests one team may hold in one front door at once (uploads included); seconds a caller has to
 # send its body (then 408); seconds a replica has to answer a request sent to it (then 502, not resent).

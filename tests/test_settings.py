@@ -46,3 +46,16 @@ def test_a_slot_that_does_not_divide_a_day_stops_start_up():
 
     assert result.returncode != 0
     assert "must divide a day" in result.stderr
+
+
+@pytest.mark.parametrize("raw, message", [("100/mouse", "ROUTER_TEAM_RATE must be a rate"), ("95x0-9599", "REPLICA_PORTS")])
+def test_a_bad_front_door_rate_or_replica_port_range_stops_start_up(raw, message):
+    name = "ROUTER_TEAM_RATE" if "/" in raw else "REPLICA_PORTS"
+    result = subprocess.run(
+        [sys.executable, "-c", "import django, os; django.setup()"],
+        env={"DJANGO_SETTINGS_MODULE": "scheduler.settings", "SECRET_KEY": "x", name: raw, "PATH": "/usr/bin:/bin"},
+        cwd=settings.BASE_DIR, capture_output=True, text=True,
+    )
+
+    assert result.returncode != 0
+    assert message in result.stderr
