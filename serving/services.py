@@ -6,7 +6,6 @@ never locked: each write is a compare-and-set on a status, like the training job
 
 import requests
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
 from .models import Model, Replica, Serving
@@ -39,11 +38,15 @@ def serving_create(*, reservation, spec, now):
 
 
 def serving_stop_for_booking(*, reservation, reason):
-    """The booking ends now (cancelled, preempted): a serving still waiting ends with it; a live one
-    drains (its node's supervisor stops the replicas gracefully within the second)."""
-    now = timezone.now()
-    servings = Serving.objects.filter(reservation=reservation)
-    servings.filter(status=Status.QUEUED).update(status=Status.STOPPED, reason=reason, ended_at=now)
+    """The booking ends now (cancelled, preempted): its serving ends (_end_servings)."""
+    _end_servings(Serving.objects.filter(reservation=reservation), reason)
+
+
+def _end_servings(servings, reason):
+    """A serving still waiting stops; a live one drains (its node's supervisor stops the replicas
+    gracefully within the second). Compare-and-set on the status, waiting ones first: one that
+    starts between the two updates is drained by the second."""
+    servings.filter(status=Status.QUEUED).update(status=Status.STOPPED, reason=reason, ended_at=timezone.now())
     servings.filter(status__in=[Status.STARTING, Status.SERVING]).update(status=Status.DRAINING, reason=reason)
 
 
@@ -153,14 +156,8 @@ def serving_settle(*, serving_id, reason):
 
 
 def serving_drain(*, serving_id, reason):
-    """The slot is over (or the booking ended): drain, then stop."""
-    with transaction.atomic():
-        Serving.objects.filter(pk=serving_id, status__in=[Status.STARTING, Status.SERVING]).update(
-            status=Status.DRAINING, reason=reason
-        )
-        Serving.objects.filter(pk=serving_id, status=Status.QUEUED).update(
-            status=Status.STOPPED, reason=reason, ended_at=timezone.now()
-        )
+    """The slot is over (or the booking ended): drain, then stop (_end_servings)."""
+    _end_servings(Serving.objects.filter(pk=serving_id), reason)
 
 
 class ReplicaUnavailable(Exception):

@@ -32,7 +32,7 @@ from trainer.process import child_environment, command_line_has, spawn_process, 
 
 from . import metrics, services
 from .models import Replica, Serving
-from .signing import sign
+from .signing import ReplicaClient
 
 log = logging.getLogger(__name__)
 Status = Serving.Status
@@ -274,14 +274,14 @@ class ReplicaSupervisor:
 
 def _status(replica):
     """The replica's own account of itself (GET /v1/status, signed), or None when it does not answer."""
-    path = "/v1/status"
+    client = ReplicaClient(replica.address, replica.token, timeout=STATUS_TIMEOUT)
     try:
-        response = requests.get(
-            f"http://{replica.address}{path}", headers=sign(replica.token, "GET", path, b""), timeout=STATUS_TIMEOUT
-        )
+        response = client.get("/v1/status")
         return response.json() if response.status_code == 200 else None
     except (requests.RequestException, ValueError):
         return None
+    finally:
+        client.close()
 
 
 def _free_port(node):
