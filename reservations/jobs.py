@@ -80,7 +80,6 @@ class BookingWork:
     def __init__(self, kinds):
         self.kinds = {kind.field: kind for kind in kinds}
         self.related_names = tuple(kind.related_name for kind in kinds if kind.related_name)
-        self.select_related = self.related_names
 
     def without_work(self):
         """A filter on reservations: those that carry no work of any kind."""

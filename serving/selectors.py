@@ -39,7 +39,7 @@ def resolve_models(team, refs, *, field="serve"):
 def replica_config_models(versions, pinned_refs, refs):
     """The models a replica serves, as its config lists them (serving.replica): path in the store,
     hash, image size, class names; `pinned` for those the booking preloads."""
-    pinned = {ref for ref in pinned_refs}
+    pinned = set(pinned_refs)
     return [
         {
             "name": v.model.name,
