@@ -55,19 +55,10 @@ def servable_models(user):
         .order_by("model__name", "-version", "model__team__slug")
         .distinct()
     )
-    labels = {}
+    teams_of = {}  # choice value -> (its label before the teams, the teams), in the order shown
     for version in versions:
         name, team = version.model.name, version.model.team.slug
-        latest = labels.setdefault(name, {"teams": [], "latest": version.version})
-        if team not in latest["teams"]:
-            latest["teams"].append(team)
-        labels.setdefault(f"{name}:{version.version}", {"teams": [], "version": version.version})["teams"].append(team)
-    choices = []
-    for value, info in labels.items():
-        teams = ", ".join(sorted(set(info["teams"])))
-        if "latest" in info:
-            choices.append((value, f"{value} (latest: version {info['latest']}) · {teams}"))
-        else:
-            name = value.split(":")[0]
-            choices.append((value, f"{name} version {info['version']} · {teams}"))
-    return choices
+        # Newest first: a name's first row is its latest version.
+        teams_of.setdefault(name, (f"{name} (latest: version {version.version})", set()))[1].add(team)
+        teams_of.setdefault(f"{name}:{version.version}", (f"{name} version {version.version}", set()))[1].add(team)
+    return [(value, f"{label} · {', '.join(sorted(teams))}") for value, (label, teams) in teams_of.items()]

@@ -12,9 +12,10 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-from reservations.models import AuditEntry, Reservation
-from serving.models import Serving
+from reservations.models import AuditEntry, Membership, Reservation
+from serving.models import Model, ModelVersion, Serving
 from trainer.models import TrainingJob
+from web.selectors import servable_models
 
 from ..support import FROZEN_NOW, NEXT_SLOT, SLOT, book, iso, make_user, page_client
 
@@ -519,3 +520,15 @@ def test_a_bad_serve_names_the_field_and_books_nothing(owner, cluster, defects, 
     assert response.status_code == 400
     assert words in response.content.decode()
     assert not Reservation.objects.exists() and not Serving.objects.exists()
+
+
+def test_a_model_name_two_of_your_teams_use_is_one_choice_naming_both(owner, other_team, defects):
+    Membership.objects.create(team=other_team, user=owner)
+    theirs = Model.objects.create(team=other_team, name="defects")
+    ModelVersion.objects.create(model=theirs, version=1, imgsz=64, class_names=["a"], size=1, sha256="f" * 64)
+
+    choices = dict(servable_models(owner))
+
+    assert list(choices) == ["defects", "defects:2", "defects:1"]
+    assert choices["defects"] == f"defects (latest: version 2) · {', '.join(sorted([defects.team.slug, other_team.slug]))}"
+    assert choices["defects:2"] == f"defects version 2 · {defects.team.slug}"
