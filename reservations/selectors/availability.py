@@ -1,0 +1,277 @@
+"""Free time: conflicts, free windows, picking GPUs, what a preemption would take, where a booking on a
+failing GPU could go. The booking services ask these under their locks; the pages and the API ask
+them to suggest."""
+
+from bisect import bisect_right
+from collections import defaultdict
+from dataclasses import dataclass
+
+from .. import policy
+from ..models import GPU, Allocation, Reservation
+
+
+@dataclass(frozen=True)
+class Window:
+    gpus: tuple
+    start: object
+    end: object
+
+
+def overlapping_allocations(gpu_ids, start, end, *, exclude_reservation=None):
+    """Live allocations on any of `gpu_ids` that overlap [start, end), bare: for an existence check."""
+    qs = Allocation.objects.filter(policy.overlapping(start, end), gpu_id__in=gpu_ids, live=True)
+    if exclude_reservation is not None:
+        qs = qs.exclude(reservation_id=exclude_reservation)
+    return qs
+
+
+def conflicting_allocations(gpu_ids, start, end, *, exclude_reservation=None):
+    """The same, with what a 409 shows about each."""
+    return overlapping_allocations(
+        gpu_ids, start, end, exclude_reservation=exclude_reservation
+    ).select_related("reservation__user", "gpu__node").order_by("start", "gpu_id")
+
+
+def _busy_by_gpu(gpu_ids, start, end):
+    busy = defaultdict(list)
+    rows = (
+        overlapping_allocations(gpu_ids, start, end)
+        .order_by("start")
+        .values_list("gpu_id", "start", "end")
+    )
+    for gpu_id, s, e in rows:
+        busy[gpu_id].append((s, e))
+    return busy
+
+
+class _FreeTracker:
+    """Answers "is this GPU free for [t, t + length)" with one bisection over its busy intervals."""
+
+    def __init__(self, intervals):
+        self.intervals = intervals
+        self.ends = [e for _, e in intervals]
+
+    def free(self, t, length):
+        # Live intervals on one GPU never overlap, so ends are sorted like starts.
+        i = bisect_right(self.ends, t)
+        return i == len(self.intervals) or self.intervals[i][0] >= t + length
+
+
+def find_windows(
+    *,
+    slots,
+    after,
+    now,
+    gpu_ids=None,
+    gpu_count=None,
+    gpu_model=None,
+    allow_multi_node=False,
+    latest_start=None,
+    limit=5,
+):
+    """Free windows of `slots` slots starting at or after `after`, nearest first.
+
+    Either exactly `gpu_ids`, or any `gpu_count` healthy GPUs on one node (best fit: the node with
+    the fewest free GPUs that still fits, so big nodes stay whole for big jobs), or across nodes
+    when `allow_multi_node` and no single node fits.
+    """
+    length = slots * policy.slot_length()
+    first = policy.ceil_to_slot(max(after, now))
+    last = policy.horizon_end(now) - length
+    if latest_start is not None:
+        last = min(last, latest_start)
+    if first > last:
+        return []
+
+    gpus = GPU.objects.filter(healthy=True).select_related("node").order_by("id")
+    if gpu_ids is not None:
+        gpus = gpus.filter(id__in=gpu_ids)
+    if gpu_model:
+        gpus = gpus.filter(model=gpu_model)
+    gpus = list(gpus)
+    if gpu_ids is not None and len(gpus) != len(set(gpu_ids)):
+        return []
+    busy = _busy_by_gpu([g.id for g in gpus], first, last + length)
+    trackers = {g.id: _FreeTracker(busy.get(g.id, [])) for g in gpus}
+
+    windows = []
+    t = first
+    while t <= last and len(windows) < limit:
+        free = [g for g in gpus if trackers[g.id].free(t, length)]
+        if gpu_ids is not None:
+            if len(free) == len(gpus):
+                windows.append(Window(tuple(g.id for g in gpus), t, t + length))
+        else:
+            windows.extend(_fits(free, gpu_count, allow_multi_node, t, t + length))
+        t += policy.slot_length()
+    return windows[:limit]
+
+
+def pick_gpus(*, start, end, gpu_count, allow_multi_node=False):
+    """Any `gpu_count` healthy GPUs free for exactly [start, end), chosen as find_windows does, or None."""
+    gpus = list(GPU.objects.filter(healthy=True).select_related("node").order_by("id"))
+    busy = set(overlapping_allocations([g.id for g in gpus], start, end).values_list("gpu_id", flat=True))
+    fits = _fits([g for g in gpus if g.id not in busy], gpu_count, allow_multi_node, start, end)
+    return list(fits[0].gpus) if fits else None
+
+
+def _fits(free_gpus, count, allow_multi_node, start, end):
+    by_node = defaultdict(list)
+    for gpu in free_gpus:
+        by_node[gpu.node_id].append(gpu)
+    fitting = sorted(
+        (gpus for gpus in by_node.values() if len(gpus) >= count),
+        key=lambda gpus: (len(gpus), gpus[0].node.hostname),
+    )
+    windows = [Window(tuple(g.id for g in gpus[:count]), start, end) for gpus in fitting]
+    if not windows and allow_multi_node and len(free_gpus) >= count:
+        # Fill from the emptiest nodes first so the job spans as few nodes as possible.
+        pool = [g for gpus in sorted(by_node.values(), key=len, reverse=True) for g in gpus]
+        windows.append(Window(tuple(sorted(g.id for g in pool[:count])), start, end))
+    return windows
+
+
+def preemption_candidate(*, priority, start, end, gpu_count, allow_multi_node=False):
+    """For a gpu_count booking that found no free GPUs: the GPUs it could have by preempting, as
+    (gpu ids, ids of the bookings in the way), or None. Only GPUs whose every booking in the window
+    this one may preempt (policy.may_preempt) count; free GPUs are taken first, then those that
+    evict the fewest bookings, on the node that evicts the fewest."""
+    gpus = list(GPU.objects.filter(healthy=True).select_related("node").order_by("id"))
+    holders, blocked = defaultdict(set), set()
+    rows = Allocation.objects.filter(policy.overlapping(start, end), live=True).values_list(
+        "gpu_id", "reservation_id", "reservation__priority", "reservation__preemptible"
+    )
+    for gpu_id, reservation_id, victim_priority, victim_preemptible in rows:
+        if policy.may_preempt(priority, victim_priority=victim_priority, victim_preemptible=victim_preemptible):
+            holders[gpu_id].add(reservation_id)
+        else:
+            blocked.add(gpu_id)
+    takeable = [g for g in gpus if g.id not in blocked]
+
+    def pick(pool):
+        chosen = sorted(pool, key=lambda g: (len(holders[g.id]), g.id))[:gpu_count]
+        return chosen, set().union(*(holders[g.id] for g in chosen))
+
+    by_node = defaultdict(list)
+    for gpu in takeable:
+        by_node[gpu.node_id].append(gpu)
+    options = [pick(pool) for pool in by_node.values() if len(pool) >= gpu_count]
+    if not options and allow_multi_node and len(takeable) >= gpu_count:
+        options = [pick(takeable)]
+    if not options:
+        return None
+    chosen, victims = min(options, key=lambda option: (len(option[1]), option[0][0].node.hostname))
+    return tuple(sorted(g.id for g in chosen)), victims
+
+
+def booking_suggestions(*, now, start, slots, gpu_ids=None, gpu_count=None, allow_multi_node=False, limit=5):
+    """Up to `limit` windows for a request that conflicted, nearest to its start first:
+    the same GPUs later, or other GPUs at the same time (or later, for a gpu_count request)."""
+    suggestions = []
+    if gpu_ids is not None:
+        suggestions += find_windows(
+            slots=slots, after=start + policy.slot_length(), now=now, gpu_ids=gpu_ids, limit=limit
+        )
+        models = set(GPU.objects.filter(id__in=gpu_ids).values_list("model", flat=True))
+        same_time = find_windows(
+            slots=slots,
+            after=start,
+            now=now,
+            gpu_count=len(gpu_ids),
+            gpu_model=models.pop() if len(models) == 1 else None,
+            allow_multi_node=allow_multi_node,
+            latest_start=start,
+            limit=limit,
+        )
+        suggestions += [w for w in same_time if set(w.gpus) != set(gpu_ids)]
+    else:
+        suggestions += find_windows(
+            slots=slots, after=start, now=now, gpu_count=gpu_count,
+            allow_multi_node=allow_multi_node, limit=limit,
+        )
+    suggestions.sort(key=lambda w: (abs((w.start - start).total_seconds()), w.gpus))
+    return suggestions[:limit]
+
+
+def free_gpus_on_node(*, node_id, start, end, exclude=()):
+    """Healthy GPUs of one node free for all of [start, end), in index order."""
+    gpus = list(GPU.objects.filter(node_id=node_id, healthy=True).exclude(id__in=exclude).order_by("index"))
+    busy = set(overlapping_allocations([g.id for g in gpus], start, end).values_list("gpu_id", flat=True))
+    return [g for g in gpus if g.id not in busy]
+
+
+@dataclass(frozen=True)
+class Preemption:
+    """What booking a window by preemption would do to one booking in the way, as the rules say
+    (policy.has_begun, reclaim_time): asked before the person confirms."""
+
+    reservation: Reservation
+    begun: bool  # cut at the new booking's start (its job stopped); otherwise moved whole
+    notice: object  # a timedelta: how long before the GPUs are taken
+
+
+def preemption_preview(*, priority, start, end, now, gpu_ids=None, gpu_count=None, allow_multi_node=False):
+    """The bookings a booking of `priority` for [start, end) would preempt, as a list of Preemption;
+    [] when nothing is in the way or the rules forbid taking it (the booking itself then answers
+    with its 409 and the reason). A preview: the booking decides again under its locks."""
+    if not policy.may_try_preemption(start, priority):
+        return []
+    if gpu_ids is None:
+        if pick_gpus(start=start, end=end, gpu_count=gpu_count, allow_multi_node=allow_multi_node):
+            return []
+        plan = preemption_candidate(
+            priority=priority, start=start, end=end, gpu_count=gpu_count, allow_multi_node=allow_multi_node
+        )
+        if plan is None:
+            return []
+        victim_ids = plan[1]
+        victims = list(Reservation.objects.filter(pk__in=victim_ids).select_related("user", "team"))
+    else:
+        victims = list({a.reservation_id: a.reservation for a in conflicting_allocations(gpu_ids, start, end)}.values())
+    if not victims or policy.preemption_refusal(priority, victims):
+        return []
+    if policy.needs_notice(victims, now) and start < policy.earliest_preempting_start(now):
+        return []
+    return [
+        Preemption(reservation=v, begun=policy.has_begun(v, start, now), notice=max(start, now) - now)
+        for v in sorted(victims, key=lambda v: (v.start, v.pk))
+    ]
+
+
+def gpu_names(gpu_ids):
+    """{GPU id: "node/gpuN"} for `gpu_ids` (suggested windows name their GPUs by id)."""
+    return {gpu.pk: gpu.name for gpu in GPU.objects.filter(pk__in=gpu_ids).select_related("node")}
+
+
+def gpu_bookings_ahead(*, gpu_id, now):
+    """The live bookings holding `gpu_id` now or later (confirmed or active, not yet ended), soonest
+    first: whom a GPU's alert or failure concerns."""
+    return list(
+        Reservation.objects.filter(
+            status__in=policy.LIVE_STATUSES, end__gt=now, allocations__gpu_id=gpu_id, allocations__live=True
+        )
+        .select_related("user", "team")
+        .order_by("start", "id")
+    )
+
+
+def healthy_move_suggestion(reservation, now):
+    """For a booking on a GPU the health check took out: the nearest free window of its size (as
+    many GPUs, as many slots) on healthy GPUs, from its start (or now, for one under way): what its
+    notice suggests and its page offers to move it to."""
+    count = len(reservation.allocation_list) or reservation.gpu_count
+    windows = booking_suggestions(
+        now=now, start=max(reservation.start, now), slots=reservation.slots, gpu_count=count,
+        allow_multi_node=reservation.allow_multi_node, limit=1,
+    )
+    if not windows:
+        return None
+    window = windows[0]
+    names = gpu_names(list(window.gpus))
+    return {
+        "gpus": list(window.gpus),
+        "gpu_names": [names[g] for g in window.gpus],
+        "start": window.start,
+        "end": window.end,
+        "slots": reservation.slots,
+    }
