@@ -5,16 +5,15 @@ from datetime import timedelta
 
 from django.core.exceptions import FieldDoesNotExist
 from django.db.models import (
-    Aggregate, Avg, Count, DurationField, ExpressionWrapper, F, FloatField, IntegerField, Max, OuterRef, Q,
-    Subquery, Sum, Value,
+    Avg, Count, DurationField, ExpressionWrapper, F, IntegerField, Max, OuterRef, Q, Subquery, Sum, Value,
 )
 from django.db.models.fields.json import KeyTextTransform
-from django.db.models.functions import Cast, Coalesce, Extract, Greatest, Least
+from django.db.models.functions import Cast, Coalesce, Greatest, Least
 
 from .. import jobs, policy
 from ..errors import BookingError
 from ..models import AuditEntry, Reservation, Team
-
+from ..sql import EpochSeconds, Median
 
 # What the report may cover at once: a year (a leap year's too), so one request reads a bounded
 # part of the history.
@@ -25,12 +24,6 @@ USAGE_DEFAULT_PERIOD = timedelta(days=30)
 # cancelled booking's time were never held (Allocation.live says the same).
 _HELD = (Reservation.Status.CONFIRMED, Reservation.Status.ACTIVE, Reservation.Status.COMPLETED,
          Reservation.Status.PREEMPTED)
-
-
-class _Median(Aggregate):
-    function = "percentile_cont"
-    template = "%(function)s(0.5) WITHIN GROUP (ORDER BY %(expressions)s)"
-    output_field = FloatField()
 
 
 def usage_period(*, start=None, end=None, now):
@@ -58,8 +51,8 @@ def _duration(lo, hi):
 
 
 def _epoch(duration):
-    """SQL: a duration in seconds, as a float (EXTRACT gives a numeric)."""
-    return Cast(Extract(duration, "epoch"), FloatField())
+    """SQL: a duration in seconds, as a float."""
+    return EpochSeconds(duration)
 
 
 def _hours(seconds):
@@ -147,7 +140,7 @@ def usage_report(*, start, end, now):
         entries.values("reservation__team_id")
         .annotate(
             cancellations=Count("id", filter=cancels),
-            cancel_lead_median=_Median(lead, filter=cancels),
+            cancel_lead_median=Median(lead, filter=cancels),
             cancel_lead_avg=Avg(lead, filter=cancels),
             releases=Count("id", filter=Q(action=Action.RELEASE)),
             preempted=Count("id", filter=Q(action=Action.PREEMPT)),
@@ -190,7 +183,7 @@ def usage_report(*, start, end, now):
         .annotate(promoted_at=F("created"), waitlisted_at=Subquery(waitlisted_at))
         .filter(waitlisted_at__isnull=False)
         .values("reservation__team_id")
-        .annotate(n=Count("id"), median=_Median(wait), longest=Max(wait))
+        .annotate(n=Count("id"), median=Median(wait), longest=Max(wait))
         .order_by()
     )
     for row in waits:
