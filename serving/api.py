@@ -14,8 +14,8 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 
-from reservations.api.fields import AwareDateTimeField
-from reservations.api.serializers import StrictSerializer
+from apibase.fields import AwareDateTimeField
+from apibase.serializers import StrictSerializer
 
 from . import registry
 from .models import MODEL_NAME, Model, ModelVersion

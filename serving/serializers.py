@@ -2,7 +2,7 @@
 
 from rest_framework import serializers
 
-from reservations.api.fields import AwareDateTimeField
+from apibase.fields import AwareDateTimeField
 
 
 class ReplicaSerializer(serializers.Serializer):

@@ -5,7 +5,7 @@ import re
 
 from rest_framework import serializers
 
-from reservations.api.serializers import StrictSerializer
+from apibase.serializers import StrictSerializer
 
 from .models import MODEL_NAME
 

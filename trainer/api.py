@@ -8,8 +8,8 @@ from rest_framework.renderers import BaseRenderer
 from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 
+from apibase.fields import AwareDateTimeField
 from reservations import policy
-from reservations.api.fields import AwareDateTimeField
 
 from .logs import job_log_text
 from .models import TrainingJob

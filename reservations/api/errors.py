@@ -4,8 +4,10 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from apibase.fields import AwareDateTimeField
+
 from ..errors import BookingConflict, BookingError
-from .serializers import AwareDateTimeField, ConflictSerializer, WindowSerializer
+from .serializers import ConflictSerializer, WindowSerializer
 
 
 def conflict_response(exc):

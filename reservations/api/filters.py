@@ -1,7 +1,8 @@
 import django_filters
 
+from apibase.fields import AwareDateTimeFilter
+
 from ..models import AuditEntry, Reservation
-from .fields import AwareDateTimeFilter
 
 
 class ReservationFilter(django_filters.FilterSet):

@@ -7,9 +7,10 @@ from rest_framework import permissions, serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apibase.fields import AwareDateTimeField
+from apibase.serializers import StrictSerializer
+
 from .. import selectors
-from .fields import AwareDateTimeField
-from .serializers import StrictSerializer
 
 
 class UsageQuerySerializer(StrictSerializer):

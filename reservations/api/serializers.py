@@ -1,10 +1,12 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from apibase.fields import AwareDateTimeField
+from apibase.serializers import StrictSerializer
+
 from .. import jobs, policy
 from ..errors import BookingError
 from ..models import GPU, AuditEntry, Node, Notice, Reservation
-from .fields import AwareDateTimeField
 
 
 @extend_schema_field(
@@ -17,17 +19,6 @@ class StartField(AwareDateTimeField):
         if value in (policy.EARLIEST, policy.NOW):
             return value
         return super().to_internal_value(value)
-
-
-class StrictSerializer(serializers.Serializer):
-    """Rejects keys it does not know, so a typo ("gpu_cnt") is a 400 rather than silently ignored."""
-
-    def to_internal_value(self, data):
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError({key: ["Unknown field."] for key in unknown})
-        return super().to_internal_value(data)
 
 
 class ReservationCreateSerializer(StrictSerializer):

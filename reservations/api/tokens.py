@@ -13,9 +13,10 @@ from rest_framework import permissions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apibase.serializers import StrictSerializer
+
 from .. import services
 from .authentication import SessionAuthentication
-from .serializers import StrictSerializer
 
 INVALID_CREDENTIALS = "Unable to sign in with this username and password."
 

@@ -16,7 +16,7 @@ from reservations import selectors
 from reservations.errors import BookingError
 
 
-# The API's bounds (reservations.api.fields): far enough inside Python's years 1 to 9999 that the
+# The API's bounds (apibase.fields): far enough inside Python's years 1 to 9999 that the
 # day after the end, the default period before it and the zone's offset all stay representable.
 YEARS = "Give a date between the years 1000 and 9000."
 DAYS = [MinValueValidator(date(1000, 1, 1), YEARS), MaxValueValidator(date(8999, 12, 31), YEARS)]
