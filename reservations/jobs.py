@@ -4,18 +4,18 @@
 booking may carry work: a training job (`job`) or models to serve (`serve`). The booking flows need a
 few things from the app behind each kind: validate its spec, create it with its booking, stop it when
 the booking ends early, know where it stands (for preemption), say what a rebooking carries on, and
-show it. Each app provides them as a `JobHooks` subclass; settings list them
-(`BOOKING_WORK = ["trainer.hooks.TrainerJobs", "serving.hooks.ServingHooks"]`), the way Django wires
-its backends. Without any (an installation with neither app), bookings carry no work.
+show it. Each app provides them as a `WorkKind` and registers it in `work_kinds` from its
+AppConfig.ready() (trainer.apps, serving.apps). Without any (an installation with neither app),
+bookings carry no work.
 """
 
-import functools
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol, runtime_checkable
 
-from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Q
-from django.utils.module_loading import import_string
+from rest_framework import serializers
 
 from . import policy
 
@@ -34,52 +34,56 @@ class JobState:
     spawned_at: datetime | None  # when its process started (policy.reclaim_time)
 
 
-class JobHooks:
+@runtime_checkable
+class WorkKind(Protocol):
     """One kind of work a booking may carry, as the booking flows see it."""
 
-    # The booking's field that carries this kind of work.
-    field = "job"
+    # The booking's field that carries this kind of work ("job", "serve").
+    field: str
     # The one-to-one relation from a booking to its work of this kind (a model with `started_at` and
     # `ended_at`: when it ran on the GPUs). Reservation querysets select it, so showing a booking's
     # work costs no query; the usage report and the no-show rule read it.
-    related_name = None
+    related_name: str
 
-    def spec_serializer(self):
+    def spec_serializer(self) -> serializers.Field:
         """A serializer (instance) that validates the booking's field."""
-        raise NotImplementedError
 
-    def check_spec(self, *, user, team, spec):
+    def check_spec(self, *, user, team, spec: dict) -> dict:
         """Rules that need the database (who may resume or serve what). Returns the spec to store."""
-        return spec
 
-    def create(self, *, reservation, spec, now):
+    def create(self, *, reservation, spec: dict | None, now: datetime) -> list[str]:
         """Inside the booking's transaction: the work that runs in the booking (`spec` None: the
         booking carries none of this kind). Returns warnings for the person booking."""
-        return []
 
-    def stop(self, *, reservation, reason):
+    def stop(self, *, reservation, reason: str) -> None:
         """Inside the transaction that ends the booking early: stop its work (checkpoint, drain)."""
 
-    def state(self, reservation):
+    def state(self, reservation) -> JobState | None:
         """The booking's JobState, or None when it carries none of this kind."""
-        return None
 
-    def rebook(self, state):
+    def rebook(self, state: JobState) -> tuple[dict, str]:
         """(spec, note): what the rebooked unused part of a preempted booking carries on with, and a
         few words for the audit log."""
-        return state.spec, ""
 
-    def render(self, reservation):
+    def render(self, reservation) -> dict | None:
         """The booking's work of this kind as its JSON shows it, or None."""
-        return None
 
 
 class BookingWork:
-    """The kinds of work settings name, together: the booking flows talk to this."""
+    """The kinds of work the apps registered, together: the booking flows talk to this."""
 
-    def __init__(self, kinds):
-        self.kinds = {kind.field: kind for kind in kinds}
-        self.related_names = tuple(kind.related_name for kind in kinds if kind.related_name)
+    def __init__(self):
+        self.kinds = {}
+        self.related_names = ()
+
+    def register(self, kind: WorkKind):
+        """Called by the app behind `kind` from its AppConfig.ready()."""
+        if not isinstance(kind, WorkKind):
+            raise ImproperlyConfigured(f"{kind!r} is not a WorkKind (reservations.jobs)")
+        if kind.field in self.kinds:
+            raise ImproperlyConfigured(f"Two kinds of work register the booking field {kind.field!r}")
+        self.kinds[kind.field] = kind
+        self.related_names += (kind.related_name,)
 
     def without_work(self):
         """A filter on reservations: those that carry no work of any kind."""
@@ -125,7 +129,6 @@ class BookingWork:
         return kind.render(reservation) if kind is not None else None
 
 
-@functools.cache
-def hooks():
-    """The kinds of work settings.BOOKING_WORK names (the project wires them)."""
-    return BookingWork([import_string(path)() for path in getattr(settings, "BOOKING_WORK", [])])
+# The registry: trainer registers training ("job") and serving its models to serve ("serve"), each in
+# its AppConfig.ready(), as apps register their models with admin.site.
+work_kinds = BookingWork()

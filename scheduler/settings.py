@@ -153,11 +153,6 @@ OVERRUN_GRACE_PCT = env_int("OVERRUN_GRACE_PCT", 10, minimum=0)
 HEARTBEAT_SECONDS = env_int("HEARTBEAT_SECONDS", 5, minimum=1)
 NODE_LOST_SECONDS = env_int("NODE_LOST_SECONDS", 45, minimum=2)
 NO_SHOW_RELEASE = env_bool("NO_SHOW_RELEASE", False)
-# What a booking may carry, by field: a training job, or models to serve (reservations imports
-# neither app; this wires them, as Django wires its backends).
-BOOKING_WORK = ["trainer.hooks.TrainerJobs", "serving.hooks.ServingHooks"]
-# What a node's agent supervises beside training jobs: the serving bookings' replicas.
-NODE_SUPERVISORS = ["serving.supervisor.ReplicaSupervisor"]
 # Devices a node without NVIDIA GPUs offers, so the whole flow runs on CPU.
 CPU_DEVICE_COUNT = env_int("CPU_DEVICE_COUNT", 2, minimum=1)
 # "auto": NVIDIA GPUs when NVML finds some, else CPU devices; "cpu": CPU devices even on a GPU machine

@@ -1,9 +1,9 @@
-"""The serving side of a booking, as the booking services see it (reservations.jobs): settings list
-this class in BOOKING_WORK. A booking's `serve` names the models its replicas serve."""
+"""The serving side of a booking, as the booking services see it (reservations.jobs.WorkKind):
+serving.apps registers it for the booking field `serve`, which names the models its replicas serve."""
 
 from django.core.exceptions import ObjectDoesNotExist
 
-from reservations.jobs import JobHooks, JobState
+from reservations.jobs import JobState
 from reservations.models import Reservation
 
 from . import services
@@ -19,7 +19,7 @@ def _serving(reservation):
         return None
 
 
-class ServingHooks(JobHooks):
+class ServingWork:
     field = "serve"
     related_name = "serving"
 

@@ -17,7 +17,6 @@ from celery import signals
 from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
-from django.utils.module_loading import import_string
 
 from reservations import policy
 from reservations.models import Node, Reservation
@@ -28,6 +27,7 @@ from .hardware import detect
 from .telemetry import publish, start_exporter
 from .models import TrainingJob
 from .process import command_line_has, spawn, stop, terminate_orphan
+from .supervisors import node_supervisors
 
 log = logging.getLogger(__name__)
 Status = TrainingJob.Status
@@ -45,9 +45,9 @@ class NodeAgent:
         self.stopping = threading.Event()
         self.last_heartbeat = 0.0
         self.thread = threading.Thread(target=self._loop, name=f"node-agent-{hostname}", daemon=True)
-        # What else this node runs on its booked devices (settings.NODE_SUPERVISORS: serving replicas),
+        # What else this node runs on its booked devices (serving replicas: node_supervisors),
         # supervised from the same loop.
-        self.supervisors = [import_string(path)(self) for path in settings.NODE_SUPERVISORS]
+        self.supervisors = [supervisor(self) for supervisor in node_supervisors]
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self):

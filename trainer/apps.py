@@ -4,3 +4,12 @@ from django.apps import AppConfig
 class TrainerConfig(AppConfig):
     name = "trainer"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        # Imported here, as Django asks: the hooks use models, which are not loaded before ready().
+        from reservations.jobs import work_kinds
+
+        from .hooks import TrainingWork
+
+        # A booking may carry a training job (its field `job`).
+        work_kinds.register(TrainingWork())

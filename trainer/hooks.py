@@ -1,9 +1,9 @@
-"""The training side of a booking, as the booking services see it (reservations.jobs): settings
-list this class in BOOKING_WORK."""
+"""The training side of a booking, as the booking services see it (reservations.jobs.WorkKind):
+trainer.apps registers it for the booking field `job`."""
 
 from django.core.exceptions import ObjectDoesNotExist
 
-from reservations.jobs import JobHooks, JobState
+from reservations.jobs import JobState
 from reservations.models import Reservation
 
 from . import services
@@ -19,7 +19,7 @@ def _job(reservation):
         return None
 
 
-class TrainerJobs(JobHooks):
+class TrainingWork:
     field = "job"
     related_name = "job"
 

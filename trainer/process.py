@@ -1,5 +1,5 @@
 """Starting and stopping the child processes a node's agent supervises: training jobs, and (through
-NODE_SUPERVISORS) serving replicas."""
+the agent's node_supervisors) serving replicas."""
 
 import ctypes
 import os

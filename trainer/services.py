@@ -237,7 +237,7 @@ def reservations_release_unused(*, now):
         if release_after_finish(reservation_id=reservation_id, job_id=job_id, now=now)
     )
     if settings.NO_SHOW_RELEASE:
-        no_shows = started.filter(jobs.hooks().without_work(), start__lte=policy.no_show_cutoff(now)).values_list(
+        no_shows = started.filter(jobs.work_kinds.without_work(), start__lte=policy.no_show_cutoff(now)).values_list(
             "pk", flat=True
         )
         released += sum(

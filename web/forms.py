@@ -178,7 +178,7 @@ class BookingForm(forms.Form):
 
     def _checked(self, field, spec):
         """`spec` through the API's serializer for `field`; its errors on the form's own fields."""
-        serializer = jobs.hooks().spec_serializer(field)
+        serializer = jobs.work_kinds.spec_serializer(field)
         serializer.bind(field, None)
         try:
             return serializer.run_validation(spec)

@@ -42,13 +42,13 @@ class ReservationCreateSerializer(StrictSerializer):
         # The apps behind each kind of work validate it (`job`, `serve`: reservations.jobs); this
         # app does not know their fields.
         fields = super().get_fields()
-        fields.update(jobs.hooks().serializer_fields())
+        fields.update(jobs.work_kinds.serializer_fields())
         return fields
 
     def validate(self, attrs):
         try:
             policy.require_one_target(attrs.get("gpus"), attrs.get("gpu_count"))
-            policy.require_one_kind_of_work({field: attrs.get(field) for field in jobs.hooks().kinds})
+            policy.require_one_kind_of_work({field: attrs.get(field) for field in jobs.work_kinds.kinds})
         except BookingError as exc:
             raise serializers.ValidationError(exc.as_dict()) from None
         return attrs
@@ -93,7 +93,7 @@ class ReservationSerializer(serializers.Serializer):
         return self._work(obj, "serve")
 
     def _work(self, obj, field):
-        work = jobs.hooks().render(obj, field)
+        work = jobs.work_kinds.render(obj, field)
         # Asked only of a booking that has work: most have none, and the viewer may cost a query.
         if work is None or not self._job_viewer().may_see(obj):
             return None

@@ -73,7 +73,7 @@ class ReservationViewSet(
                 team=data.get("team"),
                 title=data["title"],
                 waitlist=data["waitlist"],
-                work={field: data.get(field) for field in jobs.hooks().kinds},
+                work={field: data.get(field) for field in jobs.work_kinds.kinds},
                 auto_rebook=data["auto_rebook"],
                 on_booked=on_booked,
             )

@@ -12,7 +12,7 @@ from .availability import overlapping_allocations
 
 def reservation_queryset():
     """Reservations with everything their JSON shows, in a fixed number of queries."""
-    return Reservation.objects.select_related("user", "team", *jobs.hooks().related_names).prefetch_related(
+    return Reservation.objects.select_related("user", "team", *jobs.work_kinds.related_names).prefetch_related(
         Prefetch(
             "allocations",
             queryset=Allocation.objects.select_related("gpu__node").order_by("gpu_id"),

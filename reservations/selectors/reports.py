@@ -63,7 +63,7 @@ def _work_relations():
     """The reverse relations the apps behind each kind of work declare on bookings (reservations.jobs:
     this app never imports them): training jobs, servings. None on an installation without either:
     there, nothing counts as used."""
-    return [name for name in jobs.hooks().related_names if _has_field(Reservation, name)]
+    return [name for name in jobs.work_kinds.related_names if _has_field(Reservation, name)]
 
 
 def _has_field(model, name):

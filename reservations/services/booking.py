@@ -71,7 +71,7 @@ def reservation_create(
         gpu_ids = check_gpu_ids(list(gpu_ids))
     else:
         check_gpu_count(gpu_count, allow_multi_node)
-    work = jobs.hooks().check(user=user, team=team, work=work)
+    work = jobs.work_kinds.check(user=user, team=team, work=work)
     request = Booking(fields=fields, start=None, end=None, work=work, actor=actor or user, now=now, on_booked=on_booked)
 
     for window in _windows_to_try(start, slots, gpu_ids, gpu_count, allow_multi_node, now):

@@ -127,7 +127,7 @@ def _gpu_names(gpu_ids):
 def _cut_short(victim, preemptor, before, original_end, booking):
     """A victim that has begun ends where the preemptor starts. Its job is stopped at the reclaim
     time (reservation_reclaim, and the node agent), and the unused part is rebooked."""
-    job = jobs.hooks().state(victim)
+    job = jobs.work_kinds.state(victim)
     victim.end_before_preemption = original_end
     victim.end = preemptor.start
     victim.preempted_by = preemptor
@@ -199,7 +199,7 @@ def _rebook_unused_part(victim, preemptor, job, *, gpu_ids, slots, now):
         preemptible=victim.preemptible, gpu_count=victim.gpu_count, allow_multi_node=victim.allow_multi_node,
         auto_rebook=victim.auto_rebook, rebook_of=victim,
     )
-    work, note = jobs.hooks().rebook(job) if job is not None else (None, "")
+    work, note = jobs.work_kinds.rebook(job) if job is not None else (None, "")
     return write_reservation(
         fields, window.start, window.end, list(window.gpus), confirmed=True, work=work, actor=None, now=now,
         action=AuditEntry.Action.REBOOK,
@@ -263,7 +263,7 @@ def reservation_reclaim(*, reservation_id, now=None):
         victim = lock_reservation(reservation_id)
         if victim is None or victim.preempted_by_id is None or victim.status not in policy.LIVE_STATUSES:
             return None
-        job = jobs.hooks().state(victim)
+        job = jobs.work_kinds.state(victim)
         live = job is not None and job.live
         due = policy.reclaim_time(victim.end, job.spawned_at if live else None)
         if due > now:
@@ -281,7 +281,7 @@ def reservation_reclaim(*, reservation_id, now=None):
         # Its rebookings (higher ids) are locked before the job is stopped: reservations come before
         # jobs in the lock order.
         rebooks = lock_reservations(victim.rebooks.filter(status__in=[Status.CONFIRMED, Status.WAITLISTED]))
-        jobs.hooks().stop(
+        jobs.work_kinds.stop(
             reservation=victim,
             reason=f"Preempted by reservation #{victim.preempted_by_id}: stopping with a resumable checkpoint.",
         )

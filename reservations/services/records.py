@@ -84,7 +84,7 @@ def write_reservation(fields, start, end, gpus, *, confirmed, work, actor, now, 
     status = Status.CONFIRMED if confirmed else Status.WAITLISTED
     reservation = Reservation.objects.create(start=start, end=end, status=status, **fields)
     write_allocations(reservation, gpus, live=confirmed)
-    reservation.warnings = jobs.hooks().create(reservation=reservation, work=work, now=now)
+    reservation.warnings = jobs.work_kinds.create(reservation=reservation, work=work, now=now)
     audit_record(
         action=action or (AuditEntry.Action.CREATE if confirmed else AuditEntry.Action.WAITLIST),
         actor=actor,
@@ -105,7 +105,7 @@ def cancel_locked(reservation, *, action, actor, reason, job_reason, before=None
     reservation.save(update_fields=["status", *changes, "updated"])
     reservation.allocations.update(live=False)
     audit_change(action=action, actor=actor, reservation=reservation, reason=reason, before=before)
-    jobs.hooks().stop(reservation=reservation, reason=job_reason)
+    jobs.work_kinds.stop(reservation=reservation, reason=job_reason)
     return before
 
 
