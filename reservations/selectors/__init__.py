@@ -7,6 +7,7 @@ notices and feeds show) and reports (the staff usage report). Callers use the na
 
 from .availability import (
     Preemption,
+    PreemptionPlan,
     Window,
     booking_suggestions,
     conflicting_allocations,
@@ -43,6 +44,7 @@ __all__ = [
     "USAGE_DEFAULT_PERIOD",
     "USAGE_MAX_PERIOD",
     "Preemption",
+    "PreemptionPlan",
     "Window",
     "audit_history",
     "booking_suggestions",

@@ -131,11 +131,17 @@ def _fits(free_gpus, count, allow_multi_node, start, end):
     return windows
 
 
+@dataclass(frozen=True)
+class PreemptionPlan:
+    gpu_ids: tuple  # the GPUs to book, sorted
+    victim_ids: set  # the bookings in the way on them
+
+
 def preemption_candidate(*, priority, start, end, gpu_count, allow_multi_node=False):
-    """For a gpu_count booking that found no free GPUs: the GPUs it could have by preempting, as
-    (gpu ids, ids of the bookings in the way), or None. Only GPUs whose every booking in the window
-    this one may preempt (policy.may_preempt) count; free GPUs are taken first, then those that
-    evict the fewest bookings, on the node that evicts the fewest."""
+    """For a gpu_count booking that found no free GPUs: the GPUs it could have by preempting, as a
+    PreemptionPlan, or None. Only GPUs whose every booking in the window this one may preempt
+    (policy.may_preempt) count; free GPUs are taken first, then those that evict the fewest
+    bookings, on the node that evicts the fewest."""
     gpus = list(GPU.objects.filter(healthy=True).select_related("node").order_by("id"))
     holders, blocked = defaultdict(set), set()
     rows = Allocation.objects.filter(policy.overlapping(start, end), live=True).values_list(
@@ -150,7 +156,9 @@ def preemption_candidate(*, priority, start, end, gpu_count, allow_multi_node=Fa
 
     def pick(pool):
         chosen = sorted(pool, key=lambda g: (len(holders[g.id]), g.id))[:gpu_count]
-        return chosen, set().union(*(holders[g.id] for g in chosen))
+        return PreemptionPlan(
+            gpu_ids=tuple(sorted(g.id for g in chosen)), victim_ids=set().union(*(holders[g.id] for g in chosen))
+        )
 
     by_node = defaultdict(list)
     for gpu in takeable:
@@ -160,8 +168,8 @@ def preemption_candidate(*, priority, start, end, gpu_count, allow_multi_node=Fa
         options = [pick(takeable)]
     if not options:
         return None
-    chosen, victims = min(options, key=lambda option: (len(option[1]), option[0][0].node.hostname))
-    return tuple(sorted(g.id for g in chosen)), victims
+    node_of = {g.id: g.node.hostname for g in takeable}
+    return min(options, key=lambda plan: (len(plan.victim_ids), node_of[plan.gpu_ids[0]]))
 
 
 def booking_suggestions(*, now, start, slots, gpu_ids=None, gpu_count=None, allow_multi_node=False, limit=5):
@@ -224,7 +232,7 @@ def preemption_preview(*, priority, start, end, now, gpu_ids=None, gpu_count=Non
         )
         if plan is None:
             return []
-        victim_ids = plan[1]
+        victim_ids = plan.victim_ids
         victims = list(Reservation.objects.filter(pk__in=victim_ids).select_related("user", "team"))
     else:
         victims = list({a.reservation_id: a.reservation for a in conflicting_allocations(gpu_ids, start, end)}.values())

@@ -1,7 +1,7 @@
 """Booking: a request checked against the rules, a window chosen, the GPUs locked and taken (or
 preempted, or waitlisted), or a 409 with the conflicts and what would do instead."""
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from django.conf import settings
 from django.utils import timezone
@@ -10,19 +10,10 @@ from .. import jobs, policy, selectors
 from ..errors import BookingConflict, BookingError
 from ..models import GPU, Reservation
 from .preemption import book_by_preempting
-from .records import Booking, attempt, bookable_gpus, check_gpu_count, check_gpu_ids, pick_free_gpus
+from .records import Attempt, Booking, attempt, bookable_gpus, check_gpu_count, check_gpu_ids, pick_free_gpus
 
 # Attempts for an "earliest" booking whose chosen window was taken between search and lock.
 EARLIEST_ATTEMPTS = 5
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    """How a window's booking ended when it did not book: what was in the way, and why it could not
-    be preempted (None when there was nothing it could take)."""
-
-    conflicts: list | None = None
-    refusal: object = None
 
 
 def reservation_create(
@@ -76,11 +67,11 @@ def reservation_create(
 
     for window in _windows_to_try(start, slots, gpu_ids, gpu_count, allow_multi_node, now):
         booking = replace(request, start=window.start, end=window.end)
-        reservation, outcome = _book_window(
+        outcome = _book_window(
             booking, gpu_ids=window.gpus, waitlist=waitlist, may_preempt=policy.may_try_preemption(start, priority)
         )
-        if reservation is not None:
-            return reservation
+        if outcome.reservation is not None:
+            return outcome.reservation
     raise _conflict(booking, outcome, gpu_ids=gpu_ids, wanted=window.gpus, slots=slots)
 
 
@@ -108,19 +99,19 @@ def _windows_to_try(start, slots, gpu_ids, gpu_count, allow_multi_node, now):
 
 def _book_window(booking, *, gpu_ids, waitlist, may_preempt):
     """Book the window: free GPUs, else by preempting (if the rules allow), else on the waitlist (if
-    asked). Returns (reservation, None) or (None, _Outcome)."""
-    reservation, conflicts = attempt(_book, booking=booking, gpu_ids=gpu_ids)
-    refusal = None
-    if reservation is None and may_preempt:
-        reservation, in_way, refusal = book_by_preempting(booking, gpu_ids=gpu_ids, conflicts=conflicts)
-        conflicts = in_way or conflicts
-    if reservation is None and waitlist:
-        reservation, conflicts = attempt(_book, booking=booking, gpu_ids=gpu_ids, waitlist=True)
-    return reservation, _Outcome(conflicts, refusal)
+    asked). The Attempt that booked, or the last one, with what was in the way and why."""
+    outcome = attempt(_book, booking=booking, gpu_ids=gpu_ids)
+    if outcome.reservation is None and may_preempt:
+        preempting = book_by_preempting(booking, gpu_ids=gpu_ids, conflicts=outcome.conflicts)
+        outcome = replace(preempting, conflicts=preempting.conflicts or outcome.conflicts)
+    if outcome.reservation is None and waitlist:
+        waiting = attempt(_book, booking=booking, gpu_ids=gpu_ids, waitlist=True)
+        outcome = replace(waiting, refusal=outcome.refusal)
+    return outcome
 
 
 def _book(*, booking, gpu_ids, waitlist=False):
-    """Inside a transaction: lock, check, insert. Returns (reservation, None) or (None, conflicts)."""
+    """Inside a transaction: lock, check, insert."""
     start, end = booking.start, booking.end
     if gpu_ids is not None:
         gpus = bookable_gpus(gpu_ids, lock=True)
@@ -137,10 +128,10 @@ def _book(*, booking, gpu_ids, waitlist=False):
             selectors.conflicting_allocations(GPU.objects.filter(healthy=True).values("id"), start, end)
         )
     if chosen is None and not waitlist:
-        return None, conflicts
+        return Attempt(conflicts=conflicts)
     # A waitlisted request remembers the exact GPUs it asked for, not live; a gpu_count request
     # picks its GPUs when promoted.
-    return booking.write(chosen or gpu_ids or [], confirmed=bool(chosen)), None
+    return Attempt(reservation=booking.write(chosen or gpu_ids or [], confirmed=bool(chosen)))
 
 
 def _conflict(booking, outcome, *, gpu_ids, wanted, slots):

@@ -2,7 +2,6 @@
 warned, cut short or moved, rebooked, reclaimed at the reclaim time, or given their time back)."""
 
 import math
-from dataclasses import dataclass
 
 from django.db import transaction
 from django.utils import timezone
@@ -12,7 +11,7 @@ from ..models import GPU, AuditEntry, Notice, Reservation
 from .audit import audit_change, snapshot
 from .locks import lock_all_gpus, lock_gpus, lock_reservation, lock_reservations, service_transaction
 from .notices import notice_send
-from .records import attempt, bookable_gpus, cancel_locked, write_allocations, write_reservation
+from .records import Attempt, Refusal, attempt, bookable_gpus, cancel_locked, write_allocations, write_reservation
 from .waitlist import waitlist_promote
 
 Status = Reservation.Status
@@ -20,19 +19,10 @@ Status = Reservation.Status
 PREEMPT_ATTEMPTS = 3
 
 
-@dataclass(frozen=True)
-class Refusal:
-    """Why a booking may not take the GPUs in its way; `earliest` when only notice was lacking."""
-
-    reason: str
-    gpu_ids: tuple = ()
-    earliest: object = None
-
-
 def book_by_preempting(booking, *, gpu_ids, conflicts):
-    """Book `booking`'s window by preempting the bookings in the way, if the rules allow. Returns
-    (reservation, None, None) or (None, conflicts, refusal); refusal is None when there was nothing
-    this booking could take."""
+    """Book `booking`'s window by preempting the bookings in the way, if the rules allow: an Attempt
+    that booked, or did not with what was in the way and why (its refusal is None when there was
+    nothing this booking could take)."""
     priority = booking.fields["priority"]
     for _ in range(PREEMPT_ATTEMPTS):
         if gpu_ids is None:
@@ -41,8 +31,8 @@ def book_by_preempting(booking, *, gpu_ids, conflicts):
                 allow_multi_node=booking.fields["allow_multi_node"],
             )
             if plan is None:
-                return None, None, None
-            wanted, victim_ids = plan
+                return Attempt()
+            wanted, victim_ids = plan.gpu_ids, plan.victim_ids
         else:
             wanted = gpu_ids
             if conflicts is None:
@@ -53,12 +43,12 @@ def book_by_preempting(booking, *, gpu_ids, conflicts):
             # conflict check read, without the locks that taking needs.
             refusal = _refusal(priority, victims.values(), booking, wanted)
             if refusal is not None:
-                return None, conflicts, refusal
+                return Attempt(conflicts=conflicts, refusal=refusal)
             conflicts = None  # read again under the locks
         outcome = attempt(_take_gpus, booking=booking, gpu_ids=list(wanted), victim_ids=victim_ids)
-        if outcome != (None, None):  # not a race lost (bookings in the way changed): decided
+        if not outcome.raced:
             return outcome
-    return None, None, None
+    return Attempt()
 
 
 def _refusal(priority, victims, booking, gpu_ids):
@@ -74,8 +64,8 @@ def _refusal(priority, victims, booking, gpu_ids):
 
 
 def _take_gpus(*, booking, gpu_ids, victim_ids):
-    """Inside a transaction: lock the bookings in the way, check the rules, and take their GPUs.
-    Returns (None, None) if the bookings in the way changed since they were read."""
+    """Inside a transaction: lock the bookings in the way, check the rules, and take their GPUs. A
+    race lost when the bookings in the way changed since they were read."""
     # The lock order (locks.py): reservations, then GPUs. Every GPU: a victim may be moved or
     # rebooked onto any of them.
     victims = lock_reservations(Reservation.objects.filter(pk__in=victim_ids))
@@ -84,13 +74,13 @@ def _take_gpus(*, booking, gpu_ids, victim_ids):
     conflicts = list(selectors.conflicting_allocations(gpu_ids, booking.start, booking.end))
     in_way = {c.reservation_id for c in conflicts}
     if not in_way <= {v.pk for v in victims}:
-        return None, None
+        return Attempt(raced=True)
     if not in_way:  # freed meanwhile
-        return booking.write(gpus), None, None
+        return Attempt(reservation=booking.write(gpus))
     victims = [v for v in victims if v.pk in in_way]
     refusal = _refusal(booking.fields["priority"], victims, booking, gpu_ids)
     if refusal is not None:
-        return None, conflicts, refusal
+        return Attempt(conflicts=conflicts, refusal=refusal)
 
     before = {v.pk: snapshot(v) for v in victims}
     original_end = {v.pk: v.end for v in victims}
@@ -108,7 +98,7 @@ def _take_gpus(*, booking, gpu_ids, victim_ids):
         else:
             _move_or_cancel(victim, preemptor, before[victim.pk], booking)
     transaction.on_commit(lambda: waitlist_promote(), robust=True)  # a victim may have freed more than was taken
-    return preemptor, None, None
+    return Attempt(reservation=preemptor)
 
 
 def describe(reservation):

@@ -132,13 +132,35 @@ class Booking:
         return reservation
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a booking may not take the GPUs in its way; `earliest` when only notice was lacking."""
+
+    reason: str
+    gpu_ids: tuple = ()
+    earliest: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one booking transaction decided: booked, or not and why."""
+
+    reservation: Reservation | None = None
+    # What was in the way, when it was read (None: read it again to show it).
+    conflicts: list | None = None
+    # Why the bookings in the way may not be preempted (None: nothing this booking could take).
+    refusal: Refusal | None = None
+    # The bookings in the way changed between reading them and locking them: worth another try.
+    raced: bool = False
+
+
 def attempt(write, **kwargs):
-    """One booking transaction. An overlap caught by the exclusion constraint (a race the locks did
-    not cover) reads as "taken": (None, None)."""
+    """One booking transaction, `write` returning its Attempt. An overlap caught by the exclusion
+    constraint (a race the locks did not cover) reads as a race lost."""
     try:
         with service_transaction():
             return write(**kwargs)
     except IntegrityError as exc:
         if not is_overlap_violation(exc):
             raise
-        return None, None
+        return Attempt(raced=True)
