@@ -69,6 +69,7 @@ def env_list(name, default):
 
 
 _RATE = re.compile(r"(?P<count>[1-9][0-9]*)/(?P<period>s|sec|second|m|min|minute|h|hour|d|day)")
+_PERIODS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
 
 
 def env_rate(name, default):
@@ -80,9 +81,11 @@ def env_rate(name, default):
     value = raw.strip().lower()
     if value == "off":
         return None
-    if not _RATE.fullmatch(value):
+    match = _RATE.fullmatch(value)
+    if not match:
         raise ImproperlyConfigured(f"{name} must be a rate like 20/minute (second, minute, hour, day) or off, got {raw!r}")
-    return value
+    # Spelt out ("10/min" -> "10/minute"): DRF reads that, and so does `limits` (the front door's).
+    return f"{match['count']}/{_PERIODS[match['period'][0]]}"
 
 
 DEBUG = env_bool("DEBUG", False)
