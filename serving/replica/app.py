@@ -21,6 +21,7 @@ import re
 import threading
 import time
 from contextlib import contextmanager
+from functools import partial
 from urllib.parse import parse_qs, quote
 
 from PIL import Image, JpegImagePlugin, PngImagePlugin
@@ -257,10 +258,7 @@ class ReplicaApp:
     def load(self, name, version, body):
         pin = False
         if body.strip():
-            try:
-                options = json.loads(body)
-            except ValueError:
-                raise BadRequest("the body must be JSON such as {\"pin\": true}", field="pin") from None
+            options = parse_json(body, partial(BadRequest, field="pin"), "the body must be JSON such as {\"pin\": true}")
             pin = options.get("pin", False) if isinstance(options, dict) else None
             if not isinstance(pin, bool):
                 raise BadRequest("pin must be true or false", field="pin")
@@ -289,6 +287,19 @@ def _discard(stream, length, chunk=1024 * 1024):
         length -= len(data)
 
 
+def parse_json(body, refusal, detail):
+    """The JSON value in `body`, or `refusal(detail)` raised. The bodies taken here are a level or two
+    deep; json's C parser checks Python's recursion limit at each level and raises RecursionError
+    past it (about a thousand levels): a body nested that deep is the caller's bad request (400),
+    never the replica's 500."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise refusal(detail) from None
+    except RecursionError:
+        raise refusal(f"{detail} (this one is nested too deep)") from None
+
+
 def decode_images(content_type, body, max_pixels=None):
     """PIL images (RGB, decoded) from a body: one image, or JSON {"images": [base64, ...]}.
 
@@ -297,10 +308,7 @@ def decode_images(content_type, body, max_pixels=None):
     they are decoded one at a time."""
     kind = content_type.split(";")[0].strip().lower()
     if kind == "application/json":
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            raise BadImage("the body is not valid JSON; send {\"images\": [\"<base64>\", ...]}") from None
+        payload = parse_json(body, BadImage, "the body is not valid JSON; send {\"images\": [\"<base64>\", ...]}")
         encoded = payload.get("images") if isinstance(payload, dict) else None
         if not isinstance(encoded, list) or not encoded:
             raise BadImage("images must be a non-empty list of base64-encoded JPEG or PNG images")
@@ -349,7 +357,7 @@ def _open(blob, what):
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         raise BadImage(f"{what} is not a decodable JPEG or PNG image") from None
     if image.width * image.height > MAX_PIXELS:
-        raise BadImage(f"{what} is {image.width}x{image.height}, over {MAX_PIXELS} pixels")
+        raise TooLarge(f"{what} is {image.width}x{image.height}, over {MAX_PIXELS} pixels", field="images")
     return image
 
 
