@@ -233,8 +233,10 @@ ROUTER_HEARTBEAT_GRACE_SECONDS = env_float("ROUTER_HEARTBEAT_GRACE_SECONDS", 3 *
 ROUTER_TEAM_RATE = env_rate("ROUTER_TEAM_RATE", "100/second")
 ROUTER_MAX_QUEUE = env_int("ROUTER_MAX_QUEUE", 256, minimum=1)
 # Requests one team may hold in one front door at once (uploads included); seconds a caller has to
-# send its body (then 408); seconds a replica has to answer a request sent to it (then 502, not resent).
+# send a request's headers (after connecting or its previous answer; then the connection is closed)
+# and its body (then 408); seconds a replica has to answer a request sent to it (then 502, not resent).
 ROUTER_TEAM_MAX_IN_FLIGHT = env_int("ROUTER_TEAM_MAX_IN_FLIGHT", 64, minimum=1)
+ROUTER_HEADER_SECONDS = env_float("ROUTER_HEADER_SECONDS", 10, minimum=0.1)
 ROUTER_BODY_SECONDS = env_float("ROUTER_BODY_SECONDS", 30, minimum=0.1)
 ROUTER_REQUEST_TIMEOUT_SECONDS = env_float("ROUTER_REQUEST_TIMEOUT_SECONDS", 60, minimum=0.1)
 
