@@ -6,7 +6,6 @@ path and never takes the replica out; a connection that never finishes its heade
 import hashlib
 import json
 import socket
-import time
 from datetime import timedelta
 
 import pytest
@@ -18,7 +17,7 @@ from reservations.models import Allocation, Reservation, Team
 from reservations.services import Device, node_register
 from serving.models import Model, ModelVersion, Replica as ReplicaRow, Serving
 
-from ..replicas import ONE_MODEL, TOKEN, FrontDoor, Replica, jpeg, spec
+from ..replicas import ONE_MODEL, TOKEN, FrontDoor, Replica, closed_by_server, jpeg, spec
 from ..support import client_for, make_user, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
@@ -134,25 +133,6 @@ def connect(door):
     connection = socket.create_connection(("127.0.0.1", door.port), timeout=5)
     connection.settimeout(0.25)
     return connection
-
-
-def closed_by_server(connection, seconds, trickle=b""):
-    """Whether the server closes `connection` within `seconds` while the client sends one byte of
-    `trickle` every quarter of a second (nothing, when empty)."""
-    deadline = time.monotonic() + seconds
-    sent = 0
-    while time.monotonic() < deadline:
-        try:
-            if sent < len(trickle):
-                connection.sendall(trickle[sent:sent + 1])
-                sent += 1
-            if connection.recv(1024) == b"":
-                return True
-        except TimeoutError:
-            continue
-        except (ConnectionResetError, BrokenPipeError):
-            return True
-    return False
 
 
 def test_a_connection_that_never_finishes_its_headers_is_closed(front_door):
