@@ -68,9 +68,9 @@ def error_response(error):
 
 
 class ReplicaApp:
-    """`ReplicaApp(config, cache)`; `asgi()` is its HTTP application. `start_preload()` loads the pinned models
-    in a background thread: meanwhile status says `"state": "loading"` and a request for a model
-    being preloaded waits for that load (the cache's single flight). `start_draining()` makes new
+    """`ReplicaApp(config, cache)`; `asgi()` is its HTTP application. `start_preload()` loads the
+    pinned models in a background thread: meanwhile status says `"state": "loading"` and a request
+    for a model being preloaded waits for that load (the cache's single flight). `start_draining()` makes new
     predict and load requests answer 503 `draining` while those in flight finish;
     `wait_idle(timeout)` returns once none is left (True) or the time is up (False)."""
 
@@ -131,7 +131,7 @@ class ReplicaApp:
         return Starlette(
             routes=[
                 route("/metrics", self._endpoint("metrics", self._metrics, method="GET", metrics=True)),
-                route("/v1/status", self._endpoint("status", lambda request, body: json_response(200, self.status()), method="GET")),
+                route("/v1/status", self._endpoint("status", self._status, method="GET")),
                 route("/v1/models/{ref}/predict", self._endpoint("predict", self._predict)),
                 route("/v1/models/{ref}/load", self._endpoint("load", self._load)),
                 route("/v1/models/{ref}/unload", self._endpoint("unload", self._unload)),
@@ -142,8 +142,10 @@ class ReplicaApp:
 
     @asynccontextmanager
     async def _lifespan(self, app):
-        # Each request waiting on its batch holds a thread: room for two full batches and more.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = max(16, 2 * self.config.max_batch)
+        # Each request waiting on its batch holds a thread: room for two full batches, with threads
+        # to spare for status and metrics, so a busy replica still answers its health checks.
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, 2 * self.config.max_batch + 8)
         self.start_preload()
         try:
             yield
@@ -213,6 +215,9 @@ class ReplicaApp:
                 "this replica answers only requests signed with its token (X-Replica-Time and "
                 "X-Replica-Signature, made within a minute)"
             )
+
+    def _status(self, request, body):
+        return json_response(200, self.status())
 
     def _metrics(self, request, body):
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
