@@ -144,7 +144,7 @@ def start_replica(replica):
 
 
 def kill(replica):
-    """SIGKILL to the replica's gunicorn master and worker together: the process dies, as on a crash."""
+    """SIGKILL to the replica's process group: the process dies, as on a crash."""
     os.killpg(replica.process.pid, signal.SIGKILL)
     replica.process.wait()
 

@@ -19,10 +19,12 @@ import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 from urllib.parse import quote, urlencode
 
 import aiohttp
 import httpx
+from cachetools import TTLCache
 from yarl import URL
 from django.conf import settings
 from django.db import Error as DatabaseError
@@ -34,6 +36,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ops.access import metrics_allowed
+from scheduler.security import client_ip, failed_token_wait
 from reservations.models import Membership
 from serving.models import MODEL_NAME, Model
 from serving.signing import sign
@@ -54,8 +57,9 @@ MODEL_CACHE_SECONDS = 3  # a model registered or deleted is seen within this
 # Exceptions raised before the request's bytes left for the replica (no connection: refused, or not
 # made or taken from the pool in time): safe to send elsewhere. Anything later may have reached the model.
 NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-# What a replica may answer that is about the caller's request; other errors are the replica's
-# (its refusals that prove the model did not run, policy.refused_unrun, are checked first).
+# What a replica may answer that is about the caller's request: passed on as it is. Any other error
+# is a 502, counted against the replica only when it is a 5xx (policy.counts_against); its refusals
+# that prove the model did not run (policy.refused_unrun) are checked first.
 CALLER_ERRORS = (400, 413, 422)
 # A body larger than this is hashed in a worker thread, not on the event loop (~0.8 ms per MiB).
 HASH_IN_THREAD_BYTES = 256 * 1024
@@ -63,6 +67,7 @@ HASH_IN_THREAD_BYTES = 256 * 1024
 # so a flood of made-up tokens neither grows memory nor evicts real callers.
 MISSES_KEPT = 1024
 CLIENT_CLOSED = 499  # as NGINX counts a client that went away before its answer
+NOT_KEPT = object()
 
 
 def replica_session():
@@ -116,28 +121,22 @@ class RouteTaken:
 
 
 class Cached:
-    """A small time-bounded memo of lookups made in a thread (bounded: keys come from requests).
-    Lookups that found nothing (None) are kept apart, at most `misses` of them: keys made up by a
-    caller fill only that part."""
+    """Lookups made in a thread (table.orm), each remembered for `seconds` in a cachetools TTLCache
+    (bounded: keys come from requests). Lookups that found nothing (None) are kept in a smaller one
+    of their own: keys made up by a caller evict only each other, never a real caller's."""
 
     def __init__(self, function, seconds=CACHE_SECONDS, size=10_000, misses=MISSES_KEPT, clock=time.monotonic):
-        self.function, self.seconds, self.clock = function, seconds, clock
-        self.entries, self.size = {}, size
-        self.missed, self.misses = {}, misses
+        self.function = function
+        self.found = TTLCache(size, seconds, timer=clock)
+        self.missed = TTLCache(misses, seconds, timer=clock)
 
     async def __call__(self, *key):
-        now = self.clock()
-        hit = self.entries.get(key) or self.missed.get(key)
-        if hit and hit[0] > now:
-            return hit[1]
+        for kept in (self.found, self.missed):
+            value = kept.get(key, NOT_KEPT)
+            if value is not NOT_KEPT:
+                return value
         value = await orm(self.function, *key)
-        kept, size = (self.entries, self.size) if value is not None else (self.missed, self.misses)
-        if len(kept) >= size:
-            for stale in [k for k, v in kept.items() if v[0] <= now]:
-                del kept[stale]
-            if len(kept) >= size:
-                kept.clear()
-        kept[key] = (now + self.seconds, value)
+        (self.found if value is not None else self.missed)[key] = value
         return value
 
 
@@ -147,6 +146,13 @@ def caller_for(key):
         return None
     teams = frozenset(Membership.objects.filter(user_id=token.user_id).values_list("team_id", flat=True))
     return Caller(token.user_id, token.user.is_staff, teams)
+
+
+def client_address(request):
+    """The caller's address as the API counts it (scheduler.security.client_ip: the connection's
+    address, or with NUM_PROXIES the one the nearest trusted proxy saw)."""
+    peer = request.client.host if request.client else ""
+    return client_ip(SimpleNamespace(headers=request.headers, META={"REMOTE_ADDR": peer}))
 
 
 def teams_with_model(name, team_ids):
@@ -190,8 +196,7 @@ class FrontDoor:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per health check
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0))  # health checks
         self.session = replica_session()
-        broker = settings.CELERY_BROKER_URL
-        self.limit = TeamRateLimit(settings.ROUTER_TEAM_RATE, broker if broker.startswith(("redis://", "rediss://")) else None)
+        self.limit = TeamRateLimit(settings.ROUTER_TEAM_RATE, settings.CACHE_URL)
         self.table = ReplicaTable(self.client, self.metrics)
         try:
             await self.table.reload()
@@ -319,15 +324,24 @@ class FrontDoor:
             return self._answer(replica, decision, status, payload, name, version, sha)
 
     async def _authenticate(self, request):
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        """The caller of a valid token, always. A bad one is counted per client address, as the
+        API counts them and in the same cache (scheduler.security.failed_token_wait): past
+        API_THROTTLE_FAILED_TOKEN it is a 429 with Retry-After instead of the 401."""
+        sent = request.headers.get("authorization")
+        scheme, _, key = (sent or "").partition(" ")
         key = key.strip()
         caller = None
         if scheme.lower() == "token" and TOKEN_KEY.fullmatch(key):
             caller = await self.caller(key)
-        if caller is None:
-            raise Refusal(401, "unauthorized", "send your API token: Authorization: Token <key>",
-                          headers={"WWW-Authenticate": "Token"})
-        return caller
+        if caller is not None:
+            return caller
+        if sent is not None:
+            wait = await orm(failed_token_wait, client_address(request))
+            if wait is not None:
+                raise Refusal(429, "throttled", f"too many bad tokens from your address: retry in {wait} s",
+                              headers={"Retry-After": str(wait)})
+        raise Refusal(401, "unauthorized", "send your API token: Authorization: Token <key>",
+                      headers={"WWW-Authenticate": "Token"})
 
     async def _team(self, caller, name, slug):
         """The team whose model `name` the caller uses: one of the caller's teams (any, for staff)."""
@@ -428,7 +442,8 @@ class FrontDoor:
             return JSONResponse({**payload, **where, "route": decision})
         if status in CALLER_ERRORS and isinstance(payload, dict):
             return JSONResponse({**payload, **where}, status_code=status)
-        self.table.failure(replica)
+        if policy.counts_against(status):
+            self.table.failure(replica)
         detail = payload.get("detail") if isinstance(payload, dict) else None
         raise Refusal(502, "replica_error", f"replica {replica.id} on {replica.node} answered {status}"
                       + (f": {detail}" if detail else ""))

@@ -170,6 +170,14 @@ def refused_unrun(status, error):
     return (NOT_RUN[key],) if key in NOT_RUN else None
 
 
+def counts_against(status):
+    """Rule: an answer counts toward a replica's ejection (record_failure) only when it is a server
+    error (5xx). A 4xx is the replica refusing the request, not failing: a bad body is the caller's
+    400, and a client that keeps sending one must not take its team's replicas out. (A refusal that
+    proves the replica itself is wrong, NOT_RUN's weights_mismatch, ejects it by refused_unrun.)"""
+    return status >= 500
+
+
 def may_retry(*, reached_model, retried):
     """Rule: a request that did not reach the model (the connection failed, or the replica refused
     it unrun: refused_unrun) is tried once more on another replica; one that may have reached the

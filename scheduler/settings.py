@@ -69,6 +69,7 @@ def env_list(name, default):
 
 
 _RATE = re.compile(r"(?P<count>[1-9][0-9]*)/(?P<period>s|sec|second|m|min|minute|h|hour|d|day)")
+_PERIODS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
 
 
 def env_rate(name, default):
@@ -80,9 +81,11 @@ def env_rate(name, default):
     value = raw.strip().lower()
     if value == "off":
         return None
-    if not _RATE.fullmatch(value):
+    match = _RATE.fullmatch(value)
+    if not match:
         raise ImproperlyConfigured(f"{name} must be a rate like 20/minute (second, minute, hour, day) or off, got {raw!r}")
-    return value
+    # Spelt out ("10/min" -> "10/minute"): DRF reads that, and so does `limits` (the front door's).
+    return f"{match['count']}/{_PERIODS[match['period'][0]]}"
 
 
 DEBUG = env_bool("DEBUG", False)
@@ -225,8 +228,10 @@ ROUTER_HEARTBEAT_GRACE_SECONDS = env_float("ROUTER_HEARTBEAT_GRACE_SECONDS", 3 *
 ROUTER_TEAM_RATE = env_rate("ROUTER_TEAM_RATE", "100/second")
 ROUTER_MAX_QUEUE = env_int("ROUTER_MAX_QUEUE", 256, minimum=1)
 # Requests one team may hold in one front door at once (uploads included); seconds a caller has to
-# send its body (then 408); seconds a replica has to answer a request sent to it (then 502, not resent).
+# send a request's headers (after connecting or its previous answer; then the connection is closed)
+# and its body (then 408); seconds a replica has to answer a request sent to it (then 502, not resent).
 ROUTER_TEAM_MAX_IN_FLIGHT = env_int("ROUTER_TEAM_MAX_IN_FLIGHT", 64, minimum=1)
+ROUTER_HEADER_SECONDS = env_float("ROUTER_HEADER_SECONDS", 10, minimum=0.1)
 ROUTER_BODY_SECONDS = env_float("ROUTER_BODY_SECONDS", 30, minimum=0.1)
 ROUTER_REQUEST_TIMEOUT_SECONDS = env_float("ROUTER_REQUEST_TIMEOUT_SECONDS", 60, minimum=0.1)
 

@@ -8,6 +8,8 @@ import requests
 from django.conf import settings
 from django.utils import timezone
 
+from reservations.errors import BookingError
+
 from .models import Model, Replica, Serving
 from .selectors import replica_config_models, resolve_models
 from .signing import ReplicaClient
@@ -53,13 +55,14 @@ def _end_servings(servings, reason):
 def serving_begin(*, serving_id, now=None):
     """At slot start: resolve the models ("people" is its latest version now) and move to starting.
     Returns the serving, or None when it was not queued (a second call) or a model is gone (then it
-    failed, saying which)."""
+    failed, saying which). Only that means it cannot serve: any other error (the database away for
+    a moment) leaves it queued and propagates, and the supervisor's next pass tries again."""
     serving = Serving.objects.select_related("reservation__team").get(pk=serving_id)
     if serving.status != Status.QUEUED:
         return serving if serving.status in (Status.STARTING, Status.SERVING) else None
     try:
         versions = resolve_models(serving.reservation.team, serving.spec["models"])
-    except Exception as exc:  # BookingError: a model deleted since the booking
+    except BookingError as exc:  # a model or version deleted since the booking
         Serving.objects.filter(pk=serving_id, status=Status.QUEUED).update(
             status=Status.FAILED, reason=f"Cannot serve: {exc}", ended_at=now or timezone.now()
         )

@@ -1,4 +1,4 @@
-"""Real inference processes for tests: replicas (`python -m serving.replica cfg.json`, gunicorn, CPU)
+"""Real inference processes for tests: replicas (`python -m serving.replica cfg.json`, uvicorn, CPU)
 on free ports, and the front door (`python -m routing`) against the test database."""
 
 import hashlib
@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import requests
@@ -97,7 +98,7 @@ class Replica:
         terminate(self.process)
 
     def kill(self):
-        """SIGKILL to gunicorn's master and its worker: gone at once, as when its machine dies."""
+        """SIGKILL to its process group: gone at once, as when its machine dies."""
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
@@ -165,3 +166,22 @@ class FrontDoor:
         """The sum of the metrics lines starting with `line_start`."""
         text = requests.get(f"{self.url}/metrics", timeout=10).text
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
+
+
+def closed_by_server(connection, seconds, trickle=b""):
+    """Whether the server closes `connection` within `seconds` while the client sends one byte of
+    `trickle` every quarter of a second (nothing, when empty)."""
+    deadline = time.monotonic() + seconds
+    sent = 0
+    while time.monotonic() < deadline:
+        try:
+            if sent < len(trickle):
+                connection.sendall(trickle[sent:sent + 1])
+                sent += 1
+            if connection.recv(1024) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+    return False

@@ -1,8 +1,12 @@
-"""The replica's HTTP API: a plain WSGI application (no framework) over a ModelCache.
+"""The replica's HTTP API: a Starlette application (ASGI, under uvicorn: serving.replica.server)
+over a ModelCache.
 
-Every request must be signed with the replica's token (serving.signing); `/metrics` also takes
-`Authorization: Bearer <metrics_token>` when one is configured. Errors are JSON:
-`{"error": "<code>", "detail": "<sentence>", "field": "<field>"}` (field only when about an input).
+Every request must be signed with the replica's token (serving.signing) over its raw path and body,
+checked before anything else (an unsigned request learns nothing, not even which paths exist);
+`/metrics` also takes `Authorization: Bearer <metrics_token>` when one is configured. The work
+(status, cache, inference waiting on its batch) runs in Starlette's thread pool: it blocks. Errors
+are JSON: `{"error": "<code>", "detail": "<sentence>", "field": "<field>"}` (field only when about
+an input).
 
     GET  /v1/status         "state": "loading" (pinned models preloading), "ready" or "draining"
     POST /v1/models/<name>[:<version>]/predict   image/jpeg | image/png | application/json {"images": [b64...]}
@@ -11,6 +15,7 @@ Every request must be signed with the replica's token (serving.signing); `/metri
     GET  /metrics
 """
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -20,56 +25,52 @@ import logging
 import re
 import threading
 import time
-from contextlib import contextmanager
-from urllib.parse import parse_qs, quote
+from contextlib import asynccontextmanager, contextmanager
+from functools import partial
+from urllib.parse import parse_qs
 
+import anyio.to_thread
 from PIL import Image, JpegImagePlugin, PngImagePlugin
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
+from starlette.routing import Route
 
 from serving import signing
 
 from .errors import (
-    BadImage, BadRequest, Draining, MethodNotAllowed, NotFound, ReplicaError, TooLarge, Unauthorized,
+    BadImage, BadRequest, Draining, MethodNotAllowed, NotFound, ReplicaError, RequestTimeout, TooLarge, Unauthorized,
 )
 
 log = logging.getLogger("serving.replica")
 
 VERSION = re.compile(r"[1-9][0-9]{0,8}")  # ASCII digits only: str.isdigit() is true for '²'
-MODEL_ROUTE = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?::(?P<version>[^/]+))?/(?P<action>predict|load|unload)$")
+REF = re.compile(r"(?P<name>[^:]+)(?::(?P<version>.*))?")
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/jpg", "application/octet-stream")
 MAX_IMAGES = 256
 # Refuse decompression bombs: 50 megapixels is far beyond any image a detector is served.
 MAX_PIXELS = 50_000_000
 # A body over the limit but within this many times it is read and dropped before the 413.
 DISCARD_FACTOR = 4
-
-REASONS = {
-    200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-    409: "Conflict", 413: "Payload Too Large", 422: "Unprocessable Entity", 500: "Internal Server Error",
-    503: "Service Unavailable",
-}
-
-
-class Response:
-    def __init__(self, status, body, content_type="application/json", headers=None):
-        self.status = status
-        self.body = body
-        self.content_type = content_type
-        self.headers = headers or []
+# A body still arriving after this long is a 408: the front door and the web send theirs at once.
+BODY_SECONDS = 60
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def json_response(status, payload, headers=None):
-    return Response(status, json.dumps(payload).encode(), headers=headers)
+    return Response(json.dumps(payload).encode(), status_code=status, media_type="application/json", headers=headers)
 
 
 def error_response(error):
-    headers = [("Retry-After", str(error.retry_after))] if error.retry_after else []
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
     return json_response(error.status, error.body(), headers)
 
 
 class ReplicaApp:
-    """`ReplicaApp(config, cache)` is the WSGI callable. `start_preload()` loads the pinned models
-    in a background thread: meanwhile status says `"state": "loading"` and a request for a model
-    being preloaded waits for that load (the cache's single flight). `start_draining()` makes new
+    """`ReplicaApp(config, cache)`; `asgi()` is its HTTP application. `start_preload()` loads the
+    pinned models in a background thread: meanwhile status says `"state": "loading"` and a request
+    for a model being preloaded waits for that load (the cache's single flight). `start_draining()` makes new
     predict and load requests answer 503 `draining` while those in flight finish;
     `wait_idle(timeout)` returns once none is left (True) or the time is up (False)."""
 
@@ -121,50 +122,115 @@ class ReplicaApp:
                 self._working -= 1
                 self._idle.notify_all()
 
-    def __call__(self, environ, start_response):
-        started = time.monotonic()
-        endpoint = "other"
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def asgi(self):
+        """The Starlette application. Routes take every method, so that the signature is checked
+        before a wrong method (405) or path (404) is answered, as for any other request."""
+        route = partial(Route, methods=ALL_METHODS)
+        return Starlette(
+            routes=[
+                route("/metrics", self._endpoint("metrics", self._metrics, method="GET", metrics=True)),
+                route("/v1/status", self._endpoint("status", self._status, method="GET")),
+                route("/v1/models/{ref}/predict", self._endpoint("predict", self._predict)),
+                route("/v1/models/{ref}/load", self._endpoint("load", self._load)),
+                route("/v1/models/{ref}/unload", self._endpoint("unload", self._unload)),
+                route("/{path:path}", self._endpoint("other", self._unknown, method=None)),
+            ],
+            lifespan=self._lifespan,
+        )
+
+    @asynccontextmanager
+    async def _lifespan(self, app):
+        # Each request waiting on its batch holds a thread: room for two full batches, with threads
+        # to spare for status and metrics, so a busy replica still answers its health checks.
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, 2 * self.config.max_batch + 8)
+        self.start_preload()
         try:
-            endpoint, response = self.dispatch(environ)
-        except ReplicaError as exc:
-            response = error_response(exc)
-        except Exception:
-            log.exception("unexpected error on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
-            response = json_response(500, {"error": "internal", "detail": "the replica failed on this request"})
-        self.metrics.request_seconds.labels(endpoint, str(response.status)).observe(time.monotonic() - started)
-        headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body)))]
-        start_response(f"{response.status} {REASONS.get(response.status, 'Error')}", headers + response.headers)
-        return [response.body]
+            yield
+        finally:
+            self.cache.close()
 
-    # -- routing ------------------------------------------------------------------------------
+    def _endpoint(self, name, handler, method="POST", metrics=False):
+        """An endpoint: the body read within its limits, the signature checked, then `handler(request,
+        body)` in the thread pool; a refusal is its JSON error, anything else a logged 500."""
 
-    def dispatch(self, environ):
-        method = environ.get("REQUEST_METHOD", "GET").upper()
-        path = environ.get("PATH_INFO", "")
-        body = self._read_body(environ)
-        if path == "/metrics":
-            self._authorise(environ, method, body, metrics=True)
-            if method != "GET":
-                raise MethodNotAllowed("use GET for /metrics")
-            return "metrics", Response(200, self.metrics.render(), content_type=self.metrics.content_type)
-        self._authorise(environ, method, body)
-        if path == "/v1/status":
-            if method != "GET":
-                raise MethodNotAllowed("use GET for /v1/status")
-            return "status", json_response(200, self.status())
-        match = MODEL_ROUTE.match(path)
-        if not match:
-            raise NotFound(f"no such endpoint: {path}")
-        action = match["action"]
-        if method != "POST":
-            raise MethodNotAllowed(f"use POST for {action}")
-        name, version = match["name"], self._version(match["version"])
-        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-        if action == "predict":
-            return action, self.predict(environ, name, version, body, query)
-        if action == "load":
-            return action, self.load(name, version, body)
-        return action, self.unload(name, version)
+        async def endpoint(request):
+            started = time.monotonic()
+            try:
+                body = await self._body(request)
+                self._authorise(request, body, metrics=metrics)
+                if method is not None and request.method != method:
+                    raise MethodNotAllowed(f"use {method} for {request.url.path}")
+                response = await run_in_threadpool(handler, request, body)
+            except ReplicaError as exc:
+                response = error_response(exc)
+            except ClientDisconnect:
+                response = Response(status_code=499)  # nobody is left to read it
+            except Exception:
+                log.exception("unexpected error on %s %s", request.method, request.url.path)
+                response = json_response(500, {"error": "internal", "detail": "the replica failed on this request"})
+            self.metrics.request_seconds.labels(name, str(response.status_code)).observe(time.monotonic() - started)
+            return response
+
+        return endpoint
+
+    async def _body(self, request):
+        try:
+            return await asyncio.wait_for(self._read_body(request), BODY_SECONDS)
+        except TimeoutError:
+            raise RequestTimeout(f"the body did not arrive within {BODY_SECONDS} s", field="images") from None
+
+    async def _read_body(self, request):
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            if int(declared) <= DISCARD_FACTOR * limit:
+                # Read it into the void so the kept-alive connection stays usable: answering
+                # before the client has sent it all would break the client's next request.
+                async for _ in request.stream():
+                    pass
+            raise TooLarge(f"the body is {declared} bytes; at most {limit} are accepted", field="images")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(f"the body is over {limit} bytes", field="images")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _authorise(self, request, body, metrics=False):
+        if metrics and self.config.metrics_token:
+            given = request.headers.get("authorization", "")
+            if hmac.compare_digest(given.encode(), f"Bearer {self.config.metrics_token}".encode()):
+                return
+        headers = {
+            name: request.headers[name]
+            for name in (signing.TIME_HEADER, signing.SIGNATURE_HEADER)
+            if name in request.headers
+        }
+        if not signing.verify(self.config.token, request.method, _signed_path(request.scope), body, headers):
+            raise Unauthorized(
+                "this replica answers only requests signed with its token (X-Replica-Time and "
+                "X-Replica-Signature, made within a minute)"
+            )
+
+    def _status(self, request, body):
+        return json_response(200, self.status())
+
+    def _metrics(self, request, body):
+        return Response(self.metrics.render(), media_type=self.metrics.content_type)
+
+    def _unknown(self, request, body):
+        raise NotFound(f"no such endpoint: {request.url.path}")
+
+    def _model(self, request):
+        """(name, version) of the path's `name[:version]`."""
+        ref = REF.fullmatch(request.path_params["ref"])
+        if ref is None:
+            raise NotFound(f"no such endpoint: {request.url.path}")
+        return ref["name"], self._version(ref["version"])
 
     @staticmethod
     def _version(text):
@@ -174,51 +240,16 @@ class ReplicaApp:
             raise BadRequest(f"version must be a positive whole number, not {text!r}", field="version")
         return int(text)
 
-    def _read_body(self, environ):
-        limit = self.config.max_body_bytes
-        length = environ.get("CONTENT_LENGTH") or ""
-        if length:
-            try:
-                declared = int(length)
-            except ValueError:
-                raise BadRequest("Content-Length is not a number") from None
-            if declared > limit:
-                if declared <= DISCARD_FACTOR * limit:
-                    # Read it into the void so the kept-alive connection stays usable: answering
-                    # before the client has sent it all would break the client's next request.
-                    _discard(environ["wsgi.input"], declared)
-                raise TooLarge(f"the body is {declared} bytes; at most {limit} are accepted", field="images")
-        stream = environ["wsgi.input"]
-        body = stream.read(limit + 1) if not length else stream.read(int(length))
-        if len(body) > limit:
-            raise TooLarge(f"the body is over {limit} bytes", field="images")
-        return body
+    def _predict(self, request, body):
+        name, version = self._model(request)
+        query = parse_qs(request.scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        return self.predict(request.headers.get("content-type", ""), name, version, body, query)
 
-    def _authorise(self, environ, method, body, metrics=False):
-        if metrics and self.config.metrics_token:
-            given = environ.get("HTTP_AUTHORIZATION", "")
-            if hmac.compare_digest(given.encode(), f"Bearer {self.config.metrics_token}".encode()):
-                return
-        headers = {
-            signing.TIME_HEADER: environ.get("HTTP_X_REPLICA_TIME"),
-            signing.SIGNATURE_HEADER: environ.get("HTTP_X_REPLICA_SIGNATURE"),
-        }
-        headers = {key: value for key, value in headers.items() if value is not None}
-        if not signing.verify(self.config.token, method, self._signed_path(environ), body, headers):
-            raise Unauthorized(
-                "this replica answers only requests signed with its token (X-Replica-Time and "
-                "X-Replica-Signature, made within a minute)"
-            )
+    def _load(self, request, body):
+        return self.load(*self._model(request), body)
 
-    @staticmethod
-    def _signed_path(environ):
-        # The path as the client sent it: gunicorn keeps it in RAW_URI; other servers rebuild it.
-        raw = environ.get("RAW_URI")
-        if raw:
-            return raw
-        path = quote(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""), safe="/:@!$&'()*+,;=-._~")
-        query = environ.get("QUERY_STRING")
-        return f"{path}?{query}" if query else path
+    def _unload(self, request, body):
+        return self.unload(*self._model(request))
 
     # -- endpoints ----------------------------------------------------------------------------
 
@@ -229,10 +260,10 @@ class ReplicaApp:
             **self.cache.status(),
         }
 
-    def predict(self, environ, name, version, body, query):
+    def predict(self, content_type, name, version, body, query):
         self.cache.resolve(name, version)  # an unknown model is a 404 before any image is read
         conf = self._conf(query)
-        images = decode_images(environ.get("CONTENT_TYPE", ""), body, self.config.max_request_pixels)
+        images = decode_images(content_type, body, self.config.max_request_pixels)
         with self._work("this replica is draining and takes no new requests; send it to another replica"):
             found = self.cache.predict(name, version, images, conf)
         results = [
@@ -257,10 +288,7 @@ class ReplicaApp:
     def load(self, name, version, body):
         pin = False
         if body.strip():
-            try:
-                options = json.loads(body)
-            except ValueError:
-                raise BadRequest("the body must be JSON such as {\"pin\": true}", field="pin") from None
+            options = parse_json(body, partial(BadRequest, field="pin"), "the body must be JSON such as {\"pin\": true}")
             pin = options.get("pin", False) if isinstance(options, dict) else None
             if not isinstance(pin, bool):
                 raise BadRequest("pin must be true or false", field="pin")
@@ -281,12 +309,24 @@ class ReplicaApp:
         raise NotFound(f"model {name}:{version} vanished")
 
 
-def _discard(stream, length, chunk=1024 * 1024):
-    while length > 0:
-        data = stream.read(min(chunk, length))
-        if not data:
-            return
-        length -= len(data)
+def _signed_path(scope):
+    """The path and query exactly as the client sent them (what it signed), not as decoded."""
+    query = scope["query_string"].decode("latin-1")
+    path = scope["raw_path"].decode("latin-1")
+    return f"{path}?{query}" if query else path
+
+
+def parse_json(body, refusal, detail):
+    """The JSON value in `body`, or `refusal(detail)` raised. The bodies taken here are a level or two
+    deep; json's C parser checks Python's recursion limit at each level and raises RecursionError
+    past it (about a thousand levels): a body nested that deep is the caller's bad request (400),
+    never the replica's 500."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise refusal(detail) from None
+    except RecursionError:
+        raise refusal(f"{detail} (this one is nested too deep)") from None
 
 
 def decode_images(content_type, body, max_pixels=None):
@@ -297,10 +337,7 @@ def decode_images(content_type, body, max_pixels=None):
     they are decoded one at a time."""
     kind = content_type.split(";")[0].strip().lower()
     if kind == "application/json":
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            raise BadImage("the body is not valid JSON; send {\"images\": [\"<base64>\", ...]}") from None
+        payload = parse_json(body, BadImage, "the body is not valid JSON; send {\"images\": [\"<base64>\", ...]}")
         encoded = payload.get("images") if isinstance(payload, dict) else None
         if not isinstance(encoded, list) or not encoded:
             raise BadImage("images must be a non-empty list of base64-encoded JPEG or PNG images")
@@ -349,7 +386,7 @@ def _open(blob, what):
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         raise BadImage(f"{what} is not a decodable JPEG or PNG image") from None
     if image.width * image.height > MAX_PIXELS:
-        raise BadImage(f"{what} is {image.width}x{image.height}, over {MAX_PIXELS} pixels")
+        raise TooLarge(f"{what} is {image.width}x{image.height}, over {MAX_PIXELS} pixels", field="images")
     return image
 
 

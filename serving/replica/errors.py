@@ -49,6 +49,10 @@ class MethodNotAllowed(ReplicaError):
     status, code = 405, "method_not_allowed"
 
 
+class RequestTimeout(ReplicaError):
+    status, code = 408, "timeout"
+
+
 class WeightsMismatch(ReplicaError):
     status, code = 409, "weights_mismatch"
 

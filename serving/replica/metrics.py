@@ -1,5 +1,5 @@
-"""The replica's Prometheus metrics, in a registry of its own (one gunicorn worker per replica, so
-no multiprocess mode is needed). Model labels are `name:version`."""
+"""The replica's Prometheus metrics, in a registry of its own (one process per replica, so no
+multiprocess mode is needed). Model labels are `name:version`."""
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST

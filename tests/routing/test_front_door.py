@@ -309,9 +309,11 @@ def test_callers_are_refused_with_a_clear_status(processes, front_door, cluster)
 
 
 def test_over_the_team_rate_is_429_with_retry_after(cluster, tmp_path):
-    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    broker.delete(*broker.keys("router:rate:*") or ["none"])
-    door = FrontDoor(tmp_path / "router.log", **{**ROUTER_ENV, "ROUTER_TEAM_RATE": "3/hour"}).start()
+    # The counts are kept in CACHE_URL's Redis, as the API's throttles are (the test Redis here).
+    cache = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    cache.delete(*cache.keys("router-rate*") or ["none"])
+    env = {**ROUTER_ENV, "ROUTER_TEAM_RATE": "3/hour", "CACHE_URL": settings.CELERY_BROKER_URL}
+    door = FrontDoor(tmp_path / "router.log", **env).start()
     try:
         answers = [predict(door, cluster.token, "defects:2") for _ in range(4)]
     finally:
@@ -319,6 +321,7 @@ def test_over_the_team_rate_is_429_with_retry_after(cluster, tmp_path):
 
     assert [a.status_code for a in answers] == [503, 503, 503, 429]
     assert 1 <= int(answers[3].headers["Retry-After"]) <= 3600 and answers[3].json()["error"] == "rate_limited"
+    assert cache.keys("router-rate*")
 
 
 def test_a_replica_with_no_room_for_the_model_sends_the_request_elsewhere_and_stays_in(processes, front_door, cluster):

@@ -145,3 +145,13 @@ def test_an_ejected_replica_comes_back_only_on_a_passing_check_after_its_time():
     assert not policy.may_readmit(50, now=49, check_passed=True)
     assert not policy.may_readmit(50, now=60, check_passed=False)
     assert policy.may_readmit(50, now=50, check_passed=True)
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 409, 413, 422, 429])
+def test_a_4xx_answer_never_counts_toward_ejecting_the_replica(status):
+    assert not policy.counts_against(status)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_a_server_error_answer_counts_toward_ejecting_the_replica(status):
+    assert policy.counts_against(status)

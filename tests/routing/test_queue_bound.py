@@ -11,12 +11,14 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.db import OperationalError
+from rest_framework.test import APIClient
 from starlette.requests import Request
 
 from routing import app as door_module, policy
 from routing.app import Caller, Cached, FrontDoor, NotReached, ReplicaFailed, replica_session
 from routing.limits import TeamRateLimit
 from routing.table import ReplicaTable
+from scheduler.security import FailedTokenThrottle
 from serving import signing
 
 from ..replicas import free_port
@@ -25,7 +27,7 @@ SHA = "a" * 64
 TOKEN_KEY = "ab" * 20
 
 
-def predict_request(ref="defects", body=b"image", headers=(), receive=None):
+def predict_request(ref="defects", body=b"image", headers=(), receive=None, token=TOKEN_KEY):
     chunks = [body]
 
     async def deliver():
@@ -35,8 +37,8 @@ def predict_request(ref="defects", body=b"image", headers=(), receive=None):
 
     return Request({
         "type": "http", "method": "POST", "path": f"/api/v1/models/{ref}/predict", "query_string": b"",
-        "headers": [(b"authorization", f"Token {TOKEN_KEY}".encode()), (b"content-type", b"image/jpeg"), *headers],
-        "path_params": {"ref": ref},
+        "headers": [(b"authorization", f"Token {token}".encode()), (b"content-type", b"image/jpeg"), *headers],
+        "path_params": {"ref": ref}, "client": ("10.0.0.1", 40000),
     }, receive or deliver)
 
 
@@ -139,6 +141,43 @@ def test_a_replica_that_failed_after_taking_the_request_is_a_502_and_not_resent(
     status, body = call(door, predict_request("defects:1"))
 
     assert status == 502 and body["error"] == "replica_error" and door.replicas.calls == [1]
+
+
+def test_a_replica_answering_the_callers_400_again_and_again_stays_in_and_serves_the_next(door, settings):
+    door.replicas.answers = {9501: (400, {"error": "bad_image", "field": "images", "detail": "nested too deep"})}
+
+    refused = [call(door, predict_request("defects:1")) for _ in range(3 * settings.ROUTER_MAX_FAILS)]
+    door.replicas.answers = {9501: answered(1)}
+    status, body = call(door, predict_request("defects:1"))
+
+    assert {(s, b["error"], b["replica"]) for s, b in refused} == {(400, "bad_image", 1)}
+    assert not door.table.get(1).failures and door.table.state_of(door.table.get(1)) == "ready"
+    assert (status, body["replica"]) == (200, 1)
+
+
+def test_bad_tokens_past_the_rate_are_429_and_a_valid_token_from_that_address_still_gets_through(door):
+    allowed = FailedTokenThrottle("10.0.0.1").num_requests
+    door.replicas.answers = {9501: answered(1), 9502: answered(2)}
+
+    bad = [call(door, predict_request("defects:1", token="cd" * 20))[0] for _ in range(allowed)]
+    over = asyncio.run(door.predict(predict_request("defects:1", token="cd" * 20)))
+
+    assert bad == [401] * allowed
+    assert over.status_code == 429 and int(over.headers["Retry-After"]) >= 1
+    assert json.loads(over.body)["error"] == "throttled"
+    assert call(door, predict_request("defects:1"))[0] == 200
+
+
+@pytest.mark.django_db
+def test_bad_tokens_sent_to_the_api_count_at_the_front_door_in_the_same_cache(door):
+    api = APIClient(REMOTE_ADDR="10.0.0.1")
+    api.credentials(HTTP_AUTHORIZATION=f"Token {'0' * 40}")
+    for _ in range(FailedTokenThrottle("10.0.0.1").num_requests):
+        assert api.get("/api/v1/me/").status_code == 401
+
+    status, body = call(door, predict_request("defects:1", token="cd" * 20))
+
+    assert (status, body["error"]) == (429, "throttled")
 
 
 def test_a_team_past_its_requests_in_flight_gets_429_and_others_do_not_count(door, settings):

@@ -1,4 +1,4 @@
-"""Real replica processes (`python -m serving.replica cfg.json`, gunicorn, CPU) with real YOLO
+"""Real replica processes (`python -m serving.replica cfg.json`, uvicorn, CPU) with real YOLO
 weights, driven over signed HTTP. No database: plain functions without the db fixture."""
 
 import base64
@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 import signal
+import socket
 import threading
 import time
 
@@ -13,9 +14,10 @@ import pytest
 import requests
 from PIL import Image
 
+from serving.replica.server import HEAD_SECONDS
 from serving.signing import sign
 
-from ..replicas import ONE_MODEL, TOKEN, Replica, jpeg, spec
+from ..replicas import ONE_MODEL, TOKEN, Replica, closed_by_server, jpeg, spec
 from ..support import at_once, wait_for
 
 METRICS_TOKEN = "scrape-me"
@@ -218,6 +220,17 @@ def test_images_over_the_pixel_budget_together_are_413_before_any_is_decoded(rep
     assert "Traceback" not in replica.log()[logged:]
 
 
+def test_one_image_over_50_megapixels_is_413_too_large(replica):
+    buffer = io.BytesIO()
+    Image.new("1", (7100, 7100)).save(buffer, "PNG")  # 50.4 MP in a few kilobytes
+
+    response = replica.predict("defects:1", buffer.getvalue(), "image/png")
+
+    assert response.status_code == 413, response.text
+    assert (response.json()["error"], response.json()["field"]) == ("too_large", "images")
+    assert "7100x7100" in response.json()["detail"]
+
+
 def test_unknown_models_and_versions_are_404(replica):
     unknown = replica.predict("nobody")
     wrong_version = replica.predict("defects:9")
@@ -302,3 +315,14 @@ def test_sigterm_drains_a_request_in_flight_and_exits_cleanly(yolo_weights, tmp_
         assert time.monotonic() - stopped_at < 10
     finally:
         replica.stop()
+
+
+def test_a_connection_that_never_finishes_its_headers_is_closed(replica):
+    connection = socket.create_connection(("127.0.0.1", replica.port), timeout=5)
+    connection.settimeout(0.25)
+    try:
+        connection.sendall(b"POST /v1/models/defects:1/predict HTTP/1.1\r\nHost: replica\r\n")
+
+        assert closed_by_server(connection, HEAD_SECONDS + 5, trickle=b"X-Slow: " + b"a" * 100)
+    finally:
+        connection.close()

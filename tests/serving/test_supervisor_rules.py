@@ -7,7 +7,7 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.utils import timezone
 
 from reservations.errors import BookingError
@@ -155,3 +155,33 @@ def test_a_supervision_failure_of_one_serving_does_not_stop_the_others(owner, gp
     supervisor.reconcile(now=now)
 
     assert supervisor.started == [(fine.pk, other_gpu.pk)]
+
+
+def test_a_passing_database_error_at_the_slot_start_leaves_the_serving_for_the_next_pass(owner, gpu, defects, monkeypatch):
+    now = timezone.now()
+    serving = serving_on(owner, [gpu], start=now - timedelta(minutes=1), end=now + timedelta(hours=1))
+    supervisor = Recording(gpu.node)
+
+    def database_away(team, refs, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(services, "resolve_models", database_away)
+    supervisor.reconcile(now=now)
+
+    assert Serving.objects.get(pk=serving.pk).status == "queued" and supervisor.started == []
+    monkeypatch.undo()
+    supervisor.reconcile(now=now)
+    assert Serving.objects.get(pk=serving.pk).status == "starting" and supervisor.started == [(serving.pk, gpu.pk)]
+
+
+def test_a_model_deleted_before_the_slot_start_fails_its_serving_for_good(owner, gpu, defects):
+    now = timezone.now()
+    serving = serving_on(owner, [gpu], start=now - timedelta(minutes=1), end=now + timedelta(hours=1))
+    defects.versions.all().delete()
+    supervisor = Recording(gpu.node)
+
+    supervisor.reconcile(now=now)
+
+    failed = Serving.objects.get(pk=serving.pk)
+    assert failed.status == "failed" and failed.reason.startswith("Cannot serve:") and "defects" in failed.reason
+    assert supervisor.started == []
