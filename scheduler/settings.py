@@ -17,7 +17,7 @@ import ldap.dn
 import ldapurl
 from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
-from django_auth_ldap.config import GroupOfNamesType, LDAPSearch
+from django_auth_ldap.config import GroupOfNamesType, LDAPSearch, LDAPSearchUnion
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
@@ -372,6 +372,12 @@ AXES_LOCKOUT_CALLABLE = "scheduler.security.lockout_response"
 # the directory is down. Every DN is parsed here: a typo stops start-up instead of refusing everyone.
 
 
+def _dn_within(dn, base):
+    """Whether `dn` is `base` or lies below it, whatever the spelling of either."""
+    rdns, base_rdns = ldap.dn.str2dn(dn.lower()), ldap.dn.str2dn(base.lower())
+    return rdns[len(rdns) - len(base_rdns):] == base_rdns
+
+
 def _env_dn(environ, name, *, required=False, under=None):
     raw = environ.get(name, "").strip()
     if not raw:
@@ -382,10 +388,18 @@ def _env_dn(environ, name, *, required=False, under=None):
         raise ImproperlyConfigured(f"{name} must be an LDAP DN like cn=staff,ou=groups,dc=example,dc=com, got {raw!r}")
     if under is not None:
         base_name, base = under
-        rdns, base_rdns = ldap.dn.str2dn(raw.lower()), ldap.dn.str2dn(base.lower())
-        if rdns[len(rdns) - len(base_rdns):] != base_rdns:
+        if not _dn_within(raw, base):
             raise ImproperlyConfigured(f"{name} ({raw}) must be under {base_name} ({base}), where groups are searched")
     return raw
+
+
+def _group_search(group_base, team_base):
+    """Where a person's groups are looked for: LDAP_GROUP_SEARCH_BASE, and LDAP_TEAM_GROUP_BASE as well
+    when it lies elsewhere (many directories keep teams in a branch of their own, ou=teams beside
+    ou=groups). One search when the teams are inside the group base, which finds them already."""
+    bases = [group_base] + ([team_base] if team_base and not _dn_within(team_base, group_base) else [])
+    searches = [LDAPSearch(base, ldap.SCOPE_SUBTREE, "(objectClass=groupOfNames)") for base in bases]
+    return searches[0] if len(searches) == 1 else LDAPSearchUnion(*searches)
 
 
 def ldap_settings(environ, backends):
@@ -409,7 +423,12 @@ def ldap_settings(environ, backends):
     group_base = _env_dn(
         environ, "LDAP_GROUP_SEARCH_BASE", required=any(environ.get(name, "").strip() for name in group_names)
     )
-    groups = {name: _env_dn(environ, name, under=("LDAP_GROUP_SEARCH_BASE", group_base)) for name in group_names}
+    groups = {
+        name: _env_dn(environ, name, under=("LDAP_GROUP_SEARCH_BASE", group_base))
+        for name in ("LDAP_STAFF_GROUP", "LDAP_HIGH_PRIORITY_GROUP")
+    }
+    # The team base may lie anywhere: it is searched as well when it is outside the group base.
+    groups["LDAP_TEAM_GROUP_BASE"] = _env_dn(environ, "LDAP_TEAM_GROUP_BASE")
     result = {
         "AUTH_LDAP_SERVER_URI": " ".join(uris),
         "AUTH_LDAP_BIND_DN": _env_dn(environ, "LDAP_BIND_DN"),
@@ -424,7 +443,7 @@ def ldap_settings(environ, backends):
         "AUTHENTICATION_BACKENDS": [backends[0], "web.ldap.DirectoryBackend", *backends[1:]],
     }
     if group_base:
-        result["AUTH_LDAP_GROUP_SEARCH"] = LDAPSearch(group_base, ldap.SCOPE_SUBTREE, "(objectClass=groupOfNames)")
+        result["AUTH_LDAP_GROUP_SEARCH"] = _group_search(group_base, groups["LDAP_TEAM_GROUP_BASE"])
         result["AUTH_LDAP_GROUP_TYPE"] = GroupOfNamesType()
     return result
 
