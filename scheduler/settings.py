@@ -350,17 +350,21 @@ elif CACHE_URL in ("", "locmem://"):
 else:
     raise ImproperlyConfigured(f"CACHE_URL must be redis://host:port/db or locmem://, got {CACHE_URL!r}")
 
-# --- Failed logins (admin, and the site's login page): django-axes ---
+# --- Failed logins (admin, the site's login page, the API's token endpoint): django-axes ---
 # Attempts are kept in the database, so every web worker sees them. After LOGIN_FAILURE_LIMIT
-# failures from one client address, logins from it are refused (429) for LOGIN_LOCKOUT_MINUTES,
-# counted again from each attempt made while locked.
+# failures from one client address, or for one username from any addresses, logins from that
+# address, or to that username, are refused (429) for LOGIN_LOCKOUT_MINUTES, counted again from each
+# attempt made while locked. Both, so that neither one address trying many usernames nor many
+# addresses trying one username (a botnet) gets more than the limit. The username is counted in
+# lower case (scheduler.security.lockout_username): the directory matches uids in any case.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
-AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_USERNAME_CALLABLE = "scheduler.security.lockout_username"
 AXES_CLIENT_IP_CALLABLE = "scheduler.security.client_ip"
 AXES_LOCKOUT_CALLABLE = "scheduler.security.lockout_response"
 
