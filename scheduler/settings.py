@@ -139,7 +139,8 @@ PREEMPTION_NOTICE_MINUTES = env_float("PREEMPTION_NOTICE_MINUTES", 30, minimum=0
 PREEMPT_MIN_RUNTIME_MINUTES = env_float("PREEMPT_MIN_RUNTIME_MINUTES", 15, minimum=0)
 # Idempotency records older than this are pruned; a retry after it books again.
 IDEMPOTENCY_TTL_HOURS = env_int("IDEMPOTENCY_TTL_HOURS", 24, minimum=1)
-# Largest JSON body the API reads; DRF's parsers bypass DATA_UPLOAD_MAX_MEMORY_SIZE.
+# Largest JSON body the API reads (413 beyond): its parser reads the stream, so DATA_UPLOAD_MAX_MEMORY_SIZE
+# (Django's HTML 400) never applies.
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 64 * 1024, minimum=1024)
 # Training: where datasets and .pt models may be read from, and where runs are written.
 TRAINING_DATA_ROOTS = [Path(p).resolve() for p in env_list("TRAINING_DATA_ROOTS", [str(VAR_DIR / "datasets")])]
