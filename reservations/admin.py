@@ -412,4 +412,7 @@ class NoticeAdmin(admin.ModelAdmin):
     list_filter = ["kind"]
     list_select_related = ["user", "reservation"]
     raw_id_fields = ["user", "reservation"]
-    readonly_fields = ["created", "data", "emailed_at", "webhook_delivered_at", "webhook_attempts", "webhook_error"]
+    readonly_fields = [
+        "created", "data", "emailed_at", "email_claimed_at", "email_error",
+        "webhook_delivered_at", "webhook_attempts", "webhook_error",
+    ]

@@ -370,8 +370,11 @@ class Notice(models.Model):
     data = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
     created = models.DateTimeField(default=timezone.now, db_index=True)
     read_at = models.DateTimeField(null=True, blank=True)
-    # Delivery outside the app, done by Celery after the notice is committed.
+    # Delivery outside the app, done by Celery after the notice is committed. A worker claims the
+    # e-mail (email_claimed_at) before sending it, so that a task delivered twice sends it once.
     emailed_at = models.DateTimeField(null=True, blank=True)
+    email_claimed_at = models.DateTimeField(null=True, blank=True)
+    email_error = models.TextField(blank=True)
     webhook_delivered_at = models.DateTimeField(null=True, blank=True)
     webhook_attempts = models.PositiveSmallIntegerField(default=0)
     webhook_error = models.TextField(blank=True)

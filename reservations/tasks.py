@@ -29,12 +29,15 @@ def reclaim(reservation_id):
         queue.reclaim_at(reservation_id, later)
 
 
-@shared_task(name=queue.NOTICE_EMAIL, max_retries=settings.WEBHOOK_MAX_RETRIES, bind=True)
+@shared_task(name=queue.NOTICE_EMAIL, max_retries=settings.EMAIL_MAX_RETRIES, bind=True)
 def notice_email(self, notice_id):
-    try:
-        services.notice_email(notice_id=notice_id)
-    except OSError as exc:  # smtplib's errors are OSErrors
-        raise self.retry(exc=exc, countdown=_backoff(self.request.retries))
+    error = services.notice_email(notice_id=notice_id)
+    if error is None:
+        return
+    if self.request.retries >= self.max_retries:
+        services.notice_email_gave_up(notice_id=notice_id, error=error)
+        return
+    raise self.retry(countdown=_backoff(self.request.retries, settings.EMAIL_RETRY_BACKOFF_MAX_SECONDS))
 
 
 @shared_task(name=queue.NOTICE_WEBHOOK, max_retries=settings.WEBHOOK_MAX_RETRIES, bind=True)
@@ -45,8 +48,9 @@ def notice_webhook(self, notice_id):
     if self.request.retries >= self.max_retries:
         services.notice_webhook_gave_up(notice_id=notice_id, error=error)
         return
-    raise self.retry(countdown=_backoff(self.request.retries))
+    raise self.retry(countdown=_backoff(self.request.retries, settings.WEBHOOK_RETRY_BACKOFF_MAX_SECONDS))
 
 
-def _backoff(retries):
-    return min(2 ** retries * 5, settings.WEBHOOK_RETRY_BACKOFF_MAX_SECONDS)
+def _backoff(retries, most):
+    """Seconds before the next try: 5, 10, 20, ... up to `most`."""
+    return min(2 ** retries * 5, most)

@@ -1,5 +1,6 @@
-"""The client address that login lockout and API throttling count by, the lockout response, and
-the bad-token rule that the API and the inference front door (routing) share."""
+"""The client address that login lockout and API throttling count by, the username that login
+lockout counts by, the lockout response, and the bad-token rule that the API and the inference front
+door (routing) share."""
 
 import math
 
@@ -12,6 +13,14 @@ def client_ip(request):
     """The connection's address, or with NUM_PROXIES the address the nearest trusted proxy saw
     (DRF's rule, so that django-axes and the API's throttles agree on who a client is)."""
     return BaseThrottle().get_ident(request)
+
+
+def lockout_username(request, credentials):
+    """The username django-axes counts failed sign-ins by: the one given, in lower case, since the
+    directory finds a uid whatever its case (ALICE, Alice and alice are one account to guess, not
+    three allowances of failures), and cut to the 255 characters axes stores."""
+    username = credentials.get("username") if credentials else request.POST.get("username")
+    return username.lower()[:255] if username else username
 
 
 def lockout_response(request, original_response=None, credentials=None):

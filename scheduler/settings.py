@@ -17,7 +17,7 @@ import ldap.dn
 import ldapurl
 from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
-from django_auth_ldap.config import GroupOfNamesType, LDAPSearch
+from django_auth_ldap.config import GroupOfNamesType, LDAPSearch, LDAPSearchUnion
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
@@ -142,7 +142,8 @@ PREEMPTION_NOTICE_MINUTES = env_float("PREEMPTION_NOTICE_MINUTES", 30, minimum=0
 PREEMPT_MIN_RUNTIME_MINUTES = env_float("PREEMPT_MIN_RUNTIME_MINUTES", 15, minimum=0)
 # Idempotency records older than this are pruned; a retry after it books again.
 IDEMPOTENCY_TTL_HOURS = env_int("IDEMPOTENCY_TTL_HOURS", 24, minimum=1)
-# Largest JSON body the API reads; DRF's parsers bypass DATA_UPLOAD_MAX_MEMORY_SIZE.
+# Largest JSON body the API reads (413 beyond): its parser reads the stream, so DATA_UPLOAD_MAX_MEMORY_SIZE
+# (Django's HTML 400) never applies.
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 64 * 1024, minimum=1024)
 # Training: where datasets and .pt models may be read from, and where runs are written.
 TRAINING_DATA_ROOTS = [Path(p).resolve() for p in env_list("TRAINING_DATA_ROOTS", [str(VAR_DIR / "datasets")])]
@@ -350,17 +351,21 @@ elif CACHE_URL in ("", "locmem://"):
 else:
     raise ImproperlyConfigured(f"CACHE_URL must be redis://host:port/db or locmem://, got {CACHE_URL!r}")
 
-# --- Failed logins (admin, and the site's login page): django-axes ---
+# --- Failed logins (admin, the site's login page, the API's token endpoint): django-axes ---
 # Attempts are kept in the database, so every web worker sees them. After LOGIN_FAILURE_LIMIT
-# failures from one client address, logins from it are refused (429) for LOGIN_LOCKOUT_MINUTES,
-# counted again from each attempt made while locked.
+# failures from one client address, or for one username from any addresses, logins from that
+# address, or to that username, are refused (429) for LOGIN_LOCKOUT_MINUTES, counted again from each
+# attempt made while locked. Both, so that neither one address trying many usernames nor many
+# addresses trying one username (a botnet) gets more than the limit. The username is counted in
+# lower case (scheduler.security.lockout_username): the directory matches uids in any case.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
-AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_USERNAME_CALLABLE = "scheduler.security.lockout_username"
 AXES_CLIENT_IP_CALLABLE = "scheduler.security.client_ip"
 AXES_LOCKOUT_CALLABLE = "scheduler.security.lockout_response"
 
@@ -370,6 +375,12 @@ AXES_LOCKOUT_CALLABLE = "scheduler.security.lockout_response"
 # groups (reservations.services.user_directory_sync). It sits after axes' backend, so lockout still
 # applies, and before ModelBackend, so local accounts (admin, demo users) keep working, also while
 # the directory is down. Every DN is parsed here: a typo stops start-up instead of refusing everyone.
+
+
+def _dn_within(dn, base):
+    """Whether `dn` is `base` or lies below it, whatever the spelling of either."""
+    rdns, base_rdns = ldap.dn.str2dn(dn.lower()), ldap.dn.str2dn(base.lower())
+    return rdns[len(rdns) - len(base_rdns):] == base_rdns
 
 
 def _env_dn(environ, name, *, required=False, under=None):
@@ -382,10 +393,18 @@ def _env_dn(environ, name, *, required=False, under=None):
         raise ImproperlyConfigured(f"{name} must be an LDAP DN like cn=staff,ou=groups,dc=example,dc=com, got {raw!r}")
     if under is not None:
         base_name, base = under
-        rdns, base_rdns = ldap.dn.str2dn(raw.lower()), ldap.dn.str2dn(base.lower())
-        if rdns[len(rdns) - len(base_rdns):] != base_rdns:
+        if not _dn_within(raw, base):
             raise ImproperlyConfigured(f"{name} ({raw}) must be under {base_name} ({base}), where groups are searched")
     return raw
+
+
+def _group_search(group_base, team_base):
+    """Where a person's groups are looked for: LDAP_GROUP_SEARCH_BASE, and LDAP_TEAM_GROUP_BASE as well
+    when it lies elsewhere (many directories keep teams in a branch of their own, ou=teams beside
+    ou=groups). One search when the teams are inside the group base, which finds them already."""
+    bases = [group_base] + ([team_base] if team_base and not _dn_within(team_base, group_base) else [])
+    searches = [LDAPSearch(base, ldap.SCOPE_SUBTREE, "(objectClass=groupOfNames)") for base in bases]
+    return searches[0] if len(searches) == 1 else LDAPSearchUnion(*searches)
 
 
 def ldap_settings(environ, backends):
@@ -409,7 +428,12 @@ def ldap_settings(environ, backends):
     group_base = _env_dn(
         environ, "LDAP_GROUP_SEARCH_BASE", required=any(environ.get(name, "").strip() for name in group_names)
     )
-    groups = {name: _env_dn(environ, name, under=("LDAP_GROUP_SEARCH_BASE", group_base)) for name in group_names}
+    groups = {
+        name: _env_dn(environ, name, under=("LDAP_GROUP_SEARCH_BASE", group_base))
+        for name in ("LDAP_STAFF_GROUP", "LDAP_HIGH_PRIORITY_GROUP")
+    }
+    # The team base may lie anywhere: it is searched as well when it is outside the group base.
+    groups["LDAP_TEAM_GROUP_BASE"] = _env_dn(environ, "LDAP_TEAM_GROUP_BASE")
     result = {
         "AUTH_LDAP_SERVER_URI": " ".join(uris),
         "AUTH_LDAP_BIND_DN": _env_dn(environ, "LDAP_BIND_DN"),
@@ -424,7 +448,7 @@ def ldap_settings(environ, backends):
         "AUTHENTICATION_BACKENDS": [backends[0], "web.ldap.DirectoryBackend", *backends[1:]],
     }
     if group_base:
-        result["AUTH_LDAP_GROUP_SEARCH"] = LDAPSearch(group_base, ldap.SCOPE_SUBTREE, "(objectClass=groupOfNames)")
+        result["AUTH_LDAP_GROUP_SEARCH"] = _group_search(group_base, groups["LDAP_TEAM_GROUP_BASE"])
         result["AUTH_LDAP_GROUP_TYPE"] = GroupOfNamesType()
     return result
 
@@ -461,6 +485,10 @@ EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH", str(VAR_DIR / "mail"))
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
+# Notices by e-mail: how often a failed send (the server refused it or did not answer) is retried,
+# with exponential backoff, before the notice records that it gave up.
+EMAIL_MAX_RETRIES = env_int("EMAIL_MAX_RETRIES", 8, minimum=0)
+EMAIL_RETRY_BACKOFF_MAX_SECONDS = env_int("EMAIL_RETRY_BACKOFF_MAX_SECONDS", 600, minimum=1)
 # Team webhooks (notices as JSON POSTs): per-attempt timeout, and how often a failure is retried
 # (with exponential backoff) before the notice records the delivery as failed.
 WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 5, minimum=1)

@@ -3,6 +3,10 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from ops import views as ops_views
+from web.signin import AdminSignInForm
+
+# The admin's sign-in page checks the username's length as the site's does (web.signin).
+admin.site.login_form = AdminSignInForm
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -1,4 +1,5 @@
-"""Brute force (admin logins, API credentials) and the production settings (HTTPS, CSP)."""
+"""Brute force (sign-ins on the login page, the admin and the API; API credentials), sign-in input
+no account can have, and the production settings (HTTPS, CSP)."""
 
 import json
 import os
@@ -6,13 +7,20 @@ import re
 import subprocess
 import sys
 
+from datetime import timedelta
+from io import StringIO
+
 import pytest
+import time_machine
+from axes.models import AccessAttempt
 from csp.middleware import CSPMiddleware
 from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
 from django.http import HttpResponse
-from django.test import override_settings
+from django.test import Client, override_settings
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -21,6 +29,7 @@ from scheduler.security import FailedTokenThrottle
 from scheduler.settings import env_rate
 
 ME_URL = "/api/v1/me/"
+TOKEN_URL = "/api/v1/auth/token/"
 # README's production block ("PostgreSQL and Redis"), with a real secret in place of its "...".
 PRODUCTION_ENV = {
     "DATABASE_URL": "postgres://scheduler_app:app-password@db.example:5432/scheduler",
@@ -66,7 +75,18 @@ def run_manage(args, env):
     )
 
 
-# --- Failed admin logins (django-axes) ---
+# --- Failed sign-ins (django-axes) ---
+
+LOGIN_PAGE, ADMIN_PAGE = "/login/", "/admin/login/"
+SIGN_INS = [LOGIN_PAGE, ADMIN_PAGE, TOKEN_URL]
+
+
+def sign_in(where, username, password, address):
+    """A sign-in on the login page, the admin's or the API's token endpoint, from `address`."""
+    if where == TOKEN_URL:
+        return APIClient(REMOTE_ADDR=address).post(where, {"username": username, "password": password}, format="json")
+    return Client(REMOTE_ADDR=address).post(where, {"username": username, "password": password})
+
 
 def test_an_address_is_locked_out_of_the_admin_after_too_many_failed_logins(client, staff):
     failures = [
@@ -82,13 +102,80 @@ def test_an_address_is_locked_out_of_the_admin_after_too_many_failed_logins(clie
     assert b"too many login attempts" in right.content
 
 
-def test_a_locked_out_address_does_not_lock_out_another(client, staff):
+def test_a_locked_out_address_does_not_lock_out_someone_else_elsewhere(client, staff, owner):
     for _ in range(settings.AXES_FAILURE_LIMIT):
         client.post("/admin/login/", {"username": "staff", "password": "wrong"}, REMOTE_ADDR="10.0.0.7")
 
-    response = client.post("/admin/login/", {"username": "staff", "password": "pw-staff"}, REMOTE_ADDR="10.0.0.8")
+    response = sign_in(LOGIN_PAGE, "owner", "pw-owner", "10.0.0.8")
 
     assert response.status_code == 302
+
+
+@pytest.mark.parametrize("where", SIGN_INS)
+def test_one_username_guessed_from_many_addresses_is_locked_out_even_with_the_right_password(staff, where):
+    guesses = [sign_in(where, "staff", "wrong", f"198.51.100.{n}") for n in range(settings.AXES_FAILURE_LIMIT)]
+
+    right = sign_in(where, "staff", "pw-staff", "203.0.113.9")
+
+    assert [r.status_code for r in guesses[:-1]] == [200 if where != TOKEN_URL else 400] * (settings.AXES_FAILURE_LIMIT - 1)
+    assert_throttled(right)
+    assert "_auth_user_id" not in right.wsgi_request.session
+
+
+def test_guesses_at_a_username_in_other_cases_count_toward_the_same_lockout(staff):
+    for n in range(settings.AXES_FAILURE_LIMIT):
+        sign_in(LOGIN_PAGE, "staff"[:n] + "staff"[n:].upper(), "wrong", f"198.51.100.{n}")  # STAFF, sTAFF, ...
+
+    assert_throttled(sign_in(LOGIN_PAGE, "staff", "pw-staff", "203.0.113.9"))
+
+
+def test_one_address_guessing_many_usernames_is_locked_out_even_for_a_right_password(staff):
+    for n in range(settings.AXES_FAILURE_LIMIT):
+        sign_in(LOGIN_PAGE, f"someone{n}", "wrong", "10.0.0.7")
+
+    assert_throttled(sign_in(LOGIN_PAGE, "staff", "pw-staff", "10.0.0.7"))
+
+
+def lock_out_staff():
+    for n in range(settings.AXES_FAILURE_LIMIT):
+        sign_in(LOGIN_PAGE, "staff", "wrong", f"198.51.100.{n}")
+    assert_throttled(sign_in(LOGIN_PAGE, "staff", "pw-staff", "203.0.113.9"))
+
+
+def test_a_lockout_ends_after_login_lockout_minutes(staff):
+    lock_out_staff()
+
+    with time_machine.travel(timezone.now() + settings.AXES_COOLOFF_TIME + timedelta(seconds=1)):
+        response = sign_in(LOGIN_PAGE, "staff", "pw-staff", "203.0.113.9")
+
+    assert response.status_code == 302
+
+
+def test_an_administrator_unlocks_a_locked_out_username_with_axes_reset_username(staff):
+    lock_out_staff()
+
+    call_command("axes_reset_username", "staff", stdout=StringIO())
+
+    assert sign_in(LOGIN_PAGE, "staff", "pw-staff", "203.0.113.9").status_code == 302
+
+
+# --- A username longer than any account's ---
+
+@pytest.mark.parametrize("where", [LOGIN_PAGE, ADMIN_PAGE])
+def test_a_username_too_long_for_any_account_is_a_form_error_on_the_sign_in_pages(db, where):
+    response = sign_in(where, "u" * 256, "whatever", "10.0.0.7")
+
+    assert response.status_code == 200
+    assert "Ensure this value has at most 150 characters (it has 256)." in response.content.decode()
+    assert not AccessAttempt.objects.exists()
+
+
+def test_a_username_too_long_for_any_account_is_a_400_naming_it_at_the_token_endpoint(db):
+    response = sign_in(TOKEN_URL, "u" * 256, "whatever", "10.0.0.7")
+
+    assert response.status_code == 400
+    assert list(response.json()) == ["username"]
+    assert not AccessAttempt.objects.exists()
 
 
 # --- API throttling ---

@@ -4,8 +4,17 @@ import sys
 import pytest
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django_auth_ldap.config import LDAPSearchUnion
 
-from scheduler.settings import env_bool, env_float, env_int, env_list
+from scheduler.settings import env_bool, env_float, env_int, env_list, ldap_settings
+
+# A directory's settings with groups in ou=groups (the LDAP tests run a real one: tests/web/ldap_server.py).
+LDAP_ENV = {
+    "LDAP_SERVER_URI": "ldap://ldap.example",
+    "LDAP_USER_SEARCH_BASE": "ou=people,dc=example,dc=com",
+    "LDAP_GROUP_SEARCH_BASE": "ou=groups,dc=example,dc=com",
+    "LDAP_STAFF_GROUP": "cn=staff,ou=groups,dc=example,dc=com",
+}
 
 
 def test_typed_env_helpers_parse_set_values_and_default_missing_ones(monkeypatch):
@@ -59,3 +68,27 @@ def test_a_bad_front_door_rate_or_replica_port_range_stops_start_up(raw, message
 
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def group_search_bases(team_base):
+    search = ldap_settings({**LDAP_ENV, "LDAP_TEAM_GROUP_BASE": team_base}, ["axes", "model"])["AUTH_LDAP_GROUP_SEARCH"]
+    return [one.base_dn for one in search.searches] if isinstance(search, LDAPSearchUnion) else [search.base_dn]
+
+
+def test_a_team_base_beside_the_group_base_is_accepted_and_searched_as_well():
+    assert group_search_bases("ou=teams,dc=example,dc=com") == ["ou=groups,dc=example,dc=com", "ou=teams,dc=example,dc=com"]
+
+
+def test_a_team_base_inside_the_group_base_in_any_spelling_is_searched_once():
+    assert group_search_bases("OU=Teams, ou=Groups,dc=example,dc=com") == ["ou=groups,dc=example,dc=com"]
+
+
+def test_a_team_base_that_is_no_dn_is_refused():
+    with pytest.raises(ImproperlyConfigured, match="LDAP_TEAM_GROUP_BASE must be an LDAP DN"):
+        ldap_settings({**LDAP_ENV, "LDAP_TEAM_GROUP_BASE": "the teams"}, ["axes", "model"])
+
+
+def test_a_staff_group_outside_the_group_base_is_still_refused():
+    with pytest.raises(ImproperlyConfigured, match="LDAP_STAFF_GROUP .* must be under LDAP_GROUP_SEARCH_BASE"):
+        ldap_settings({**LDAP_ENV, "LDAP_STAFF_GROUP": "cn=staff,ou=teams,dc=example,dc=com",
+                       "LDAP_TEAM_GROUP_BASE": "ou=teams,dc=example,dc=com"}, ["axes", "model"])

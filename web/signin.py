@@ -1,16 +1,34 @@
 """The sign-in page: Django's form and view, except that a directory that did not answer is not a
-wrong password, and that `next` never leads back to the login page itself."""
+wrong password, that `next` never leads back to the login page itself, and that a username longer
+than any account's is a form error (here and on the admin's sign-in page)."""
 
 from urllib.parse import unquote, urlsplit
 
 from django import forms
 from django.conf import settings
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import LoginView
+from django.core.validators import MaxLengthValidator
 from django.shortcuts import resolve_url
 
 
-class SignInForm(AuthenticationForm):
+class UsernameLengthChecked:
+    """AuthenticationForm sets the username field's max_length after the field is built, so nothing
+    checks it: a longer username went on to authenticate() and django-axes, whose 255-character
+    column refused it (a 500). Checked here, it is the field's error and nobody is signed in."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        username = self.fields["username"]
+        username.validators.append(MaxLengthValidator(username.max_length))
+
+
+class AdminSignInForm(UsernameLengthChecked, AdminAuthenticationForm):
+    """The admin site's sign-in form (admin.site.login_form)."""
+
+
+class SignInForm(UsernameLengthChecked, AuthenticationForm):
     @property
     def directory_enabled(self):
         """Whether company accounts sign in here (read per request, as the backend reads its settings)."""

@@ -3,8 +3,9 @@ import json
 from io import BytesIO
 
 from django.conf import settings
-from rest_framework.exceptions import ParseError
-from rest_framework.parsers import JSONParser
+from rest_framework import renderers, status
+from rest_framework.exceptions import APIException, ParseError
+from rest_framework.parsers import BaseParser, JSONParser
 
 # No request of this API nests deeper than a few levels. Python's json recurses once per level and
 # raises RecursionError (a 500) near a thousand, and whatever walks the parsed value recurses again.
@@ -34,11 +35,23 @@ def nesting_exceeds(text, limit):
     return False
 
 
-class BoundedJSONParser(JSONParser):
-    """JSONParser that refuses bodies over API_MAX_BODY_BYTES or nested deeper than MAX_JSON_DEPTH.
+class BodyTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The request body is too large."
+    default_code = "too_large"
 
-    DRF parses straight from the stream, so Django's DATA_UPLOAD_MAX_MEMORY_SIZE never applies.
+
+class BoundedJSONParser(BaseParser):
+    """JSON bodies of at most API_MAX_BODY_BYTES (413 beyond) nested at most MAX_JSON_DEPTH deep,
+    decoded by DRF's JSONParser.
+
+    Not a JSONParser itself: DRF reads a JSONParser's body whole through request.body, which refuses
+    more than DATA_UPLOAD_MAX_MEMORY_SIZE with Django's HTML 400 before any parser runs. This one is
+    handed the stream, refuses by Content-Length before reading, and reads at most the limit.
     """
+
+    media_type = "application/json"
+    renderer_class = renderers.JSONRenderer
 
     def parse(self, stream, media_type=None, parser_context=None):
         parser_context = parser_context or {}
@@ -46,10 +59,10 @@ class BoundedJSONParser(JSONParser):
         request = parser_context.get("request")
         declared = request.META.get("CONTENT_LENGTH") if request is not None else None
         if declared and declared.isdigit() and int(declared) > limit:
-            raise ParseError(f"The request body is larger than {limit} bytes.")
+            raise BodyTooLarge(f"The request body is larger than {limit} bytes.")
         body = stream.read(limit + 1) if stream is not None else b""
         if len(body) > limit:
-            raise ParseError(f"The request body is larger than {limit} bytes.")
+            raise BodyTooLarge(f"The request body is larger than {limit} bytes.")
         # Decoded as JSONParser will decode it, so the scan sees the characters json will see.
         try:
             text = codecs.decode(body, parser_context.get("encoding", settings.DEFAULT_CHARSET))
@@ -57,7 +70,7 @@ class BoundedJSONParser(JSONParser):
             raise ParseError(f"JSON parse error - {exc}") from None
         if nesting_exceeds(text, MAX_JSON_DEPTH):
             raise ParseError(f"JSON parse error - nested deeper than {MAX_JSON_DEPTH} levels.")
-        data = super().parse(BytesIO(body), media_type, parser_context)
+        data = JSONParser().parse(BytesIO(body), media_type, parser_context)
         # json reads "\ud800" as half a character, which nothing can encode: not PostgreSQL, not the
         # JSONRenderer that echoes an unknown key back in a 400. Refused here, once, for every field.
         try:

@@ -23,6 +23,7 @@ from .health import gpu_readings_record, gpu_return_to_service
 from .inventory import Device, node_register
 from .notices import (
     notice_email,
+    notice_email_gave_up,
     notice_payload,
     notice_send,
     notice_webhook_gave_up,
@@ -44,6 +45,7 @@ __all__ = [
     "idempotency_prune",
     "node_register",
     "notice_email",
+    "notice_email_gave_up",
     "notice_payload",
     "notice_send",
     "notice_webhook_gave_up",

@@ -1,8 +1,8 @@
 """Notices: in the app and the API at once; by e-mail and to the team's webhook after commit."""
 
 import json
-import urllib.request
 
+import httpx
 from django.conf import settings
 from django.core.mail import send_mail
 from django.core.serializers.json import DjangoJSONEncoder
@@ -50,19 +50,37 @@ def notice_payload(notice):
 
 
 def notice_email(*, notice_id):
-    """E-mail a notice to its user, once. SMTP errors propagate (the task retries)."""
-    notice = Notice.objects.select_related("user").filter(pk=notice_id, emailed_at=None).first()
+    """E-mail a notice to its user, at most once. Returns None when it is sent (or there is nothing to
+    send), else the error, for the task to retry. Never called inside a transaction.
+
+    The e-mail is claimed before it is sent, by a conditional update as job starts are claimed, so
+    a task delivered twice (acks_late: a lost worker, the visibility timeout) sends it once. A send
+    that fails releases the claim, for the task's retry. A worker that dies while sending leaves the
+    claim and nothing sent: the notice is never e-mailed twice, and stays in the app and the API."""
+    unsent = Notice.objects.filter(pk=notice_id, emailed_at=None, email_claimed_at=None)
+    notice = unsent.select_related("user").first()
     if notice is None or not notice.user.email:
-        return False
-    send_mail(
-        subject=f"[GPU scheduler] {notice.get_kind_display()}"
-        + (f": reservation #{notice.reservation_id}" if notice.reservation_id else ""),
-        message=notice.message,
-        from_email=None,
-        recipient_list=[notice.user.email],
-    )
-    Notice.objects.filter(pk=notice_id).update(emailed_at=timezone.now())
-    return True
+        return None
+    if not unsent.update(email_claimed_at=timezone.now()):
+        return None  # another delivery of the task claimed it first
+    try:
+        send_mail(
+            subject=f"[GPU scheduler] {notice.get_kind_display()}"
+            + (f": reservation #{notice.reservation_id}" if notice.reservation_id else ""),
+            message=notice.message,
+            from_email=None,
+            recipient_list=[notice.user.email],
+        )
+    except OSError as exc:  # smtplib's errors are OSErrors
+        error = f"{type(exc).__name__}: {exc}"
+        Notice.objects.filter(pk=notice_id).update(email_claimed_at=None, email_error=error[:2000])
+        return error
+    Notice.objects.filter(pk=notice_id).update(emailed_at=timezone.now(), email_error="")
+    return None
+
+
+def notice_email_gave_up(*, notice_id, error):
+    Notice.objects.filter(pk=notice_id).update(email_error=f"Gave up after retries: {error}"[:2000])
 
 
 def notice_webhook_post(*, notice_id):
@@ -76,27 +94,35 @@ def notice_webhook_post(*, notice_id):
     if notice is None or notice.reservation is None or not notice.reservation.team.webhook_url:
         return None
     Notice.objects.filter(pk=notice_id).update(webhook_attempts=F("webhook_attempts") + 1)
-    request = urllib.request.Request(
-        notice.reservation.team.webhook_url,
-        data=json.dumps(notice_payload(notice), cls=DjangoJSONEncoder).encode(),
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "User-Agent": "gpu-scheduler-webhook/1",
-            # The same id on every retry, so a receiver can drop duplicates.
-            "X-Notice-Id": str(notice.pk),
-            "X-Notice-Kind": notice.kind,
-        },
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=settings.WEBHOOK_TIMEOUT_SECONDS) as response:
-            response.read(1024)
-    except (OSError, ValueError) as exc:  # URLError, HTTPError (non-2xx), timeouts
-        error = f"{type(exc).__name__}: {exc}"
+    error = _webhook_post(notice)
+    if error is not None:
         Notice.objects.filter(pk=notice_id).update(webhook_error=error[:2000])
         return error
     Notice.objects.filter(pk=notice_id).update(webhook_delivered_at=timezone.now(), webhook_error="")
     return None
+
+
+def _webhook_post(notice):
+    """The POST itself: None for a 2xx answer, else what went wrong. The answer's body is not read."""
+    try:
+        with httpx.stream(
+            "POST",
+            notice.reservation.team.webhook_url,
+            content=json.dumps(notice_payload(notice), cls=DjangoJSONEncoder).encode(),
+            headers={
+                "Content-Type": "application/json",
+                "User-Agent": "gpu-scheduler-webhook/1",
+                # The same id on every retry, so a receiver can drop duplicates.
+                "X-Notice-Id": str(notice.pk),
+                "X-Notice-Kind": notice.kind,
+            },
+            timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
+        ) as response:
+            if response.is_success:
+                return None
+            return f"HTTP {response.status_code} {response.reason_phrase}"
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # no connection, a timeout, a URL httpx cannot use
+        return f"{type(exc).__name__}: {exc}"
 
 
 def notice_webhook_gave_up(*, notice_id, error):

@@ -1,8 +1,11 @@
-"""Input that once answered 500: each is a 400 that names what was wrong, and nothing is written."""
+"""Input that once answered 500 (or Django's HTML 400): each is a 4xx in the API's JSON that says what
+was wrong, and nothing is written."""
 
 import json
 
 import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
 
 from reservations.api.parsers import MAX_JSON_DEPTH
 from reservations.models import Reservation
@@ -32,6 +35,24 @@ def roots(tmp_path, settings):
     settings.TRAINING_DATA_ROOTS = [data_root.resolve()]
     settings.MODEL_ROOTS = [model_root.resolve()]
     return tmp_path
+
+
+@pytest.fixture(params=["token", "session"])
+def caller(request, owner):
+    """`owner` through the API by token, or from a browser signed in to the site (a session, with
+    the CSRF cookie and header the site's scripts send)."""
+    if request.param == "token":
+        return client_for(owner)
+    client = APIClient(enforce_csrf_checks=True, HTTP_X_CSRFTOKEN="c" * 32)
+    client.cookies["csrftoken"] = "c" * 32
+    client.force_login(owner)
+    return client
+
+
+def ten_megabytes(cluster):
+    """A booking whose title makes it 10 MB."""
+    body = {"gpus": [cluster["node1"][0].pk], "start": iso(NEXT_SLOT), "slots": 1, "title": "x" * (10 << 20)}
+    return json.dumps(body).encode()
 
 
 def nested_list(depth):
@@ -176,3 +197,32 @@ def test_it_rejects_a_job_path_the_file_system_cannot_resolve_and_books_nothing(
     assert list(response.json()) == ["job"]
     assert message in response.json()["job"][key][0]
     assert Reservation.objects.count() == 0
+
+
+def test_a_10_mb_json_body_is_a_413_in_json_and_books_nothing(caller, cluster):
+    response = caller.generic("POST", URL, ten_megabytes(cluster), content_type="application/json")
+
+    assert response.status_code == 413
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": f"The request body is larger than {settings.API_MAX_BODY_BYTES} bytes."}
+    assert Reservation.objects.count() == 0
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "multipart/form-data; boundary=b"])
+def test_a_10_mb_form_body_is_a_415_in_json_and_books_nothing(caller, cluster, content_type):
+    response = caller.generic("POST", URL, ten_megabytes(cluster), content_type=content_type)
+
+    assert response.status_code == 415
+    assert response["Content-Type"] == "application/json"
+    assert "Unsupported media type" in response.json()["detail"]
+    assert Reservation.objects.count() == 0
+
+
+def test_a_10_mb_body_to_the_token_endpoint_is_a_413_in_json(db):
+    body = json.dumps({"username": "owner", "password": "x" * (10 << 20)})
+
+    response = APIClient().generic("POST", "/api/v1/auth/token/", body, content_type="application/json")
+
+    assert response.status_code == 413
+    assert response["Content-Type"] == "application/json"
+    assert "larger than" in response.json()["detail"]

@@ -235,12 +235,12 @@ def test_a_body_that_is_not_an_object_is_a_400(api, cluster):
 
 
 @override_settings(API_MAX_BODY_BYTES=2048)
-def test_an_oversize_body_is_a_400(api, cluster):
+def test_an_oversize_body_is_a_413(api, cluster):
     body = json.dumps({"gpus": [cluster["node1"][0].pk], "start": iso(NEXT_SLOT), "slots": 1, "title": "x" * 4000})
 
     response = api.post(URL, body, content_type="application/json")
 
-    assert response.status_code == 400
+    assert response.status_code == 413
     assert "larger than 2048 bytes" in response.json()["detail"]
     assert nothing_written()
 

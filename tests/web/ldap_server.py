@@ -12,6 +12,10 @@ The directory (dc=example,dc=com):
 - carol: team "nlp" and the staff group;
 - nobody: in no group.
 
+Teams are in ou=teams under ou=groups. A second team branch, ou=teams beside ou=groups, holds
+"robotics" (alice) and "speech" (carol): the site reads it with the `teams_beside_groups` fixture
+(LDAP_TEAM_GROUP_BASE set to it), and otherwise never finds it.
+
 `slapd` is one server for the whole run; `directory` (per test) puts its groups back as above,
 starts it again if a test stopped it, and sets the LDAP settings as settings.ldap_settings builds
 them from LDAP_* variables (`Directory.environ()`), so the backend is the one production runs.
@@ -30,6 +34,7 @@ SUFFIX = "dc=example,dc=com"
 PEOPLE = f"ou=people,{SUFFIX}"
 GROUPS = f"ou=groups,{SUFFIX}"
 TEAMS = f"ou=teams,{GROUPS}"
+SIBLING_TEAMS = f"ou=teams,{SUFFIX}"
 STAFF_GROUP = f"cn=staff,{GROUPS}"
 HIGH_PRIORITY_GROUP = f"cn=high-priority,{GROUPS}"
 PASSWORDS = {name: f"{name}-directory-password" for name in ("alice", "bob", "carol", "nobody")}
@@ -40,6 +45,8 @@ MEMBERS = {
     HIGH_PRIORITY_GROUP: ["alice"],
     f"cn=vision,{TEAMS}": ["alice", "bob"],
     f"cn=nlp,{TEAMS}": ["carol"],
+    f"cn=robotics,{SIBLING_TEAMS}": ["alice"],
+    f"cn=speech,{SIBLING_TEAMS}": ["carol"],
 }
 
 
@@ -49,7 +56,7 @@ def user_dn(uid):
 
 def _entries():
     yield f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example\n"
-    for ou, parent in (("people", SUFFIX), ("groups", SUFFIX), ("teams", GROUPS)):
+    for ou, parent in (("people", SUFFIX), ("groups", SUFFIX), ("teams", GROUPS), ("teams", SUFFIX)):
         yield f"dn: ou={ou},{parent}\nobjectClass: organizationalUnit\nou: {ou}\n"
     for uid, password in PASSWORDS.items():
         yield (
@@ -114,7 +121,7 @@ class Directory:
         for group, uids in MEMBERS.items():
             self.set_members(group, uids)
 
-    def environ(self):
+    def environ(self, team_base=TEAMS):
         """The LDAP_* variables a deployment would set for this directory."""
         return {
             "LDAP_SERVER_URI": self.uri,
@@ -124,7 +131,7 @@ class Directory:
             "LDAP_GROUP_SEARCH_BASE": GROUPS,
             "LDAP_STAFF_GROUP": STAFF_GROUP,
             "LDAP_HIGH_PRIORITY_GROUP": HIGH_PRIORITY_GROUP,
-            "LDAP_TEAM_GROUP_BASE": TEAMS,
+            "LDAP_TEAM_GROUP_BASE": team_base,
         }
 
 
@@ -136,11 +143,22 @@ def slapd():
     server.stop()
 
 
+def _sign_in_against(slapd, settings, environ):
+    slapd.reset()
+    local_backends = [path for path in settings.AUTHENTICATION_BACKENDS if path != "web.ldap.DirectoryBackend"]
+    for name, value in ldap_settings(environ, local_backends).items():
+        setattr(settings, name, value)
+    return slapd
+
+
 @pytest.fixture
 def directory(slapd, settings, db):
     """The directory as described above, and the site signing in against it (and the database)."""
-    slapd.reset()
-    local_backends = [path for path in settings.AUTHENTICATION_BACKENDS if path != "web.ldap.DirectoryBackend"]
-    for name, value in ldap_settings(slapd.environ(), local_backends).items():
-        setattr(settings, name, value)
-    return slapd
+    return _sign_in_against(slapd, settings, slapd.environ())
+
+
+@pytest.fixture
+def teams_beside_groups(slapd, settings, db):
+    """The same, with the site's teams in ou=teams beside ou=groups (LDAP_TEAM_GROUP_BASE outside
+    LDAP_GROUP_SEARCH_BASE)."""
+    return _sign_in_against(slapd, settings, slapd.environ(team_base=SIBLING_TEAMS))

@@ -1,6 +1,7 @@
 """Directory teams: a team's directory group is stored in one spelling (so an admin's DN with other
 spacing or case still hands the team over), and the sync manages only teams whose group lies under
-LDAP_TEAM_GROUP_BASE (a team linked to a group elsewhere keeps the members it was given by hand)."""
+LDAP_TEAM_GROUP_BASE (a team linked to a group elsewhere keeps the members it was given by hand),
+which may be a branch of its own beside the groups."""
 
 import pytest
 from django import forms
@@ -11,7 +12,7 @@ from django.core.exceptions import ValidationError
 from reservations.models import Membership, Team
 
 from ..support import make_user
-from .ldap_server import PASSWORDS, TEAMS, directory, slapd  # noqa: F401  (fixtures)
+from .ldap_server import PASSWORDS, SIBLING_TEAMS, TEAMS, directory, slapd, teams_beside_groups  # noqa: F401  (fixtures)
 
 SPACED_VISION = "CN=Vision, OU=teams , ou=Groups,  dc=example,dc=com"
 
@@ -93,3 +94,30 @@ def test_the_high_priority_group_leaves_a_right_given_through_a_django_group_alo
     bob = get_user_model().objects.get(pk=bob.pk)
     assert bob.has_perm("reservations.book_high_priority")
     assert not bob.user_permissions.exists()
+
+
+def test_a_team_from_a_branch_beside_the_groups_and_the_staff_group_both_apply_at_sign_in(client, teams_beside_groups):
+    assert sign_in(client, "carol").status_code == 302
+
+    carol = get_user_model().objects.get(username="carol")
+    assert carol.is_staff  # cn=staff,ou=groups
+    assert list(carol.teams.values_list("slug", flat=True)) == ["speech"]  # not nlp, in ou=groups' own teams
+    assert Team.objects.get(slug="speech").directory_dn == f"cn=speech,{SIBLING_TEAMS}"
+
+
+def test_a_team_from_a_branch_beside_the_groups_and_the_high_priority_group_both_apply(client, teams_beside_groups):
+    assert sign_in(client, "alice").status_code == 302
+
+    alice = get_user_model().objects.get(username="alice")
+    assert alice.has_perm("reservations.book_high_priority")  # cn=high-priority,ou=groups
+    assert list(alice.teams.values_list("slug", flat=True)) == ["robotics"]
+
+
+def test_someone_taken_out_of_a_team_beside_the_groups_leaves_it_at_the_next_sign_in(client, teams_beside_groups):
+    sign_in(client, "alice")
+    client.logout()
+    teams_beside_groups.set_members(f"cn=robotics,{SIBLING_TEAMS}", [])
+
+    assert sign_in(client, "alice").status_code == 302
+
+    assert not get_user_model().objects.get(username="alice").teams.exists()
