@@ -9,8 +9,9 @@ from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, PermissionDenied, ValidationError
+from rest_framework.exceptions import APIException, PermissionDenied, UnsupportedMediaType, ValidationError
 from rest_framework.parsers import BaseParser
+from rest_framework.request import is_form_media_type
 from rest_framework.routers import SimpleRouter
 
 from reservations import policy
@@ -30,11 +31,15 @@ class ReplicaGone(APIException):
 
 
 class RawBody(BaseParser):
-    """Images (or JSON with base64 images) go to the replica as they came."""
+    """Images (or JSON with base64 images) go to the replica as they came. A form is refused: DRF
+    hands a form's data to Django as request.POST, which the CSRF check of a signed-in browser reads
+    as a dict (bytes there were a 500)."""
 
     media_type = "*/*"
 
     def parse(self, stream, media_type=None, parser_context=None):
+        if is_form_media_type(media_type or ""):
+            raise UnsupportedMediaType(media_type, "Send images as image/png, image/jpeg or JSON, not a form.")
         return stream.read(MAX_IMAGE_BYTES + 1) if stream is not None else b""
 
 
