@@ -26,6 +26,7 @@ urlpatterns = [
     path("bookings/<int:pk>/transfer/", bookings.booking_transfer, name="booking-transfer"),
     path("bookings/<int:pk>/move/", bookings.booking_move, name="booking-move"),
     path("notices/", bookings.notices, name="notices"),
+    path("notices/read/", bookings.notices_read, name="notices-read"),
     # The profile: API token, calendar feed links.
     path("profile/", account.profile, name="profile"),
     path("profile/api-token/rotate/", account.api_token_rotate, name="api-token-rotate"),
