@@ -245,10 +245,7 @@ def _booking_page(request, pk, *, failure=None):
         "failure_apart": failure is not None and reservation.actions is None,
     }
     if job is not None:
-        context.update(
-            job_state=_job_state(job, reservation),
-            checkpoint=progress.checkpoint_file(job) is not None,
-        )
+        context["job_state"] = _job_state(job, reservation)
     return render(request, "web/bookings/detail.html", context, status=failure.status if failure else 200)
 
 
@@ -270,7 +267,11 @@ def _job_state(job, reservation):
         "epochs": job.epochs,
         "live": job.status in TrainingJob.LIVE,
         "finished": job.status in TrainingJob.FINISHED,
+        # The checkpoint to download (a file inside TRAINING_RUNS_DIR) and its epoch, and whether a
+        # new booking may resume from it: these change while the job runs, as the epoch does.
+        "checkpoint": progress.checkpoint_file(job) is not None,
         "checkpoint_epoch": job.checkpoint_epoch,
+        "resumable": bool(job.checkpoint),
         "series": progress.job_history(job),
         "log": job_log_text(job, LOG_TAIL_BYTES),
     }
