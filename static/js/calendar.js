@@ -88,6 +88,7 @@
       form.elements.date.value = startStr.slice(0, 10);
       form.elements.slot.value = startStr.slice(11, 16);
       form.elements.slots.value = slots;
+      suggestSizes();
       form.elements.title.focus();
       document.getElementById("booking-result").textContent = "";
     }
@@ -195,6 +196,20 @@
     function showServe() { serveFields.hidden = !serve.checked; }
     serve.addEventListener("change", showServe);
     showServe();
+    // A job starts from the chosen device's image size and batch (a CPU device's are small, a GPU's
+    // ultralytics' defaults: data-imgsz and data-batch on each GPU), unless the person typed their own.
+    ["imgsz", "batch"].forEach(function (name) {
+      form.elements[name].addEventListener("input", function () { this.setAttribute("data-edited", ""); });
+    });
+    function suggestSizes() {
+      var chosen = form.elements.gpus.selectedOptions[0];
+      if (!chosen) return;
+      ["imgsz", "batch"].forEach(function (name) {
+        var field = form.elements[name];
+        if (!field.hasAttribute("data-edited")) field.value = chosen.getAttribute("data-" + name);
+      });
+    }
+    form.elements.gpus.addEventListener("change", suggestSizes);
     form.elements.priority.addEventListener("change", function () {
       form.elements.preemptible.checked = form.elements.priority.value === "low";
     });
