@@ -85,7 +85,7 @@ class NodeGPUs:
             return "online · can train now"
         if self.node.online:
             return "online · no healthy GPU"
-        return "offline · bookable, trains once its worker is back"
+        return "offline · bookable"
 
 
 def nodes_with_gpus(gpus):

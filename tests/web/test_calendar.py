@@ -97,7 +97,7 @@ def test_the_gpu_list_puts_the_nodes_that_can_train_now_first_and_says_which_can
     assert [label for label, _ in gpu_list(html)] == [
         "node3 (online · can train now)",
         "node2 (online · no healthy GPU)",
-        "node1 (offline · bookable, trains once its worker is back)",
+        "node1 (offline · bookable)",
     ]
     resources = json.loads(re.search(r'id="calendar-resources"[^>]*>(.*?)</script>', html, re.S).group(1))
     assert [r["title"] for r in resources] == ["node3 (online)", "node2 (online)", "node1 (offline)"]
@@ -107,7 +107,7 @@ def test_each_gpu_carries_the_image_size_and_batch_a_job_on_it_starts_from(owner
     groups = dict(gpu_list(page_client(owner).get("/").content.decode()))
 
     assert groups["node3 (online · can train now)"] == [("64", "4", "node3/gpu0 (CPU)"), ("64", "4", "node3/gpu1 (CPU)")]
-    assert groups["node1 (offline · bookable, trains once its worker is back)"][0] == ("640", "16", "node1/gpu0")
+    assert groups["node1 (offline · bookable)"][0] == ("640", "16", "node1/gpu0")
     html = page_client(owner).get("/").content.decode()
     assert re.search(r'<input type="number" name="imgsz" value="640"', html)
     assert re.search(r'<input type="number" name="batch" value="16"', html)

@@ -95,17 +95,22 @@ def _resources(nodes):
             "id": f"node-{group.node.pk}",
             "title": f"{group.node.hostname} ({'online' if group.node.online else 'offline'})",
             "extendedProps": {"node": group.node.pk, "online": group.node.online},
-            "children": [
-                {
-                    "id": str(gpu.pk),
-                    "title": f"gpu{gpu.index} · {gpu.model.removeprefix('NVIDIA ')}{'' if gpu.healthy else ' · unhealthy'}",
-                    "extendedProps": {"gpu": gpu.pk, "name": gpu.name, "node": group.node.pk, "healthy": gpu.healthy},
-                }
-                for gpu in group.gpus
-            ],
+            "children": [_track(gpu) for gpu in group.gpus],
         }
         for group in nodes
     ]
+
+
+def _track(gpu):
+    label, model = f"gpu{gpu.index}", gpu.model.removeprefix("NVIDIA ")
+    return {
+        "id": str(gpu.pk),
+        "title": f"{label} · {model}{'' if gpu.healthy else ' · unhealthy'}",
+        # The title's parts, which calendar.js lays out by the screen's width.
+        "extendedProps": {
+            "gpu": gpu.pk, "name": gpu.name, "node": gpu.node_id, "healthy": gpu.healthy, "label": label, "model": model,
+        },
+    }
 
 
 @login_required
