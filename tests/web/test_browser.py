@@ -501,7 +501,6 @@ def test_no_page_is_wider_than_a_phone(browsing, owner, staff, cluster, training
         expect(page.locator("main h1")).to_be_visible()
         if path == "/":
             expect(page.locator(".ec-timeline .ec-body")).to_be_visible()
-            browsing.screenshot(page, "phone.png")
         html, body, window = widths(page)
         assert window == PHONE["width"] and html <= window and body <= window, (path, html, body)
 
@@ -559,7 +558,6 @@ def test_on_a_small_laptop_the_week_shows_all_seven_days_and_no_title_cut_short(
         ".filter(body => body.scrollWidth > body.clientWidth + 1).map(body => body.textContent)"
     )
     assert cut == []
-    browsing.screenshot(page, "calendar-week.png")
 
 
 def test_the_six_hour_axis_labels_start_on_their_gridlines(browsing, owner, cluster):
