@@ -256,7 +256,14 @@
       fitting = true;
       window.requestAnimationFrame(function () { fitting = false; fit(); });
     }).observe(el);
-    narrow.addEventListener("change", function () { showView(narrow.matches ? DAY : WEEK); });
+    // Only a real crossing switches (Chromium also fires "change" when the window is merely resized
+    // for a moment, as a full-page screenshot does, without the answer changing).
+    var wasNarrow = narrow.matches;
+    narrow.addEventListener("change", function () {
+      if (narrow.matches === wasNarrow) return;
+      wasNarrow = narrow.matches;
+      showView(narrow.matches ? DAY : WEEK);
+    });
     filters.addEventListener("change", function () { calendar.refetchEvents(); });
     // The answer in the side panel: in view, whatever was scrolled.
     document.body.addEventListener("htmx:afterSwap", function (e) {
