@@ -161,7 +161,8 @@
           labels.unobserve(box);
           return;
         }
-        box.classList.toggle("untitled", body.scrollWidth > body.clientWidth + 1);
+        // An attribute, not a class: Event Calendar rewrites the class when a booking's status changes.
+        box.toggleAttribute("data-untitled", body.scrollWidth > body.clientWidth + 1);
       });
     });
 
