@@ -159,6 +159,19 @@ def test_the_banner_shows_the_newest_unread_notice_elsewhere_until_it_is_marked_
     assert "your booking moved" not in text_of(client.get("/bookings/"))
 
 
+def test_the_banners_mark_read_on_a_page_that_answered_a_form_returns_to_the_notices(cluster, owner):
+    reservation = book(owner, cluster["node1"][:1])
+    notice(owner, "your booking moved")
+    client = page_client(owner)
+
+    refused = client.post(f"/bookings/{reservation.pk}/transfer/", {"to": "nobody-here"})
+
+    assert refused.status_code == 400
+    banner = re.search(r'<div class="banner".*?</div>', refused.content.decode(), re.S).group(0)
+    assert 'name="next"' not in banner
+    assert client.post("/notices/read/", {"ids": Notice.objects.get().pk})["Location"] == "/notices/"
+
+
 def test_the_banner_shows_the_notices_utc_times_in_the_viewers_zone_as_the_pages_do(cluster, owner):
     reservation = book(owner, cluster["node1"][:1], slots=2)
     services.notice_send(
