@@ -21,6 +21,8 @@ from reservations.services import Device  # what node registration takes
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+# The model name of the CPU "devices" a machine without NVIDIA GPUs offers (CpuHardware).
+CPU_MODEL = "cpu"
 # Drained per device and heartbeat at most: a GPU spewing XIDs must not hold the heartbeat up.
 XID_EVENTS_PER_READ = 100
 
@@ -158,7 +160,7 @@ class CpuHardware:
 
     def devices(self):
         total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // MIB
-        return [Device(index=i, model="cpu", memory_mb=total_mb // self.count, uuid=f"cpu-{i}") for i in range(self.count)]
+        return [Device(index=i, model=CPU_MODEL, memory_mb=total_mb // self.count, uuid=f"cpu-{i}") for i in range(self.count)]
 
     def telemetry(self):
         load = min(os.getloadavg()[0] / (os.cpu_count() or 1) * 100, 100.0)

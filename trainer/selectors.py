@@ -1,6 +1,21 @@
 """Reads of the training side that the pages need."""
 
+import os
+from collections import deque
+from pathlib import Path
+
+from django.conf import settings
+
 from .models import TrainingJob
+
+# What the booking form offers as datasets: the data.yaml files under TRAINING_DATA_ROOTS, looked for
+# a few folders deep and within a fixed budget of folders and directory entries, so that a root on a
+# big shared file system costs the page a bounded read (a dataset past the budget can still be typed).
+DATASET_FILE = "data.yaml"
+DATASET_DEPTH = 3
+DATASET_FOLDERS = 200
+DATASET_ENTRIES = 5000
+DATASETS_SHOWN = 50
 
 
 def job_progress(reservation_ids):
@@ -9,3 +24,51 @@ def job_progress(reservation_ids):
         "reservation_id", "status", "epoch", "epochs"
     )
     return {rid: {"status": status, "epoch": epoch, "epochs": epochs} for rid, status, epoch, epochs in rows}
+
+
+def training_datasets():
+    """The paths of the data.yaml files under TRAINING_DATA_ROOTS, each root's demo dataset
+    (`<root>/demo/data.yaml`, what the quick start writes) first, then by path; at most DATASETS_SHOWN.
+    Symlinks are not followed (a job's path must resolve under a root, and a loop must not cost a
+    walk); a folder holding a data.yaml is a dataset, and its own folders (images, labels) are not
+    searched."""
+    roots = [Path(root) for root in settings.TRAINING_DATA_ROOTS]
+    budget = {"folders": DATASET_FOLDERS, "entries": DATASET_ENTRIES}
+    found = {path for root in roots for path in _datasets_under(root, budget)}
+    demos = {str(root / "demo" / DATASET_FILE) for root in roots}
+    return sorted(found, key=lambda path: (path not in demos, path))[:DATASETS_SHOWN]
+
+
+def _datasets_under(root, budget):
+    found = []
+    folders = deque([(root, 0)])
+    while folders and budget["folders"] > 0 and budget["entries"] > 0:
+        folder, depth = folders.popleft()
+        budget["folders"] -= 1
+        files, subfolders = _entries(folder, budget)
+        if DATASET_FILE in files:
+            found.append(str(folder / DATASET_FILE))
+        elif depth < DATASET_DEPTH:
+            folders.extend((folder / name, depth + 1) for name in sorted(subfolders))
+    return found
+
+
+def _entries(folder, budget):
+    """The names of `folder`'s regular files and folders (not symlinks, not hidden), reading at most
+    the entries left in the budget."""
+    files, subfolders = set(), []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                budget["entries"] -= 1
+                if budget["entries"] < 0:
+                    break
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    subfolders.append(entry.name)
+                elif entry.is_file(follow_symlinks=False):
+                    files.add(entry.name)
+    except OSError:  # gone, unreadable, not a folder: nothing offered from it
+        pass
+    return files, subfolders

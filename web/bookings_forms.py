@@ -68,3 +68,27 @@ class MoveForm(ActionForm):
         super().__init__(*args, **kwargs)
         self.fields["start"].widget.attrs["step"] = slot_seconds or settings.SLOT_MINUTES * 60
         self.fields["slots"].help_text = f"Slots of {settings.SLOT_MINUTES} minutes."
+
+
+class NoticeIdsField(forms.Field):
+    """The ids of the notices a page showed (one hidden input each)."""
+
+    widget = forms.MultipleHiddenInput
+    # A page shows at most a page of notices (views.bookings.NOTICES_PER_PAGE); the bound keeps a
+    # crafted post from asking for an unbounded update.
+    most = 100
+
+    def to_python(self, value):
+        values = value or []
+        if len(values) > self.most:
+            raise forms.ValidationError(f"At most {self.most} notices at once.")
+        # ASCII digits only, as the calendar reads ids: str.isdigit() also accepts "²".
+        if not all(isinstance(v, str) and v.isascii() and v.isdigit() and len(v) < 19 for v in values):
+            raise forms.ValidationError("Not a list of notice ids.")
+        return [int(v) for v in values]
+
+
+class NoticesReadForm(forms.Form):
+    ids = NoticeIdsField(error_messages={"required": "Name the notices to mark read."})
+    # The page the form was on, to go back to (only a page of this site).
+    next = forms.CharField(max_length=2000, required=False, widget=forms.HiddenInput)

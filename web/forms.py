@@ -12,6 +12,7 @@ from rest_framework.exceptions import ValidationError as APIValidationError
 from reservations import jobs, policy
 from reservations.models import GPU, Reservation, Team
 from trainer.models import TrainingJob
+from trainer.spec import GPU_SIZE
 
 from .selectors import servable_models
 
@@ -60,10 +61,16 @@ class BookingForm(forms.Form):
     # The training job, when `train` is ticked.
     train = forms.BooleanField(label="Train a model in this booking", required=False)
     model = forms.CharField(label="Model", max_length=500, required=False, initial="yolov8n.yaml")
-    data = forms.CharField(label="Dataset (data.yaml)", max_length=500, required=False)
+    # The datasets found under TRAINING_DATA_ROOTS are offered (the template's datalist); any other
+    # path is checked as the API checks it.
+    data = forms.CharField(
+        label="Dataset (data.yaml)", max_length=500, required=False,
+        widget=forms.TextInput(attrs={"list": "dataset-choices", "aria-describedby": "data-help", "spellcheck": "false"}),
+    )
     epochs = forms.IntegerField(label="Epochs", min_value=1, max_value=10_000, initial=10, required=False)
-    imgsz = forms.IntegerField(label="Image size", min_value=32, max_value=8192, initial=640, required=False)
-    batch = forms.IntegerField(label="Batch", min_value=1, max_value=4096, initial=16, required=False)
+    # A GPU's sizes until a GPU is chosen; then the chosen device's (calendar.js, trainer.spec.suggested_size).
+    imgsz = forms.IntegerField(label="Image size", min_value=32, max_value=8192, initial=GPU_SIZE.imgsz, required=False)
+    batch = forms.IntegerField(label="Batch", min_value=1, max_value=4096, initial=GPU_SIZE.batch, required=False)
     resume_from = forms.ModelChoiceField(
         queryset=TrainingJob.objects.none(), label="Resume from", required=False, empty_label="— a new run —"
     )

@@ -1,8 +1,10 @@
 """Reads of the pages' own data (the booking reads are in reservations.selectors)."""
 
+from dataclasses import dataclass
+
 from django.db.models import Prefetch
 
-from reservations.models import Membership
+from reservations.models import Membership, Node
 from serving.models import ModelVersion, Replica, Serving
 
 from .models import FEED_TOKEN, CalendarFeed
@@ -62,3 +64,35 @@ def servable_models(user):
         teams_of.setdefault(name, (f"{name} (latest: version {version.version})", set()))[1].add(team)
         teams_of.setdefault(f"{name}:{version.version}", (f"{name} version {version.version}", set()))[1].add(team)
     return [(value, f"{label} · {', '.join(sorted(teams))}") for value, (label, teams) in teams_of.items()]
+
+
+@dataclass(frozen=True)
+class NodeGPUs:
+    """A node and its GPUs, as the calendar's tracks and the booking form's GPU list show them."""
+
+    node: Node
+    gpus: list
+
+    @property
+    def can_train(self):
+        """A job booked now starts: the node's worker heartbeats (online) and a GPU is healthy.
+        Offline nodes stay bookable; their jobs wait for the worker."""
+        return self.node.online and any(gpu.healthy for gpu in self.gpus)
+
+    @property
+    def state(self):
+        if self.can_train:
+            return "online · can train now"
+        if self.node.online:
+            return "online · no healthy GPU"
+        return "offline · bookable"
+
+
+def nodes_with_gpus(gpus):
+    """`gpus` (in the calendar's order, grouped by node) as NodeGPUs: the nodes that can train now
+    first, then the other online ones, then the offline ones, each group by host name."""
+    nodes = {}
+    for gpu in gpus:
+        nodes.setdefault(gpu.node_id, NodeGPUs(gpu.node, []))
+        nodes[gpu.node_id].gpus.append(gpu)
+    return sorted(nodes.values(), key=lambda group: (not group.can_train, not group.node.online, group.node.hostname))

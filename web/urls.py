@@ -1,5 +1,8 @@
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import path
+from django.utils.functional import lazy
+from django.views.generic import RedirectView
 
 from .signin import SignInView
 from .views import account, bookings, calendar, ical, reports
@@ -23,12 +26,16 @@ urlpatterns = [
     path("bookings/<int:pk>/transfer/", bookings.booking_transfer, name="booking-transfer"),
     path("bookings/<int:pk>/move/", bookings.booking_move, name="booking-move"),
     path("notices/", bookings.notices, name="notices"),
+    path("notices/read/", bookings.notices_read, name="notices-read"),
     # The profile: API token, calendar feed links.
     path("profile/", account.profile, name="profile"),
     path("profile/api-token/rotate/", account.api_token_rotate, name="api-token-rotate"),
     path("profile/feeds/<int:feed_id>/rotate/", account.calendar_feed_rotate, name="feed-rotate"),
     # Staff: the usage report.
     path("reports/usage/", reports.usage, name="usage-report"),
+    # Browsers and tools that ignore base.html's icon links ask the root for this one. Not permanent:
+    # a browser would keep the static URL for good.
+    path("favicon.ico", RedirectView.as_view(url=lazy(static, str)("favicon.ico")), name="favicon"),
     # iCal feeds: no sign-in, the secret token in the URL is the credential.
     path("ical/<str:token>.ics", ical.feed, name="ical"),
 ]

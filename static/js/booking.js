@@ -1,5 +1,6 @@
-// A booking's page: the training job's chart (uPlot) and log, refreshed from the page's JSON
-// endpoint (data-job-url) while the job can still change; polling stops once it has finished.
+// A booking's page: the training job's status, epoch, checkpoint, chart (uPlot) and log, refreshed
+// from the page's JSON endpoint (data-job-url) while the job can still change; polling stops once it
+// has finished.
 (function () {
   "use strict";
   var LIVE_MS = 5000, WAITING_MS = 30000;
@@ -70,6 +71,32 @@
     if (atBottom) pre.scrollTop = pre.scrollHeight;
   }
 
+  // The checkpoint's link and epoch, and "resume", as the page first showed them (detail.html).
+  function showCheckpoint(state) {
+    var box = document.getElementById("job-checkpoint");
+    var shown = [state.checkpoint, state.checkpoint_epoch, state.resumable].join();
+    // Rebuilt only when it changed, so that a link with the focus keeps it between refreshes.
+    if (!box || box.getAttribute("data-shown") === shown) return;
+    box.setAttribute("data-shown", shown);
+    box.textContent = "";
+    if (state.checkpoint) {
+      var download = document.createElement("a");
+      download.href = box.getAttribute("data-download-url");
+      download.setAttribute("download", "");
+      download.textContent = "Download checkpoint" + (state.checkpoint_epoch ? " (epoch " + state.checkpoint_epoch + ")" : "");
+      box.appendChild(download);
+    } else {
+      box.appendChild(document.createTextNode("none yet"));
+    }
+    if (state.resumable) {
+      var resume = document.createElement("a");
+      resume.href = box.getAttribute("data-resume-url");
+      resume.textContent = "Resume in a new booking";
+      box.appendChild(document.createTextNode(" · "));
+      box.appendChild(resume);
+    }
+  }
+
   function show(state) {
     var status = document.getElementById("job-status");
     if (status) {
@@ -78,6 +105,7 @@
     }
     text("job-epoch", "epoch " + state.epoch + " of " + state.epochs);
     text("job-reason", state.reason || "—");
+    showCheckpoint(state);
     drawChart(state.series || {});
     showLog(state.log || "");
   }

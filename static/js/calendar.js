@@ -16,8 +16,6 @@
     var slotMs = config.slotMinutes * 60000;
     var offset = utc ? 0 : -new Date().getTimezoneOffset();
     var gridShift = ((offset % config.slotMinutes) + config.slotMinutes) % config.slotMinutes;
-    // The day view fills the width beside the GPU names.
-    var daySlotWidth = Math.max(48, Math.floor((el.clientWidth - 260) / (24 * 60 / config.slotMinutes)));
     var healthy = {}, gpuName = {};
     resources.forEach(function (node) {
       node.children.forEach(function (gpu) {
@@ -88,16 +86,95 @@
       form.elements.date.value = startStr.slice(0, 10);
       form.elements.slot.value = startStr.slice(11, 16);
       form.elements.slots.value = slots;
+      suggestSizes();
       form.elements.title.focus();
       document.getElementById("booking-result").textContent = "";
     }
 
+    // --- Views and widths ---
+    // The whole day or the whole week fits the calendar's box: the slot columns are as wide as the
+    // width beside the GPU names allows, down to a floor below which the timeline scrolls inside its
+    // box (never the page). A narrow screen starts on a day; crossing the breakpoint switches view.
+    var DAY = "resourceTimelineDay", WEEK = "resourceTimelineWeek";
+    var narrow = window.matchMedia("(max-width: 700px)");
+    var slotsPerDay = 24 * 60 / config.slotMinutes;
+    var MIN_SLOT_WIDTH = {};
+    MIN_SLOT_WIDTH[DAY] = 48;  // "10:00" fits
+    MIN_SLOT_WIDTH[WEEK] = 6;
+
+    function slotWidth(view) {
+      var days = view === WEEK ? 7 : 1;
+      var box = el.querySelector(".ec-main") || el;
+      var names = el.querySelector(".ec-body .ec-sidebar");
+      // Before the first drawing the GPU names' width is a guess; fit() measures it afterwards.
+      var free = box.clientWidth - (names ? names.offsetWidth : (narrow.matches ? 120 : 240)) - days;
+      return Math.max(MIN_SLOT_WIDTH[view], Math.floor(free / (days * slotsPerDay) * 10) / 10);
+    }
+    function viewButtons(view) {
+      return {
+        dayView: { text: "Day", active: view === DAY, click: function () { showView(DAY); } },
+        weekView: { text: "Week", active: view === WEEK, click: function () { showView(WEEK); } },
+      };
+    }
+    // The slot width first, so that the new view is drawn once, at its own width.
+    function showView(view) {
+      calendar.setOption("slotWidth", slotWidth(view));
+      calendar.setOption("view", view);
+      calendar.setOption("customButtons", viewButtons(view));
+    }
+    function fit() {
+      var width = slotWidth(calendar.getView().type);
+      if (width !== calendar.getOption("slotWidth")) calendar.setOption("slotWidth", width);
+    }
+
+    // A GPU's track: its name, then its model (and health), which a narrow screen puts on a line
+    // of its own (calendar.css); a node's is its title.
+    function resourceLabel(info) {
+      var p = info.resource.extendedProps;
+      if (p.gpu === undefined) return info.resource.title;
+      var sep = document.createElement("span"), model = document.createElement("span");
+      sep.className = "label-sep";
+      sep.textContent = " · ";
+      model.className = "gpu-model";
+      model.textContent = p.model + (p.healthy ? "" : " · unhealthy");
+      return { domNodes: [document.createTextNode(p.label), sep, model] };
+    }
+
+    // --- Bookings' labels ---
+    // A booking shows its title and owner, wrapped onto lines as its box allows; when even a word does
+    // not fit (a short booking in the week view), it shows no text rather than a cut one: the colour
+    // says whose, and hover, focus and the screen reader's label give the rest.
+    function eventContent(info) {
+      var p = info.event.extendedProps;
+      if (!p.owner) return info.event.title;  // the past and unhealthy shading
+      var title = document.createElement("span"), owner = document.createElement("span");
+      title.className = "event-title";
+      title.textContent = p.title;
+      owner.className = "event-owner";
+      owner.textContent = p.owner;
+      return { domNodes: [title, document.createTextNode(" · "), owner] };
+    }
+    var labels = new ResizeObserver(function (entries) {
+      entries.forEach(function (entry) {
+        var box = entry.target, body = box.querySelector(".ec-event-body");
+        if (!box.isConnected || !body) {
+          labels.unobserve(box);
+          return;
+        }
+        // An attribute, not a class: Event Calendar rewrites the class when a booking's status changes.
+        box.toggleAttribute("data-untitled", body.scrollWidth > body.clientWidth + 1);
+      });
+    });
+
+    var initialView = narrow.matches ? DAY : WEEK;
     var calendar = EventCalendar.create(el, {
-      view: "resourceTimelineWeek",
+      view: initialView,
       // The week starts today (in the calendar's zone): what can still be booked comes first.
       firstDay: utc ? new Date().getUTCDay() : new Date().getDay(),
-      headerToolbar: { start: "prev,next today", center: "title", end: "resourceTimelineDay,resourceTimelineWeek" },
-      buttonText: { today: "Today", resourceTimelineDay: "Day", resourceTimelineWeek: "Week" },
+      headerToolbar: { start: "prev,next today", center: "title", end: "dayView,weekView" },
+      customButtons: viewButtons(initialView),
+      buttonText: { today: "Today" },
+      slotWidth: slotWidth(initialView),
       resources: resources,
       timeZone: utc ? "UTC" : "local",
       slotDuration: { minutes: config.slotMinutes },
@@ -107,15 +184,15 @@
       slotMinTime: { minutes: gridShift },
       slotMaxTime: { minutes: gridShift + 24 * 60 },
       snapDuration: { minutes: config.slotMinutes },
+      // A week labels every six hours with the hour alone (its columns are narrow), a day every slot.
       views: {
-        // A week fits the screen with a label every six hours; a day shows every slot.
-        resourceTimelineWeek: { slotWidth: 26, slotLabelInterval: { hours: 6 } },
-        resourceTimelineDay: { slotWidth: daySlotWidth },
+        resourceTimelineWeek: { slotLabelInterval: { hours: 6 }, slotLabelFormat: { hour: "2-digit", hourCycle: "h23" } },
       },
       slotLabelFormat: { hour: "2-digit", minute: "2-digit", hourCycle: "h23" },
+      resourceLabelContent: resourceLabel,
       dayHeaderFormat: { weekday: "short", day: "numeric", month: "short" },
       // The booking's title and owner; the times are on the axis and in the details.
-      eventContent: function (info) { return info.event.title; },
+      eventContent: eventContent,
       height: "auto",
       nowIndicator: true,
       selectable: true,
@@ -153,6 +230,7 @@
       eventDidMount: function (info) {
         var event = info.event, node = info.el;
         if (event.display !== "auto") return;
+        labels.observe(node);
         var label = describe(event).join(". ");
         node.setAttribute("aria-label", label + ". Press Enter to open it.");
         node.setAttribute("tabindex", "0");
@@ -171,6 +249,21 @@
     [[".ec-prev", "Earlier"], [".ec-next", "Later"]].forEach(function (pair) {
       var button = el.querySelector(pair[0]);
       if (button) button.setAttribute("aria-label", pair[1]);
+    });
+    // Widths follow the box (a resize, the side panel moving below); views follow the breakpoint.
+    var fitting = false;
+    new ResizeObserver(function () {
+      if (fitting) return;
+      fitting = true;
+      window.requestAnimationFrame(function () { fitting = false; fit(); });
+    }).observe(el);
+    // Only a real crossing switches (Chromium also fires "change" when the window is merely resized
+    // for a moment, as a full-page screenshot does, without the answer changing).
+    var wasNarrow = narrow.matches;
+    narrow.addEventListener("change", function () {
+      if (narrow.matches === wasNarrow) return;
+      wasNarrow = narrow.matches;
+      showView(narrow.matches ? DAY : WEEK);
     });
     filters.addEventListener("change", function () { calendar.refetchEvents(); });
     // The answer in the side panel: in view, whatever was scrolled.
@@ -195,6 +288,20 @@
     function showServe() { serveFields.hidden = !serve.checked; }
     serve.addEventListener("change", showServe);
     showServe();
+    // A job starts from the chosen device's image size and batch (a CPU device's are small, a GPU's
+    // ultralytics' defaults: data-imgsz and data-batch on each GPU), unless the person typed their own.
+    ["imgsz", "batch"].forEach(function (name) {
+      form.elements[name].addEventListener("input", function () { this.setAttribute("data-edited", ""); });
+    });
+    function suggestSizes() {
+      var chosen = form.elements.gpus.selectedOptions[0];
+      if (!chosen) return;
+      ["imgsz", "batch"].forEach(function (name) {
+        var field = form.elements[name];
+        if (!field.hasAttribute("data-edited")) field.value = chosen.getAttribute("data-" + name);
+      });
+    }
+    form.elements.gpus.addEventListener("change", suggestSizes);
     form.elements.priority.addEventListener("change", function () {
       form.elements.preemptible.checked = form.elements.priority.value === "low";
     });

@@ -29,6 +29,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # Wide enough for the calendar and its side panel side by side.
 VIEWPORT = {"width": 1440, "height": 900}
+# A phone (an iPhone 12 to 14's CSS pixels) and a small laptop.
+PHONE = {"width": 390, "height": 844}
+LAPTOP = {"width": 1400, "height": 900}
 # Headless Chromium shows date and time fields as en-US does (mm/dd/yyyy, a 12-hour clock with AM/PM):
 # the keyboard tests type them so.
 LOCALE = "en-US"
@@ -67,10 +70,10 @@ class Browsing:
     def url(self, path):
         return self.base_url + path
 
-    def context(self, zone="UTC", user=None, zone_cookie=True):
+    def context(self, zone="UTC", user=None, zone_cookie=True, viewport=VIEWPORT):
         """A fresh browser (no cookies) in `zone`; signed in as `user` when given. With
         zone_cookie the `tz` cookie is already set, so app.js has no reason to reload the page."""
-        context = self.browser.new_context(timezone_id=zone, locale=LOCALE, viewport=VIEWPORT)
+        context = self.browser.new_context(timezone_id=zone, locale=LOCALE, viewport=viewport)
         context.set_default_timeout(10_000)
         self.contexts.append(context)
         cookies = []

@@ -348,6 +348,35 @@ def test_the_job_json_gives_status_epochs_per_epoch_series_and_the_log_tail(clus
     assert state["log"] == "Epoch 1/5 done\nEpoch 2/5 done\n"
 
 
+def test_the_job_json_gives_the_latest_checkpoint_as_the_page_polls_it(cluster, owner, runs_dir):
+    reservation = book(owner, cluster["node1"][:1])
+    job = job_for(reservation, runs_dir)
+    client = page_client(owner)
+    before = client.get(f"/bookings/{reservation.pk}/job/").json()
+    newer = runs_dir / f"job-{job.pk}" / "checkpoints" / "epoch-0005.pt"
+    newer.write_bytes(b"weights of epoch 5")
+    TrainingJob.objects.filter(pk=job.pk).update(epoch=5, checkpoint=str(newer), checkpoint_epoch=5)
+
+    after = client.get(f"/bookings/{reservation.pk}/job/").json()
+
+    assert (before["checkpoint"], before["checkpoint_epoch"], before["resumable"]) == (True, 2, True)
+    assert (after["checkpoint"], after["checkpoint_epoch"], after["resumable"]) == (True, 5, True)
+    assert b"".join(client.get(f"/bookings/{reservation.pk}/checkpoint/").streaming_content) == b"weights of epoch 5"
+
+
+def test_a_job_without_a_checkpoint_says_none_yet_in_the_page_and_the_json(cluster, owner, runs_dir):
+    reservation = book(owner, cluster["node1"][:1])
+    job = job_for(reservation, runs_dir)
+    TrainingJob.objects.filter(pk=job.pk).update(checkpoint="", checkpoint_epoch=None)
+    client = page_client(owner)
+
+    state = client.get(f"/bookings/{reservation.pk}/job/").json()
+    page = section(client.get(f"/bookings/{reservation.pk}/"), "Checkpoint", "Losses and mAP")
+
+    assert (state["checkpoint"], state["checkpoint_epoch"], state["resumable"]) == (False, None, False)
+    assert "none yet" in page and "Download checkpoint" not in page and "Resume" not in page
+
+
 def test_the_job_history_spans_the_job_it_resumed_and_falls_back_to_the_stored_epoch(cluster, owner, runs_dir):
     first = job_for(book(owner, cluster["node1"][:1]), runs_dir, status=TrainingJob.Status.STOPPED)
     second = job_for(
@@ -447,7 +476,7 @@ def test_action_buttons_and_fields_have_accessible_names(cluster, owner):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_in_a_browser_the_chart_is_drawn_and_the_job_refreshes_until_it_finishes(
+def test_in_a_browser_the_chart_is_drawn_and_the_job_and_its_checkpoint_refresh_until_it_finishes(
     live_server, cluster, owner, runs_dir, monkeypatch
 ):
     # Playwright's sync API runs an event loop in this thread; the ORM calls below are plain sync.
@@ -471,13 +500,18 @@ def test_in_a_browser_the_chart_is_drawn_and_the_job_refreshes_until_it_finishes
             page.goto(f"{live_server.url}/bookings/{reservation.pk}/")
             page.wait_for_selector("#job-chart canvas")
             assert page.text_content("#chart-summary") == "2 epochs recorded."
+            assert page.text_content("#job-checkpoint a[download]") == "Download checkpoint (epoch 2)"
 
             run = runs_dir / f"job-{job.pk}"
             with open(run / "train" / "results.csv", "a") as results:
                 results.write(",3.5,1.9,0.1,0.2,0.08\n")  # the third row, now whole
             with open(run / "train.log", "a") as log:
                 log.write("Epoch 3/5 done\n")
-            TrainingJob.objects.filter(pk=job.pk).update(epoch=3, status=TrainingJob.Status.COMPLETED)
+            newer = run / "checkpoints" / "epoch-0003.pt"
+            newer.write_bytes(b"weights of epoch 3")
+            TrainingJob.objects.filter(pk=job.pk).update(
+                epoch=3, status=TrainingJob.Status.COMPLETED, checkpoint=str(newer), checkpoint_epoch=3
+            )
             # Inside Playwright's sync API this ran in a context of its own, so on a connection of its
             # own: close it, or the test database cannot be dropped at the end.
             connections["default"].close()
@@ -487,6 +521,8 @@ def test_in_a_browser_the_chart_is_drawn_and_the_job_refreshes_until_it_finishes
             assert page.text_content("#job-status") == "Completed"
             assert "Epoch 3/5 done" in page.text_content("#job-log")
             assert page.text_content("#chart-summary") == "3 epochs recorded."
+            assert page.text_content("#job-checkpoint a[download]") == "Download checkpoint (epoch 3)"
+            assert page.get_attribute("#job-checkpoint a[download]", "href") == f"/bookings/{reservation.pk}/checkpoint/"
             assert problems == []
         finally:
             browser.close()

@@ -23,8 +23,12 @@ from reservations.models import Reservation, Team
 from serving.models import Serving
 from trainer.models import TrainingJob
 
+from reservations.models import Notice
+from reservations.services import Device, node_register, notice_send
+from trainer.hardware import CPU_MODEL
+
 from ..support import book, make_user
-from .browser import browser, browsing  # noqa: F401  (fixtures)
+from .browser import LAPTOP, PHONE, browser, browsing  # noqa: F401  (fixtures)
 from .ldap_server import PASSWORDS, directory, slapd  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -462,3 +466,133 @@ def test_a_booking_that_serves_a_registered_model_is_made_from_the_form(browsing
     page.get_by_role("link", name=f"Open booking #{serving.reservation_id}").click()
     expect(page.get_by_role("heading", name=f"Serving #{serving.pk}")).to_be_visible()
     expect(page.locator("#serving")).to_contain_text("No replica yet")
+
+
+# --- A phone and a small laptop ---------------------------------------------------------------------
+
+
+def widths(page):
+    """How wide the page's document and body are, and how wide the window shows them."""
+    return page.evaluate(
+        "() => [document.documentElement.scrollWidth, document.body.scrollWidth, window.innerWidth]"
+    )
+
+
+def test_no_page_is_wider_than_a_phone(browsing, owner, staff, cluster, training_dirs):
+    _data, runs_dir = training_dirs
+    reservation = book(owner, cluster["node1"][:2], start=day_ahead(), slots=3, title="a rather long title for a phone")
+    job = TrainingJob.objects.create(reservation=reservation, spec={"model": "yolov8n.yaml"}, epochs=8)
+    record_epochs(job, runs_dir, 3)
+    notice_send(
+        user=owner, kind=Notice.Kind.PREEMPTION_WARNING, reservation=reservation,
+        message=f"Reservation #{reservation.pk} (node1/gpu0, node1/gpu1) is preempted by #99 (high, someone): "
+        f"its GPUs are reclaimed at {day_ahead():%Y-%m-%d %H:%M} UTC, when its job is stopped with a checkpoint.",
+    )
+    signed_in = browsing.page(owner, viewport=PHONE)
+    signed_out = browsing.page(viewport=PHONE)
+    staff_page = browsing.page(staff, viewport=PHONE)
+    pages = [
+        (signed_in, "/"), (signed_in, "/bookings/"), (signed_in, f"/bookings/{reservation.pk}/"),
+        (signed_in, "/notices/"), (signed_in, "/profile/"), (signed_out, "/login/"), (staff_page, "/reports/usage/"),
+    ]
+
+    for page, path in pages:
+        page.goto(browsing.url(path))
+        expect(page.locator("main h1")).to_be_visible()
+        if path == "/":
+            expect(page.locator(".ec-timeline .ec-body")).to_be_visible()
+        html, body, window = widths(page)
+        assert window == PHONE["width"] and html <= window and body <= window, (path, html, body)
+
+
+def test_on_a_phone_the_calendar_shows_a_day_and_the_booking_form_comes_below_it(browsing, owner, cluster):
+    page = open_calendar(browsing, owner, viewport=PHONE)
+
+    assert page.evaluate("window.gpuCalendar.getView().type") == "resourceTimelineDay"
+    calendar = page.locator("#calendar").bounding_box()
+    form = page.locator(".booking-panel").bounding_box()
+    assert form["y"] >= calendar["y"] + calendar["height"]
+    # The day's timeline scrolls inside its own box, the page does not.
+    assert page.evaluate("(() => { const m = document.querySelector('.ec-main'); return m.scrollWidth > m.clientWidth; })()")
+    assert widths(page)[0] <= PHONE["width"]
+
+
+def test_the_view_follows_the_window_across_the_phone_breakpoint(browsing, owner, cluster):
+    page = open_calendar(browsing, owner, viewport=LAPTOP)
+    view = "window.gpuCalendar.getView().type"
+    assert page.evaluate(view) == "resourceTimelineWeek"
+
+    page.set_viewport_size(PHONE)
+    expect(page.get_by_role("button", name="Day", exact=True)).to_have_class(re.compile(r"\bec-active\b"))
+    assert page.evaluate(view) == "resourceTimelineDay"
+    page.get_by_role("button", name="Week", exact=True).click()  # a choice the person makes stays
+    page.set_viewport_size({"width": 600, "height": 844})
+    assert page.evaluate(view) == "resourceTimelineWeek"
+    page.set_viewport_size(LAPTOP)
+
+    expect(page.get_by_role("button", name="Week", exact=True)).to_have_class(re.compile(r"\bec-active\b"))
+    assert page.evaluate(view) == "resourceTimelineWeek"
+
+
+def test_on_a_small_laptop_the_week_shows_all_seven_days_and_no_title_cut_short(browsing, owner, cluster):
+    start = day_ahead(days=1, hour=2)
+    long_run = book(owner, cluster["node1"][:1], start=start, slots=12, title="overnight training run")
+    short = book(owner, cluster["node1"][1:2], start=start, slots=1, title="distillation")
+    page = open_calendar(browsing, owner, viewport=LAPTOP)
+    expect(page.locator(".ec-event", has_text="overnight training run")).to_be_visible()
+
+    box = page.locator(".ec-main").bounding_box()
+    days = page.locator(".ec-header .ec-col-head:not(.ec-slots)")
+    expect(days).to_have_count(7)
+    for day in days.all():
+        head = day.bounding_box()
+        assert box["x"] <= head["x"] and head["x"] + head["width"] <= box["x"] + box["width"] + 1
+    assert page.evaluate("(() => { const m = document.querySelector('.ec-main'); return m.scrollWidth <= m.clientWidth; })()")
+    # A title is shown whole (wrapped where it must) or, in a box too narrow for a word, not at all.
+    shown = page.locator(f".ec-event[aria-label^='overnight training run (#{long_run.pk})']")
+    expect(shown).not_to_have_attribute("data-untitled", "")
+    expect(shown.locator(".ec-event-body")).to_have_text("overnight training run · owner")
+    expect(page.locator(f".ec-event[aria-label^='distillation (#{short.pk})']")).to_have_attribute("data-untitled", "")
+    cut = page.evaluate(
+        "() => Array.from(document.querySelectorAll('.ec-event:not([data-untitled]):not(.ec-bg-event) .ec-event-body'))"
+        ".filter(body => body.scrollWidth > body.clientWidth + 1).map(body => body.textContent)"
+    )
+    assert cut == []
+
+
+def test_the_six_hour_axis_labels_start_on_their_gridlines(browsing, owner, cluster):
+    page = open_calendar(browsing, owner, viewport=LAPTOP)
+
+    labels = page.evaluate("""() => {
+      const width = window.gpuCalendar.getOption('slotWidth');
+      const head = document.querySelector('.ec-header .ec-slots');
+      return Array.from(head.querySelectorAll('.ec-slot')).map((slot, i) => ({
+        gridline: head.getBoundingClientRect().left + i * 3 * width,
+        slot: slot.getBoundingClientRect().left,
+        label: slot.querySelector('time').getBoundingClientRect().left,
+      }));
+    }""")
+
+    assert len(labels) == 4  # 00, 06, 12 and 18 in UTC
+    for label in labels:
+        assert abs(label["slot"] - label["gridline"]) <= 1 and 0 <= label["label"] - label["gridline"] <= 4, labels
+
+
+def test_a_cpu_device_suggests_a_small_image_size_and_batch_unless_the_person_typed_theirs(browsing, owner, cluster):
+    cpu = node_register(hostname="node3", devices=[Device(index=0, model=CPU_MODEL, memory_mb=4096, uuid="cpu-0")])
+    page = open_calendar(browsing, owner)
+    page.get_by_label("Train a model in this booking").check()
+    size, batch = page.get_by_label("Image size"), page.get_by_label("Batch", exact=True)
+    expect(page.locator("#id_gpus optgroup").first).to_have_attribute("label", "node1 (online · can train now)")
+
+    page.locator("#id_gpus").select_option(str(cpu.gpus.get().pk))
+    expect(size).to_have_value("64")
+    expect(batch).to_have_value("4")
+    page.locator("#id_gpus").select_option(str(cluster["node1"][0].pk))
+    expect(size).to_have_value("640")
+    expect(batch).to_have_value("16")
+    size.fill("320")
+    page.locator("#id_gpus").select_option(str(cpu.gpus.get().pk))
+
+    expect(size).to_have_value("320")
+    expect(batch).to_have_value("4")

@@ -12,7 +12,9 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-from reservations.models import AuditEntry, Membership, Reservation
+from reservations.models import GPU, AuditEntry, Membership, Node, Reservation
+from reservations.services import Device, node_register
+from trainer.hardware import CPU_MODEL
 from serving.models import Model, ModelVersion, Serving
 from trainer.models import TrainingJob
 from web.selectors import servable_models
@@ -69,7 +71,46 @@ def test_the_calendar_has_a_track_per_gpu_grouped_under_its_node_with_health(own
     assert [g["title"] for g in resources[1]["children"]][3] == "gpu3 · A100 · unhealthy"
     assert [len(r["children"]) for r in resources] == [4, 4]
     # The keyboard path: the same GPUs in the form, the unhealthy one not selectable.
-    assert re.search(rf'<option value="{gpu.pk}" disabled>node2/gpu3 \(unhealthy\)</option>', response.content.decode())
+    assert re.search(rf'<option value="{gpu.pk}"[^>]* disabled>node2/gpu3 \(unhealthy\)</option>', response.content.decode())
+
+
+def gpu_list(html):
+    """The booking form's GPU list: [(group label, [(option text, data-imgsz, data-batch), ...])]."""
+    select = re.search(r'<select name="gpus".*?</select>', html, re.S).group(0)
+    return [
+        (label, re.findall(r'<option value="\d+" data-imgsz="(\d+)" data-batch="(\d+)"[^>]*>([^<]*)</option>', options))
+        for label, options in re.findall(r'<optgroup label="([^"]*)">(.*?)</optgroup>', select, re.S)
+    ]
+
+
+@pytest.fixture
+def three_nodes(cluster):
+    """node1 offline, node2 online with no healthy GPU, node3 online with two healthy CPU devices."""
+    Node.objects.filter(hostname="node1").update(online=False)
+    GPU.objects.filter(node__hostname="node2").update(healthy=False)
+    node_register(hostname="node3", devices=[Device(index=i, model=CPU_MODEL, memory_mb=4096, uuid=f"cpu-{i}") for i in range(2)])
+
+
+def test_the_gpu_list_puts_the_nodes_that_can_train_now_first_and_says_which_can(owner, three_nodes):
+    html = page_client(owner).get("/").content.decode()
+
+    assert [label for label, _ in gpu_list(html)] == [
+        "node3 (online · can train now)",
+        "node2 (online · no healthy GPU)",
+        "node1 (offline · bookable)",
+    ]
+    resources = json.loads(re.search(r'id="calendar-resources"[^>]*>(.*?)</script>', html, re.S).group(1))
+    assert [r["title"] for r in resources] == ["node3 (online)", "node2 (online)", "node1 (offline)"]
+
+
+def test_each_gpu_carries_the_image_size_and_batch_a_job_on_it_starts_from(owner, three_nodes):
+    groups = dict(gpu_list(page_client(owner).get("/").content.decode()))
+
+    assert groups["node3 (online · can train now)"] == [("64", "4", "node3/gpu0 (CPU)"), ("64", "4", "node3/gpu1 (CPU)")]
+    assert groups["node1 (offline · bookable)"][0] == ("640", "16", "node1/gpu0")
+    html = page_client(owner).get("/").content.decode()
+    assert re.search(r'<input type="number" name="imgsz" value="640"', html)
+    assert re.search(r'<input type="number" name="batch" value="16"', html)
 
 
 def test_a_signed_out_visitor_is_sent_to_sign_in_and_gets_no_bookings(owner, cluster):
@@ -357,6 +398,26 @@ def dataset(tmp_path, settings):
     (root / "demo" / "data.yaml").write_text("path: .\n")
     settings.TRAINING_DATA_ROOTS = [root.resolve()]
     return root / "demo" / "data.yaml"
+
+
+def test_the_form_offers_the_datasets_under_the_roots_the_demo_one_first_and_fills_it_in(owner, cluster, dataset):
+    root = dataset.parent.parent
+    for folder in ("coco", "team/parts", "demo/images"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "data.yaml").write_text("path: .\n")
+
+    html = page_client(owner).get("/").content.decode()
+
+    offered = re.findall(r'<option value="([^"]+)"></option>', re.search(r'<datalist id="dataset-choices">.*?</datalist>', html).group(0))
+    assert offered == [str(root / "demo" / "data.yaml"), str(root / "coco" / "data.yaml"), str(root / "team" / "parts" / "data.yaml")]
+    assert re.search(rf'<input type="text" name="data" value="{re.escape(str(dataset))}"[^>]* list="dataset-choices"', html)
+
+
+def test_without_datasets_the_dataset_box_is_empty_and_offers_none(owner, cluster):
+    html = page_client(owner).get("/").content.decode()
+
+    assert "<datalist" not in html
+    assert re.search(r'<input type="text" name="data"(?![^>]*value=)[^>]*>', html)
 
 
 def test_a_booking_can_carry_a_training_job(owner, cluster, dataset):

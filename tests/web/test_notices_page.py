@@ -1,4 +1,5 @@
-"""The notices page: a person's notices, newest first, the unread ones marked and then read.
+"""The notices page: a person's notices, newest first, the unread ones marked; they are read when
+the person says so (a POST), never by looking.
 
 Time is frozen at FROZEN_NOW (Monday 09:17 UTC).
 """
@@ -25,49 +26,96 @@ def notice(user, message, *, minutes_ago=0, kind=Notice.Kind.MOVED, **fields):
     )
 
 
-def test_notices_are_listed_newest_first_with_the_unread_ones_marked_then_read(owner):
+def shown_ids(response):
+    """The ids the page's "Mark read" form posts."""
+    form = re.search(r'<form method="post" action="/notices/read/" class="notices-read">(.*?)</form>', response.content.decode(), re.S)
+    return [int(pk) for pk in re.findall(r'name="ids" value="(\d+)"', form.group(1))] if form else []
+
+
+def test_notices_are_listed_newest_first_with_the_unread_ones_marked(owner):
     old = notice(owner, "an old one", minutes_ago=60, read_at=FROZEN_NOW - timedelta(minutes=30))
     older_unread = notice(owner, "an unread one", minutes_ago=10)
     newest = notice(owner, "the newest one", kind=Notice.Kind.WAITLIST_CONFIRMED)
-    client = page_client(owner)
 
-    first = client.get("/notices/")
+    response = page_client(owner).get("/notices/")
 
-    page = text_of(first)
+    page = text_of(response)
     assert page.index("the newest one") < page.index("an unread one") < page.index("an old one")
     assert "New (unread) Waitlist confirmed" in page
-    assert re.findall(r'class="card notice( unread)?" id="notice-(\d+)"', first.content.decode()) == [
+    assert re.findall(r'class="card notice( unread)?" id="notice-(\d+)"', response.content.decode()) == [
         (" unread", str(newest.pk)), (" unread", str(older_unread.pk)), ("", str(old.pk)),
     ]
-    # Shown, so read now: the second visit marks nothing new.
-    assert set(Notice.objects.filter(read_at__isnull=True).values_list("pk", flat=True)) == set()
-    assert Notice.objects.get(pk=newest.pk).read_at == FROZEN_NOW
-    assert Notice.objects.get(pk=old.pk).read_at == FROZEN_NOW - timedelta(minutes=30)
-    assert "(unread)" not in text_of(client.get("/notices/"))
+    assert shown_ids(response) == [newest.pk, older_unread.pk]
 
 
-def test_only_the_notices_on_the_page_shown_are_marked_read(owner):
-    for i in range(30):
-        notice(owner, f"notice {i:02d}", minutes_ago=i)
+def test_looking_at_the_notices_leaves_them_unread(owner):
+    unread = notice(owner, "an unread one")
     client = page_client(owner)
 
     client.get("/notices/")
+    again = client.get("/notices/")
 
+    assert Notice.objects.get(pk=unread.pk).read_at is None
+    assert "New (unread)" in text_of(again)
+
+
+def test_mark_read_marks_the_notices_the_page_showed_and_returns_to_it(owner):
+    for i in range(30):
+        notice(owner, f"notice {i:02d}", minutes_ago=i)
+    client = page_client(owner)
+    first = client.get("/notices/")
+
+    response = client.post("/notices/read/", {"ids": shown_ids(first), "next": "/notices/"})
+
+    assert response.status_code == 302 and response["Location"] == "/notices/"
     unread = Notice.objects.filter(read_at__isnull=True).order_by("-created")
     assert [n.message for n in unread] == [f"notice {i:02d}" for i in range(25, 30)]
+    assert Notice.objects.filter(message="notice 00").get().read_at == FROZEN_NOW
+    assert "25 notices marked read." in text_of(client.get("/notices/"))
     second = client.get("/notices/?page=2")
     assert "notice 29" in text_of(second) and "Page 2 of 2" in text_of(second)
-    assert not Notice.objects.filter(read_at__isnull=True).exists()
+    assert len(shown_ids(second)) == 5
+
+
+def test_mark_read_needs_a_post_with_the_csrf_token(owner):
+    unread = notice(owner, "an unread one")
+    client = page_client(owner, enforce_csrf_checks=True)
+
+    assert client.get("/notices/read/", {"ids": unread.pk}).status_code == 405
+    assert client.post("/notices/read/", {"ids": unread.pk}).status_code == 403
+    assert Notice.objects.get(pk=unread.pk).read_at is None
+
+
+@pytest.mark.parametrize("ids", [[], ["x"], ["²"], ["1"] * 101])
+def test_mark_read_with_bad_ids_is_a_400_naming_the_field(owner, ids):
+    unread = notice(owner, "an unread one")
+
+    response = page_client(owner).post("/notices/read/", {"ids": ids})
+
+    assert response.status_code == 400 and response.content.decode().startswith("ids: ")
+    assert Notice.objects.get(pk=unread.pk).read_at is None
+
+
+def test_mark_read_goes_back_only_to_a_page_of_this_site(owner):
+    unread = notice(owner, "an unread one")
+
+    response = page_client(owner).post("/notices/read/", {"ids": unread.pk, "next": "https://evil.example/"})
+
+    assert response.status_code == 302 and response["Location"] == "/notices/"
+    assert Notice.objects.get(pk=unread.pk).read_at == FROZEN_NOW
 
 
 def test_other_peoples_notices_are_neither_shown_nor_marked(owner, teammate):
     theirs = notice(teammate, "for the teammate only")
-    notice(owner, "for the owner")
+    mine = notice(owner, "for the owner")
+    client = page_client(owner)
 
-    page = text_of(page_client(owner).get("/notices/"))
+    page = text_of(client.get("/notices/"))
+    client.post("/notices/read/", {"ids": [mine.pk, theirs.pk]})
 
     assert "for the owner" in page and "for the teammate only" not in page
     assert Notice.objects.get(pk=theirs.pk).read_at is None
+    assert Notice.objects.get(pk=mine.pk).read_at == FROZEN_NOW
 
 
 def test_the_mark_read_service_touches_only_the_given_users_unread_notices(owner, teammate):
@@ -96,14 +144,68 @@ def test_a_preemption_warning_shows_the_reclaim_time_in_the_viewers_zone_and_lin
     assert f'href="/bookings/{reservation.pk}/"' in response.content.decode()
 
 
-def test_the_banner_shows_the_newest_unread_notice_elsewhere_until_the_notices_page_showed_it(owner):
+def test_the_banner_shows_the_newest_unread_notice_elsewhere_until_it_is_marked_read(owner):
+    mine = notice(owner, "your booking moved")
+    client = page_client(owner)
+    client.get("/notices/")
+    page = client.get("/bookings/")
+    assert "your booking moved" in text_of(page)
+    banner = re.search(r'<div class="banner".*?</div>', page.content.decode(), re.S).group(0)
+    assert f'name="ids" value="{mine.pk}"' in banner and 'name="next" value="/bookings/"' in banner
+
+    response = client.post("/notices/read/", {"ids": mine.pk, "next": "/bookings/"})
+
+    assert response["Location"] == "/bookings/"
+    assert "your booking moved" not in text_of(client.get("/bookings/"))
+
+
+def test_the_banners_mark_read_on_a_page_that_answered_a_form_returns_to_the_notices(cluster, owner):
+    reservation = book(owner, cluster["node1"][:1])
     notice(owner, "your booking moved")
     client = page_client(owner)
-    assert "your booking moved" in text_of(client.get("/bookings/"))
 
-    client.get("/notices/")
+    refused = client.post(f"/bookings/{reservation.pk}/transfer/", {"to": "nobody-here"})
 
-    assert "your booking moved" not in text_of(client.get("/bookings/"))
+    assert refused.status_code == 400
+    banner = re.search(r'<div class="banner".*?</div>', refused.content.decode(), re.S).group(0)
+    assert 'name="next"' not in banner
+    assert client.post("/notices/read/", {"ids": Notice.objects.get().pk})["Location"] == "/notices/"
+
+
+def test_the_banner_shows_the_notices_utc_times_in_the_viewers_zone_as_the_pages_do(cluster, owner):
+    reservation = book(owner, cluster["node1"][:1], slots=2)
+    services.notice_send(
+        user=owner, kind=Notice.Kind.PREEMPTION_WARNING, reservation=reservation,
+        message=f"Reservation #{reservation.pk} is preempted: its GPUs are reclaimed at 2030-01-07 12:00 UTC.",
+        data={"reclaim_at": NEXT_SLOT + SLOT},
+    )
+    client = page_client(owner, zone="America/New_York")
+
+    banner = text_of(client.get("/bookings/"))
+    listed = text_of(client.get("/notices/"))
+
+    expected = "its GPUs are reclaimed at Mon 7 Jan 2030, 07:00 (America/New_York)."
+    assert expected in banner and expected in listed
+    assert "12:00 UTC" not in banner
+
+
+def test_a_window_and_a_bare_time_in_a_notice_are_shown_in_the_viewers_zone(owner):
+    notice(owner, "Moved to 2030-01-07 22:00-00:00 UTC; it ends at 10:00 UTC; not a time: 2030-02-30 25:00 UTC.")
+
+    page = text_of(page_client(owner, zone="Asia/Tokyo").get("/notices/"))
+
+    # Tokyo is UTC+9: the window is the next morning there, and 10:00 UTC after 09:17 UTC is today's.
+    assert "Moved to Tue 8 Jan 2030, 07:00–09:00 (Asia/Tokyo)" in page
+    assert "it ends at Mon 7 Jan 2030, 19:00 (Asia/Tokyo)" in page
+    assert "not a time: 2030-02-30 25:00 UTC." in page
+
+
+def test_a_notices_text_is_escaped_around_its_times(owner):
+    notice(owner, "<b>bold</b> at 2030-01-07 12:00 UTC")
+
+    html = page_client(owner).get("/notices/").content.decode()
+
+    assert "&lt;b&gt;bold&lt;/b&gt; at <time datetime=\"2030-01-07T12:00:00+00:00\">Mon 7 Jan 2030, 12:00</time> (UTC)" in html
 
 
 def test_a_signed_out_visitor_is_sent_to_sign_in(owner):
@@ -112,6 +214,7 @@ def test_a_signed_out_visitor_is_sent_to_sign_in(owner):
     response = Client().get("/notices/")
 
     assert response.status_code == 302 and response["Location"].startswith("/login/?next=")
+    assert Client().post("/notices/read/", {"ids": Notice.objects.get().pk}).status_code == 302
     assert Notice.objects.get().read_at is None
 
 

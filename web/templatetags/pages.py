@@ -1,6 +1,19 @@
+import re
+from datetime import date, datetime, time, timedelta, timezone as dt_timezone
+
 from django import template
+from django.utils import dateformat, timezone
+from django.utils.html import conditional_escape, format_html
+from django.utils.safestring import mark_safe
 
 register = template.Library()
+
+# How the pages write a moment (the notices page, a booking's page): the zone is named beside it.
+MOMENT_FORMAT = "D j M Y, H:i"
+# The times the services write into notices' messages, in UTC because the same text goes out by
+# e-mail and webhook: "2026-12-07 08:00 UTC", a window "2026-12-07 08:00-10:00 UTC", or a time of
+# day alone, "10:00 UTC" (an end-of-slot warning: the first such moment after the notice).
+UTC_TIMES = re.compile(r"\b(?:(\d{4}-\d{2}-\d{2}) )?(\d{2}):(\d{2})(?:-(\d{2}):(\d{2}))? UTC\b")
 
 
 @register.filter
@@ -19,3 +32,46 @@ def duration(delta):
     if minutes or not parts:
         parts.append(f"{minutes} min")
     return " ".join(parts)
+
+
+@register.filter(needs_autoescape=True)
+def local_times(text, sent, autoescape=True):
+    """A notice's message (sent at `sent`) with the UTC times in it shown as the pages show times: in
+    the viewer's zone, named. Text that only looks like a time (no such day, 25:00) stays as it is."""
+    escape = conditional_escape if autoescape else str
+    parts, last = [], 0
+    for match in UTC_TIMES.finditer(text):
+        shown = _local_window(match, sent)
+        if shown is None:
+            continue
+        parts += [escape(text[last:match.start()]), shown]
+        last = match.end()
+    parts.append(escape(text[last:]))
+    return mark_safe("".join(parts))
+
+
+def _local_window(match, sent):
+    day, hour, minute, end_hour, end_minute = match.groups()
+    try:
+        start = _utc_moment(day, hour, minute, sent)
+        end = None if end_hour is None else _utc_moment(None, end_hour, end_minute, start)
+    except ValueError:
+        return None
+    local_start = timezone.localtime(start)
+    shown = dateformat.format(local_start, MOMENT_FORMAT)
+    if end is not None:
+        local_end = timezone.localtime(end)
+        same_day = local_end.date() == local_start.date()
+        shown += "–" + dateformat.format(local_end, "H:i" if same_day else MOMENT_FORMAT)
+    return format_html(
+        '<time datetime="{}">{}</time> ({})', start.isoformat(), shown, timezone.get_current_timezone_name()
+    )
+
+
+def _utc_moment(day, hour, minute, after):
+    """The UTC moment of `day` at hour:minute, or with no day the first such moment from `after` on."""
+    clock = time(int(hour), int(minute))
+    if day is not None:
+        return datetime.combine(date.fromisoformat(day), clock, tzinfo=dt_timezone.utc)
+    moment = datetime.combine(after.astimezone(dt_timezone.utc).date(), clock, tzinfo=dt_timezone.utc)
+    return moment if moment >= after else moment + timedelta(days=1)

@@ -9,11 +9,13 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, JsonResponse
+from django.http import FileResponse, Http404, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.template.defaultfilters import pluralize
 from django.utils.dateparse import parse_datetime
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from reservations import policy, selectors, services
@@ -24,7 +26,7 @@ from trainer.logs import job_log_text
 from trainer.models import TrainingJob
 
 from .. import selectors as web_selectors
-from ..bookings_forms import CancelForm, MoveForm, TransferForm
+from ..bookings_forms import CancelForm, MoveForm, NoticesReadForm, TransferForm
 
 PAST_PER_PAGE = 20
 NOTICES_PER_PAGE = 25
@@ -243,10 +245,7 @@ def _booking_page(request, pk, *, failure=None):
         "failure_apart": failure is not None and reservation.actions is None,
     }
     if job is not None:
-        context.update(
-            job_state=_job_state(job, reservation),
-            checkpoint=progress.checkpoint_file(job) is not None,
-        )
+        context["job_state"] = _job_state(job, reservation)
     return render(request, "web/bookings/detail.html", context, status=failure.status if failure else 200)
 
 
@@ -268,7 +267,11 @@ def _job_state(job, reservation):
         "epochs": job.epochs,
         "live": job.status in TrainingJob.LIVE,
         "finished": job.status in TrainingJob.FINISHED,
+        # The checkpoint to download (a file inside TRAINING_RUNS_DIR) and its epoch, and whether a
+        # new booking may resume from it: these change while the job runs, as the epoch does.
+        "checkpoint": progress.checkpoint_file(job) is not None,
         "checkpoint_epoch": job.checkpoint_epoch,
+        "resumable": bool(job.checkpoint),
         "series": progress.job_history(job),
         "log": job_log_text(job, LOG_TAIL_BYTES),
     }
@@ -315,14 +318,31 @@ def booking_checkpoint(request, pk):
 @login_required
 @require_GET
 def notices(request):
+    """The person's notices, newest first. Looking changes nothing (a link from anywhere could make
+    this request): they stay unread until marked read, by the form here or on the banner."""
     page = Paginator(selectors.notices_of(request.user), NOTICES_PER_PAGE).get_page(request.GET.get("page"))
     shown = list(page.object_list)
     for notice in shown:
         notice.unread = notice.read_at is None
         notice.reclaim_at = _reclaim_time(notice)
-    # Shown now: read from here on (the list above still marks them new on this page).
-    services.notices_mark_read(user=request.user, ids=[n.pk for n in shown if n.unread])
-    return render(request, "web/notices.html", {"page": page, "notices": shown})
+    context = {"page": page, "notices": shown, "unread_shown": [n.pk for n in shown if n.unread]}
+    return render(request, "web/notices.html", context)
+
+
+@login_required
+@require_POST
+def notices_read(request):
+    """Mark the notices posted (those a page showed) read, then back to that page."""
+    form = NoticesReadForm(request.POST)
+    if not form.is_valid():
+        return HttpResponseBadRequest(" ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items()))
+    marked = services.notices_mark_read(user=request.user, ids=form.cleaned_data["ids"])
+    if marked:
+        messages.success(request, f"{marked} notice{pluralize(marked)} marked read.")
+    back = form.cleaned_data["next"]
+    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        back = reverse("web:notices")
+    return redirect(back)
 
 
 def _reclaim_time(notice):

@@ -16,10 +16,13 @@ from django.views.decorators.http import require_GET, require_POST
 from reservations import policy, selectors, services
 from reservations.errors import BookingConflict, BookingError
 from reservations.models import Team
-from trainer.selectors import job_progress
+from trainer.hardware import CPU_MODEL
+from trainer.selectors import job_progress, training_datasets
+from trainer.spec import suggested_size
 
 from ..forms import BookingForm
 from ..middleware import viewer_zone
+from ..selectors import nodes_with_gpus
 
 # The widest window the feed serves in one request (the calendar asks for a day or a week).
 FEED_MAX_DAYS = 42
@@ -35,13 +38,18 @@ def calendar_page(request):
     resume = request.GET.get("resume", "")
     if _is_id(resume):
         initial.update(train=True, resume_from=int(resume))
+    datasets = training_datasets()
+    # The first dataset offered (the demo one, where there is one) is the one a job trains on unless
+    # the person names another.
+    initial["data"] = datasets[0] if datasets else ""
     form = BookingForm(user=request.user, initial=initial)
+    context = _form_context(form, gpus, datasets=datasets)
     teams = list(Team.objects.order_by("name"))
     return render(request, "web/calendar.html", {
-        **_form_context(form, gpus),
+        **context,
         "teams": teams,
         "my_teams": form.fields["team"].queryset,
-        "resources": _resources(gpus),
+        "resources": _resources(context["nodes"]),
         "waitlisted": selectors.waitlisted(now=now),
         "config": {
             "events": reverse("web:events"),
@@ -55,17 +63,22 @@ def calendar_page(request):
     })
 
 
-def _form_context(form, gpus):
-    """What the booking form's template needs besides the form: the GPUs grouped by node."""
-    nodes = {}
-    for gpu in gpus:
-        nodes.setdefault(gpu.node, []).append(gpu)
+def _form_context(form, gpus, datasets=()):
+    """What the booking form's template needs besides the form: the GPUs grouped by node (those that
+    can train now first), each GPU with the image size and batch a job on it starts from, and the
+    datasets to offer (trainer.selectors.training_datasets)."""
+    nodes = nodes_with_gpus(gpus)
+    for group in nodes:
+        for gpu in group.gpus:
+            gpu.on_cpu = gpu.model == CPU_MODEL
+            gpu.suggested = suggested_size(gpu.model)
     chosen = form["gpus"].value() or []
     return {
         "form": form,
         "nodes": nodes,
         "selected_gpus": {int(pk) for pk in chosen if _is_id(str(pk))},
         "slot_minutes": settings.SLOT_MINUTES,
+        "datasets": datasets,
     }
 
 
@@ -74,26 +87,30 @@ def _is_id(text):
     return text.isascii() and text.isdigit() and len(text) < 19
 
 
-def _resources(gpus):
-    """Event Calendar's resources: one group per node, one track per GPU under it."""
-    groups = {}
-    for gpu in gpus:
-        node = gpu.node
-        if node.pk not in groups:
-            state = "online" if node.online else "offline"
-            groups[node.pk] = {
-                "id": f"node-{node.pk}",
-                "title": f"{node.hostname} ({state})",
-                "extendedProps": {"node": node.pk, "online": node.online},
-                "children": [],
-            }
-        health = "" if gpu.healthy else " · unhealthy"
-        groups[node.pk]["children"].append({
-            "id": str(gpu.pk),
-            "title": f"gpu{gpu.index} · {gpu.model.removeprefix('NVIDIA ')}{health}",
-            "extendedProps": {"gpu": gpu.pk, "name": gpu.name, "node": node.pk, "healthy": gpu.healthy},
-        })
-    return list(groups.values())
+def _resources(nodes):
+    """Event Calendar's resources: one group per node (in the booking form's order), one track per
+    GPU under it."""
+    return [
+        {
+            "id": f"node-{group.node.pk}",
+            "title": f"{group.node.hostname} ({'online' if group.node.online else 'offline'})",
+            "extendedProps": {"node": group.node.pk, "online": group.node.online},
+            "children": [_track(gpu) for gpu in group.gpus],
+        }
+        for group in nodes
+    ]
+
+
+def _track(gpu):
+    label, model = f"gpu{gpu.index}", gpu.model.removeprefix("NVIDIA ")
+    return {
+        "id": str(gpu.pk),
+        "title": f"{label} · {model}{'' if gpu.healthy else ' · unhealthy'}",
+        # The title's parts, which calendar.js lays out by the screen's width.
+        "extendedProps": {
+            "gpu": gpu.pk, "name": gpu.name, "node": gpu.node_id, "healthy": gpu.healthy, "label": label, "model": model,
+        },
+    }
 
 
 @login_required
@@ -201,7 +218,9 @@ def book(request):
     suggestions, or the bookings a preemption would take, to confirm first)."""
     form = BookingForm(request.POST, user=request.user)
     gpus = selectors.calendar_gpus()
-    context = _form_context(form, gpus)
+    in_place = request.headers.get("HX-Request")
+    # An answer in place leaves the form as it is; without JavaScript the whole form comes again.
+    context = _form_context(form, gpus, datasets=() if in_place else training_datasets())
     # The fields a suggestion or a confirmation posts again, unchanged.
     context["carry"] = [
         (name, value) for name, values in request.POST.lists() for value in values
@@ -209,7 +228,7 @@ def book(request):
     ]
     if form.is_valid():
         context.update(_book(request, form, {g.pk: g for g in gpus}))
-    template = "web/calendar/_result.html" if request.headers.get("HX-Request") else "web/calendar/result_page.html"
+    template = "web/calendar/_result.html" if in_place else "web/calendar/result_page.html"
     response = render(request, template, context, status=context.get("status", 200 if form.is_valid() else 400))
     if context.get("booked"):
         response["HX-Trigger"] = "booked"
