@@ -73,3 +73,19 @@ class AwareDateTimeFormField(forms.Field):
 
 class AwareDateTimeFilter(django_filters.Filter):
     field_class = AwareDateTimeFormField
+
+
+# The largest id either database holds (a signed 64-bit integer): SQLite cannot even compare with a
+# larger number (an OverflowError, a 500), so a larger one is the client's 400.
+MAX_ID = 2**63 - 1
+
+
+class IdFilter(django_filters.NumberFilter):
+    """The django-filter for a row's id in a query parameter: a whole number from 1 to MAX_ID."""
+
+    field_class = forms.IntegerField
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("min_value", 1)
+        kwargs.setdefault("max_value", MAX_ID)
+        super().__init__(*args, **kwargs)

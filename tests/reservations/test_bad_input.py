@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 from reservations.api.parsers import MAX_JSON_DEPTH
 from reservations.models import Reservation
 
-from ..support import NEXT_SLOT, client_for, iso
+from ..support import NEXT_SLOT, client_for, iso, page_client
 
 pytestmark = pytest.mark.usefixtures("frozen")
 URL = "/api/v1/reservations/"
@@ -226,3 +226,30 @@ def test_a_10_mb_body_to_the_token_endpoint_is_a_413_in_json(db):
     assert response.status_code == 413
     assert response["Content-Type"] == "application/json"
     assert "larger than" in response.json()["detail"]
+
+
+# Past a signed 64-bit integer: SQLite cannot compare a column with it at all.
+HUGE_ID = "99999999999999999999"
+
+
+@pytest.mark.parametrize(
+    "path, parameter", [("/api/v1/reservations/", "gpu"), ("/api/v1/audit/", "reservation")]
+)
+def test_it_rejects_an_id_filter_larger_than_any_id_naming_the_parameter(staff, cluster, path, parameter):
+    response = client_for(staff).get(path, {parameter: HUGE_ID})
+
+    assert response.status_code == 400
+    assert parameter in response.json()
+
+
+@pytest.mark.parametrize(
+    "path", [f"/api/v1/{name}/{HUGE_ID}/" for name in ("reservations", "gpus", "nodes", "notices", "audit", "jobs",
+                                                       "replicas", "models")],
+)
+def test_an_id_in_the_api_path_larger_than_any_id_is_no_such_thing(staff, cluster, path):
+    assert client_for(staff).get(path).status_code == 404
+
+
+@pytest.mark.parametrize("path", [f"/bookings/{HUGE_ID}/", f"/bookings/{HUGE_ID}/job/", f"/bookings/{HUGE_ID}/checkpoint/"])
+def test_an_id_in_a_page_path_larger_than_any_id_is_no_such_booking(staff, cluster, path):
+    assert page_client(staff).get(path).status_code == 404
