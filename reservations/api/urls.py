@@ -3,7 +3,10 @@ from rest_framework.routers import DefaultRouter
 
 from . import reports, tokens, views
 
+# No ".json" suffix routes: the API answers JSON (its Accept header or ?format= picks another
+# renderer), and DRF passes the suffix to extra actions (cancel, move, transfer) that do not take it.
 router = DefaultRouter()
+router.include_format_suffixes = False
 router.register("gpus", views.GPUViewSet)
 router.register("nodes", views.NodeViewSet)
 router.register("reservations", views.ReservationViewSet, basename="reservation")
