@@ -1,5 +1,5 @@
-"""Migration operations for what only PostgreSQL can enforce (SQLite, the embedded default,
-relies on the service's serialised check-then-insert instead)."""
+"""Migration operations for what each database enforces in its own way: PostgreSQL's exclusion
+constraint and audit trigger, SQLite's triggers for the same rule on allocations (0014)."""
 
 from django.db import migrations
 
@@ -11,4 +11,14 @@ class PostgresOnlySQL(migrations.RunSQL):
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         if schema_editor.connection.vendor == "postgresql":
+            super().database_backwards(app_label, schema_editor, from_state, to_state)
+
+
+class SQLiteOnlySQL(migrations.RunSQL):
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor == "sqlite":
+            super().database_forwards(app_label, schema_editor, from_state, to_state)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor == "sqlite":
             super().database_backwards(app_label, schema_editor, from_state, to_state)

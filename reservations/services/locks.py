@@ -65,6 +65,9 @@ def lock_healthy_gpus():
 
 
 def is_overlap_violation(exc):
-    """Whether an IntegrityError is the exclusion constraint: two live bookings on one GPU."""
+    """Whether an IntegrityError is the exclusion constraint: two live bookings on one GPU (on SQLite,
+    the triggers of migration 0014, whose message starts with the constraint's name)."""
     diag = getattr(exc.__cause__, "diag", None)
-    return getattr(diag, "constraint_name", None) == EXCLUSION_CONSTRAINT
+    if diag is not None:
+        return getattr(diag, "constraint_name", None) == EXCLUSION_CONSTRAINT
+    return str(exc.__cause__).startswith(EXCLUSION_CONSTRAINT)
