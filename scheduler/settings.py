@@ -312,6 +312,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # The tests' SQLite lane uses a file, as the quick start does: an in-memory database shares one
+    # cache between connections, with table locks instead of the busy timeout, so concurrent
+    # bookings would meet "table is locked" where the quick start's file waits its turn.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -13,6 +13,7 @@ import pytest
 import time_machine
 from django.contrib.auth.models import Permission
 from django.core.cache import cache
+from django.test import override_settings
 
 from reservations.models import Membership, Team
 from reservations.services import Device, node_register
@@ -21,6 +22,39 @@ from trainer.dataset import make_dataset
 
 from .support import FROZEN_NOW, client_for, make_user
 from .workers import RedisServer
+
+
+# --- Test lanes -------------------------------------------------------------------------------------
+# `slow` (pytest.ini): the test starts a process (a Celery worker, a replica, the front door, slapd,
+# Chromium, a training run); `bin/test --fast` leaves those out. A test that starts one without the
+# mark fails, so the fast lane stays fast as tests are added. `postgres`: what only PostgreSQL
+# enforces; the SQLite lane leaves those out.
+
+
+def _refuse_process(self, *args, **kwargs):
+    raise AssertionError("This test starts a process: mark it @pytest.mark.slow (bin/test --fast leaves those out).")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if item.get_closest_marker("slow") is not None:
+        return (yield)
+    # Popen's one way to start a child: subprocess.run, Playwright's driver and Celery's test
+    # processes all come through it.
+    start_child = subprocess.Popen._execute_child
+    subprocess.Popen._execute_child = _refuse_process
+    try:
+        return (yield)
+    finally:
+        subprocess.Popen._execute_child = start_child
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quick_password_hashing():
+    """Django's PBKDF2 takes a third of a second a password here, by design: tests make hundreds of
+    users and sign-ins, and need no protection from offline guessing."""
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,8 @@ from reservations import policy
 
 from .support import book, make_user
 
+pytestmark = pytest.mark.fuzz
+
 # Generated requests per operation, on top of schemathesis' fixed coverage cases: about a minute
 # for the whole schema on two cores.
 EXAMPLES = 100

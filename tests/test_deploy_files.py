@@ -124,6 +124,7 @@ def test_each_unit_with_a_metrics_directory_has_systemd_create_it_whichever_star
             assert "gpu-scheduler/prometheus" in read_unit(path)["Service"]["StateDirectory"].split(), path.name
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_systemd_accepts_the_units(tmp_path):
     # verify checks that each ExecStart's program exists: point them at this checkout's environment.

@@ -7,7 +7,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 from django.conf import settings
+
+pytestmark = pytest.mark.slow
 
 
 def wait_for_line(log, text, timeout):

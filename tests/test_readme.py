@@ -22,6 +22,8 @@ import pytest
 
 from .support import wait_for
 
+pytestmark = pytest.mark.slow
+
 REPOSITORY = Path(__file__).resolve().parent.parent
 HOSTNAME = socket.gethostname()  # the quick start's node worker is named after `hostname`
 # What a newcomer's shell has; nothing of the test run's DATABASE_URL, CELERY_BROKER_URL, VAR_DIR, ...

@@ -19,7 +19,7 @@ from .support import make_user, wait_for
 from .trainer.test_slot_lifecycle import booking_now, job
 from .workers import NodeWorker, kill_training_children
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 HOST = "redis-restart-node"
 
 

@@ -275,6 +275,7 @@ def test_readme_production_block_sets_every_variable_the_deploy_check_needs():
     assert [name for name in PRODUCTION_ENV if not re.search(rf"\b{name}=", block)] == []
 
 
+@pytest.mark.slow
 def test_the_production_environment_passes_the_deploy_check_without_warnings():
     result = run_manage(["check", "--deploy", "--fail-level", "WARNING"], PRODUCTION_ENV)
 
@@ -282,6 +283,7 @@ def test_the_production_environment_passes_the_deploy_check_without_warnings():
     assert "no issues" in result.stdout
 
 
+@pytest.mark.slow
 def test_in_production_plain_http_is_redirected_and_https_from_the_proxy_gets_hsts():
     script = (
         "import json\n"

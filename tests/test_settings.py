@@ -45,6 +45,7 @@ def test_an_integer_below_its_minimum_is_refused(monkeypatch):
         env_int("X_SMALL", 2, minimum=1)
 
 
+@pytest.mark.slow
 def test_a_slot_that_does_not_divide_a_day_stops_start_up():
     result = subprocess.run(
         [sys.executable, "-c", "import django, os; django.setup()"],
@@ -57,6 +58,7 @@ def test_a_slot_that_does_not_divide_a_day_stops_start_up():
     assert "must divide a day" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("raw, message", [("100/mouse", "ROUTER_TEAM_RATE must be a rate"), ("95x0-9599", "REPLICA_PORTS")])
 def test_a_bad_front_door_rate_or_replica_port_range_stops_start_up(raw, message):
     name = "ROUTER_TEAM_RATE" if "/" in raw else "REPLICA_PORTS"

@@ -20,7 +20,7 @@ from trainer.services import job_create
 from .support import make_user, wait_for
 from .workers import Beat, Worker, purge_central_queue
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 FAST = {"TICK_SECONDS": "1", "RECONCILE_SECONDS": "1"}
 
 

@@ -274,6 +274,7 @@ def _per_process_counts(directory, view):
     return counts
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_under_gunicorn_with_two_workers_metrics_add_up_every_workers_requests_and_the_central_workers_tick(tmp_path):
     owner = make_user("owner")

@@ -62,6 +62,7 @@ def test_the_model_refuses_to_update_or_delete_an_entry(cluster, owner):
         entry.delete()
 
 
+@pytest.mark.postgres
 def test_postgresql_refuses_update_and_delete_even_in_raw_sql(cluster, owner):
     book(owner, cluster["node1"][:1])
 

@@ -18,7 +18,7 @@ from psycopg import errors, sql
 from reservations.models import AuditEntry, Reservation
 
 # The role must see what the owner committed, and the command's grants must be committed too.
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 APPEND = (
     "INSERT INTO reservations_auditentry (created, action, target, reason) "
@@ -81,6 +81,7 @@ def test_the_app_role_can_neither_change_the_audit_log_nor_disable_its_trigger(a
         assert cursor.fetchone() == ("O",)
 
 
+@pytest.mark.slow
 def test_the_app_connected_as_its_role_books(app_role, owner, cluster):
     db = connection.settings_dict
     script = (

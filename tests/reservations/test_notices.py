@@ -155,6 +155,7 @@ def test_the_team_webhook_url_must_be_http(team):
     assert "webhook_url" in raised.value.message_dict
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.timeout(300)
 def test_a_worker_delivers_after_commit_retrying_a_failing_webhook_with_backoff(
@@ -189,6 +190,7 @@ def test_a_worker_delivers_after_commit_retrying_a_failing_webhook_with_backoff(
     assert client_for(owner).get("/api/v1/notices/").json()["results"][0]["id"] == notice.pk
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.timeout(300)
 def test_a_worker_retries_a_refused_email_by_the_email_settings_then_gives_up(team, tmp_path):

@@ -23,7 +23,7 @@ from serving.models import Model, ModelVersion, Replica as ReplicaRow, Serving
 from ..replicas import ONE_MODEL, TOKEN, FrontDoor, Replica, jpeg, spec
 from ..support import at_once, make_user, wait_for
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 
 # Settings the front door runs with here: a short queue threshold so a burst of eight spills, quick
 # health checks and ejections, nodes that never time out (their heartbeat is set once).

@@ -20,7 +20,7 @@ from serving.models import Model, ModelVersion, Replica as ReplicaRow, Serving
 from ..replicas import ONE_MODEL, TOKEN, FrontDoor, Replica, closed_by_server, jpeg, spec
 from ..support import client_for, make_user, wait_for
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 
 HEADER_SECONDS = 1
 ROUTER_ENV = dict(

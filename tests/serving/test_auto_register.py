@@ -17,6 +17,8 @@ from trainer.spec import JobSpecSerializer
 
 from ..support import make_user
 
+pytestmark = pytest.mark.slow
+
 
 def _spec(**fields):
     serializer = JobSpecSerializer(data=fields)

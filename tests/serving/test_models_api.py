@@ -11,7 +11,7 @@ from trainer.models import TrainingJob
 
 from ..support import book, client_for
 
-pytestmark = pytest.mark.usefixtures("model_store")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("model_store")]
 
 URL = "/api/v1/models/"
 SERVE = {"preload": [], "max_batch": 8, "max_delay_ms": 10, "memory_budget_mb": None}

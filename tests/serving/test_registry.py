@@ -20,7 +20,7 @@ from trainer.models import TrainingJob
 
 from ..support import at_once, book
 
-pytestmark = pytest.mark.usefixtures("model_store")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("model_store")]
 
 SERVE = {"preload": [], "max_batch": 8, "max_delay_ms": 10, "memory_budget_mb": None}
 

@@ -11,7 +11,7 @@ from serving.models import Model, ModelVersion, Serving
 
 from ..support import book
 
-pytestmark = pytest.mark.usefixtures("model_store")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("model_store")]
 
 SERVE = {"preload": [], "max_batch": 8, "max_delay_ms": 10, "memory_budget_mb": None}
 

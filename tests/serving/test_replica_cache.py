@@ -18,6 +18,8 @@ from serving.replica.errors import LoadFailed, ModelTooLarge, NoRoom, WeightsMis
 
 from ..support import at_once, wait_for
 
+pytestmark = pytest.mark.slow
+
 # yolov8n loaded for inference (fused, float32) measures 12.02 MB here; its file is 6.19 MB.
 ONE_MODEL = 13_000_000
 

@@ -24,7 +24,7 @@ from trainer.runner import sha256_of
 from ..support import client_for, iso, make_user, wait_for
 from ..workers import NodeWorker, purge_central_queue
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
 HOST = "serving-node"
 
 

@@ -20,6 +20,8 @@ from serving.signing import sign
 from ..replicas import ONE_MODEL, TOKEN, Replica, closed_by_server, jpeg, spec
 from ..support import at_once, wait_for
 
+pytestmark = pytest.mark.slow
+
 METRICS_TOKEN = "scrape-me"
 
 

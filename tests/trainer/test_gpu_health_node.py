@@ -15,7 +15,7 @@ from ..hardware_double import DeviceFile
 from ..support import book, wait_for
 from ..workers import NodeWorker
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 HOST = "health-node"
 
 

@@ -14,7 +14,7 @@ from ..receivers import WebhookReceiver
 from ..support import client_for, iso, make_user, wait_for
 from ..workers import NodeWorker, kill_training_children, purge_central_queue
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
 HOST = "preemption-node"
 URL = "/api/v1/reservations/"
 

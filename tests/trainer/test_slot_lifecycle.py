@@ -16,7 +16,7 @@ from trainer.spec import JobSpecSerializer
 from ..support import client_for, make_user, wait_for
 from ..workers import NodeWorker, kill_training_children
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
 HOST = "lifecycle-node"
 
 

@@ -100,6 +100,7 @@ def scrape(port):
         return ""
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.timeout(120)
 def test_a_node_worker_serves_its_gpu_readings_for_prometheus(tmp_path):

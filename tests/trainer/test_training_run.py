@@ -12,7 +12,7 @@ from trainer.spec import JobSpecSerializer
 
 from ..support import make_user, wait_for
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
 
 
 def spec(**fields):

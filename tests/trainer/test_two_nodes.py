@@ -13,7 +13,7 @@ from ..support import make_user, wait_for
 from ..workers import NodeWorker, kill_training_children
 from .test_slot_lifecycle import booking_now, job
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
 HOSTS = ("scale-node-a", "scale-node-b")
 
 

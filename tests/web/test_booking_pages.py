@@ -475,6 +475,7 @@ def test_action_buttons_and_fields_have_accessible_names(cluster, owner):
 # --- In a browser --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_in_a_browser_the_chart_is_drawn_and_the_job_and_its_checkpoint_refresh_until_it_finishes(
     live_server, cluster, owner, runs_dir, monkeypatch

@@ -31,7 +31,7 @@ from ..support import book, make_user
 from .browser import LAPTOP, PHONE, browser, browsing  # noqa: F401  (fixtures)
 from .ldap_server import PASSWORDS, directory, slapd  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 WRONG_PASSWORD = "Please enter a correct username and password"
 TRACKS = ["node1 (online)", *[f"gpu{i} · A100" for i in range(4)], "node2 (online)", *[f"gpu{i} · A100" for i in range(4)]]

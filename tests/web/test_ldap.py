@@ -18,6 +18,8 @@ from scheduler.settings import ldap_settings
 from ..support import NEXT_SLOT, iso, make_user
 from .ldap_server import HIGH_PRIORITY_GROUP, PASSWORDS, TEAMS, directory, slapd  # noqa: F401  (fixtures)
 
+pytestmark = pytest.mark.slow
+
 TOKEN_URL = "/api/v1/auth/token/"
 WRONG_PASSWORD = "Please enter a correct username and password"
 DIRECTORY_DOWN = "The company directory is not answering"

@@ -11,6 +11,8 @@ from rest_framework.test import APIClient
 from ..support import make_user
 from .ldap_server import PASSWORDS, directory, slapd  # noqa: F401  (fixtures)
 
+pytestmark = pytest.mark.slow
+
 WRONG_PASSWORD = "Please enter a correct username and password"
 
 

@@ -14,6 +14,8 @@ from reservations.models import Membership, Team
 from ..support import make_user
 from .ldap_server import PASSWORDS, SIBLING_TEAMS, TEAMS, directory, slapd, teams_beside_groups  # noqa: F401  (fixtures)
 
+pytestmark = pytest.mark.slow
+
 SPACED_VISION = "CN=Vision, OU=teams , ou=Groups,  dc=example,dc=com"
 
 
