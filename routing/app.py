@@ -25,7 +25,6 @@ from urllib.parse import quote, urlencode
 import aiohttp
 import httpx
 from cachetools import TTLCache
-from yarl import URL
 from django.conf import settings
 from django.db import Error as DatabaseError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -34,9 +33,10 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from yarl import URL
 
+from apibase.throttling import client_ip, failed_token_wait
 from ops.access import metrics_allowed
-from scheduler.security import client_ip, failed_token_wait
 from reservations.models import Membership
 from serving.models import MODEL_NAME, Model
 from serving.signing import sign
@@ -149,7 +149,7 @@ def caller_for(key):
 
 
 def client_address(request):
-    """The caller's address as the API counts it (scheduler.security.client_ip: the connection's
+    """The caller's address as the API counts it (apibase.throttling.client_ip: the connection's
     address, or with NUM_PROXIES the one the nearest trusted proxy saw)."""
     peer = request.client.host if request.client else ""
     return client_ip(SimpleNamespace(headers=request.headers, META={"REMOTE_ADDR": peer}))
@@ -325,7 +325,7 @@ class FrontDoor:
 
     async def _authenticate(self, request):
         """The caller of a valid token, always. A bad one is counted per client address, as the
-        API counts them and in the same cache (scheduler.security.failed_token_wait): past
+        API counts them and in the same cache (apibase.throttling.failed_token_wait): past
         API_THROTTLE_FAILED_TOKEN it is a 429 with Retry-After instead of the 401."""
         sent = request.headers.get("authorization")
         scheme, _, key = (sent or "").partition(" ")

@@ -370,7 +370,7 @@ AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
 AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
 AXES_USERNAME_CALLABLE = "scheduler.security.lockout_username"
-AXES_CLIENT_IP_CALLABLE = "scheduler.security.client_ip"
+AXES_CLIENT_IP_CALLABLE = "apibase.throttling.client_ip"
 AXES_LOCKOUT_CALLABLE = "scheduler.security.lockout_response"
 
 # --- Company sign-in: LDAP (django-auth-ldap), when LDAP_SERVER_URI is set ---

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-
 from datetime import timedelta
 from io import StringIO
 
@@ -24,8 +23,8 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from apibase.throttling import FailedTokenThrottle
 from reservations.api.authentication import AnonymousThrottle
-from scheduler.security import FailedTokenThrottle
 from scheduler.settings import env_rate
 
 ME_URL = "/api/v1/me/"

@@ -2,16 +2,16 @@
 
 DRF authenticates, then checks permissions, then throttles: a request with a bad token fails at
 the first step and an anonymous one at the second (401), so neither reaches a throttle class. Both
-are counted here instead, per client address (scheduler.security.client_ip), in the default cache,
+are counted here instead, per client address (apibase.throttling.client_ip), in the default cache,
 and a client over its rate gets 429 with Retry-After. Rates: DEFAULT_THROTTLE_RATES "failed_token"
 and "anon" (API_THROTTLE_FAILED_TOKEN, API_THROTTLE_ANON). The bad-token rule is
-scheduler.security's, which the inference front door applies too.
+apibase.throttling's, which the inference front door applies too.
 """
 
 from drf_spectacular.authentication import SessionScheme
 from rest_framework import authentication, exceptions
 
-from scheduler.security import ClientRateThrottle, client_ip, failed_token_wait
+from apibase.throttling import ClientRateThrottle, client_ip, failed_token_wait
 
 
 class AnonymousThrottle(ClientRateThrottle):
@@ -20,7 +20,7 @@ class AnonymousThrottle(ClientRateThrottle):
 
 class TokenAuthentication(authentication.TokenAuthentication):
     """A valid token is always accepted; a bad one is counted per client address and, past the
-    rate, answered 429 instead of 401 (scheduler.security.failed_token_wait)."""
+    rate, answered 429 instead of 401 (apibase.throttling.failed_token_wait)."""
 
     def authenticate(self, request):
         try:

@@ -14,11 +14,12 @@ from django.db import OperationalError
 from rest_framework.test import APIClient
 from starlette.requests import Request
 
-from routing import app as door_module, policy
-from routing.app import Caller, Cached, FrontDoor, NotReached, ReplicaFailed, replica_session
+from apibase.throttling import FailedTokenThrottle
+from routing import app as door_module
+from routing import policy
+from routing.app import Cached, Caller, FrontDoor, NotReached, ReplicaFailed, replica_session
 from routing.limits import TeamRateLimit
 from routing.table import ReplicaTable
-from scheduler.security import FailedTokenThrottle
 from serving import signing
 
 from ..replicas import free_port
