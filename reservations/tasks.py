@@ -32,23 +32,25 @@ def reclaim(reservation_id):
 @shared_task(name=queue.NOTICE_EMAIL, max_retries=settings.EMAIL_MAX_RETRIES, bind=True)
 def notice_email(self, notice_id):
     error = services.notice_email(notice_id=notice_id)
-    if error is None:
-        return
-    if self.request.retries >= self.max_retries:
-        services.notice_email_gave_up(notice_id=notice_id, error=error)
-        return
-    raise self.retry(countdown=_backoff(self.request.retries, settings.EMAIL_RETRY_BACKOFF_MAX_SECONDS))
+    _retry_unless_done(self, error, settings.EMAIL_RETRY_BACKOFF_MAX_SECONDS,
+                       give_up=lambda: services.notice_email_gave_up(notice_id=notice_id, error=error))
 
 
 @shared_task(name=queue.NOTICE_WEBHOOK, max_retries=settings.WEBHOOK_MAX_RETRIES, bind=True)
 def notice_webhook(self, notice_id):
     error = services.notice_webhook_post(notice_id=notice_id)
+    _retry_unless_done(self, error, settings.WEBHOOK_RETRY_BACKOFF_MAX_SECONDS,
+                       give_up=lambda: services.notice_webhook_gave_up(notice_id=notice_id, error=error))
+
+
+def _retry_unless_done(task, error, backoff_max, *, give_up):
+    """A delivery that failed (`error`) is tried again with backoff, until its task's retries run out."""
     if error is None:
         return
-    if self.request.retries >= self.max_retries:
-        services.notice_webhook_gave_up(notice_id=notice_id, error=error)
+    if task.request.retries >= task.max_retries:
+        give_up()
         return
-    raise self.retry(countdown=_backoff(self.request.retries, settings.WEBHOOK_RETRY_BACKOFF_MAX_SECONDS))
+    raise task.retry(countdown=_backoff(task.request.retries, backoff_max))
 
 
 def _backoff(retries, most):

@@ -162,6 +162,16 @@ class FrontDoor:
     def stop(self):
         terminate(self.process)
 
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # started, but never answered
+            raise
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
     def metric(self, line_start):
         """The sum of the metrics lines starting with `line_start`."""
         text = requests.get(f"{self.url}/metrics", timeout=10).text

@@ -77,11 +77,8 @@ def processes(weights, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def front_door(django_db_setup, tmp_path_factory):
-    door = FrontDoor(tmp_path_factory.mktemp("front-door") / "router.log", **ROUTER_ENV)
-    try:
-        yield door.start()
-    finally:
-        door.stop()
+    with FrontDoor(tmp_path_factory.mktemp("front-door") / "router.log", **ROUTER_ENV) as door:
+        yield door
 
 
 class Cluster:
