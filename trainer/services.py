@@ -12,6 +12,7 @@ from reservations.errors import BookingError
 from reservations.models import Allocation, Node, Notice, Reservation
 from reservations.services import notice_send, reservation_release_early
 from reservations.services.locks import lock_reservation, service_transaction
+from reservations.utc_text import utc_moment
 
 from . import queue, signals
 from .models import TrainingJob
@@ -48,7 +49,7 @@ def job_create(*, reservation, spec, now):
         return []
     warning = (
         f"Node {node.hostname} is offline now (last heard from "
-        + (f"{node.last_heartbeat:%Y-%m-%d %H:%M} UTC" if node.last_heartbeat else "never")
+        + (utc_moment(node.last_heartbeat) if node.last_heartbeat else "never")
         + f"); job {job.pk} starts when the node is back within the booking."
     )
     notice_send(
@@ -264,7 +265,7 @@ def slot_end_notices(*, now, lead):
         sent += _notice_once(
             reservation, Notice.Kind.SLOT_ENDING, match={},
             message=(
-                f"Reservation #{reservation.pk} ends at {reservation.end:%H:%M} UTC; its job will be "
+                f"Reservation #{reservation.pk} ends at {utc_moment(reservation.end)}; its job will be "
                 "stopped then with a resumable checkpoint (it may overrun while nobody else needs the GPUs)."
             ),
         )
@@ -310,7 +311,7 @@ def node_away_notices(*, now):
             message=(
                 f"Reservation #{reservation.pk} has begun, but node {node.hostname} is still offline: job "
                 f"{job.pk} has not started. It starts if the node comes back before "
-                f"{reservation.end:%Y-%m-%d %H:%M} UTC; or cancel it and book other GPUs."
+                f"{utc_moment(reservation.end)}; or cancel it and book other GPUs."
             ),
         )
     return sent

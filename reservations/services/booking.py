@@ -9,6 +9,7 @@ from django.utils import timezone
 from .. import jobs, policy, selectors
 from ..errors import BookingConflict, BookingError
 from ..models import GPU, Reservation
+from ..utc_text import utc_moment
 from .preemption import book_by_preempting
 from .records import Attempt, Booking, attempt, bookable_gpus, check_gpu_count, check_gpu_ids, pick_free_gpus
 
@@ -157,7 +158,7 @@ def _conflict(booking, outcome, *, gpu_ids, wanted, slots):
     earliest = refusal.earliest
     return BookingConflict(
         f"Preempting needs {settings.PREEMPTION_NOTICE_MINUTES:g} minutes' notice to its owners: "
-        f"start at {earliest:%Y-%m-%d %H:%M} UTC or later.",
+        f"start at {utc_moment(earliest)} or later.",
         conflicts=conflicts,
         suggestions=[selectors.Window(tuple(refusal.gpu_ids), earliest, earliest + (end - start))]
         + [w for w in suggestions if w.start >= earliest][:4],

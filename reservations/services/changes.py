@@ -8,6 +8,7 @@ from django.utils import timezone
 from .. import policy, selectors
 from ..errors import BookingConflict, BookingError
 from ..models import Allocation, AuditEntry, Notice, Reservation
+from ..utc_text import utc_moment
 from .audit import audit_change, snapshot
 from .locks import lock_gpus, lock_reservation, service_transaction
 from .notices import notice_send
@@ -175,7 +176,7 @@ def _move_locked(reservation, *, actor, start, slots, gpu_ids, reason, now):
             user=reservation.user, kind=Notice.Kind.MOVED, reservation=reservation,
             message=(
                 f"{actor.get_username()} moved your reservation #{reservation.pk} to "
-                f"{start:%Y-%m-%d %H:%M} UTC: {reason}"
+                f"{utc_moment(start)}: {reason}"
             ),
         )
     transaction.on_commit(lambda: waitlist_promote(), robust=True)
@@ -197,7 +198,7 @@ def reservation_release_early(*, reservation_id, reason, now=None):
         audit_change(action=AuditEntry.Action.RELEASE, reservation=reservation, reason=reason, before=before)
         notice_send(
             user=reservation.user, kind=Notice.Kind.RELEASED, reservation=reservation,
-            message=f"Reservation #{reservation.pk} now ends at {new_end:%Y-%m-%d %H:%M} UTC: {reason}",
+            message=f"Reservation #{reservation.pk} now ends at {utc_moment(new_end)}: {reason}",
         )
         transaction.on_commit(lambda: waitlist_promote(), robust=True)
     return reservation

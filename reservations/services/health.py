@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from .. import selectors
 from ..models import GPU, AuditEntry, GpuAlert, GpuReading, Notice
+from ..utc_text import utc_window
 from .audit import audit_record
 from .locks import lock_gpus, service_transaction
 from .notices import notice_send
@@ -253,7 +254,7 @@ def _take_out(gpu, reason, values, now, outbox):
         if suggestion:
             where = (
                 f" The nearest free window of the same size on healthy GPUs: {', '.join(suggestion['gpu_names'])}"
-                f" from {suggestion['start']:%Y-%m-%d %H:%M} to {suggestion['end']:%H:%M} UTC: move it there in"
+                f" at {utc_window(suggestion['start'], suggestion['end'])}: move it there in"
                 f" one click on its page, or with POST /api/v1/reservations/{reservation.pk}/move/."
             )
         else:

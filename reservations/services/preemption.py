@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from .. import jobs, policy, queue, selectors
 from ..models import GPU, AuditEntry, Notice, Reservation
+from ..utc_text import utc_moment, utc_window
 from .audit import audit_change, snapshot
 from .locks import lock_all_gpus, lock_gpus, lock_reservation, lock_reservations, service_transaction
 from .notices import notice_send
@@ -105,10 +106,6 @@ def describe(reservation):
     return f"#{reservation.pk} ({reservation.priority}, {reservation.user.get_username()})"
 
 
-def format_window(start, end):
-    return f"{start:%Y-%m-%d %H:%M}-{end:%H:%M} UTC"
-
-
 def _gpu_names(gpu_ids):
     names = {g.pk: g.name for g in GPU.objects.select_related("node").filter(pk__in=gpu_ids)}
     return [names[pk] for pk in sorted(gpu_ids)]
@@ -127,8 +124,8 @@ def _cut_short(victim, preemptor, before, original_end, booking):
     audit_change(
         action=AuditEntry.Action.PREEMPT, actor=booking.actor, reservation=victim, before=before,
         reason=(
-            f"Preempted by {describe(preemptor)}, booked {format_window(preemptor.start, preemptor.end)}; "
-            f"GPUs reclaimed at {victim.reclaim_at:%Y-%m-%d %H:%M:%S} UTC."
+            f"Preempted by {describe(preemptor)}, booked {utc_window(preemptor.start, preemptor.end)}; "
+            f"GPUs reclaimed at {utc_moment(victim.reclaim_at)}."
         ),
     )
     rebook, not_rebooked = None, ""
@@ -145,11 +142,11 @@ def _cut_short(victim, preemptor, before, original_end, booking):
     gpu_names = _gpu_names(gpu_ids)
     message = (
         f"Reservation #{victim.pk} ({', '.join(gpu_names)}) is preempted by {describe(preemptor)}: "
-        f"its GPUs are reclaimed at {victim.reclaim_at:%Y-%m-%d %H:%M} UTC"
+        f"its GPUs are reclaimed at {utc_moment(victim.reclaim_at)}"
         + (", when its job is stopped with a resumable checkpoint." if job is not None else ".")
     )
     if rebook is not None:
-        message += f" Rebooked as #{rebook.pk} for {format_window(rebook.start, rebook.end)}" + (
+        message += f" Rebooked as #{rebook.pk} for {utc_window(rebook.start, rebook.end)}" + (
             "; the job resumes there from its checkpoint." if job is not None else "."
         )
     else:
@@ -207,7 +204,7 @@ def _move_or_cancel(victim, preemptor, before, booking):
             allow_multi_node=victim.allow_multi_node, limit=1,
         )
         window = found[0] if found else None
-    taken = f"its GPUs were taken by {describe(preemptor)} for {format_window(preemptor.start, preemptor.end)}"
+    taken = f"its GPUs were taken by {describe(preemptor)} for {utc_window(preemptor.start, preemptor.end)}"
     if window is not None:
         victim.start, victim.end = window.start, window.end
         victim.save(update_fields=["start", "end", "updated"])
@@ -220,7 +217,7 @@ def _move_or_cancel(victim, preemptor, before, booking):
         kind = Notice.Kind.MOVED
         message = (
             f"Reservation #{victim.pk} had not begun; {taken}. It is moved to "
-            f"{format_window(window.start, window.end)} on {', '.join(_gpu_names(window.gpus))}."
+            f"{utc_window(window.start, window.end)} on {', '.join(_gpu_names(window.gpus))}."
         )
     else:
         why = "you opted out of automatic rebooking" if not victim.auto_rebook else "no free window of its size"
@@ -279,9 +276,9 @@ def reservation_reclaim(*, reservation_id, now=None):
             for rebook in rebooks:
                 _cancel_rebook(rebook, f"Job {job.id} completed before #{victim.pk} was preempted.")
             rebooks = []
-        message = f"Reservation #{victim.pk} was preempted by #{victim.preempted_by_id} at {due:%Y-%m-%d %H:%M} UTC"
+        message = f"Reservation #{victim.pk} was preempted by #{victim.preempted_by_id} at {utc_moment(due)}"
         message += "; its job is stopping with a resumable checkpoint" if live else ""
-        message += "".join(f"; it continues in #{r.pk} at {format_window(r.start, r.end)}" for r in rebooks) + "."
+        message += "".join(f"; it continues in #{r.pk} at {utc_window(r.start, r.end)}" for r in rebooks) + "."
         notice_send(
             user=victim.user, kind=Notice.Kind.PREEMPTED, reservation=victim, message=message, audited=True,
             data={
@@ -348,7 +345,7 @@ def _give_time_back(victim_id, preemptor_id, now):
     notice_send(
         user=victim.user, kind=Notice.Kind.PREEMPTION_WITHDRAWN, reservation=victim, audited=True,
         message=(
-            f"{reason} Reservation #{victim.pk} keeps its GPUs until {original:%Y-%m-%d %H:%M} UTC"
+            f"{reason} Reservation #{victim.pk} keeps its GPUs until {utc_moment(original)}"
             + "".join(f"; rebooking #{r.pk} is cancelled" for r in rebooks) + "."
         ),
         data={"reservation": victim.pk, "end": original, "cancelled_rebooks": [r.pk for r in rebooks]},

@@ -5,6 +5,7 @@ from django.utils import timezone
 
 from .. import selectors
 from ..models import AuditEntry, Notice, Reservation
+from ..utc_text import utc_moment
 from .audit import audit_change, snapshot
 from .locks import is_overlap_violation, lock_gpus, lock_reservation, service_transaction
 from .notices import notice_send
@@ -67,7 +68,7 @@ def _promote_one(reservation_id, now):
         user=reservation.user, kind=Notice.Kind.WAITLIST_CONFIRMED, reservation=reservation,
         message=(
             f"Your waitlisted reservation #{reservation.pk} is confirmed for "
-            f"{reservation.start:%Y-%m-%d %H:%M} UTC."
+            f"{utc_moment(reservation.start)}."
         ),
     )
     return True

@@ -105,7 +105,7 @@ def test_every_step_is_audited_with_the_preemptor_the_reason_and_the_times(clust
     assert actions[-4:] == ["preempt", "notice", "reclaim", "notice"]
     preempt = entries.get(action="preempt")
     assert preempt.actor == high_booker
-    assert f"#{preemptor_id} (high, highbooker)" in preempt.reason and "12:00:00 UTC" in preempt.reason
+    assert f"#{preemptor_id} (high, highbooker)" in preempt.reason and "reclaimed at 2030-01-07 12:00 UTC" in preempt.reason
     assert preempt.before["end"] == at(16).isoformat() and preempt.after["end"] == at(12).isoformat()
     assert preempt.after["preempted_by"] == preemptor_id and preempt.after["reclaim_at"] == at(12).isoformat()
     reclaim = entries.get(action="reclaim")

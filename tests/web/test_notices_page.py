@@ -12,6 +12,7 @@ from django.test import Client
 
 from reservations import services
 from reservations.models import Notice
+from reservations.utc_text import utc_window
 
 from ..support import FROZEN_NOW, NEXT_SLOT, SLOT, book, page_client, text_of
 
@@ -189,15 +190,36 @@ def test_the_banner_shows_the_notices_utc_times_in_the_viewers_zone_as_the_pages
     assert "12:00 UTC" not in banner
 
 
-def test_a_window_and_a_bare_time_in_a_notice_are_shown_in_the_viewers_zone(owner):
-    notice(owner, "Moved to 2030-01-07 22:00-00:00 UTC; it ends at 10:00 UTC; not a time: 2030-02-30 25:00 UTC.")
+def test_windows_as_the_services_write_them_are_shown_in_the_viewers_zone(owner):
+    evening = NEXT_SLOT + 6 * SLOT  # 2030-01-07 22:00 UTC
+    notice(owner, f"Moved to {utc_window(NEXT_SLOT, NEXT_SLOT + SLOT)}, then to {utc_window(evening, evening + 2 * SLOT)}.")
 
     page = text_of(page_client(owner, zone="Asia/Tokyo").get("/notices/"))
 
-    # Tokyo is UTC+9: the window is the next morning there, and 10:00 UTC after 09:17 UTC is today's.
-    assert "Moved to Tue 8 Jan 2030, 07:00–09:00 (Asia/Tokyo)" in page
-    assert "it ends at Mon 7 Jan 2030, 19:00 (Asia/Tokyo)" in page
-    assert "not a time: 2030-02-30 25:00 UTC." in page
+    # Tokyo is UTC+9: 10:00-12:00 UTC is that evening there, 22:00-02:00 UTC the next morning.
+    assert "Moved to Mon 7 Jan 2030, 19:00–21:00 (Asia/Tokyo), then to Tue 8 Jan 2030, 07:00–11:00 (Asia/Tokyo)." in page
+
+
+def test_a_real_preemption_warning_shows_every_time_in_the_viewers_zone(cluster, owner, high_booker, frozen):
+    victim = book(owner, cluster["node1"][:1], slots=3, priority="low")
+    frozen.move_to(NEXT_SLOT + timedelta(minutes=20))  # under way: cut short, and the rest rebooked
+    services.reservations_advance()
+    book(high_booker, cluster["node1"][:1], start=NEXT_SLOT + SLOT, priority="high")
+    warning = Notice.objects.get(user=owner, kind=Notice.Kind.PREEMPTION_WARNING)
+    assert warning.reservation == victim and warning.message.count("UTC") == 2  # a moment and a window
+
+    page = page_client(owner, zone="America/New_York").get("/notices/").content.decode()
+
+    shown = re.search(r"<p>(Reservation #.*?)</p>", page, re.S).group(1)
+    assert "UTC" not in shown and shown.count("(America/New_York)") == 2
+
+
+def test_text_that_only_looks_like_a_time_stays_as_written(owner):
+    notice(owner, "At 2030-02-30 25:00 UTC, or 2030-01-07 08:00:30 UTC, or 10:00 UTC.")
+
+    page = text_of(page_client(owner, zone="Asia/Tokyo").get("/notices/"))
+
+    assert "At 2030-02-30 25:00 UTC, or 2030-01-07 08:00:30 UTC, or 10:00 UTC." in page
 
 
 def test_a_notices_text_is_escaped_around_its_times(owner):

@@ -10,10 +10,11 @@ register = template.Library()
 
 # How the pages write a moment (the notices page, a booking's page): the zone is named beside it.
 MOMENT_FORMAT = "D j M Y, H:i"
-# The times the services write into notices' messages, in UTC because the same text goes out by
-# e-mail and webhook: "2026-12-07 08:00 UTC", a window "2026-12-07 08:00-10:00 UTC", or a time of
-# day alone, "10:00 UTC" (an end-of-slot warning: the first such moment after the notice).
-UTC_TIMES = re.compile(r"\b(?:(\d{4}-\d{2}-\d{2}) )?(\d{2}):(\d{2})(?:-(\d{2}):(\d{2}))? UTC\b")
+# The two forms the services write times in (reservations.utc_text), in UTC because the same text goes
+# out by e-mail and webhook: a moment "2026-12-07 08:00 UTC", a window "2026-12-07 08:00-10:00 UTC" or
+# "2026-12-07 22:00-2026-12-08 02:00 UTC". Nothing else is read as a time (not "08:00:30 UTC").
+DAY, CLOCK = r"(\d{4}-\d{2}-\d{2})", r"(\d{2}):(\d{2})"
+UTC_TIMES = re.compile(rf"(?<![\w:-]){DAY} {CLOCK}(?:-(?:{DAY} )?{CLOCK})? UTC\b")
 
 
 @register.filter
@@ -35,13 +36,13 @@ def duration(delta):
 
 
 @register.filter(needs_autoescape=True)
-def local_times(text, sent, autoescape=True):
-    """A notice's message (sent at `sent`) with the UTC times in it shown as the pages show times: in
-    the viewer's zone, named. Text that only looks like a time (no such day, 25:00) stays as it is."""
+def local_times(text, autoescape=True):
+    """A notice's message with the UTC times in it shown as the pages show times: in the viewer's
+    zone, named. Text that only looks like a time (no such day, 25:00) stays as it is."""
     escape = conditional_escape if autoescape else str
     parts, last = [], 0
     for match in UTC_TIMES.finditer(text):
-        shown = _local_window(match, sent)
+        shown = _local_window(match)
         if shown is None:
             continue
         parts += [escape(text[last:match.start()]), shown]
@@ -50,13 +51,15 @@ def local_times(text, sent, autoescape=True):
     return mark_safe("".join(parts))
 
 
-def _local_window(match, sent):
-    day, hour, minute, end_hour, end_minute = match.groups()
+def _local_window(match):
+    day, hour, minute, end_day, end_hour, end_minute = match.groups()
     try:
-        start = _utc_moment(day, hour, minute, sent)
-        end = None if end_hour is None else _utc_moment(None, end_hour, end_minute, start)
+        start = _utc_moment(day, hour, minute)
+        end = None if end_hour is None else _utc_moment(end_day or day, end_hour, end_minute)
     except ValueError:
         return None
+    if end is not None and end <= start:  # "22:00-00:00" written without the next day
+        end += timedelta(days=1)
     local_start = timezone.localtime(start)
     shown = dateformat.format(local_start, MOMENT_FORMAT)
     if end is not None:
@@ -68,10 +71,5 @@ def _local_window(match, sent):
     )
 
 
-def _utc_moment(day, hour, minute, after):
-    """The UTC moment of `day` at hour:minute, or with no day the first such moment from `after` on."""
-    clock = time(int(hour), int(minute))
-    if day is not None:
-        return datetime.combine(date.fromisoformat(day), clock, tzinfo=dt_timezone.utc)
-    moment = datetime.combine(after.astimezone(dt_timezone.utc).date(), clock, tzinfo=dt_timezone.utc)
-    return moment if moment >= after else moment + timedelta(days=1)
+def _utc_moment(day, hour, minute):
+    return datetime.combine(date.fromisoformat(day), time(int(hour), int(minute)), tzinfo=dt_timezone.utc)
