@@ -1,6 +1,7 @@
 """Notices: in the app and the API at once; by e-mail and to the team's webhook after commit."""
 
 import json
+import logging
 
 import httpx
 from django.conf import settings
@@ -14,6 +15,8 @@ from .. import queue
 from ..models import AuditEntry, Notice
 from .audit import audit_record
 from .locks import service_transaction
+
+log = logging.getLogger(__name__)
 
 
 def notice_send(*, user, kind, message, reservation=None, data=None, audited=False, actor=None):
@@ -71,10 +74,14 @@ def notice_email(*, notice_id):
             from_email=None,
             recipient_list=[notice.user.email],
         )
-    except OSError as exc:  # smtplib's errors are OSErrors
+    except OSError as exc:  # smtplib's errors are OSErrors: the server or the network, worth a retry
         error = f"{type(exc).__name__}: {exc}"
         Notice.objects.filter(pk=notice_id).update(email_claimed_at=None, email_error=error[:2000])
         return error
+    except Exception as exc:  # the message itself (an address Django refuses, ...): no retry sends it
+        log.exception("notice %s: e-mail not sent", notice_id)
+        Notice.objects.filter(pk=notice_id).update(email_error=f"Not sent: {type(exc).__name__}: {exc}"[:2000])
+        return None
     Notice.objects.filter(pk=notice_id).update(emailed_at=timezone.now(), email_error="")
     return None
 

@@ -25,9 +25,9 @@ def receiver():
         yield receiver
 
 
-def mailed_notice(team, name="mailed"):
+def mailed_notice(team, name="mailed", email=None):
     """A notice to someone with an e-mail address (made directly: no task is queued for it)."""
-    user = make_user(name, team, email=f"{name}@example.org")
+    user = make_user(name, team, email=email or f"{name}@example.org")
     return Notice.objects.create(user=user, kind=Notice.Kind.MOVED, message="Your booking was moved.")
 
 
@@ -36,6 +36,19 @@ def moved_victim_notice(cluster, owner, high_booker, start):
     victim = book(owner, cluster["node1"][:1], start=start, priority="low")
     services.reservation_create(user=high_booker, gpu_ids=[cluster["node1"][0].pk], start=start, slots=1, priority="high")
     return Notice.objects.get(user=owner, reservation=victim)
+
+
+def test_an_email_django_refuses_to_send_is_recorded_and_not_tried_again(team):
+    # An address with a header injected into it (from a directory's mail attribute, say).
+    notice = mailed_notice(team, email="mailed@example.org\nBcc: someone@example.org")
+
+    first = services.notice_email(notice_id=notice.pk)
+    again = services.notice_email(notice_id=notice.pk)
+
+    assert first is None and again is None  # nothing for a retry to mend
+    assert mail.outbox == []
+    refused = Notice.objects.get(pk=notice.pk)
+    assert refused.emailed_at is None and refused.email_error.startswith("Not sent: BadHeaderError")
 
 
 @pytest.mark.usefixtures("frozen")
