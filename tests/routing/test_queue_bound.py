@@ -156,6 +156,20 @@ def test_a_replica_answering_the_callers_400_again_and_again_stays_in_and_serves
     assert (status, body["replica"]) == (200, 1)
 
 
+def test_a_replica_answering_another_4xx_again_and_again_is_a_502_each_time_but_stays_in(door, settings):
+    # A 4xx that is neither the caller's fault (passed on) nor proof the model did not run: the
+    # replica refused, it did not fail (policy.counts_against).
+    door.replicas.answers = {9501: (404, {"error": "not_found", "detail": "no such route"})}
+
+    refused = [call(door, predict_request("defects:1")) for _ in range(3 * settings.ROUTER_MAX_FAILS)]
+    door.replicas.answers = {9501: answered(1)}
+    status, body = call(door, predict_request("defects:1"))
+
+    assert {(s, b["error"]) for s, b in refused} == {(502, "replica_error")}
+    assert not door.table.get(1).failures and door.table.state_of(door.table.get(1)) == "ready"
+    assert (status, body["replica"]) == (200, 1)
+
+
 def test_bad_tokens_past_the_rate_are_429_and_a_valid_token_from_that_address_still_gets_through(door):
     allowed = FailedTokenThrottle("10.0.0.1").num_requests
     door.replicas.answers = {9501: answered(1), 9502: answered(2)}
