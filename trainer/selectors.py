@@ -5,6 +5,7 @@ from collections import deque
 from pathlib import Path
 
 from django.conf import settings
+from django.core.cache import cache
 
 from .models import TrainingJob
 
@@ -16,6 +17,9 @@ DATASET_DEPTH = 3
 DATASET_FOLDERS = 200
 DATASET_ENTRIES = 5000
 DATASETS_SHOWN = 50
+# The walk is kept this long (per process, or shared with CACHE_URL): the calendar page asks on every
+# load, and datasets come and go far less often.
+DATASETS_CACHE_SECONDS = 60
 
 
 def job_progress(reservation_ids):
@@ -31,8 +35,13 @@ def training_datasets():
     (`<root>/demo/data.yaml`, what the quick start writes) first, then by path; at most DATASETS_SHOWN.
     Symlinks are not followed (a job's path must resolve under a root, and a loop must not cost a
     walk); a folder holding a data.yaml is a dataset, and its own folders (images, labels) are not
-    searched."""
+    searched. Kept for DATASETS_CACHE_SECONDS."""
     roots = [Path(root) for root in settings.TRAINING_DATA_ROOTS]
+    key = "training-datasets:" + "|".join(map(str, roots))
+    return cache.get_or_set(key, lambda: _datasets(roots), DATASETS_CACHE_SECONDS)
+
+
+def _datasets(roots):
     budget = {"folders": DATASET_FOLDERS, "entries": DATASET_ENTRIES}
     found = {path for root in roots for path in _datasets_under(root, budget)}
     demos = {str(root / "demo" / DATASET_FILE) for root in roots}

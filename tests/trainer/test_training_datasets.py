@@ -2,6 +2,7 @@
 bounded walk."""
 
 import pytest
+import time_machine
 
 from trainer import selectors
 from trainer.selectors import training_datasets
@@ -87,3 +88,18 @@ def test_a_missing_root_offers_nothing_and_does_not_fail(settings, tmp_path):
     settings.TRAINING_DATA_ROOTS = [(tmp_path / "not-mounted").resolve()]
 
     assert training_datasets() == []
+
+
+def test_the_walk_is_kept_a_minute_then_done_again(roots):
+    first, _ = roots
+    demo = dataset(first, "demo")
+
+    with time_machine.travel("2030-01-07 09:00Z", tick=False) as clock:
+        assert training_datasets() == [demo]
+        added = dataset(first, "coco")
+        kept = training_datasets()
+        clock.shift(selectors.DATASETS_CACHE_SECONDS + 1)
+        walked_again = training_datasets()
+
+    assert kept == [demo]
+    assert walked_again == [demo, added]
