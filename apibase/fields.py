@@ -1,8 +1,7 @@
 """One reading of a datetime for the whole API, in bodies and in query parameters alike: ISO 8601
 with an offset or Z in, an aware UTC datetime out. Anything else is the caller's error, never a 500."""
 
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import datetime, timedelta, timezone as dt_timezone
 
 import django_filters
 from django import forms

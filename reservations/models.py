@@ -95,6 +95,9 @@ class Node(models.Model):
 
 
 class GPU(models.Model):
+    # The model name of the CPU "devices" a machine without NVIDIA GPUs offers (trainer.hardware).
+    CPU_MODEL = "cpu"
+
     node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="gpus")
     index = models.PositiveSmallIntegerField()
     model = models.CharField(max_length=100)
@@ -113,6 +116,10 @@ class GPU(models.Model):
     @property
     def name(self):
         return f"{self.node.hostname}/gpu{self.index}"
+
+    @property
+    def is_cpu(self):
+        return self.model == self.CPU_MODEL
 
 
 class GpuReading(models.Model):

@@ -16,13 +16,12 @@ from pathlib import Path
 
 from django.conf import settings
 
+from reservations.models import GPU
 from reservations.services import Device  # what node registration takes
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-# The model name of the CPU "devices" a machine without NVIDIA GPUs offers (CpuHardware).
-CPU_MODEL = "cpu"
 # Drained per device and heartbeat at most: a GPU spewing XIDs must not hold the heartbeat up.
 XID_EVENTS_PER_READ = 100
 
@@ -160,7 +159,7 @@ class CpuHardware:
 
     def devices(self):
         total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // MIB
-        return [Device(index=i, model=CPU_MODEL, memory_mb=total_mb // self.count, uuid=f"cpu-{i}") for i in range(self.count)]
+        return [Device(index=i, model=GPU.CPU_MODEL, memory_mb=total_mb // self.count, uuid=f"cpu-{i}") for i in range(self.count)]
 
     def telemetry(self):
         load = min(os.getloadavg()[0] / (os.cpu_count() or 1) * 100, 100.0)

@@ -10,7 +10,7 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from .hardware import CPU_MODEL
+from reservations.models import GPU
 
 # A built-in model config is a bare file name that ultralytics resolves itself (yolov8n.yaml,
 # yolo11s.yaml, ...): no directories, so nothing outside its package can be named this way.
@@ -37,7 +37,7 @@ CPU_SIZE = TrainingSize(imgsz=64, batch=4)
 
 def suggested_size(gpu_model):
     """The image size and batch a job on a device of `gpu_model` starts from."""
-    return CPU_SIZE if gpu_model == CPU_MODEL else GPU_SIZE
+    return CPU_SIZE if gpu_model == GPU.CPU_MODEL else GPU_SIZE
 
 
 def path_under_roots(value, roots, suffixes, what):

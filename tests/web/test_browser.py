@@ -19,13 +19,10 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from reservations import policy
-from reservations.models import Reservation, Team
+from reservations.models import GPU, Notice, Reservation, Team
+from reservations.services import Device, node_register, notice_send
 from serving.models import Serving
 from trainer.models import TrainingJob
-
-from reservations.models import Notice
-from reservations.services import Device, node_register, notice_send
-from trainer.hardware import CPU_MODEL
 
 from ..support import book, make_user
 from .browser import LAPTOP, PHONE, browser, browsing  # noqa: F401  (fixtures)
@@ -579,7 +576,7 @@ def test_the_six_hour_axis_labels_start_on_their_gridlines(browsing, owner, clus
 
 
 def test_a_cpu_device_suggests_a_small_image_size_and_batch_unless_the_person_typed_theirs(browsing, owner, cluster):
-    cpu = node_register(hostname="node3", devices=[Device(index=0, model=CPU_MODEL, memory_mb=4096, uuid="cpu-0")])
+    cpu = node_register(hostname="node3", devices=[Device(index=0, model=GPU.CPU_MODEL, memory_mb=4096, uuid="cpu-0")])
     page = open_calendar(browsing, owner)
     page.get_by_label("Train a model in this booking").check()
     size, batch = page.get_by_label("Image size"), page.get_by_label("Batch", exact=True)

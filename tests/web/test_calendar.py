@@ -9,17 +9,15 @@ import re
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.test import Client
 
 from reservations.models import GPU, AuditEntry, Membership, Node, Reservation
 from reservations.services import Device, node_register
-from trainer.hardware import CPU_MODEL
 from serving.models import Model, ModelVersion, Serving
 from trainer.models import TrainingJob
 from web.selectors import servable_models
 
-from ..support import FROZEN_NOW, NEXT_SLOT, SLOT, book, iso, make_user, page_client
+from ..support import FROZEN_NOW, NEXT_SLOT, SLOT, book, make_user, page_client
 
 pytestmark = pytest.mark.usefixtures("frozen")
 WEEK = {"start": "2030-01-07T00:00:00Z", "end": "2030-01-14T00:00:00Z"}
@@ -88,7 +86,7 @@ def three_nodes(cluster):
     """node1 offline, node2 online with no healthy GPU, node3 online with two healthy CPU devices."""
     Node.objects.filter(hostname="node1").update(online=False)
     GPU.objects.filter(node__hostname="node2").update(healthy=False)
-    node_register(hostname="node3", devices=[Device(index=i, model=CPU_MODEL, memory_mb=4096, uuid=f"cpu-{i}") for i in range(2)])
+    node_register(hostname="node3", devices=[Device(index=i, model=GPU.CPU_MODEL, memory_mb=4096, uuid=f"cpu-{i}") for i in range(2)])
 
 
 def test_the_gpu_list_puts_the_nodes_that_can_train_now_first_and_says_which_can(owner, three_nodes):

@@ -16,7 +16,6 @@ from django.views.decorators.http import require_GET, require_POST
 from reservations import policy, selectors, services
 from reservations.errors import BookingConflict, BookingError
 from reservations.models import Team
-from trainer.hardware import CPU_MODEL
 from trainer.selectors import job_progress, training_datasets
 from trainer.spec import suggested_size
 
@@ -70,7 +69,6 @@ def _form_context(form, gpus, datasets=()):
     nodes = nodes_with_gpus(gpus)
     for group in nodes:
         for gpu in group.gpus:
-            gpu.on_cpu = gpu.model == CPU_MODEL
             gpu.suggested = suggested_size(gpu.model)
     chosen = form["gpus"].value() or []
     return {
