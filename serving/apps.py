@@ -1,5 +1,7 @@
 from django.apps import AppConfig
 
+from trainer.supervisors import node_supervisors
+
 
 class ServingConfig(AppConfig):
     name = "serving"
@@ -9,7 +11,6 @@ class ServingConfig(AppConfig):
         # Imported here, as Django asks: these use models, which are not loaded before ready().
         from reservations.jobs import work_kinds
         from trainer.signals import job_finished, nodes_lost
-        from trainer.supervisors import node_supervisors
 
         from .hooks import ServingWork
         from .receivers import register_completed_job, replicas_of_lost_nodes
