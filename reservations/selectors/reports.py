@@ -76,7 +76,7 @@ def _has_field(model, name):
 
 def usage_report(*, start, end, now):
     """Per team, what it booked and did with it over [start, end). All the rules of what counts are
-    here, each computed by the database, in six queries whatever the number of bookings:
+    here, each computed by the database, in five queries whatever the number of bookings:
 
     - booked GPU-hours: the part of each held booking (confirmed, active, completed, preempted;
       not waitlisted or cancelled) inside the period, times its GPU count;
@@ -99,14 +99,27 @@ def usage_report(*, start, end, now):
 
     Returns a list of dicts, one per team with anything in the period, by team name.
     """
-    Action = AuditEntry.Action
-    rows = defaultdict(lambda: {
+    rows = defaultdict(_team_row)
+    _add_bookings(rows, start, end, now)
+    entries = AuditEntry.objects.filter(created__gte=start, created__lt=end, reservation__isnull=False)
+    _add_booking_events(rows, entries)
+    _add_preemptions_caused(rows, entries)
+    _add_waitlist_waits(rows, entries)
+    teams = Team.objects.filter(pk__in=list(rows)).order_by("name")
+    return [{"team": t.slug, "team_name": t.name, "colour": t.colour, **rows[t.pk]} for t in teams]
+
+
+def _team_row():
+    return {
         "booked_gpu_hours": 0.0, "used_gpu_hours": 0.0, "bookings": 0, "no_shows": 0,
         "cancellations": 0, "cancel_lead_hours_median": None, "cancel_lead_hours_avg": None,
         "early_releases": 0, "preemptions_suffered": 0, "preemptions_caused": 0,
         "waitlist_promotions": 0, "waitlist_wait_hours_median": None, "waitlist_wait_hours_max": None,
-    })
+    }
 
+
+def _add_bookings(rows, start, end, now):
+    """Booked and used GPU-hours, bookings and no-shows, from the held bookings (one query)."""
     held = Reservation.objects.filter(policy.overlapping(start, end), status__in=_HELD)
     in_period_lo, in_period_hi = Greatest(F("start"), Value(start)), Least(F("end"), Value(end))
     aggregates = {
@@ -133,7 +146,11 @@ def usage_report(*, start, end, now):
         team["bookings"] = row["bookings"]
         team["no_shows"] = row["no_shows"]
 
-    entries = AuditEntry.objects.filter(created__gte=start, created__lt=end, reservation__isnull=False)
+
+def _add_booking_events(rows, entries):
+    """Cancellations (and how long before the start), early releases and preemptions suffered, from
+    the period's audit `entries` (one query)."""
+    Action = AuditEntry.Action
     cancels = Q(action=Action.CANCEL, actor__isnull=False)
     lead = _epoch(_duration(F("created"), F("reservation__start"))) / Value(3600.0)
     counted = (
@@ -157,12 +174,15 @@ def usage_report(*, start, end, now):
         team["early_releases"] = row["releases"]
         team["preemptions_suffered"] = row["preempted"]
 
+
+def _add_preemptions_caused(rows, entries):
+    """The period's preemptions counted for the preempting booking's team (one query)."""
     preemptor = Coalesce(
         Cast(KeyTextTransform("preempted_by", "after"), IntegerField()), F("reservation__preempted_by_id")
     )
     preemptor_team = Reservation.objects.filter(pk=OuterRef("preemptor")).values("team_id")[:1]
     caused = (
-        entries.filter(action=Action.PREEMPT)
+        entries.filter(action=AuditEntry.Action.PREEMPT)
         .annotate(preemptor=preemptor)
         .annotate(preemptor_team=Subquery(preemptor_team))
         .filter(preemptor_team__isnull=False)
@@ -173,6 +193,11 @@ def usage_report(*, start, end, now):
     for row in caused:
         rows[row["preemptor_team"]]["preemptions_caused"] = row["n"]
 
+
+def _add_waitlist_waits(rows, entries):
+    """For the requests promoted in the period, the hours each waited since it was waitlisted (one
+    query)."""
+    Action = AuditEntry.Action
     waitlisted_at = (
         AuditEntry.objects.filter(reservation=OuterRef("reservation"), action=Action.WAITLIST)
         .order_by("created", "id").values("created")[:1]
@@ -191,9 +216,6 @@ def usage_report(*, start, end, now):
         team["waitlist_promotions"] = row["n"]
         team["waitlist_wait_hours_median"] = _round(row["median"])
         team["waitlist_wait_hours_max"] = _round(row["longest"])
-
-    teams = Team.objects.filter(pk__in=list(rows)).order_by("name")
-    return [{"team": t.slug, "team_name": t.name, "colour": t.colour, **rows[t.pk]} for t in teams]
 
 
 def _round(hours):
