@@ -475,9 +475,12 @@ def widths(page):
     )
 
 
-def test_no_page_is_wider_than_a_phone(browsing, owner, staff, cluster, training_dirs):
+def test_no_page_is_wider_than_a_phone(browsing, owner, staff, high_booker, cluster, training_dirs):
     _data, runs_dir = training_dirs
     reservation = book(owner, cluster["node1"][:2], start=day_ahead(), slots=3, title="a rather long title for a phone")
+    # A booking moved by a preemption: its history has long reasons, with times and GPU names.
+    moved = book(owner, cluster["node2"][:1], start=day_ahead(), slots=2, priority="low")
+    book(high_booker, cluster["node2"][:1], start=day_ahead(), priority="high")
     job = TrainingJob.objects.create(reservation=reservation, spec={"model": "yolov8n.yaml"}, epochs=8)
     record_epochs(job, runs_dir, 3)
     notice_send(
@@ -490,6 +493,7 @@ def test_no_page_is_wider_than_a_phone(browsing, owner, staff, cluster, training
     staff_page = browsing.page(staff, viewport=PHONE)
     pages = [
         (signed_in, "/"), (signed_in, "/bookings/"), (signed_in, f"/bookings/{reservation.pk}/"),
+        (signed_in, f"/bookings/{moved.pk}/"),
         (signed_in, "/notices/"), (signed_in, "/profile/"), (signed_out, "/login/"), (staff_page, "/reports/usage/"),
     ]
 
