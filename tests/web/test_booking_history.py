@@ -50,3 +50,14 @@ def test_another_teams_member_sees_when_who_and_what_but_no_reason(booking_with_
     body = response.content.decode().lower()
     assert "job 12" not in body and "job 7" not in body
     assert "Reason" not in history
+
+
+def test_the_times_in_the_reasons_are_shown_in_the_viewers_zone(cluster, owner, high_booker):
+    victim = book(owner, cluster["node1"][:1], priority="low")
+    book(high_booker, cluster["node1"][:1], priority="high")  # moves the victim, which had not begun
+
+    history = history_of(page_client(owner, zone="Asia/Tokyo").get(f"/bookings/{victim.pk}/"))
+
+    # 10:00-12:00 UTC is 19:00-21:00 in Tokyo.
+    assert "It is moved to Mon 7 Jan 2030, 19:00–21:00 (Asia/Tokyo) on node1/gpu1." in history
+    assert "UTC" not in history
