@@ -5,7 +5,7 @@ a fixed offered load, and the LRU model cache under a Zipf-distributed workload.
                                       [--requests 300] [--device cpu|cuda:N] [--work DIR]
 
 No database, no downloads: real replica processes (`python -m serving.replica <config.json>`,
-gunicorn) driven over signed HTTP. The weights are made first, as the serving tests make theirs:
+Starlette under uvicorn) driven over signed HTTP. The weights are made first, as the serving tests make theirs:
 yolov8n.yaml trained for one epoch at 64 px on the synthetic dataset in a subprocess (YOLO_OFFLINE=1),
 and ten distinct models are that checkpoint re-saved with another "date" field (same network, its
 own SHA-256). --work keeps them in DIR for the next run (default: a temporary folder, removed).
