@@ -1,5 +1,6 @@
 from django.apps import AppConfig
 
+from trainer.signals import job_finished, nodes_lost
 from trainer.supervisors import node_supervisors
 
 
@@ -8,9 +9,9 @@ class ServingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        # Imported here, as Django asks: these use models, which are not loaded before ready().
+        # Imported here, as Django asks: each of these loads models (reservations.jobs through its
+        # rules), which cannot be imported before the app registry is ready. No cycle is dodged.
         from reservations.jobs import work_kinds
-        from trainer.signals import job_finished, nodes_lost
 
         from .hooks import ServingWork
         from .receivers import register_completed_job, replicas_of_lost_nodes

@@ -6,7 +6,8 @@ class TrainerConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        # Imported here, as Django asks: the hooks use models, which are not loaded before ready().
+        # Imported here, as Django asks: both load models (reservations.jobs through its rules),
+        # which cannot be imported before the app registry is ready. No cycle is dodged.
         from reservations.jobs import work_kinds
 
         from .hooks import TrainingWork
