@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from . import services
-from .errors import BookingConflict, BookingError
+from .errors import BookingConflict, BookingError, QuotaExceeded
 from .models import GPU, AuditEntry, Membership, Node, Notice, Reservation, Team
 
 
@@ -128,6 +128,8 @@ class ServiceForm(forms.ModelForm):
         except BookingConflict as exc:
             taken = sorted({c.reservation_id for c in exc.conflicts})
             self.add_error(None, f"{exc.message} Conflicting reservations: {taken}.")
+        except QuotaExceeded as exc:
+            self.add_error(None, exc.message)
         except PermissionDenied as exc:
             self.add_error(None, str(exc))
         return cleaned

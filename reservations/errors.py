@@ -23,3 +23,27 @@ class BookingConflict(Exception):
         self.suggestions = suggestions
         # Set when preemption was refused only for lack of notice: the first start that would do.
         self.earliest_allowed_start = earliest_allowed_start
+
+
+class QuotaExceeded(Exception):
+    """The booking would pass its team's quota: a 409 `quota_exceeded` naming the limit, the team's
+    use and the limit, when room frees, and how to borrow (excess: a policy.QuotaExcess)."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, excess):
+        super().__init__(excess.describe())
+        self.excess = excess
+        self.message = excess.describe() + " " + self.advice()
+
+    def advice(self):
+        excess = self.excess
+        if not excess.borrowable:
+            return "Borrowing is limited too: wait for the next week or ask your team's admin."
+        split = ""
+        if excess.limit == "gpu_hours_per_week" and excess.in_quota_slots:
+            split = f" or book the first {excess.in_quota_slots} slot(s) within the quota and the rest with borrow,"
+        return (
+            "Book it as borrowed time (borrow: true): idle GPUs, preemptible, reclaimed with notice when a team "
+            f"within its quota needs them;{split} or book when room frees."
+        )

@@ -3,7 +3,7 @@ import math
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator, URLValidator
+from django.core.validators import MinValueValidator, RegexValidator, URLValidator
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
@@ -62,6 +62,36 @@ class Team(models.Model):
         if self.directory_dn:
             self.directory_dn = normal_dn(self.directory_dn)
         super().save(*args, **kwargs)
+
+
+class TeamQuota(models.Model):
+    """A team's share of the cluster (fair sharing). A team without one is unlimited. Each limit left
+    empty is no limit of that kind. The booking services lock this row (locks.py) while they check a
+    booking of the team against it, so two bookings of one team cannot both pass a limit only one fits."""
+
+    team = models.OneToOneField(Team, on_delete=models.CASCADE, primary_key=True, related_name="quota")
+    gpu_hours_per_week = models.PositiveIntegerField(
+        "GPU-hours per week", null=True, blank=True,
+        help_text="Booked GPUs x hours of the team's in-quota bookings, counted in the week each hour falls in. Empty: no limit.",
+    )
+    max_gpus = models.PositiveSmallIntegerField(
+        "max GPUs at once", null=True, blank=True,
+        help_text="The most GPUs the team's in-quota bookings may hold at any moment. Empty: no limit.",
+    )
+    weight = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1)],
+        help_text="Fair-share weight: the waitlist serves the team with the least recent use per weight first.",
+    )
+    borrow_gpu_hours_per_week = models.PositiveIntegerField(
+        "borrow limit (GPU-hours per week)", null=True, blank=True,
+        help_text="The most GPU-hours per week the team may book over its quota as borrowed time. Empty: idle GPUs may be borrowed without limit.",
+    )
+
+    class Meta:
+        verbose_name = "team quota"
+
+    def __str__(self):
+        return f"quota of {self.team}"
 
 
 class Membership(models.Model):
@@ -210,6 +240,13 @@ class Reservation(models.Model):
         null=True, blank=True, editable=False,
         help_text="Where a booking cut by a preemption ended before, to give the time back if the preemptor is cancelled.",
     )
+    # Fair sharing: booked over the team's quota on idle GPUs. Always preemptible, never high, and
+    # reclaimed by any in-quota booking (policy.may_preempt). On a waitlisted request: it may be
+    # confirmed as borrowed when its window frees and the team is then over quota.
+    borrowed = models.BooleanField(default=False)
+    # When a booking was cancelled: a cancelled booking that had begun counts against its team's
+    # quota up to this moment (policy.counted_end).
+    cancelled_at = models.DateTimeField(null=True, blank=True, editable=False)
     auto_rebook = models.BooleanField(
         default=True, help_text="If preempted, book the unused part again and resume the job from its checkpoint."
     )
@@ -233,6 +270,8 @@ class Reservation(models.Model):
         indexes = [
             models.Index(fields=["status", "start"], name="reservation_status_start"),
             models.Index(fields=["end"], name="reservation_end"),
+            # A team's bookings in a week (quotas, fair share): bounded by start (policy.longest_booking).
+            models.Index(fields=["team", "start"], name="reservation_team_start"),
         ]
 
     def __str__(self):
@@ -314,6 +353,8 @@ class AuditEntry(models.Model):
         GPU_HEALTHY = "gpu_healthy", "GPU back in service"
         MODEL_REGISTER = "model_register", "Model version registered"
         MODEL_DELETE = "model_delete", "Model or model version deleted"
+        BORROW = "borrow", "Booked as borrowed (over quota)"
+        QUOTA_CHANGE = "quota_change", "Team quota changed"
 
     created = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
     actor = models.ForeignKey(

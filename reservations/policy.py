@@ -3,6 +3,7 @@
 Services call these before they write; nothing else decides what a valid booking is.
 """
 
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.conf import settings
@@ -296,22 +297,31 @@ def min_runtime():
     return timedelta(minutes=settings.PREEMPT_MIN_RUNTIME_MINUTES)
 
 
-def may_try_preemption(start, priority):
+def may_try_preemption(start, priority, borrowed=False):
     """Rule: only a booking for a named start may preempt ("earliest" and "now" only look for free
-    time), and a low one never does (nothing ranks below it)."""
-    return start not in (EARLIEST, NOW) and priority != Reservation.Priority.LOW
+    time); a borrowed one never does (reclaims()). A low one may only take borrowed time back
+    (nothing else ranks below it)."""
+    return start not in (EARLIEST, NOW) and not borrowed
 
 
-def may_preempt(priority, *, victim_priority, victim_preemptible):
+def may_preempt(priority, *, victim_priority, victim_preemptible, borrowed=False, victim_borrowed=False):
     """Rule: only a preemptible booking of strictly lower priority may be preempted (so `high`,
-    never preemptible, is never preempted, and equals never evict each other)."""
+    never preemptible, is never preempted, and equals never evict each other); a borrowed booking is
+    taken back by any in-quota one (reclaims()), and a borrowed booking takes nothing."""
+    if borrowed or victim_borrowed:
+        return reclaims(borrowed=borrowed, victim_borrowed=victim_borrowed)
     return victim_preemptible and _RANK[victim_priority] < _RANK[priority]
 
 
-def preemption_refusal(priority, victims):
+def preemption_refusal(priority, victims, borrowed=False):
     """Why `victims` may not be preempted by a booking of `priority`, or None if they all may.
-    Rule: every overlapping booking must be preemptible and of lower priority, or none is taken."""
+    Rule: every overlapping booking must be preemptible and of lower priority (or borrowed, for an
+    in-quota booking), or none is taken."""
     for victim in victims:
+        if borrowed:
+            return "a borrowed booking takes only idle GPUs, never another booking's"
+        if victim.borrowed:
+            continue
         if not victim.preemptible:
             return f"reservation #{victim.pk} is not preemptible"
         if not may_preempt(priority, victim_priority=victim.priority, victim_preemptible=True):
@@ -359,3 +369,224 @@ def rebook_window(windows, own_node_ids, node_of):
         return None
     earliest = [w for w in windows if w.start == windows[0].start]
     return next((w for w in earliest if {node_of[g] for g in w.gpus} <= own_node_ids), earliest[0])
+
+
+# --- Fair sharing: quotas, borrowing, reclaim, fair-share order -------------------------------
+# A team may have a quota (models.TeamQuota): GPU-hours per week and GPUs at once for its in-quota
+# bookings, a borrow limit for its borrowed ones, and a fair-share weight. The booking services lock
+# the quota row and read the team's bookings around the window in one statement
+# (locks.lock_team_quota), then ask quota_excess() below.
+
+_WEEK = timedelta(days=7)
+# Statuses whose booked time counts against a quota, as booked (ended, released early or cut by a
+# preemption: its `end` says how far). A cancelled booking counts up to its cancellation.
+COUNTED_STATUSES = (
+    Reservation.Status.CONFIRMED, Reservation.Status.ACTIVE, Reservation.Status.COMPLETED, Reservation.Status.PREEMPTED,
+)
+
+
+def week_start(moment):
+    """Rule: quota weeks start on Monday 00:00 UTC, or where QUOTA_WEEK_START says."""
+    offset = timedelta(minutes=settings.QUOTA_WEEK_OFFSET_MINUTES)
+    monday = datetime(1970, 1, 5, tzinfo=dt_timezone.utc) + offset  # a Monday
+    return monday + ((moment - monday) // _WEEK) * _WEEK
+
+
+def weeks_of(start, end):
+    """The quota weeks [week_start, week_end) that the window [start, end) touches, in order."""
+    weeks, first = [], week_start(start)
+    while first < end:
+        weeks.append((first, first + _WEEK))
+        first += _WEEK
+    return weeks
+
+
+def week_label(first):
+    """A week's name: the ISO week of its first day, e.g. 2026-W50."""
+    year, week, _ = first.astimezone(dt_timezone.utc).isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def week_of_label(label):
+    """The quota week named by an ISO week (2026-W50): the one starting in that ISO week. Raises
+    ValueError for anything else."""
+    monday = datetime.strptime(label + "-1", "%G-W%V-%u").replace(tzinfo=dt_timezone.utc)
+    return week_start(monday + timedelta(minutes=settings.QUOTA_WEEK_OFFSET_MINUTES))
+
+
+def gpu_hours(gpus, start, end, within=None):
+    """Rule: booked time is counted as GPUs x hours, of the part inside `within` (a window) if given."""
+    if within is not None:
+        start, end = max(start, within[0]), min(end, within[1])
+    return gpus * max((end - start).total_seconds(), 0) / 3600
+
+
+def counted_end(status, end, cancelled_at):
+    """Rule: where a booking's counted time ends: a booking counts as booked, to its end (released
+    early or cut by a preemption, its end says so); a cancelled one up to its cancellation; a
+    waitlisted request counts nothing until it is confirmed."""
+    if status in COUNTED_STATUSES:
+        return end
+    if status == Reservation.Status.CANCELLED and cancelled_at is not None:
+        return min(end, cancelled_at)
+    return None
+
+
+@dataclass(frozen=True)
+class Booked:
+    """One of a team's bookings as a quota counts it."""
+
+    start: datetime
+    end: datetime  # counted_end()
+    gpus: int
+    borrowed: bool
+    pk: int | None = None
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A team's quota, and its bookings around the window being checked (locks.lock_team_quota)."""
+
+    team_slug: str
+    gpu_hours_per_week: int | None
+    max_gpus: int | None
+    borrow_gpu_hours_per_week: int | None
+    weight: int
+    booked: tuple  # of Booked
+
+    def without(self, pk):
+        """The same, not counting booking `pk` (one being moved: its old window is given up)."""
+        return replace(self, booked=tuple(b for b in self.booked if b.pk != pk))
+
+    def hours(self, week, *, borrowed):
+        return sum(gpu_hours(b.gpus, b.start, b.end, week) for b in self.booked if b.borrowed == borrowed)
+
+    def gpus_at(self, moment):
+        return sum(b.gpus for b in self.booked if not b.borrowed and b.start <= moment < b.end)
+
+    def peak(self, start, end):
+        """The most GPUs the team's in-quota bookings hold at once within [start, end), and when."""
+        moments = [start] + sorted(b.start for b in self.booked if start < b.start < end and not b.borrowed)
+        return max(((self.gpus_at(m), m) for m in moments), key=lambda pair: pair[0])
+
+    def frees_at(self, moment):
+        """When the first in-quota booking holding GPUs at `moment` ends."""
+        ends = [b.end for b in self.booked if not b.borrowed and b.start <= moment < b.end]
+        return min(ends, default=None)
+
+
+@dataclass(frozen=True)
+class QuotaExcess:
+    """Which limit a booking would pass: `limit` names it (gpu_hours_per_week, max_gpus,
+    borrow_gpu_hours_per_week); `used` is the team's use in that week (or at that moment) without
+    the booking, `requested` what the booking adds, `allowed` the limit; `frees_at` when room frees."""
+
+    team_slug: str
+    limit: str
+    used: float
+    requested: float
+    allowed: int
+    week: datetime | None = None  # the week's start, for the GPU-hour limits
+    at: datetime | None = None  # the moment, for max_gpus
+    frees_at: datetime | None = None
+    in_quota_slots: int = 0  # for gpu_hours_per_week: how many slots from the start would fit
+
+    @property
+    def borrowable(self):
+        return self.limit != "borrow_gpu_hours_per_week"
+
+    def describe(self):
+        if self.limit == "max_gpus":
+            what = f"at most {self.allowed} GPUs at once: it holds {self.used:g} at {_utc(self.at)}, this adds {self.requested:g}"
+        else:
+            kind = "borrowed GPU-hours" if self.limit == "borrow_gpu_hours_per_week" else "GPU-hours"
+            what = (
+                f"{self.allowed} {kind} in week {week_label(self.week)}: {self.used:.4g} booked, "
+                f"this adds {self.requested:.4g}"
+            )
+        return f"Team {self.team_slug} is over its quota of {what}."
+
+
+def _utc(moment):
+    return f"{moment.astimezone(dt_timezone.utc):%Y-%m-%dT%H:%M}Z"
+
+
+def quota_excess(quota, *, start, end, gpus, borrowed):
+    """Rule: a booking of `gpus` GPUs for [start, end) fits its team's quota (None) or which limit it
+    passes (QuotaExcess). In-quota bookings count against GPU-hours per week (each week the booking
+    touches) and GPUs at once; borrowed ones against the borrow limit only. No quota: no limit."""
+    if quota is None:
+        return None
+    if borrowed:
+        return _hours_excess(quota, "borrow_gpu_hours_per_week", start, end, gpus, borrowed=True)
+    excess = _hours_excess(quota, "gpu_hours_per_week", start, end, gpus, borrowed=False)
+    if excess is None and quota.max_gpus is not None:
+        held, at = quota.peak(start, end)
+        if held + gpus > quota.max_gpus:
+            excess = QuotaExcess(
+                team_slug=quota.team_slug, limit="max_gpus", used=held, requested=gpus, allowed=quota.max_gpus,
+                at=at, frees_at=quota.frees_at(at),
+            )
+    return excess
+
+
+def _hours_excess(quota, limit, start, end, gpus, *, borrowed):
+    allowed = getattr(quota, limit)
+    if allowed is None:
+        return None
+    for week in weeks_of(start, end):
+        used, requested = quota.hours(week, borrowed=borrowed), gpu_hours(gpus, start, end, week)
+        if used + requested > allowed + 1e-9:
+            return QuotaExcess(
+                team_slug=quota.team_slug, limit=limit, used=used, requested=requested, allowed=allowed,
+                week=week[0], frees_at=week[1],
+                in_quota_slots=_slots_that_fit(quota, limit, start, end, gpus, borrowed=borrowed),
+            )
+    return None
+
+
+def _slots_that_fit(quota, limit, start, end, gpus, *, borrowed):
+    """How many slots from `start` a booking could keep within the GPU-hour limit (the split a
+    refusal suggests: that many in quota, the rest borrowed)."""
+    fit, step = 0, slot_length()
+    first_end = min(floor_to_slot(start) + step, end)
+    while True:
+        part_end = min(first_end + fit * step, end)
+        if any(
+            quota.hours(week, borrowed=borrowed) + gpu_hours(gpus, start, part_end, week) > getattr(quota, limit) + 1e-9
+            for week in weeks_of(start, part_end)
+        ):
+            return fit
+        fit += 1
+        if part_end >= end:
+            return fit
+
+
+def may_borrow(priority, field="borrow"):
+    """Rule: borrowed time is never high priority (it is always preemptible)."""
+    if priority == Reservation.Priority.HIGH:
+        raise BookingError(field, "Borrowed time is never high priority: book it normal or low.")
+
+
+def require_borrowed_terms(priority, preemptible):
+    """Rule: borrowed time stays preemptible and below high priority, whatever it is edited to."""
+    may_borrow(priority, field="priority")
+    if not preemptible:
+        raise BookingError("preemptible", "Borrowed time is always preemptible.")
+
+
+def reclaims(*, borrowed, victim_borrowed):
+    """Rule: an in-quota booking (not borrowed) may take a borrowed booking's GPUs back at any
+    priority; a borrowed booking never takes anyone's GPUs (it only borrows idle ones)."""
+    return victim_borrowed and not borrowed
+
+
+def fair_share_key(recent_gpu_hours, weight, created, pk):
+    """Rule: waiting requests are confirmed in fair-share order: the team with the least booked
+    GPU-hours over the last FAIR_SHARE_DAYS per fair-share weight first, first come within a team."""
+    return (recent_gpu_hours / max(weight, 1), created, pk)
+
+
+def fair_share_window(now):
+    """The past window whose booked GPU-hours order the waitlist."""
+    return now - timedelta(days=settings.FAIR_SHARE_DAYS), now

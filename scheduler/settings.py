@@ -140,6 +140,19 @@ BOOKING_HORIZON_DAYS = env_int("BOOKING_HORIZON_DAYS", 28, minimum=1)
 # just started runs before it may be preempted (against start-stop thrashing). Fractions allowed.
 PREEMPTION_NOTICE_MINUTES = env_float("PREEMPTION_NOTICE_MINUTES", 30, minimum=0)
 PREEMPT_MIN_RUNTIME_MINUTES = env_float("PREEMPT_MIN_RUNTIME_MINUTES", 15, minimum=0)
+# Fair sharing (reservations.policy, README "Fair sharing"): when a quota week starts, as a weekday
+# and a UTC time ("Mon 00:00", "sun 18:00"), and how many days of use the waitlist's fair-share order
+# looks back on.
+QUOTA_WEEK_START = env_str("QUOTA_WEEK_START", "Mon 00:00")
+_week_start = re.fullmatch(r"(mon|tue|wed|thu|fri|sat|sun)[a-z]*\s+([01]?\d|2[0-3]):([0-5]\d)", QUOTA_WEEK_START.strip().lower())
+if _week_start is None:
+    raise ImproperlyConfigured(f"QUOTA_WEEK_START must be a weekday and a UTC time, like 'Mon 00:00'; got {QUOTA_WEEK_START!r}")
+# Minutes from Monday 00:00 UTC to the start of a quota week.
+QUOTA_WEEK_OFFSET_MINUTES = (
+    ["mon", "tue", "wed", "thu", "fri", "sat", "sun"].index(_week_start[1]) * 24 * 60
+    + int(_week_start[2]) * 60 + int(_week_start[3])
+)
+FAIR_SHARE_DAYS = env_int("FAIR_SHARE_DAYS", 7, minimum=1)
 # Idempotency records older than this are pruned; a retry after it books again.
 IDEMPOTENCY_TTL_HOURS = env_int("IDEMPOTENCY_TTL_HOURS", 24, minimum=1)
 # Largest JSON body the API reads (413 beyond): its parser reads the stream, so DATA_UPLOAD_MAX_MEMORY_SIZE

@@ -6,7 +6,8 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from apibase.fields import AwareDateTimeField
 
-from ..errors import BookingConflict, BookingError
+from .. import policy
+from ..errors import BookingConflict, BookingError, QuotaExceeded
 from .serializers import ConflictSerializer, WindowSerializer
 
 
@@ -21,9 +22,31 @@ def conflict_response(exc):
     return Response(body, status=status.HTTP_409_CONFLICT)
 
 
+def quota_response(exc):
+    """409 quota_exceeded: which limit, the team's use and the limit in that week (or at that
+    moment), when room frees, and how to borrow (docs/api.md)."""
+    excess = exc.excess
+    moment = AwareDateTimeField().to_representation
+    quota = {
+        "team": excess.team_slug,
+        "limit": excess.limit,
+        "allowed": excess.allowed,
+        "used": round(excess.used, 4),
+        "requested": round(excess.requested, 4),
+        "week": policy.week_label(excess.week) if excess.week is not None else None,
+        "at": moment(excess.at) if excess.at is not None else None,
+        "frees_at": moment(excess.frees_at) if excess.frees_at is not None else None,
+        "borrowable": excess.borrowable,
+        "in_quota_slots": excess.in_quota_slots,
+    }
+    return Response({"detail": exc.message, "code": exc.code, "quota": quota}, status=status.HTTP_409_CONFLICT)
+
+
 def exception_handler(exc, context):
     if isinstance(exc, BookingError):
         return Response(exc.as_dict(), status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, BookingConflict):
         return conflict_response(exc)
+    if isinstance(exc, QuotaExceeded):
+        return quota_response(exc)
     return drf_exception_handler(exc, context)

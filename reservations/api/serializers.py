@@ -37,6 +37,11 @@ class ReservationCreateSerializer(StrictSerializer):
     auto_rebook = serializers.BooleanField(
         default=True, help_text="If preempted, rebook the unused part and resume the job from its checkpoint."
     )
+    borrow = serializers.BooleanField(
+        default=False,
+        help_text="Over the team's quota, book the whole booking as borrowed time (preemptible, reclaimed with "
+        "notice by a team within its quota) instead of a 409 quota_exceeded. Within the quota it books as usual.",
+    )
 
     def get_fields(self):
         # The apps behind each kind of work validate it (`job`, `serve`: reservations.jobs); this
@@ -68,6 +73,9 @@ class ReservationSerializer(serializers.Serializer):
     slots = serializers.IntegerField(read_only=True)
     priority = serializers.ChoiceField(choices=Reservation.Priority.choices, read_only=True)
     preemptible = serializers.BooleanField(read_only=True)
+    borrowed = serializers.BooleanField(
+        read_only=True, help_text="Booked over the team's quota: may be reclaimed by a team within its quota."
+    )
     status = serializers.ChoiceField(choices=Reservation.Status.choices, read_only=True)
     created = AwareDateTimeField(read_only=True)
     preempted_by = serializers.IntegerField(source="preempted_by_id", read_only=True, allow_null=True)

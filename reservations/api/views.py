@@ -75,6 +75,7 @@ class ReservationViewSet(
                 waitlist=data["waitlist"],
                 work={field: data.get(field) for field in jobs.work_kinds.kinds},
                 auto_rebook=data["auto_rebook"],
+                borrow=data["borrow"],
                 on_booked=on_booked,
             )
 

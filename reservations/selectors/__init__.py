@@ -2,7 +2,7 @@
 
 The package follows the seams of the reading: availability (conflicts, free windows, picking GPUs,
 what a preemption would take), pages (what the calendar, a person's bookings, a booking's page,
-notices and feeds show) and reports (the staff usage report). Callers use the names below.
+notices and feeds show) and reports (the staff usage report), quotas (fair sharing: what counts against a quota, the waitlist's order). Callers use the names below.
 """
 
 from .availability import (
@@ -38,12 +38,14 @@ from .pages import (
     waitlist_positions,
     waitlisted,
 )
+from .quotas import Standing, counted, team_recent_gpu_hours, team_standings, waitlist_order
 from .reports import USAGE_DEFAULT_PERIOD, USAGE_MAX_PERIOD, usage_period, usage_report
 
 __all__ = [
     "USAGE_DEFAULT_PERIOD",
     "USAGE_MAX_PERIOD",
     "Preemption",
+    "Standing",
     "PreemptionPlan",
     "Window",
     "audit_history",
@@ -52,6 +54,7 @@ __all__ = [
     "calendar_feed_reservations",
     "calendar_gpus",
     "conflicting_allocations",
+    "counted",
     "find_windows",
     "free_gpus_on_node",
     "gpu_bookings_ahead",
@@ -71,6 +74,9 @@ __all__ = [
     "reservations_upcoming",
     "usage_period",
     "usage_report",
+    "team_recent_gpu_hours",
+    "team_standings",
+    "waitlist_order",
     "waitlist_position",
     "waitlist_positions",
     "waitlisted",

@@ -145,10 +145,13 @@ def preemption_candidate(*, priority, start, end, gpu_count, allow_multi_node=Fa
     gpus = list(GPU.objects.filter(healthy=True).select_related("node").order_by("id"))
     holders, blocked = defaultdict(set), set()
     rows = Allocation.objects.filter(policy.overlapping(start, end), live=True).values_list(
-        "gpu_id", "reservation_id", "reservation__priority", "reservation__preemptible"
+        "gpu_id", "reservation_id", "reservation__priority", "reservation__preemptible", "reservation__borrowed"
     )
-    for gpu_id, reservation_id, victim_priority, victim_preemptible in rows:
-        if policy.may_preempt(priority, victim_priority=victim_priority, victim_preemptible=victim_preemptible):
+    for gpu_id, reservation_id, victim_priority, victim_preemptible, victim_borrowed in rows:
+        if policy.may_preempt(
+            priority, victim_priority=victim_priority, victim_preemptible=victim_preemptible,
+            victim_borrowed=victim_borrowed,
+        ):
             holders[gpu_id].add(reservation_id)
         else:
             blocked.add(gpu_id)

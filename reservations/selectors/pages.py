@@ -4,10 +4,12 @@ status board, calendar feeds. Each read is bounded by its window or its page."""
 from collections import defaultdict
 
 from django.db.models import Count, Prefetch, Q
+from django.utils import timezone
 
 from .. import jobs, policy
 from ..models import GPU, Allocation, AuditEntry, Notice, Reservation
 from .availability import overlapping_allocations
+from .quotas import waitlist_order
 
 
 def reservation_queryset():
@@ -147,31 +149,19 @@ def reservations_past(user, *, now):
     )
 
 
-def _waitlist_order():
-    # The order waitlist_promote() tries requests in: oldest request first.
-    return Reservation.objects.filter(status=Reservation.Status.WAITLISTED).order_by("created", "id")
-
-
-def waitlist_position(reservation):
+def waitlist_position(reservation, now=None):
     """How many waitlisted requests come before this one when the waitlist is promoted (0: it is
-    tried first), or None when it is not waitlisted."""
-    if reservation.status != Reservation.Status.WAITLISTED:
-        return None
-    return _waitlist_order().filter(
-        Q(created__lt=reservation.created) | Q(created=reservation.created, id__lt=reservation.pk)
-    ).count()
+    tried first; the fair-share order, quotas.waitlist_order), or None when it is not waitlisted."""
+    return waitlist_positions([reservation], now=now).get(reservation.pk)
 
 
-def waitlist_positions(reservations):
-    """waitlist_position() of each waitlisted booking in `reservations`, by id, in one query."""
+def waitlist_positions(reservations, now=None):
+    """waitlist_position() of each waitlisted booking in `reservations`, by id."""
     wanted = {r.pk for r in reservations if r.status == Reservation.Status.WAITLISTED}
     if not wanted:
         return {}
-    ahead = {}
-    for index, reservation_id in enumerate(_waitlist_order().values_list("id", flat=True)):
-        if reservation_id in wanted:
-            ahead[reservation_id] = index
-    return ahead
+    order = waitlist_order(now or timezone.now())
+    return {reservation_id: index for index, reservation_id in enumerate(order) if reservation_id in wanted}
 
 
 def reservation_page(reservation_id):

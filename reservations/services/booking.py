@@ -11,6 +11,7 @@ from ..errors import BookingConflict, BookingError
 from ..models import GPU, Reservation
 from ..utc_text import utc_moment
 from .preemption import book_by_preempting
+from .quota import quota_decide
 from .records import Attempt, Booking, attempt, bookable_gpus, check_gpu_count, check_gpu_ids, pick_free_gpus
 
 # Attempts for an "earliest" booking whose chosen window was taken between search and lock.
@@ -32,6 +33,7 @@ def reservation_create(
     waitlist=False,
     work=None,
     auto_rebook=True,
+    borrow=False,
     actor=None,
     now=None,
     on_booked=None,
@@ -42,7 +44,8 @@ def reservation_create(
     not the owner (an admin booking for someone). `work` is what runs in the booked slots: {"job": a
     training spec} or {"serve": models to serve} (reservations.jobs).
     A booking that overlaps others may preempt them (rules in policy); `auto_rebook` says what happens
-    if this one is preempted. `on_booked(reservation)` runs inside the booking's transaction, so what
+    if this one is preempted. Over the team's quota it is refused (QuotaExceeded), or with `borrow`
+    booked as borrowed time (services.quota). `on_booked(reservation)` runs inside the booking's transaction, so what
     it writes commits with the booking or not at all. Each step is its own short transaction: never
     call this inside another one (locks.py)."""
     now = now or timezone.now()
@@ -59,12 +62,16 @@ def reservation_create(
         auto_rebook=auto_rebook,
     )
     policy.validate_slots(slots)
+    if borrow:
+        policy.may_borrow(priority)
     if gpu_ids is not None:
         gpu_ids = check_gpu_ids(list(gpu_ids))
     else:
         check_gpu_count(gpu_count, allow_multi_node)
     work = jobs.work_kinds.check(user=user, team=team, work=work)
-    request = Booking(fields=fields, start=None, end=None, work=work, actor=actor or user, now=now, on_booked=on_booked)
+    request = Booking(
+        fields=fields, start=None, end=None, work=work, actor=actor or user, now=now, on_booked=on_booked, borrow=borrow
+    )
 
     for window in _windows_to_try(start, slots, gpu_ids, gpu_count, allow_multi_node, now):
         booking = replace(request, start=window.start, end=window.end)
@@ -102,7 +109,7 @@ def _book_window(booking, *, gpu_ids, waitlist, may_preempt):
     """Book the window: free GPUs, else by preempting (if the rules allow), else on the waitlist (if
     asked). The Attempt that booked, or the last one, with what was in the way and why."""
     outcome = attempt(_book, booking=booking, gpu_ids=gpu_ids)
-    if outcome.reservation is None and may_preempt:
+    if outcome.reservation is None and may_preempt and not outcome.borrowed:
         preempting = book_by_preempting(booking, gpu_ids=gpu_ids, conflicts=outcome.conflicts)
         outcome = replace(preempting, conflicts=preempting.conflicts or outcome.conflicts)
     if outcome.reservation is None and waitlist:
@@ -112,8 +119,12 @@ def _book_window(booking, *, gpu_ids, waitlist, may_preempt):
 
 
 def _book(*, booking, gpu_ids, waitlist=False):
-    """Inside a transaction: lock, check, insert."""
+    """Inside a transaction: lock (the team's quota, then GPUs: locks.py), check, insert."""
     start, end = booking.start, booking.end
+    quota = quota_decide(
+        team_id=booking.fields["team"].pk, start=start, end=end, gpus=booking.fields["gpu_count"],
+        borrow=booking.borrow, actor=booking.actor,
+    )
     if gpu_ids is not None:
         gpus = bookable_gpus(gpu_ids, lock=True)
         # The common case is no conflict: ask cheaply, and build the details only for a 409.
@@ -129,10 +140,10 @@ def _book(*, booking, gpu_ids, waitlist=False):
             selectors.conflicting_allocations(GPU.objects.filter(healthy=True).values("id"), start, end)
         )
     if chosen is None and not waitlist:
-        return Attempt(conflicts=conflicts)
+        return Attempt(conflicts=conflicts, borrowed=quota.borrowed)
     # A waitlisted request remembers the exact GPUs it asked for, not live; a gpu_count request
     # picks its GPUs when promoted.
-    return Attempt(reservation=booking.write(chosen or gpu_ids or [], confirmed=bool(chosen)))
+    return Attempt(reservation=booking.write(chosen or gpu_ids or [], confirmed=bool(chosen), quota=quota))
 
 
 def _conflict(booking, outcome, *, gpu_ids, wanted, slots):
@@ -149,7 +160,10 @@ def _conflict(booking, outcome, *, gpu_ids, wanted, slots):
     )
     refusal = outcome.refusal
     if refusal is None:
-        return BookingConflict("The GPUs are already booked for that window.", conflicts=conflicts, suggestions=suggestions)
+        borrowed = " Borrowed time takes only idle GPUs: it never preempts." if outcome.borrowed else ""
+        return BookingConflict(
+            "The GPUs are already booked for that window." + borrowed, conflicts=conflicts, suggestions=suggestions
+        )
     if refusal.earliest is None:
         return BookingConflict(
             f"The GPUs are already booked for that window, and cannot be preempted: {refusal.reason}.",

@@ -13,6 +13,7 @@ from .audit import audit_change, snapshot
 from .locks import lock_gpus, lock_reservation, service_transaction
 from .notices import notice_send
 from .preemption import preemption_withdraw
+from .quota import quota_decide
 from .records import bookable_gpus, cancel_locked, check_gpu_ids
 from .waitlist import waitlist_promote
 
@@ -128,6 +129,8 @@ def _update_locked(reservation, *, actor, reason, title, priority, preemptible):
     new_preemptible = reservation.preemptible if preemptible is None else preemptible
     if priority is not None or preemptible is not None:
         new_preemptible = policy.resolve_preemptible(actor, new_priority, new_preemptible)
+        if reservation.borrowed:
+            policy.require_borrowed_terms(new_priority, new_preemptible)
     reservation.title = reservation.title if title is None else title
     reservation.priority = new_priority
     reservation.preemptible = new_preemptible
@@ -144,8 +147,13 @@ def _move_locked(reservation, *, actor, start, slots, gpu_ids, reason, now):
     target = held if gpu_ids is None else check_gpu_ids(list(gpu_ids))
     if len(target) != len(held):
         raise BookingError("gpus", f"Move it to as many GPUs as it holds ({len(held)}).")
-    # Both sets in one id-ordered lock (locks.py: GPUs after the reservation), then the new ones
-    # checked to exist and be healthy.
+    # The team's quota (locks.py: after the reservation, before GPUs): the new window must fit it,
+    # the old one given up. Borrowed time stays borrowed (its borrow limit is checked).
+    quota = quota_decide(
+        team_id=reservation.team_id, start=start, end=end, gpus=len(held), borrow=False, actor=actor,
+        borrowed=reservation.borrowed, exclude=reservation.pk,
+    )
+    # Both GPU sets in one id-ordered lock, then the new ones checked to exist and be healthy.
     lock_gpus(sorted(set(held) | set(target)))
     if target != held:
         bookable_gpus(target, lock=False)
@@ -169,7 +177,8 @@ def _move_locked(reservation, *, actor, start, slots, gpu_ids, reason, now):
         )
         reservation.held_allocations = None  # allocation_list reads the new ones
     audit_change(
-        action=AuditEntry.Action.MOVE, actor=actor, reservation=reservation, reason=reason, before=before, gpu_ids=gpu_ids
+        action=AuditEntry.Action.MOVE, actor=actor, reservation=reservation, before=before, gpu_ids=gpu_ids,
+        reason=" ".join(part for part in (reason, quota.audit_reason) if part),
     )
     if actor.pk != reservation.user_id:
         notice_send(

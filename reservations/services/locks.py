@@ -4,9 +4,11 @@ The order (a transaction that needs several of these takes them in this order, n
 
 1. reservations, in id order (the one being changed; a preemption's victims; a victim's rebookings,
    which always have higher ids than the victim);
-2. GPUs, in id order (whatever takes or moves GPU time);
-3. training jobs (stopping the job of a booking that ends early);
-4. registered models, in id order (serving: a serving booking locks the models it names as it is
+2. team quotas, in team id order (whatever adds a team's GPU time checks it against the team's
+   quota under this lock: a booking, a move, a waitlist confirmation, a preemption's rebookings);
+3. GPUs, in id order (whatever takes or moves GPU time);
+4. training jobs (stopping the job of a booking that ends early);
+5. registered models, in id order (serving: a serving booking locks the models it names as it is
    written, so a model cannot be deleted between the check and the booking; the registry locks
    only these rows, and advisory locks on stored files after them).
 
@@ -23,8 +25,10 @@ overlap on one GPU, the insert fails (services read that as "taken").
 """
 
 from django.db import transaction
+from django.db.models import FilteredRelation, Q
 
-from ..models import GPU, Reservation
+from .. import policy
+from ..models import GPU, Reservation, TeamQuota
 
 EXCLUSION_CONSTRAINT = "allocation_no_overlap"
 
@@ -62,6 +66,58 @@ def lock_all_gpus():
 def lock_healthy_gpus():
     """Every healthy GPU: what makes picking `gpu_count` free GPUs safe (it serialises such picks)."""
     return lock_gpus(GPU.objects.filter(healthy=True).values("id"))
+
+
+def lock_quota_rows(team_ids):
+    """Lock the quota rows of several teams, in team id order (2nd in the order)."""
+    return list(
+        TeamQuota.objects.select_for_update().filter(team_id__in=team_ids).order_by("team_id").values_list("team_id", flat=True)
+    )
+
+
+def lock_team_quota(team_id, start, end):
+    """Lock a team's quota row (2nd in the order) and read, in the same statement, the team's
+    bookings that count against it in the quota weeks around [start, end): a policy.Quota, or None
+    for a team without a quota (no row, nothing to lock: no limit to race for)."""
+    weeks = policy.weeks_of(start, end)
+    first, last = weeks[0][0], weeks[-1][1]
+    counted = Q(team__reservations__status__in=policy.COUNTED_STATUSES) | Q(
+        team__reservations__status=Reservation.Status.CANCELLED, team__reservations__cancelled_at__isnull=False
+    )
+    rows = list(
+        TeamQuota.objects.select_for_update(of=("self",))
+        .filter(team_id=team_id)
+        .annotate(
+            booked=FilteredRelation(
+                "team__reservations",
+                # Bounded by start, so the read costs the window, never the team's history.
+                condition=counted & Q(
+                    team__reservations__start__gt=first - policy.longest_booking(), team__reservations__start__lt=last, team__reservations__end__gt=first
+                ),
+            )
+        )
+        .values(
+            "team__slug", "gpu_hours_per_week", "max_gpus", "borrow_gpu_hours_per_week", "weight",
+            "booked__id", "booked__status", "booked__start", "booked__end", "booked__cancelled_at",
+            "booked__gpu_count", "booked__borrowed",
+        )
+    )
+    if not rows:
+        return None
+    head = rows[0]
+    booked = []
+    for row in rows:
+        if row["booked__id"] is None:
+            continue
+        end = policy.counted_end(row["booked__status"], row["booked__end"], row["booked__cancelled_at"])
+        if end > row["booked__start"]:
+            booked.append(policy.Booked(
+                row["booked__start"], end, row["booked__gpu_count"], row["booked__borrowed"], row["booked__id"]
+            ))
+    return policy.Quota(
+        team_slug=head["team__slug"], gpu_hours_per_week=head["gpu_hours_per_week"], max_gpus=head["max_gpus"],
+        borrow_gpu_hours_per_week=head["borrow_gpu_hours_per_week"], weight=head["weight"], booked=tuple(booked),
+    )
 
 
 def is_overlap_violation(exc):

@@ -10,8 +10,11 @@ from .. import jobs, policy, queue, selectors
 from ..models import GPU, AuditEntry, Notice, Reservation
 from ..utc_text import utc_moment, utc_window
 from .audit import audit_change, snapshot
-from .locks import lock_all_gpus, lock_gpus, lock_reservation, lock_reservations, service_transaction
+from .locks import (
+    lock_all_gpus, lock_gpus, lock_quota_rows, lock_reservation, lock_reservations, lock_team_quota, service_transaction,
+)
 from .notices import notice_send
+from .quota import quota_decide, quota_fits
 from .records import Attempt, Refusal, attempt, bookable_gpus, cancel_locked, write_allocations, write_reservation
 from .waitlist import waitlist_promote
 
@@ -70,6 +73,15 @@ def _take_gpus(*, booking, gpu_ids, victim_ids):
     # The lock order (locks.py): reservations, then GPUs. Every GPU: a victim may be moved or
     # rebooked onto any of them.
     victims = lock_reservations(Reservation.objects.filter(pk__in=victim_ids))
+    # Then the quotas (the booking's team's, checked now; the victims' teams', whose moves and
+    # rebookings are checked below), then every GPU: a victim may be moved or rebooked onto any.
+    team = booking.fields["team"]
+    lock_quota_rows({team.pk, *(v.team_id for v in victims)})
+    quota = lock_team_quota(team.pk, booking.start, booking.end)
+    decision = quota_decide(
+        team_id=team.pk, start=booking.start, end=booking.end, gpus=booking.fields["gpu_count"],
+        borrow=booking.borrow, actor=booking.actor, quota=quota,
+    )
     lock_all_gpus()
     gpus = bookable_gpus(gpu_ids, lock=False)
     conflicts = list(selectors.conflicting_allocations(gpu_ids, booking.start, booking.end))
@@ -77,7 +89,9 @@ def _take_gpus(*, booking, gpu_ids, victim_ids):
     if not in_way <= {v.pk for v in victims}:
         return Attempt(raced=True)
     if not in_way:  # freed meanwhile
-        return Attempt(reservation=booking.write(gpus))
+        return Attempt(reservation=booking.write(gpus, quota=decision))
+    if decision.borrowed:
+        return Attempt(conflicts=conflicts, borrowed=True)
     victims = [v for v in victims if v.pk in in_way]
     refusal = _refusal(booking.fields["priority"], victims, booking, gpu_ids)
     if refusal is not None:
@@ -92,14 +106,30 @@ def _take_gpus(*, booking, gpu_ids, victim_ids):
             victim.allocations.update(end=booking.start)
         else:
             victim.allocations.update(live=False)
-    preemptor = booking.write(gpus, reason="Preempts " + ", ".join(f"#{v.pk}" for v in victims) + ".")
+    preemptor = booking.write(gpus, reason="Preempts " + ", ".join(f"#{v.pk}" for v in victims) + ".", quota=decision)
+    reclaim = _reclaim_reason(preemptor, quota)
     for victim in victims:
+        why = reclaim if victim.borrowed else ""
         if victim.pk in begun:
-            _cut_short(victim, preemptor, before[victim.pk], original_end[victim.pk], booking)
+            _cut_short(victim, preemptor, before[victim.pk], original_end[victim.pk], booking, reclaim=why)
         else:
-            _move_or_cancel(victim, preemptor, before[victim.pk], booking)
+            _move_or_cancel(victim, preemptor, before[victim.pk], booking, reclaim=why)
     transaction.on_commit(lambda: waitlist_promote(), robust=True)  # a victim may have freed more than was taken
     return Attempt(reservation=preemptor)
+
+
+def _reclaim_reason(preemptor, quota):
+    """Why a borrowed booking gives its GPUs back: the reclaiming team is within its quota."""
+    team = preemptor.team
+    if quota is None:
+        return f"team {team.name}, which has no quota (unlimited), takes its borrowed GPUs back"
+    week = policy.weeks_of(preemptor.start, preemptor.end)[0]
+    used = quota.hours(week, borrowed=False) + policy.gpu_hours(preemptor.gpu_count, preemptor.start, preemptor.end, week)
+    limit = f"{quota.gpu_hours_per_week} GPU-h" if quota.gpu_hours_per_week is not None else "no GPU-hour limit"
+    return (
+        f"team {team.name} is within its quota ({used:.4g} GPU-h of {limit} in week {policy.week_label(week[0])}) "
+        "and takes borrowed GPUs back"
+    )
 
 
 def describe(reservation):
@@ -111,9 +141,10 @@ def _gpu_names(gpu_ids):
     return [names[pk] for pk in sorted(gpu_ids)]
 
 
-def _cut_short(victim, preemptor, before, original_end, booking):
+def _cut_short(victim, preemptor, before, original_end, booking, reclaim=""):
     """A victim that has begun ends where the preemptor starts. Its job is stopped at the reclaim
-    time (reservation_reclaim, and the node agent), and the unused part is rebooked."""
+    time (reservation_reclaim, and the node agent), and the unused part is rebooked (borrowed time
+    stays borrowed). `reclaim`: why borrowed time is taken back (the reclaiming team's quota)."""
     job = jobs.work_kinds.state(victim)
     victim.end_before_preemption = original_end
     victim.end = preemptor.start
@@ -125,7 +156,7 @@ def _cut_short(victim, preemptor, before, original_end, booking):
         action=AuditEntry.Action.PREEMPT, actor=booking.actor, reservation=victim, before=before,
         reason=(
             f"Preempted by {describe(preemptor)}, booked {utc_window(preemptor.start, preemptor.end)}; "
-            f"GPUs reclaimed at {utc_moment(victim.reclaim_at)}."
+            f"GPUs reclaimed at {utc_moment(victim.reclaim_at)}." + (f" Borrowed time: {reclaim}." if reclaim else "")
         ),
     )
     rebook, not_rebooked = None, ""
@@ -137,16 +168,18 @@ def _cut_short(victim, preemptor, before, original_end, booking):
         slots = math.ceil((original_end - victim.end) / policy.slot_length())
         rebook = _rebook_unused_part(victim, preemptor, job, gpu_ids=gpu_ids, slots=slots, now=booking.now)
         if rebook is None:
-            not_rebooked = f"no free window of {slots} slot(s) within the booking horizon"
+            not_rebooked = f"no free window of {slots} slot(s) within the booking horizon and the team's quota"
 
     gpu_names = _gpu_names(gpu_ids)
     message = (
-        f"Reservation #{victim.pk} ({', '.join(gpu_names)}) is preempted by {describe(preemptor)}: "
-        f"its GPUs are reclaimed at {utc_moment(victim.reclaim_at)}"
+        f"{'Borrowed r' if victim.borrowed else 'R'}eservation #{victim.pk} ({', '.join(gpu_names)}) is "
+        f"{'reclaimed' if reclaim else 'preempted'} by {describe(preemptor)}"
+        + (f" ({reclaim})" if reclaim else "")
+        + f": its GPUs are reclaimed at {utc_moment(victim.reclaim_at)}"
         + (", when its job is stopped with a resumable checkpoint." if job is not None else ".")
     )
     if rebook is not None:
-        message += f" Rebooked as #{rebook.pk} for {utc_window(rebook.start, rebook.end)}" + (
+        message += f" Rebooked as #{rebook.pk}{' (borrowed)' if rebook.borrowed else ''} for {utc_window(rebook.start, rebook.end)}" + (
             "; the job resumes there from its checkpoint." if job is not None else "."
         )
     else:
@@ -164,6 +197,8 @@ def _cut_short(victim, preemptor, before, original_end, booking):
             "rebooked_as": rebook.pk if rebook else None,
             "rebook_start": rebook.start if rebook else None,
             "rebook_end": rebook.end if rebook else None,
+            "borrowed": victim.borrowed,
+            "reclaimed_by_team": preemptor.team.slug if reclaim else None,
         },
     )
     victim_id, when = victim.pk, victim.reclaim_at
@@ -172,7 +207,8 @@ def _cut_short(victim, preemptor, before, original_end, booking):
 
 def _rebook_unused_part(victim, preemptor, job, *, gpu_ids, slots, now):
     """The unused part of a cut victim, in the nearest free window of the same size (policy), its
-    job resuming from the victim's checkpoint."""
+    job resuming from the victim's checkpoint. Checked against the team's quota like any booking:
+    in quota, else as borrowed time (a borrowed victim's stays borrowed), else not rebooked."""
     windows = selectors.find_windows(
         slots=slots, after=preemptor.start, now=now, gpu_count=victim.gpu_count,
         allow_multi_node=victim.allow_multi_node, limit=5,
@@ -181,10 +217,16 @@ def _rebook_unused_part(victim, preemptor, job, *, gpu_ids, slots, now):
     window = policy.rebook_window(windows, {node_of[g] for g in gpu_ids}, node_of)
     if window is None:
         return None
+    borrowed = quota_fits(
+        team_id=victim.team_id, start=window.start, end=window.end, gpus=victim.gpu_count,
+        borrowed=victim.borrowed, may_borrow=True,
+    )
+    if borrowed is None:
+        return None
     fields = dict(
         user=victim.user, team=victim.team, title=victim.title, priority=victim.priority,
         preemptible=victim.preemptible, gpu_count=victim.gpu_count, allow_multi_node=victim.allow_multi_node,
-        auto_rebook=victim.auto_rebook, rebook_of=victim,
+        auto_rebook=victim.auto_rebook, rebook_of=victim, borrowed=borrowed,
     )
     work, note = jobs.work_kinds.rebook(job) if job is not None else (None, "")
     return write_reservation(
@@ -194,20 +236,31 @@ def _rebook_unused_part(victim, preemptor, job, *, gpu_ids, slots, now):
     )
 
 
-def _move_or_cancel(victim, preemptor, before, booking):
-    """A victim that has not begun is moved whole to the nearest free window of its size, or
-    cancelled if its owner opted out of rebooking (or there is no such window)."""
-    window = None
+def _move_or_cancel(victim, preemptor, before, booking, reclaim=""):
+    """A victim that has not begun is moved whole to the nearest free window of its size (within its
+    team's quota, or as borrowed time), or cancelled if its owner opted out of rebooking (or there is
+    no such window)."""
+    window = borrowed = None
     if victim.auto_rebook:
         found = selectors.find_windows(
             slots=max(victim.slots, 1), after=victim.start, now=booking.now, gpu_count=victim.gpu_count,
             allow_multi_node=victim.allow_multi_node, limit=1,
         )
         window = found[0] if found else None
+    if window is not None:
+        borrowed = quota_fits(
+            team_id=victim.team_id, start=window.start, end=window.end, gpus=victim.gpu_count,
+            borrowed=victim.borrowed, may_borrow=True, exclude=victim.pk,
+        )
+        window = window if borrowed is not None else None
     taken = f"its GPUs were taken by {describe(preemptor)} for {utc_window(preemptor.start, preemptor.end)}"
+    if reclaim:
+        taken += f" ({reclaim})"
     if window is not None:
         victim.start, victim.end = window.start, window.end
-        victim.save(update_fields=["start", "end", "updated"])
+        victim.borrowed = borrowed
+        victim.preemptible = victim.preemptible or borrowed
+        victim.save(update_fields=["start", "end", "borrowed", "preemptible", "updated"])
         victim.allocations.all().delete()
         write_allocations(victim, window.gpus)
         audit_change(
@@ -217,10 +270,11 @@ def _move_or_cancel(victim, preemptor, before, booking):
         kind = Notice.Kind.MOVED
         message = (
             f"Reservation #{victim.pk} had not begun; {taken}. It is moved to "
-            f"{utc_window(window.start, window.end)} on {', '.join(_gpu_names(window.gpus))}."
+            f"{utc_window(window.start, window.end)} on {', '.join(_gpu_names(window.gpus))}"
+            + (" as borrowed time." if borrowed else ".")
         )
     else:
-        why = "you opted out of automatic rebooking" if not victim.auto_rebook else "no free window of its size"
+        why = "you opted out of automatic rebooking" if not victim.auto_rebook else "no free window of its size within the team's quota"
         cancel_locked(
             victim, action=AuditEntry.Action.PREEMPT, actor=booking.actor, before=before, preempted_by=preemptor,
             reason=f"Cancelled before it began: {taken}; not moved: {why}.",

@@ -6,12 +6,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import IntegrityError
+from django.utils import timezone
 
 from .. import jobs, selectors
 from ..errors import BookingError
 from ..models import GPU, Allocation, AuditEntry, Reservation
 from .audit import audit_change, audit_record, snapshot
 from .locks import is_overlap_violation, lock_healthy_gpus, service_transaction
+from .quota import WITHIN
 
 Status = Reservation.Status
 
@@ -80,8 +82,12 @@ def write_allocations(reservation, gpus, *, live=True):
 
 def write_reservation(fields, start, end, gpus, *, confirmed, work, actor, now, action=None, reason=""):
     """A reservation, its allocations (live when confirmed), its work (a job, models to serve) and its
-    audit entry. The work's warnings for the person booking (its node is offline, ...) are left on `reservation.warnings`."""
+    audit entry. The work's warnings for the person booking (its node is offline, ...) are left on `reservation.warnings`.
+    Confirmed borrowed time (fields["borrowed"]) is always preemptible and audited as `borrow`."""
     status = Status.CONFIRMED if confirmed else Status.WAITLISTED
+    if confirmed and fields.get("borrowed"):
+        fields = {**fields, "preemptible": True}
+        action = action or AuditEntry.Action.BORROW
     reservation = Reservation.objects.create(start=start, end=end, status=status, **fields)
     write_allocations(reservation, gpus, live=confirmed)
     reservation.warnings = jobs.work_kinds.create(reservation=reservation, work=work, now=now)
@@ -99,6 +105,8 @@ def cancel_locked(reservation, *, action, actor, reason, job_reason, before=None
     """On a locked reservation: cancel it (with `changes` to other fields), free its GPU time, stop
     its job, and audit it. Returns the state before."""
     before = before or snapshot(reservation)
+    # What it held counts against its team's quota up to now (policy.counted_end); a waiting request held nothing.
+    changes.setdefault("cancelled_at", timezone.now() if reservation.status != Status.WAITLISTED else None)
     reservation.status = Status.CANCELLED
     for field, value in changes.items():
         setattr(reservation, field, value)
@@ -121,10 +129,16 @@ class Booking:
     now: datetime
     # Called with the new reservation inside the booking's transaction (the API's idempotency record).
     on_booked: Callable | None = None
+    # Book over the team's quota as borrowed time rather than be refused (services.quota).
+    borrow: bool = False
 
-    def write(self, gpus, *, confirmed=True, reason=""):
+    def write(self, gpus, *, confirmed=True, reason="", quota=WITHIN):
+        """Write it: confirmed on `gpus` as `quota` (a QuotaDecision) says, or waitlisted (its
+        `borrowed` then keeps the wish to borrow)."""
+        fields = {**self.fields, "borrowed": quota.borrowed if confirmed else self.borrow}
+        reason = " ".join(part for part in (reason, quota.audit_reason) if part)
         reservation = write_reservation(
-            self.fields, self.start, self.end, gpus, confirmed=confirmed, work=self.work, actor=self.actor,
+            fields, self.start, self.end, gpus, confirmed=confirmed, work=self.work, actor=self.actor,
             now=self.now, reason=reason,
         )
         if self.on_booked is not None:
@@ -152,6 +166,8 @@ class Attempt:
     refusal: Refusal | None = None
     # The bookings in the way changed between reading them and locking them: worth another try.
     raced: bool = False
+    # It would be borrowed time, which takes only idle GPUs: no preemption to try.
+    borrowed: bool = False
 
 
 def attempt(write, **kwargs):

@@ -9,18 +9,20 @@ from ..utc_text import utc_moment
 from .audit import audit_change, snapshot
 from .locks import is_overlap_violation, lock_gpus, lock_reservation, service_transaction
 from .notices import notice_send
+from .quota import quota_fits
 from .records import pick_free_gpus, write_allocations
 
 Status = Reservation.Status
 
 
 def waitlist_promote(*, now=None):
-    """Confirm every waitlisted booking whose window is free now, oldest request first; expire
-    those whose window has passed. Level-triggered: safe to run any time, from anywhere."""
+    """Confirm every waitlisted booking whose window is free now and fits its team's quota, in
+    fair-share order (policy.fair_share_key: the team with the least recent use per weight first,
+    oldest request first within a team); expire those whose window has passed. Level-triggered: safe
+    to run any time, from anywhere."""
     now = now or timezone.now()
     promoted = []
-    waiting = Reservation.objects.filter(status=Status.WAITLISTED).order_by("created", "id")
-    for reservation_id in waiting.values_list("id", flat=True):
+    for reservation_id in selectors.waitlist_order(now):
         try:
             with service_transaction():
                 if _promote_one(reservation_id, now):
@@ -41,6 +43,14 @@ def _promote_one(reservation_id, now):
         _expire(reservation)
         return False
     asked = sorted(reservation.allocations.values_list("gpu_id", flat=True))
+    # The team's quota (after the reservation, before GPUs: locks.py): in quota, or borrowed when the
+    # request asked to borrow, or it waits (a team over its quota waits for room, like for GPUs).
+    borrowed = quota_fits(
+        team_id=reservation.team_id, start=reservation.start, end=reservation.end, gpus=reservation.gpu_count,
+        may_borrow=reservation.borrowed,
+    )
+    if borrowed is None:
+        return False
     if asked:
         lock_gpus(asked)
         if selectors.overlapping_allocations(asked, reservation.start, reservation.end).exists():
@@ -55,14 +65,16 @@ def _promote_one(reservation_id, now):
             return False
     before = snapshot(reservation, asked)
     reservation.status = Status.CONFIRMED
-    reservation.save(update_fields=["status", "updated"])
+    reservation.borrowed = borrowed
+    reservation.preemptible = reservation.preemptible or borrowed
+    reservation.save(update_fields=["status", "borrowed", "preemptible", "updated"])
     if asked:
         reservation.allocations.update(live=True)
     else:
         write_allocations(reservation, chosen)
     audit_change(
         action=AuditEntry.Action.PROMOTE, reservation=reservation, before=before, gpu_ids=chosen,
-        reason="GPUs came free in the waitlisted window.",
+        reason="GPUs came free in the waitlisted window." + (" Booked as borrowed time: the team is over its quota." if borrowed else ""),
     )
     notice_send(
         user=reservation.user, kind=Notice.Kind.WAITLIST_CONFIRMED, reservation=reservation,

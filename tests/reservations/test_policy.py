@@ -22,7 +22,7 @@ def booking(**fields):
     """A reservation-like value for the rules that only read fields."""
     values = dict(
         pk=1, start=NEXT_SLOT, end=NEXT_SLOT + 2 * HOUR, status=Reservation.Status.CONFIRMED, priority="low",
-        preemptible=True, preempted_by_id=None, team_id=1,
+        preemptible=True, preempted_by_id=None, team_id=1, borrowed=False,
     )
     values.update(fields)
     return SimpleNamespace(**values)
@@ -192,12 +192,19 @@ def test_a_no_show_is_a_booking_whose_whole_first_slot_has_passed():
 # --- Preemption --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
-    "start, priority, may",
-    [(NEXT_SLOT, "high", True), (NEXT_SLOT, "normal", True), (NEXT_SLOT, "low", False),
-     ("earliest", "high", False), ("now", "high", False)],
+    "start, priority, borrowed, may",
+    [(NEXT_SLOT, "high", False, True), (NEXT_SLOT, "normal", False, True),
+     # A low booking may only take borrowed time back (preemption_refusal says so of anything else).
+     (NEXT_SLOT, "low", False, True), (NEXT_SLOT, "normal", True, False),
+     ("earliest", "high", False, False), ("now", "high", False, False)],
 )
-def test_only_a_named_start_that_is_not_low_tries_to_preempt(start, priority, may):
-    assert policy.may_try_preemption(start, priority) is may
+def test_only_a_named_start_of_an_in_quota_booking_tries_to_preempt(start, priority, borrowed, may):
+    assert policy.may_try_preemption(start, priority, borrowed) is may
+
+
+def test_a_low_booking_preempts_nothing_but_borrowed_time():
+    assert policy.preemption_refusal("low", [booking(priority="low")]) == "reservation #1 is low priority, not lower than low"
+    assert policy.preemption_refusal("low", [booking(priority="normal", preemptible=False, borrowed=True)]) is None
 
 
 def test_only_preemptible_bookings_of_strictly_lower_priority_are_preempted():

@@ -19,7 +19,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from reservations import policy, selectors, services
-from reservations.errors import BookingConflict, BookingError
+from reservations.errors import BookingConflict, BookingError, QuotaExceeded
 from reservations.models import Notice, Reservation
 from trainer import progress
 from trainer.logs import job_log_text
@@ -122,6 +122,9 @@ def _act(request, pk, action, form_class, perform, done):
         except BookingConflict as exc:
             form.add_error(None, exc.message)
             failure = Failure(reservation_id=pk, action=action, form=form, status=409, conflict=exc)
+        except QuotaExceeded as exc:
+            form.add_error(None, exc.message)
+            failure = Failure(reservation_id=pk, action=action, form=form, status=409)
         else:
             messages.success(request, done)
             return redirect(_back(form.cleaned_data, pk))

@@ -1,0 +1,106 @@
+"""Fair-sharing reads: what a team's bookings count against its quota in a window (per week, per
+day, at a moment), the recent use that orders the waitlist, and where a team stands. Each read is
+bounded by its window (bookings are found by start: policy.longest_booking), never by the history."""
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db.models import Case, DateTimeField, F, Q, Sum, Value, When
+from django.db.models.functions import Greatest, Least
+
+from .. import policy
+from ..models import Reservation, TeamQuota
+from ..sql import EpochSeconds
+
+Status = Reservation.Status
+
+
+def counted(lo, hi):
+    """The bookings whose counted time (policy.counted_end) overlaps [lo, hi), annotated with
+    `counted_end` and `counted_seconds` (GPUs x seconds inside [lo, hi))."""
+    end = Case(
+        When(status=Status.CANCELLED, then=Least(F("end"), F("cancelled_at"))),
+        default=F("end"),
+        output_field=DateTimeField(),
+    )
+    inside = Least(F("counted_end"), Value(hi)) - Greatest(F("start"), Value(lo))
+    return (
+        Reservation.objects.filter(
+            Q(status__in=policy.COUNTED_STATUSES) | Q(status=Status.CANCELLED, cancelled_at__isnull=False),
+            start__gt=lo - policy.longest_booking(), start__lt=hi, end__gt=lo,
+        )
+        .annotate(counted_end=end)
+        .filter(Q(counted_end__gt=lo), Q(counted_end__gt=F("start")))
+        .annotate(counted_seconds=F("gpu_count") * EpochSeconds(inside))
+    )
+
+
+def team_recent_gpu_hours(now):
+    """{team id: GPU-hours booked over the fair-share window (policy.fair_share_window)}, every team
+    with any, in one query."""
+    lo, hi = policy.fair_share_window(now)
+    rows = counted(lo, hi).values("team_id").annotate(seconds=Sum("counted_seconds")).values_list("team_id", "seconds")
+    return {team_id: (seconds or 0) / 3600 for team_id, seconds in rows}
+
+
+def fair_share_weights():
+    """{team id: weight} of the teams with a quota; the others weigh 1."""
+    return dict(TeamQuota.objects.values_list("team_id", "weight"))
+
+
+def waitlist_order(now):
+    """The waitlisted requests' ids in the order waitlist_promote() tries them (policy.fair_share_key)."""
+    waiting = list(
+        Reservation.objects.filter(status=Status.WAITLISTED).values_list("id", "team_id", "created")
+    )
+    if not waiting:
+        return []
+    recent, weights = team_recent_gpu_hours(now), fair_share_weights()
+    waiting.sort(key=lambda row: policy.fair_share_key(recent.get(row[1], 0), weights.get(row[1], 1), row[2], row[0]))
+    return [row[0] for row in waiting]
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where a team stands this week: its quota (None: unlimited) and what it has booked."""
+
+    team: object
+    quota: TeamQuota | None
+    week_start: object
+    booked_hours: float  # in quota, this week
+    borrowed_hours: float  # this week
+    gpus_now: int  # in quota, held now
+
+    @property
+    def week(self):
+        return policy.week_label(self.week_start)
+
+    @property
+    def remaining_hours(self):
+        if self.quota is None or self.quota.gpu_hours_per_week is None:
+            return None
+        return max(self.quota.gpu_hours_per_week - self.booked_hours, 0)
+
+
+def team_standings(teams, now):
+    """A Standing for each of `teams` (this quota week), in two queries whatever the number of teams."""
+    teams = list(teams)
+    first = policy.week_start(now)
+    week = (first, first + timedelta(days=7))
+    quotas = {q.team_id: q for q in TeamQuota.objects.filter(team__in=teams)}
+    hours, borrowed, gpus_now = {}, {}, {}
+    rows = counted(*week).filter(team__in=teams).values_list(
+        "team_id", "start", "counted_end", "gpu_count", "borrowed", "counted_seconds"
+    )
+    for team_id, start, end, count, is_borrowed, seconds in rows:
+        bucket = borrowed if is_borrowed else hours
+        bucket[team_id] = bucket.get(team_id, 0) + (seconds or 0) / 3600
+        if not is_borrowed and start <= now < end:
+            gpus_now[team_id] = gpus_now.get(team_id, 0) + count
+    return [
+        Standing(
+            team=team, quota=quotas.get(team.pk), week_start=first, booked_hours=hours.get(team.pk, 0),
+            borrowed_hours=borrowed.get(team.pk, 0), gpus_now=gpus_now.get(team.pk, 0),
+        )
+        for team in teams
+    ]
