@@ -1,10 +1,11 @@
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apibase.fields import AwareDateTimeField
 from apibase.serializers import StrictSerializer
 
-from .. import jobs, policy
+from .. import jobs, policy, selectors
 from ..errors import BookingError
 from ..models import GPU, AuditEntry, Node, Notice, Reservation
 
@@ -77,6 +78,7 @@ class ReservationSerializer(serializers.Serializer):
         read_only=True, help_text="Booked over the team's quota: may be reclaimed by a team within its quota."
     )
     status = serializers.ChoiceField(choices=Reservation.Status.choices, read_only=True)
+    waitlist_position = serializers.SerializerMethodField()
     created = AwareDateTimeField(read_only=True)
     preempted_by = serializers.IntegerField(source="preempted_by_id", read_only=True, allow_null=True)
     reclaim_at = AwareDateTimeField(read_only=True, allow_null=True)
@@ -84,6 +86,16 @@ class ReservationSerializer(serializers.Serializer):
     rebook_of = serializers.IntegerField(source="rebook_of_id", read_only=True, allow_null=True)
     job = serializers.SerializerMethodField()
     serve = serializers.SerializerMethodField()
+
+    def get_waitlist_position(self, obj) -> int | None:
+        """How many waitlisted requests the waitlist tries before this one (0: next in line), in its
+        fair-share order; null unless waitlisted."""
+        if obj.status != Reservation.Status.WAITLISTED:
+            return None
+        root = self.root
+        if not hasattr(root, "_waitlist"):  # once per response: a list shows many
+            root._waitlist = {pk: index for index, pk in enumerate(selectors.waitlist_order(timezone.now()))}
+        return root._waitlist.get(obj.pk)
 
     def get_gpus(self, obj) -> list[int]:
         return [a.gpu_id for a in obj.allocation_list]
