@@ -454,9 +454,9 @@ class Quota:
     weight: int
     booked: tuple  # of Booked
 
-    def without(self, pk):
-        """The same, not counting booking `pk` (one being moved: its old window is given up)."""
-        return replace(self, booked=tuple(b for b in self.booked if b.pk != pk))
+    def without(self, *pks):
+        """The same, not counting bookings `pks` (one being moved: its old window is given up)."""
+        return replace(self, booked=tuple(b for b in self.booked if b.pk not in pks))
 
     def hours(self, week, *, borrowed):
         return sum(gpu_hours(b.gpus, b.start, b.end, week) for b in self.booked if b.borrowed == borrowed)

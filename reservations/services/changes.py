@@ -151,7 +151,7 @@ def _move_locked(reservation, *, actor, start, slots, gpu_ids, reason, now):
     # the old one given up. Borrowed time stays borrowed (its borrow limit is checked).
     quota = quota_decide(
         team_id=reservation.team_id, start=start, end=end, gpus=len(held), borrow=False, actor=actor,
-        borrowed=reservation.borrowed, exclude=reservation.pk,
+        borrowed=reservation.borrowed, exclude=(reservation.pk,),
     )
     # Both GPU sets in one id-ordered lock, then the new ones checked to exist and be healthy.
     lock_gpus(sorted(set(held) | set(target)))

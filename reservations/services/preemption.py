@@ -250,7 +250,7 @@ def _move_or_cancel(victim, preemptor, before, booking, reclaim=""):
     if window is not None:
         borrowed = quota_fits(
             team_id=victim.team_id, start=window.start, end=window.end, gpus=victim.gpu_count,
-            borrowed=victim.borrowed, may_borrow=True, exclude=victim.pk,
+            borrowed=victim.borrowed, may_borrow=True, exclude=(victim.pk,),
         )
         window = window if borrowed is not None else None
     taken = f"its GPUs were taken by {describe(preemptor)} for {utc_window(preemptor.start, preemptor.end)}"
@@ -381,6 +381,14 @@ def _give_time_back(victim_id, preemptor_id, now):
     if any(r.start <= now for r in rebooks):
         return False  # its job may be running there already
     gpu_ids = sorted(victim.allocations.values_list("gpu_id", flat=True))
+    # The time given back is checked against the team's quota like any time added (locks.py: the
+    # quota row after the reservations, before GPUs), without the rebookings it replaces.
+    fits = quota_fits(
+        team_id=victim.team_id, start=victim.end, end=original, gpus=len(gpu_ids), borrowed=victim.borrowed,
+        exclude=tuple(r.pk for r in rebooks),
+    )
+    if fits is None:
+        return False  # the team used the freed quota meanwhile: the cut stands
     lock_gpus(gpu_ids)
     taken = selectors.overlapping_allocations(gpu_ids, victim.end, original).exclude(
         reservation__in=[victim.pk, *(r.pk for r in rebooks)]

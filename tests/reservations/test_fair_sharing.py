@@ -269,6 +269,23 @@ def test_a_preempted_in_quota_booking_whose_rest_no_longer_fits_is_rebooked_as_b
     assert "(borrowed)" in Notice.objects.get(user=owner, kind="preemption_warning").message
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_withdrawn_preemption_gives_time_back_only_within_the_quota(cluster, team, other_team, owner, frozen):
+    quota(team, gpu_hours_per_week=4)
+    victim = book(owner, cluster["node1"][:1], slots=2, priority="low", auto_rebook=False)  # 10:00-14:00
+    frozen.move_to(datetime(2030, 1, 7, 10, 20, tzinfo=dt_timezone.utc))
+    services.reservations_advance()
+    boss = make_user("boss", other_team, is_staff=True, is_superuser=True)
+    preemptor = post(boss, cluster["node1"][:1], start=at(12), priority="high", team="nlp").json()
+    # The cut freed 2 GPU-h of the team's week, which it booked again at once.
+    assert post(owner, cluster["node2"][:1], start=at(16)).status_code == 201
+
+    services.reservation_cancel(reservation_id=preemptor["id"], actor=boss, reason="not needed")
+
+    kept = Reservation.objects.get(pk=victim.pk)
+    assert (kept.end, kept.preempted_by_id) == (at(12), preemptor["id"])  # the cut stands: 4 GPU-h in all
+
+
 # --- The waitlist --------------------------------------------------------------------------------
 # A cancellation sweeps the waitlist once it commits: these tests commit.
 
