@@ -12,7 +12,8 @@ from django.db.models import Count, Q
 from django.utils import timezone
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from reservations.models import Allocation, AuditEntry, Node, Notice, Reservation
+from reservations import selectors
+from reservations.models import Allocation, AuditEntry, Node, Notice, Reservation, Team
 from trainer.models import TrainingJob
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class DatabaseCollector:
                 self._jobs(),
                 self._heartbeats(now),
                 self._notices(),
+                *self._team_quotas(now),
             ]
         except DatabaseError:
             log.exception("metrics: the database did not answer")
@@ -161,3 +163,29 @@ class DatabaseCollector:
         family.add_metric(["webhook", "delivered"], totals["webhook_delivered"])
         family.add_metric(["webhook", "failed"], totals["webhook_failed"])
         return family
+
+    def _team_quotas(self, now):
+        """Each team's standing in the current quota week (selectors.team_standings: two queries,
+        bounded by the week, whatever the history): its quota, what it booked in quota and borrowed."""
+        quota = GaugeMetricFamily(
+            "gpu_scheduler_team_quota_gpu_hours",
+            "Each team's quota of GPU-hours a week (teams with no such limit are left out).",
+            labels=["team"],
+        )
+        booked = GaugeMetricFamily(
+            "gpu_scheduler_team_booked_gpu_hours",
+            "GPU-hours each team booked in quota in the current quota week (borrowed time not counted).",
+            labels=["team"],
+        )
+        borrowed = GaugeMetricFamily(
+            "gpu_scheduler_team_borrowed_gpu_hours",
+            "GPU-hours each team booked over its quota, as borrowed time, in the current quota week.",
+            labels=["team"],
+        )
+        for standing in selectors.team_standings(Team.objects.order_by("slug"), now):
+            slug = standing.team.slug
+            if standing.quota is not None and standing.quota.gpu_hours_per_week is not None:
+                quota.add_metric([slug], standing.quota.gpu_hours_per_week)
+            booked.add_metric([slug], standing.booked_hours)
+            borrowed.add_metric([slug], standing.borrowed_hours)
+        return quota, booked, borrowed

@@ -19,7 +19,7 @@ from django.utils.html import format_html
 
 from . import services
 from .errors import BookingConflict, BookingError, QuotaExceeded
-from .models import GPU, AuditEntry, Membership, Node, Notice, Reservation, Team
+from .models import GPU, AuditEntry, Membership, Node, Notice, Reservation, Team, TeamQuota
 
 
 def _audit_admin_change(request, obj, *, action, before, after):
@@ -69,13 +69,99 @@ class MembershipInline(admin.TabularInline):
     extra = 0
 
 
+def _quota_text(quota):
+    if quota is None:
+        return "unlimited"
+    limits = [
+        f"{quota.gpu_hours_per_week} GPU-h/week" if quota.gpu_hours_per_week is not None else "GPU-hours unlimited",
+        f"at most {quota.max_gpus} GPUs at once" if quota.max_gpus is not None else None,
+        f"borrows up to {quota.borrow_gpu_hours_per_week} GPU-h/week"
+        if quota.borrow_gpu_hours_per_week is not None else None,
+        f"weight {quota.weight}",
+    ]
+    return ", ".join(limit for limit in limits if limit)
+
+
 @admin.register(Team)
 class TeamAdmin(AuditedAdmin):
-    list_display = ["name", "slug", "colour", "webhook_url"]
+    list_display = ["name", "slug", "colour", "webhook_url", "quota_summary"]
+    list_select_related = ["quota"]
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}  # Django 6's default
     prepopulated_fields = {"slug": ["name"]}
+    readonly_fields = ["quota_link"]
     search_fields = ["name", "slug"]
     inlines = [MembershipInline]
+
+    @admin.display(description="quota")
+    def quota_summary(self, obj):
+        return _quota_text(getattr(obj, "quota", None))
+
+    @admin.display(description="quota")
+    def quota_link(self, obj):
+        # The quota has a page of its own (TeamQuotaAdmin): its changes go through the quota
+        # service, in a transaction of their own, which a team form's inline could not give them.
+        if obj.pk is None:
+            return "Save the team first, then set its quota."
+        quota = getattr(obj, "quota", None)
+        if quota is None:
+            url = reverse("admin:reservations_teamquota_add") + f"?team={obj.pk}"
+            return format_html('unlimited (<a href="{}">set a quota</a>)', url)
+        url = reverse("admin:reservations_teamquota_change", args=[obj.pk])
+        return format_html('{} (<a href="{}">change</a>)', _quota_text(quota), url)
+
+
+class TeamQuotaForm(forms.ModelForm):
+    reason = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 2}), help_text="Kept in the audit log."
+    )
+
+    class Meta:
+        model = TeamQuota
+        fields = ["team", *services.QUOTA_FIELDS]
+
+
+@admin.register(TeamQuota)
+class TeamQuotaAdmin(admin.ModelAdmin):
+    """A team's quota, set and removed through the quota service (services.team_quota_set,
+    team_quota_remove): it locks the quota row as a booking does and writes the `quota_change` audit
+    entry with the admin as actor, so the admin writes no generic entry of its own (not an
+    AuditedAdmin)."""
+
+    form = TeamQuotaForm
+    fields = ["team", *services.QUOTA_FIELDS, "reason"]
+    list_display = ["team", "gpu_hours_per_week", "max_gpus", "borrow_gpu_hours_per_week", "weight"]
+    list_select_related = ["team"]
+    search_fields = ["team__name", "team__slug"]
+    ordering = ["team__name"]
+
+    @csrf_protect_m
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        # Not inside the admin's request-wide transaction: the service locks the quota row in its
+        # own (reservations/services/locks.py), and refuses to run inside another.
+        return self._changeform_view(request, object_id, form_url, extra_context)
+
+    @csrf_protect_m
+    def delete_view(self, request, object_id, extra_context=None):
+        return self._delete_view(request, object_id, extra_context)
+
+    def get_readonly_fields(self, request, obj=None):
+        # The team is the quota's key: another team's quota is another row.
+        return ["team"] if obj is not None else []
+
+    def save_model(self, request, obj, form, change):
+        limits = {field: form.cleaned_data[field] for field in services.QUOTA_FIELDS}
+        saved = services.team_quota_set(
+            team=obj.team, actor=request.user, reason=form.cleaned_data["reason"], **limits
+        )
+        obj.pk = saved.pk
+        obj._state.adding = False
+
+    def delete_model(self, request, obj):
+        services.team_quota_remove(team=obj.team, actor=request.user, reason="Quota removed in the admin.")
+
+    def delete_queryset(self, request, queryset):
+        for quota in queryset.select_related("team"):
+            self.delete_model(request, quota)
 
 
 class GPUInline(admin.TabularInline):

@@ -99,7 +99,9 @@ class Demo:
         self.notice = Notice.objects.create(
             user=self.bob, reservation=self.booking, kind=Notice.Kind.WAITLIST_CONFIRMED, message="Confirmed."
         )
-        team = self.booking.team
+        team = self.team = self.booking.team
+        # Far more than the checks book: the team's endpoints and the quota's admin pages have one to show.
+        services.team_quota_set(team=team, actor=self.users["admin"], gpu_hours_per_week=100_000)
         self.feed, self.team_feed = calendar_feed_for(user=self.bob), calendar_feed_for(user=self.bob, team=team)
         self.model = Model.objects.create(team=team, name="boxes", created_by=self.bob)
         self.spare_model = Model.objects.create(team=team, name="spare", created_by=self.users["alice"])
@@ -227,6 +229,12 @@ def api_checks():
               data={"gpus": "all of them"}, api=True),
         Check("api/v1/^notices/$", v1 + "notices/", API),
         Check("api/v1/^notices/(?P<pk>[^/.]+)/$", lambda d: f"{v1}notices/{d.notice.pk}/", expect(401, signed_in=404, owner=200)),
+        Check("api/v1/^teams/$", v1 + "teams/", API),
+        Check("api/v1/^teams/(?P<slug>[^/.]+)/$", lambda d: f"{v1}teams/{d.team.slug}/", TEAMS_API),
+        Check("api/v1/^teams/(?P<slug>[^/.]+)/$", f"{v1}teams/no-such-team/", expect(401, signed_in=404)),
+        Check("api/v1/^teams/(?P<slug>[^/.]+)/usage/$", lambda d: f"{v1}teams/{d.team.slug}/usage/", TEAMS_API),
+        Check("api/v1/^teams/(?P<slug>[^/.]+)/usage/$", lambda d: f"{v1}teams/{d.team.slug}/usage/?week=2030-W60",
+              expect(401, signed_in=400, outsider=404)),
         Check("api/v1/^audit/$", v1 + "audit/", STAFF_API),
         Check("api/v1/^audit/(?P<pk>[^/.]+)/$", lambda d: f"{v1}audit/{d.audit_entry.pk}/", STAFF_API),
         Check("api/v1/^jobs/(?P<pk>[^/.]+)/$", lambda d: f"{v1}jobs/{d.job.pk}/", TEAMS_API),

@@ -22,8 +22,12 @@ class TeamUsageSerializer(serializers.Serializer):
     team = serializers.SlugField()
     team_name = serializers.CharField()
     colour = serializers.CharField()
+    quota_gpu_hours_per_week = serializers.IntegerField(
+        allow_null=True, help_text="The team's quota of GPU-hours per week, as it is now; null: unlimited."
+    )
     bookings = serializers.IntegerField()
     booked_gpu_hours = serializers.FloatField()
+    borrowed_gpu_hours = serializers.FloatField(help_text="Of the booked hours, those booked over the quota as borrowed time.")
     used_gpu_hours = serializers.FloatField()
     no_shows = serializers.IntegerField()
     cancellations = serializers.IntegerField()
@@ -44,7 +48,7 @@ class UsageReportSerializer(serializers.Serializer):
 
 
 class UsageReportView(APIView):
-    """Per team over a period: booked and used GPU-hours, cancellations, no-shows, early releases,
+    """Per team over a period: booked (and of those, borrowed) and used GPU-hours against the quota, cancellations, no-shows, early releases,
     preemptions, waitlist waits. Staff only."""
 
     permission_classes = [permissions.IsAdminUser]

@@ -2,7 +2,8 @@
 
 The package follows the seams of the reading: availability (conflicts, free windows, picking GPUs,
 what a preemption would take), pages (what the calendar, a person's bookings, a booking's page,
-notices and feeds show) and reports (the staff usage report), quotas (fair sharing: what counts against a quota, the waitlist's order). Callers use the names below.
+notices and feeds show) and reports (the staff usage report), quotas (fair sharing: what counts against a quota, the waitlist's
+order, where a team stands, its week day by day), used (when a booking's work ran). Callers use the names below.
 """
 
 from .availability import (
@@ -34,19 +35,31 @@ from .pages import (
     reservation_queryset,
     reservations_past,
     reservations_upcoming,
+    teams_of,
     waitlist_position,
     waitlist_positions,
     waitlisted,
 )
-from .quotas import Standing, counted, team_recent_gpu_hours, team_standings, waitlist_order
+from .quotas import (
+    DayUsage,
+    Standing,
+    WeekUsage,
+    counted,
+    team_recent_gpu_hours,
+    team_standings,
+    team_week_usage,
+    waitlist_order,
+)
 from .reports import USAGE_DEFAULT_PERIOD, USAGE_MAX_PERIOD, usage_period, usage_report
 
 __all__ = [
     "USAGE_DEFAULT_PERIOD",
     "USAGE_MAX_PERIOD",
+    "DayUsage",
     "Preemption",
     "Standing",
     "PreemptionPlan",
+    "WeekUsage",
     "Window",
     "audit_history",
     "booking_suggestions",
@@ -76,6 +89,8 @@ __all__ = [
     "usage_report",
     "team_recent_gpu_hours",
     "team_standings",
+    "team_week_usage",
+    "teams_of",
     "waitlist_order",
     "waitlist_position",
     "waitlist_positions",

@@ -7,7 +7,7 @@ from django.db.models import Count, Prefetch, Q
 from django.utils import timezone
 
 from .. import jobs, policy
-from ..models import GPU, Allocation, AuditEntry, Notice, Reservation
+from ..models import GPU, Allocation, AuditEntry, Notice, Reservation, Team
 from .availability import overlapping_allocations
 from .quotas import waitlist_order
 
@@ -191,6 +191,12 @@ def audit_history(reservation, *, with_details):
 def notices_of(user):
     """All of the user's notices, newest first."""
     return Notice.objects.filter(user=user).select_related("reservation").order_by("-created", "-id")
+
+
+def teams_of(user):
+    """The teams a person may look at (their standing, their week): their own; staff, every team."""
+    teams = Team.objects.all() if user.is_staff else Team.objects.filter(memberships__user=user)
+    return teams.order_by("name", "id")
 
 
 def memberships_of(user):

@@ -11,6 +11,7 @@ from django.db.models.functions import Greatest, Least
 from .. import policy
 from ..models import Reservation, TeamQuota
 from ..sql import EpochSeconds
+from .used import seconds, used_gpu_seconds
 
 Status = Reservation.Status
 
@@ -76,10 +77,19 @@ class Standing:
         return policy.week_label(self.week_start)
 
     @property
+    def week_end(self):
+        return self.week_start + timedelta(days=7)
+
+    @property
     def remaining_hours(self):
-        if self.quota is None or self.quota.gpu_hours_per_week is None:
-            return None
-        return max(self.quota.gpu_hours_per_week - self.booked_hours, 0)
+        return _remaining(self.quota, self.booked_hours)
+
+
+def _remaining(quota, booked_hours):
+    """GPU-hours left in quota this week; None: no limit of GPU-hours."""
+    if quota is None or quota.gpu_hours_per_week is None:
+        return None
+    return max(quota.gpu_hours_per_week - booked_hours, 0)
 
 
 def team_standings(teams, now):
@@ -104,3 +114,84 @@ def team_standings(teams, now):
         )
         for team in teams
     ]
+
+
+_DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class DayUsage:
+    """One day (24 hours from the quota week's start, or from the day before's) of a team's week."""
+
+    start: object
+    end: object
+    booked_hours: float  # in quota
+    borrowed_hours: float
+    used_hours: float  # in which the bookings' work ran (selectors.used)
+
+
+@dataclass(frozen=True)
+class WeekUsage:
+    """A team's quota week, day by day: what it booked in quota, borrowed, and used."""
+
+    team: object
+    quota: TeamQuota | None
+    week_start: object
+    days: tuple  # of DayUsage, 7
+
+    @property
+    def week(self):
+        return policy.week_label(self.week_start)
+
+    @property
+    def week_end(self):
+        return self.week_start + 7 * _DAY
+
+    @property
+    def booked_hours(self):
+        return sum(day.booked_hours for day in self.days)
+
+    @property
+    def borrowed_hours(self):
+        return sum(day.borrowed_hours for day in self.days)
+
+    @property
+    def used_hours(self):
+        return sum(day.used_hours for day in self.days)
+
+    @property
+    def remaining_hours(self):
+        return _remaining(self.quota, self.booked_hours)
+
+
+def team_week_usage(team, week_start, now):
+    """The team's quota week from `week_start` (policy.week_start), day by day: GPU-hours counted
+    against its quota (in quota and borrowed, as `counted` counts them) and GPU-hours its bookings'
+    work actually ran (as the usage report counts them: held bookings only). Two queries: the quota,
+    and one aggregate over the team's bookings in the week."""
+    days = [(week_start + i * _DAY, week_start + (i + 1) * _DAY) for i in range(7)]
+    aggregates, used_keys = {}, []
+    for i, (lo, hi) in enumerate(days):
+        inside = seconds(Greatest(F("start"), Value(lo)), Least(F("counted_end"), Value(hi))) * F("gpu_count")
+        aggregates[f"booked_{i}"] = Sum(inside, filter=Q(borrowed=False))
+        aggregates[f"borrowed_{i}"] = Sum(inside, filter=Q(borrowed=True))
+        used = used_gpu_seconds(lo, hi, now, where=Q(status__in=policy.COUNTED_STATUSES))
+        used_keys.append([f"used_{i}_{kind}" for kind in range(len(used))])
+        aggregates.update(zip(used_keys[i], used))
+    totals = counted(days[0][0], days[-1][1]).filter(team=team).aggregate(**aggregates)
+
+    def hours(*keys):
+        return sum(totals[key] or 0 for key in keys) / 3600
+
+    return WeekUsage(
+        team=team,
+        quota=TeamQuota.objects.filter(team=team).first(),
+        week_start=week_start,
+        days=tuple(
+            DayUsage(
+                start=lo, end=hi, booked_hours=hours(f"booked_{i}"), borrowed_hours=hours(f"borrowed_{i}"),
+                used_hours=hours(*used_keys[i]),
+            )
+            for i, (lo, hi) in enumerate(days)
+        ),
+    )

@@ -3,17 +3,15 @@
 from collections import defaultdict
 from datetime import timedelta
 
-from django.core.exceptions import FieldDoesNotExist
-from django.db.models import (
-    Avg, Count, DurationField, ExpressionWrapper, F, IntegerField, Max, OuterRef, Q, Subquery, Sum, Value,
-)
+from django.db.models import Avg, Count, F, IntegerField, Max, OuterRef, Q, Subquery, Sum, Value
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Greatest, Least
 
-from .. import jobs, policy
+from .. import policy
 from ..errors import BookingError
 from ..models import AuditEntry, Reservation, Team
 from ..sql import EpochSeconds, Median
+from .used import duration, seconds, used_gpu_seconds, work_relations
 
 # What the report may cover at once: a year (a leap year's too), so one request reads a bounded
 # part of the history.
@@ -41,37 +39,8 @@ def usage_period(*, start=None, end=None, now):
     return start, end
 
 
-def _seconds(lo, hi):
-    """SQL: the length of [lo, hi) in seconds, 0 when it is empty."""
-    return _epoch(Greatest(_duration(lo, hi), Value(timedelta(0))))
-
-
-def _duration(lo, hi):
-    return ExpressionWrapper(hi - lo, output_field=DurationField())
-
-
-def _epoch(duration):
-    """SQL: a duration in seconds, as a float."""
-    return EpochSeconds(duration)
-
-
-def _hours(seconds):
-    return round((seconds or 0) / 3600, 2)
-
-
-def _work_relations():
-    """The reverse relations the apps behind each kind of work declare on bookings (reservations.jobs:
-    this app never imports them): training jobs, servings. None on an installation without either:
-    there, nothing counts as used."""
-    return [name for name in jobs.work_kinds.related_names if _has_field(Reservation, name)]
-
-
-def _has_field(model, name):
-    try:
-        model._meta.get_field(name)
-    except FieldDoesNotExist:
-        return False
-    return True
+def _hours(gpu_seconds):
+    return round((gpu_seconds or 0) / 3600, 2)
 
 
 def usage_report(*, start, end, now):
@@ -80,6 +49,8 @@ def usage_report(*, start, end, now):
 
     - booked GPU-hours: the part of each held booking (confirmed, active, completed, preempted;
       not waitlisted or cancelled) inside the period, times its GPU count;
+    - borrowed GPU-hours: the part of those booked as borrowed time, over the team's quota
+      (Reservation.borrowed); the quota shown is the team's GPU-hours per week as it is now;
     - used GPU-hours: the part of that where its work ran (its training job, or its replicas serving
       from their start), [started_at, ended_at or now], times its GPU count; a booking without work
       (or whose work never started) adds nothing;
@@ -105,13 +76,22 @@ def usage_report(*, start, end, now):
     _add_booking_events(rows, entries)
     _add_preemptions_caused(rows, entries)
     _add_waitlist_waits(rows, entries)
-    teams = Team.objects.filter(pk__in=list(rows)).order_by("name")
-    return [{"team": t.slug, "team_name": t.name, "colour": t.colour, **rows[t.pk]} for t in teams]
+    teams = Team.objects.filter(pk__in=list(rows)).select_related("quota").order_by("name")
+    return [
+        {"team": t.slug, "team_name": t.name, "colour": t.colour, "quota_gpu_hours_per_week": _weekly_hours(t), **rows[t.pk]}
+        for t in teams
+    ]
+
+
+def _weekly_hours(team):
+    """The team's quota of GPU-hours per week as it is now; None: unlimited."""
+    quota = getattr(team, "quota", None)
+    return quota.gpu_hours_per_week if quota is not None else None
 
 
 def _team_row():
     return {
-        "booked_gpu_hours": 0.0, "used_gpu_hours": 0.0, "bookings": 0, "no_shows": 0,
+        "booked_gpu_hours": 0.0, "borrowed_gpu_hours": 0.0, "used_gpu_hours": 0.0, "bookings": 0, "no_shows": 0,
         "cancellations": 0, "cancel_lead_hours_median": None, "cancel_lead_hours_avg": None,
         "early_releases": 0, "preemptions_suffered": 0, "preemptions_caused": 0,
         "waitlist_promotions": 0, "waitlist_wait_hours_median": None, "waitlist_wait_hours_max": None,
@@ -119,22 +99,18 @@ def _team_row():
 
 
 def _add_bookings(rows, start, end, now):
-    """Booked and used GPU-hours, bookings and no-shows, from the held bookings (one query)."""
+    """Booked, borrowed and used GPU-hours, bookings and no-shows, from the held bookings (one query)."""
     held = Reservation.objects.filter(policy.overlapping(start, end), status__in=_HELD)
-    in_period_lo, in_period_hi = Greatest(F("start"), Value(start)), Least(F("end"), Value(end))
+    in_period = seconds(Greatest(F("start"), Value(start)), Least(F("end"), Value(end))) * F("gpu_count")
     aggregates = {
-        "booked": Sum(_seconds(in_period_lo, in_period_hi) * F("gpu_count")),
+        "booked": Sum(in_period),
+        "borrowed": Sum(in_period, filter=Q(borrowed=True)),
         "bookings": Count("id"),
     }
+    used = used_gpu_seconds(start, end, now)
+    aggregates.update({f"used_{index}": each for index, each in enumerate(used)})
     nothing_ran = Q()
-    for index, work in enumerate(_work_relations()):
-        # One-to-one relations: each joins at most one row, so the sums count each booking once.
-        ran_until = Coalesce(F(f"{work}__ended_at"), Value(now))
-        aggregates[f"used_{index}"] = Sum(
-            _seconds(Greatest(in_period_lo, F(f"{work}__started_at")), Least(in_period_hi, ran_until))
-            * F("gpu_count"),
-            filter=Q(**{f"{work}__started_at__isnull": False}),
-        )
+    for work in work_relations():
         nothing_ran &= Q(**{f"{work}__isnull": True}) | Q(**{f"{work}__started_at__isnull": True})
     aggregates["no_shows"] = Count(
         "id", filter=nothing_ran & Q(start__gte=start, start__lt=end, start__lte=policy.no_show_cutoff(now))
@@ -142,7 +118,8 @@ def _add_bookings(rows, start, end, now):
     for row in held.values("team_id").annotate(**aggregates).order_by():
         team = rows[row["team_id"]]
         team["booked_gpu_hours"] = _hours(row["booked"])
-        team["used_gpu_hours"] = _hours(sum(value for key, value in row.items() if key.startswith("used_") and value))
+        team["borrowed_gpu_hours"] = _hours(row["borrowed"])
+        team["used_gpu_hours"] = _hours(sum(row[f"used_{index}"] or 0 for index in range(len(used))))
         team["bookings"] = row["bookings"]
         team["no_shows"] = row["no_shows"]
 
@@ -152,7 +129,7 @@ def _add_booking_events(rows, entries):
     the period's audit `entries` (one query)."""
     Action = AuditEntry.Action
     cancels = Q(action=Action.CANCEL, actor__isnull=False)
-    lead = _epoch(_duration(F("created"), F("reservation__start"))) / Value(3600.0)
+    lead = EpochSeconds(duration(F("created"), F("reservation__start"))) / Value(3600.0)
     counted = (
         entries.values("reservation__team_id")
         .annotate(
@@ -202,7 +179,7 @@ def _add_waitlist_waits(rows, entries):
         AuditEntry.objects.filter(reservation=OuterRef("reservation"), action=Action.WAITLIST)
         .order_by("created", "id").values("created")[:1]
     )
-    wait = _epoch(_duration(F("waitlisted_at"), F("promoted_at"))) / Value(3600.0)
+    wait = EpochSeconds(duration(F("waitlisted_at"), F("promoted_at"))) / Value(3600.0)
     waits = (
         entries.filter(action=Action.PROMOTE)
         .annotate(promoted_at=F("created"), waitlisted_at=Subquery(waitlisted_at))

@@ -4,7 +4,8 @@ own that also writes its audit entry. Locks are taken in the one order that lock
 The package follows the seams of the work: locks, audit, notices, records (writes the flows share),
 booking, preemption, changes (cancel, transfer, edit, move, release), waitlist, clock, inventory,
 health (GPU readings, alerts, taking a failing GPU out of booking),
-directory (sign-in groups), tokens (API tokens). Callers use the names below.
+directory (sign-in groups), tokens (API tokens), quota (fair sharing: a booking against its team's
+quota, and quota changes). Callers use the names below.
 """
 
 from .audit import audit_record, snapshot
@@ -31,10 +32,12 @@ from .notices import (
     notices_mark_read,
 )
 from .preemption import preemption_withdraw, reservation_reclaim, reservations_reclaim_due
+from .quota import QUOTA_FIELDS, team_quota_remove, team_quota_set
 from .tokens import api_token_for, api_token_rotate
 from .waitlist import waitlist_promote
 
 __all__ = [
+    "QUOTA_FIELDS",
     "Device",
     "DirectoryTeam",
     "api_token_for",
@@ -63,6 +66,8 @@ __all__ = [
     "reservations_advance",
     "reservations_reclaim_due",
     "snapshot",
+    "team_quota_remove",
+    "team_quota_set",
     "user_directory_sync",
     "waitlist_promote",
 ]

@@ -203,6 +203,32 @@ def test_a_preemption_and_its_notices_show_in_the_preemption_and_delivery_counts
     assert value(found, "gpu_scheduler_notice_deliveries", channel="webhook", result="failed") == 1
     assert value(found, "gpu_scheduler_notice_deliveries", channel="webhook", result="delivered") == 0
 
+@pytest.mark.usefixtures("frozen")
+def test_each_teams_quota_and_what_it_booked_and_borrowed_this_quota_week_show_on_a_scrape(
+    cluster, team, owner, outsider, staff
+):
+    services.team_quota_set(team=team, actor=staff, gpu_hours_per_week=4)
+    book(owner, cluster["node1"][:2])  # 10:00-12:00 on two GPUs: the week's 4 GPU-hours
+    assert book(owner, cluster["node1"][2:3], borrow=True).borrowed  # over it: 2 borrowed
+    book(outsider, cluster["node2"][:1])  # Language has no quota
+    book(outsider, cluster["node2"][:1], start=NEXT_SLOT + timedelta(days=7))  # next week's
+
+    found = samples(Client().get("/metrics").content.decode())
+
+    assert value(found, "gpu_scheduler_team_quota_gpu_hours", team="vision") == 4
+    assert ("gpu_scheduler_team_quota_gpu_hours", (("team", "nlp"),)) not in found
+    assert value(found, "gpu_scheduler_team_booked_gpu_hours", team="vision") == pytest.approx(4)
+    assert value(found, "gpu_scheduler_team_borrowed_gpu_hours", team="vision") == pytest.approx(2)
+    assert value(found, "gpu_scheduler_team_booked_gpu_hours", team="nlp") == pytest.approx(2)
+    assert ("gpu_scheduler_team_borrowed_gpu_hours", (("team", "nlp"),)) in found
+    # A week later only that week counts: Language's booking of then, nothing of Vision's.
+    later = scraped(now=NEXT_SLOT + timedelta(days=7, hours=1))
+    assert value(later, "gpu_scheduler_team_booked_gpu_hours", team="nlp") == pytest.approx(2)
+    assert ("gpu_scheduler_team_booked_gpu_hours", (("team", "vision"),)) in later
+    assert value(later, "gpu_scheduler_team_booked_gpu_hours", team="vision") == 0
+    assert value(later, "gpu_scheduler_team_borrowed_gpu_hours", team="vision") == 0
+
+
 # --- event metrics, recorded where they happen ---------------------------------------------------
 
 

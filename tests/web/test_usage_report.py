@@ -73,9 +73,9 @@ def day(cluster, owner, teammate, outsider, high_booker, frozen):
 
 EXPECTED = [
     {
-        "team": "nlp", "team_name": "Language", "colour": "#4e79a7",
+        "team": "nlp", "team_name": "Language", "colour": "#4e79a7", "quota_gpu_hours_per_week": None,
         # The preempted 12:00-14:00 and the promoted 16:00-18:00, one GPU each.
-        "bookings": 2, "booked_gpu_hours": 4.0,
+        "bookings": 2, "booked_gpu_hours": 4.0, "borrowed_gpu_hours": 0.0,
         # Training 12:10 until 14:05, counted within the booking's window: 1 h 50 min.
         "used_gpu_hours": 1.83,
         "no_shows": 1,  # the promoted request ran nothing
@@ -84,9 +84,9 @@ EXPECTED = [
         "waitlist_promotions": 1, "waitlist_wait_hours_median": 1.0, "waitlist_wait_hours_max": 1.0,
     },
     {
-        "team": "vision", "team_name": "Vision", "colour": "#4e79a7",
+        "team": "vision", "team_name": "Vision", "colour": "#4e79a7", "quota_gpu_hours_per_week": None,
         # 2 GPUs 10:00-14:00 after the release, 1 GPU 10:00-12:00, 1 GPU 14:00-16:00.
-        "bookings": 3, "booked_gpu_hours": 12.0,
+        "bookings": 3, "booked_gpu_hours": 12.0, "borrowed_gpu_hours": 0.0,
         # 2 GPUs 11:00-12:30, and 1 GPU from 14:30 to its booking's end at 16:00.
         "used_gpu_hours": 4.5,
         "no_shows": 1,
@@ -105,6 +105,26 @@ def test_the_api_reports_each_teams_booked_and_used_hours_and_events_exactly(day
     body = response.json()
     assert (body["start"], body["end"]) == ("2030-01-07T00:00:00Z", "2030-01-08T00:00:00Z")
     assert body["teams"] == EXPECTED
+
+
+def test_the_report_shows_each_teams_quota_and_the_hours_it_borrowed_over_it(
+    cluster, team, owner, outsider, staff, frozen
+):
+    n1, n2 = cluster["node1"], cluster["node2"]
+    services.team_quota_set(team=team, actor=staff, gpu_hours_per_week=4, max_gpus=2)
+    book(owner, n1[:2], start=at(10))  # 4 GPU-hours: the week's quota
+    borrowed = book(owner, n1[2:3], start=at(12), slots=2, borrow=True)  # 4 more, over it
+    book(outsider, n2[:1], start=at(10))
+    assert borrowed.borrowed
+    frozen.move_to(at(18))
+
+    teams = {row["team"]: row for row in client_for(staff).get(f"{URL}?{DAY}").json()["teams"]}
+    text = text_of(page_client(staff, zone="UTC").get(f"{PAGE}?start=2030-01-07&end=2030-01-07"))
+
+    assert [teams["vision"][key] for key in ("quota_gpu_hours_per_week", "booked_gpu_hours", "borrowed_gpu_hours")] == [4, 8.0, 4.0]
+    assert [teams["nlp"][key] for key in ("quota_gpu_hours_per_week", "booked_gpu_hours", "borrowed_gpu_hours")] == [None, 2.0, 0.0]
+    assert "Vision 4 2 8.00 4.00 0.00 0 %" in text
+    assert "Language unlimited 1 2.00 0.00 0.00 0 %" in text
 
 
 def test_the_report_reads_a_handful_of_queries_whatever_the_number_of_bookings(
@@ -160,10 +180,10 @@ def test_the_page_shows_the_same_numbers_in_its_table_and_chart_data(day, staff)
     assert response.status_code == 200
     text = text_of(response)
     assert "From Mon 7 Jan 2030, 00:00 to Tue 8 Jan 2030, 00:00 (UTC)" in text
-    # Team, bookings, booked, used, used %, no-shows, cancellations, lead, releases, preempted,
-    # preempted others, promoted, wait.
-    assert "Language 2 4.00 1.83 46 % 1 1 3.00 / 3.00 0 1 0 1 1.00 / 1.00" in text
-    assert "Vision 3 12.00 4.50 38 % 1 1 5.50 / 5.50 1 0 1 0 –" in text
+    # Team, quota, bookings, booked, borrowed, used, used %, no-shows, cancellations, lead, releases,
+    # preempted, preempted others, promoted, wait.
+    assert "Language unlimited 2 4.00 0.00 1.83 46 % 1 1 3.00 / 3.00 0 1 0 1 1.00 / 1.00" in text
+    assert "Vision unlimited 3 12.00 0.00 4.50 38 % 1 1 5.50 / 5.50 1 0 1 0 –" in text
     assert response.context["chart"] == {"teams": ["Language", "Vision"], "booked": [4.0, 12.0], "used": [1.83, 4.5]}
     page = response.content.decode()
     assert '<script id="usage-data" type="application/json">' in page
