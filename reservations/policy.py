@@ -3,7 +3,7 @@
 Services call these before they write; nothing else decides what a valid booking is.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.conf import settings
@@ -445,21 +445,20 @@ class Booked:
 
 @dataclass(frozen=True)
 class Quota:
-    """A team's quota, and its bookings around the window being checked (locks.lock_team_quota)."""
+    """A team's quota and what counts against it around the window being checked
+    (locks.lock_team_quota): the GPU-hours of each quota week the window touches, and the bookings
+    that overlap the window itself (for GPUs at once)."""
 
     team_slug: str
     gpu_hours_per_week: int | None
     max_gpus: int | None
     borrow_gpu_hours_per_week: int | None
     weight: int
-    booked: tuple  # of Booked
-
-    def without(self, *pks):
-        """The same, not counting bookings `pks` (one being moved: its old window is given up)."""
-        return replace(self, booked=tuple(b for b in self.booked if b.pk not in pks))
+    week_hours: dict  # {week start: (in-quota GPU-hours, borrowed GPU-hours)}
+    booked: tuple = ()  # of Booked: those overlapping the window
 
     def hours(self, week, *, borrowed):
-        return sum(gpu_hours(b.gpus, b.start, b.end, week) for b in self.booked if b.borrowed == borrowed)
+        return self.week_hours.get(week[0], (0, 0))[1 if borrowed else 0]
 
     def gpus_at(self, moment):
         return sum(b.gpus for b in self.booked if not b.borrowed and b.start <= moment < b.end)
@@ -473,6 +472,15 @@ class Quota:
         """When the first in-quota booking holding GPUs at `moment` ends."""
         ends = [b.end for b in self.booked if not b.borrowed and b.start <= moment < b.end]
         return min(ends, default=None)
+
+
+def tally(booked, weeks):
+    """{week start: (in-quota GPU-hours, borrowed GPU-hours)} of `booked` in `weeks` (what
+    selectors.quota_tally sums in SQL)."""
+    return {
+        week[0]: tuple(sum(gpu_hours(b.gpus, b.start, b.end, week) for b in booked if b.borrowed == kind) for kind in (False, True))
+        for week in weeks
+    }
 
 
 @dataclass(frozen=True)

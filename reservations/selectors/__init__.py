@@ -2,8 +2,9 @@
 
 The package follows the seams of the reading: availability (conflicts, free windows, picking GPUs,
 what a preemption would take), pages (what the calendar, a person's bookings, a booking's page,
-notices and feeds show) and reports (the staff usage report), quotas (fair sharing: what counts against a quota, the waitlist's
-order, where a team stands, its week day by day), used (when a booking's work ran). Callers use the names below.
+notices and feeds show), reports (the staff usage report), quotas (fair sharing: what counts against
+a quota, the waitlist's order, where a team stands, its week day by day) and used (when a booking's
+work ran). Callers use the names below.
 """
 
 from .availability import (
@@ -45,6 +46,7 @@ from .quotas import (
     Standing,
     WeekUsage,
     counted,
+    quota_tally,
     team_recent_gpu_hours,
     team_standings,
     team_week_usage,
@@ -87,6 +89,7 @@ __all__ = [
     "reservations_upcoming",
     "usage_period",
     "usage_report",
+    "quota_tally",
     "team_recent_gpu_hours",
     "team_standings",
     "team_week_usage",

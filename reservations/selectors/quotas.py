@@ -5,7 +5,7 @@ bounded by its window (bookings are found by start: policy.longest_booking), nev
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db.models import Case, DateTimeField, F, Q, Sum, Value, When
+from django.db.models import Case, DateTimeField, F, Max, Min, Q, Sum, Value, When
 from django.db.models.functions import Greatest, Least
 
 from .. import policy
@@ -34,6 +34,39 @@ def counted(lo, hi):
         .filter(Q(counted_end__gt=lo), Q(counted_end__gt=F("start")))
         .annotate(counted_seconds=F("gpu_count") * EpochSeconds(inside))
     )
+
+
+def quota_tally(team_id, start, end, *, exclude=()):
+    """What counts against a team's quota around [start, end), in one query whose answer does not
+    grow with the team's week: ({week start: (in-quota GPU-hours, borrowed GPU-hours)} for each quota
+    week the window touches, [policy.Booked] of the bookings overlapping the window itself). The
+    bookings in `exclude` do not count (one being moved, rebookings about to be cancelled).
+
+    The rows are grouped so that every booking outside the window falls into one group per kind (in
+    quota, borrowed) and each booking overlapping the window into a group of its own."""
+    weeks = policy.weeks_of(start, end)
+    in_window = Q(start__lt=end, counted_end__gt=start)
+    per_week = {
+        f"week_{index}": Sum(
+            F("gpu_count") * EpochSeconds(Least(F("counted_end"), Value(week_end)) - Greatest(F("start"), Value(week_start))),
+            filter=Q(start__lt=week_end, counted_end__gt=week_start),
+        )
+        for index, (week_start, week_end) in enumerate(weeks)
+    }
+    groups = (
+        counted(weeks[0][0], weeks[-1][1])
+        .filter(team_id=team_id)
+        .exclude(pk__in=exclude)
+        .values("borrowed", held=Case(When(in_window, then=F("id")), default=Value(0)))
+        .annotate(first=Min("start"), last=Max("counted_end"), gpus=Max("gpu_count"), **per_week)
+    )
+    hours, booked = {week_start: [0.0, 0.0] for week_start, _ in weeks}, []
+    for group in groups:
+        for index, (week_start, _) in enumerate(weeks):
+            hours[week_start][1 if group["borrowed"] else 0] += (group[f"week_{index}"] or 0) / 3600
+        if group["held"]:
+            booked.append(policy.Booked(group["first"], group["last"], group["gpus"], group["borrowed"], group["held"]))
+    return {week: tuple(pair) for week, pair in hours.items()}, booked
 
 
 def team_recent_gpu_hours(now):

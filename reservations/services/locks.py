@@ -25,9 +25,8 @@ overlap on one GPU, the insert fails (services read that as "taken").
 """
 
 from django.db import transaction
-from django.db.models import FilteredRelation, Q
 
-from .. import policy
+from .. import policy, selectors
 from ..models import GPU, Reservation, TeamQuota
 
 EXCLUSION_CONSTRAINT = "allocation_no_overlap"
@@ -75,48 +74,25 @@ def lock_quota_rows(team_ids):
     )
 
 
-def lock_team_quota(team_id, start, end):
-    """Lock a team's quota row (2nd in the order) and read, in the same statement, the team's
-    bookings that count against it in the quota weeks around [start, end): a policy.Quota, or None
-    for a team without a quota (no row, nothing to lock: no limit to race for)."""
-    weeks = policy.weeks_of(start, end)
-    first, last = weeks[0][0], weeks[-1][1]
-    counted = Q(team__reservations__status__in=policy.COUNTED_STATUSES) | Q(
-        team__reservations__status=Reservation.Status.CANCELLED, team__reservations__cancelled_at__isnull=False
-    )
-    rows = list(
+def lock_team_quota(team_id, start, end, *, exclude=()):
+    """Lock a team's quota row (2nd in the order), then read what counts against it around
+    [start, end) (selectors.quota_tally): a policy.Quota, or None for a team without a quota (no
+    row, nothing to lock: no limit to race for). Two statements: at READ COMMITTED a statement that
+    waited for the lock still reads from the snapshot it began with, so the read that must see the
+    previous holder's bookings is a statement of its own, begun once the lock is held."""
+    quota = (
         TeamQuota.objects.select_for_update(of=("self",))
         .filter(team_id=team_id)
-        .annotate(
-            booked=FilteredRelation(
-                "team__reservations",
-                # Bounded by start, so the read costs the window, never the team's history.
-                condition=counted & Q(
-                    team__reservations__start__gt=first - policy.longest_booking(), team__reservations__start__lt=last, team__reservations__end__gt=first
-                ),
-            )
-        )
-        .values(
-            "team__slug", "gpu_hours_per_week", "max_gpus", "borrow_gpu_hours_per_week", "weight",
-            "booked__id", "booked__status", "booked__start", "booked__end", "booked__cancelled_at",
-            "booked__gpu_count", "booked__borrowed",
-        )
+        .values("team__slug", "gpu_hours_per_week", "max_gpus", "borrow_gpu_hours_per_week", "weight")
+        .first()
     )
-    if not rows:
+    if quota is None:
         return None
-    head = rows[0]
-    booked = []
-    for row in rows:
-        if row["booked__id"] is None:
-            continue
-        end = policy.counted_end(row["booked__status"], row["booked__end"], row["booked__cancelled_at"])
-        if end > row["booked__start"]:
-            booked.append(policy.Booked(
-                row["booked__start"], end, row["booked__gpu_count"], row["booked__borrowed"], row["booked__id"]
-            ))
+    week_hours, booked = selectors.quota_tally(team_id, start, end, exclude=exclude)
     return policy.Quota(
-        team_slug=head["team__slug"], gpu_hours_per_week=head["gpu_hours_per_week"], max_gpus=head["max_gpus"],
-        borrow_gpu_hours_per_week=head["borrow_gpu_hours_per_week"], weight=head["weight"], booked=tuple(booked),
+        team_slug=quota["team__slug"], gpu_hours_per_week=quota["gpu_hours_per_week"], max_gpus=quota["max_gpus"],
+        borrow_gpu_hours_per_week=quota["borrow_gpu_hours_per_week"], weight=quota["weight"],
+        week_hours=week_hours, booked=tuple(booked),
     )
 
 

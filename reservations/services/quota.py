@@ -35,11 +35,9 @@ def quota_decide(*, team_id, start, end, gpus, borrow, actor, borrowed=False, ex
     only). `exclude`: bookings whose time does not count (one being moved: its old window). Staff
     may pass any limit (the decision's `over` says which, for the audit). Raises QuotaExceeded."""
     if quota is None:
-        quota = lock_team_quota(team_id, start, end)
+        quota = lock_team_quota(team_id, start, end, exclude=exclude)
     if quota is None:
         return QuotaDecision(borrowed=borrowed)
-    if exclude:
-        quota = quota.without(*exclude)
     staff = actor is not None and actor.is_staff
     if not borrowed:
         excess = policy.quota_excess(quota, start=start, end=end, gpus=gpus, borrowed=False)
@@ -59,13 +57,11 @@ def quota_fits(*, team_id, start, end, gpus, borrowed=False, may_borrow=False, e
     """For the scheduler's own bookings (a waitlisted request confirmed, a preempted booking rebooked
     or moved), under the quota row's lock: whether [start, end) fits the team's quota in quota
     (False) or as borrowed time (True), or not at all (None). `borrowed`: it must stay borrowed (a
-    borrowed booking's rebooking); `may_borrow`: it may become borrowed when over the quota; `exclude`: bookings whose time does
-    not count (one being moved, rebookings about to be cancelled)."""
-    quota = lock_team_quota(team_id, start, end)
+    borrowed booking's rebooking); `may_borrow`: it may become borrowed when over the quota;
+    `exclude`: bookings whose time does not count (one being moved, rebookings about to be cancelled)."""
+    quota = lock_team_quota(team_id, start, end, exclude=exclude)
     if quota is None:
         return borrowed
-    if exclude:
-        quota = quota.without(*exclude)
     if not borrowed and policy.quota_excess(quota, start=start, end=end, gpus=gpus, borrowed=False) is None:
         return False
     if (borrowed or may_borrow) and policy.quota_excess(quota, start=start, end=end, gpus=gpus, borrowed=True) is None:
