@@ -544,7 +544,7 @@ def _hours_excess(quota, limit, start, end, gpus, *, borrowed):
         return None
     for week in weeks_of(start, end):
         used, requested = quota.hours(week, borrowed=borrowed), gpu_hours(gpus, start, end, week)
-        if used + requested > allowed + 1e-9:
+        if used + requested > allowed + 1e-6:
             return QuotaExcess(
                 team_slug=quota.team_slug, limit=limit, used=used, requested=requested, allowed=allowed,
                 week=week[0], frees_at=week[1],
@@ -561,7 +561,7 @@ def _slots_that_fit(quota, limit, start, end, gpus, *, borrowed):
     while True:
         part_end = min(first_end + fit * step, end)
         if any(
-            quota.hours(week, borrowed=borrowed) + gpu_hours(gpus, start, part_end, week) > getattr(quota, limit) + 1e-9
+            quota.hours(week, borrowed=borrowed) + gpu_hours(gpus, start, part_end, week) > getattr(quota, limit) + 1e-6
             for week in weeks_of(start, part_end)
         ):
             return fit

@@ -1,10 +1,11 @@
-"""SQL expressions that mean the same on both supported databases: PostgreSQL, and SQLite (the quick
+"""SQL that means the same on both supported databases: PostgreSQL, and SQLite (the quick
 start's embedded default). Django leaves these two out of its portable set: the seconds in a duration
 (PostgreSQL's EXTRACT(epoch ...) has no SQLite form, where Django keeps durations as microseconds) and
 a median (PostgreSQL's percentile_cont; SQLite has no such aggregate, so `register_sqlite_functions`
 gives each SQLite connection one)."""
 
 import statistics
+from datetime import datetime, timezone as dt_timezone
 
 from django.db.models import Aggregate, FloatField, Func
 
@@ -57,3 +58,36 @@ def register_sqlite_functions(sender, connection, **kwargs):
     """connection_created receiver: the functions above on each new SQLite connection."""
     if connection.vendor == "sqlite":
         connection.connection.create_aggregate(_SQLITE_MEDIAN, 1, _SQLiteMedian)
+
+
+class Vendor:
+    """The same pieces for SQL written out by hand (a query on a hot path, where building it with the
+    ORM costs more than running it): the smaller and larger of two values, the seconds between two
+    times, and times in and out."""
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.sqlite = connection.vendor == "sqlite"
+        self.q = connection.ops.quote_name
+
+    def least(self, a, b):
+        return f"MIN({a}, {b})" if self.sqlite else f"LEAST({a}, {b})"
+
+    def greatest(self, a, b):
+        return f"MAX({a}, {b})" if self.sqlite else f"GREATEST({a}, {b})"
+
+    def seconds(self, later, earlier):
+        """Seconds from `earlier` to `later`, a float. SQLite keeps times as text: julianday's days,
+        rounded to the millisecond (a double's last digits would otherwise show in a sum of hours)."""
+        if self.sqlite:
+            return f"ROUND((julianday({later}) - julianday({earlier})) * 86400.0, 3)"
+        return f"EXTRACT(epoch FROM ({later}) - ({earlier}))::double precision"
+
+    def param(self, value):
+        return self.connection.ops.adapt_datetimefield_value(value) if isinstance(value, datetime) else value
+
+    def moment(self, value):
+        """A time read back: SQLite gives its text (UTC, as Django writes it)."""
+        if isinstance(value, str):
+            return datetime.fromisoformat(value).replace(tzinfo=dt_timezone.utc)
+        return value

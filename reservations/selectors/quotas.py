@@ -5,11 +5,13 @@ bounded by its window (bookings are found by start: policy.longest_booking), nev
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db.models import Case, DateTimeField, F, Max, Min, Q, Sum, Value, When
+from django.db import connection
+from django.db.models import Case, DateTimeField, F, Q, Sum, Value, When
 from django.db.models.functions import Greatest, Least
 
 from .. import policy
 from ..models import Reservation, TeamQuota
+from .. import sql
 from ..sql import EpochSeconds
 from .used import seconds, used_gpu_seconds
 
@@ -43,29 +45,45 @@ def quota_tally(team_id, start, end, *, exclude=()):
     bookings in `exclude` do not count (one being moved, rebookings about to be cancelled).
 
     The rows are grouped so that every booking outside the window falls into one group per kind (in
-    quota, borrowed) and each booking overlapping the window into a group of its own."""
+    quota, borrowed) and each booking overlapping the window into a group of its own. The same rules
+    as counted(), in SQL written out: every booking of a team with a quota runs it, and building it
+    with the ORM cost more than running it (bench/fair_share.py)."""
     weeks = policy.weeks_of(start, end)
-    in_window = Q(start__lt=end, counted_end__gt=start)
-    per_week = {
-        f"week_{index}": Sum(
-            F("gpu_count") * EpochSeconds(Least(F("counted_end"), Value(week_end)) - Greatest(F("start"), Value(week_start))),
-            filter=Q(start__lt=week_end, counted_end__gt=week_start),
-        )
-        for index, (week_start, week_end) in enumerate(weeks)
-    }
-    groups = (
-        counted(weeks[0][0], weeks[-1][1])
-        .filter(team_id=team_id)
-        .exclude(pk__in=exclude)
-        .values("borrowed", held=Case(When(in_window, then=F("id")), default=Value(0)))
-        .annotate(first=Min("start"), last=Max("counted_end"), gpus=Max("gpu_count"), **per_week)
-    )
+    lo, hi = weeks[0][0], weeks[-1][1]
+    vendor = sql.Vendor(connection)
+    week_sums, week_params = [], []
+    for week_start, week_end in weeks:
+        inside = vendor.seconds(vendor.least("r.e", "%s"), vendor.greatest("r.s", "%s"))
+        week_sums.append(f"SUM(CASE WHEN r.s < %s AND r.e > %s THEN r.gpus * {inside} END)")
+        week_params += [week_end, week_start, week_end, week_start]
+    statuses = [Status.CANCELLED, team_id, *policy.COUNTED_STATUSES, Status.CANCELLED]
+    not_excluded = f"AND id NOT IN ({', '.join(['%s'] * len(exclude))})" if exclude else ""
+    query = f"""
+        SELECT r.borrowed, CASE WHEN r.s < %s AND r.e > %s THEN r.id ELSE 0 END, MIN(r.s), MAX(r.e), MAX(r.gpus),
+               {", ".join(week_sums)}
+        FROM (
+            SELECT id, borrowed, gpu_count AS gpus, {vendor.q("start")} AS s,
+                   CASE WHEN status = %s THEN {vendor.least(vendor.q("end"), "cancelled_at")} ELSE {vendor.q("end")} END AS e
+            FROM {vendor.q(Reservation._meta.db_table)}
+            WHERE team_id = %s
+              AND (status IN ({", ".join(["%s"] * len(policy.COUNTED_STATUSES))}) OR (status = %s AND cancelled_at IS NOT NULL))
+              AND {vendor.q("start")} > %s AND {vendor.q("start")} < %s AND {vendor.q("end")} > %s {not_excluded}
+        ) r
+        WHERE r.e > %s AND r.e > r.s
+        GROUP BY 1, 2
+    """
+    params = [
+        end, start, *week_params, *statuses, lo - policy.longest_booking(), hi, lo, *exclude, lo,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(query, [vendor.param(value) for value in params])
+        groups = cursor.fetchall()
     hours, booked = {week_start: [0.0, 0.0] for week_start, _ in weeks}, []
-    for group in groups:
-        for index, (week_start, _) in enumerate(weeks):
-            hours[week_start][1 if group["borrowed"] else 0] += (group[f"week_{index}"] or 0) / 3600
-        if group["held"]:
-            booked.append(policy.Booked(group["first"], group["last"], group["gpus"], group["borrowed"], group["held"]))
+    for borrowed, held, first, last, gpus, *seconds in groups:
+        for (week_start, _), week_seconds in zip(weeks, seconds):
+            hours[week_start][1 if borrowed else 0] += (week_seconds or 0) / 3600
+        if held:
+            booked.append(policy.Booked(vendor.moment(first), vendor.moment(last), gpus, bool(borrowed), held))
     return {week: tuple(pair) for week, pair in hours.items()}, booked
 
 

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 
 import pytest
 
-from reservations import services
+from reservations import selectors, services
 from reservations.models import AuditEntry, Notice, Reservation, TeamQuota
 from trainer.models import TrainingJob
 
@@ -348,3 +348,35 @@ def test_a_heavier_weight_puts_a_busier_team_first(cluster, team, other_team, ow
 
     assert Reservation.objects.get(pk=vision_later.pk).status == "confirmed"
     assert Reservation.objects.get(pk=nlp_first.pk).status == "waitlisted"
+
+
+# --- The quota's read ----------------------------------------------------------------------------
+
+def test_the_quota_check_counts_as_the_pages_and_reports_do(cluster, team, owner, frozen):
+    """selectors.quota_tally (SQL written out, on the booking path) and selectors.counted (the ORM,
+    for pages, reports and fair share) are one rule: on a week of every kind of booking they agree."""
+    quota(team, gpu_hours_per_week=1000)
+    monday = at(0, 7)
+    book(owner, cluster["node1"][:2], start=at(22, 13), slots=2)  # Sunday 22:00 to Monday 02:00: 4 GPU-h a week
+    book(owner, cluster["node1"][2:3], slots=3)
+    cancelled = book(owner, cluster["node1"][3:], slots=2)
+    services.team_quota_set(team=team, actor=owner, gpu_hours_per_week=0)
+    borrowed = book(owner, cluster["node2"][:3], start=at(12), slots=2, borrow=True)
+    over = book(owner, cluster["node2"][3:], start=at(16), borrow=True)
+    frozen.move_to(datetime(2030, 1, 7, 11, 30, tzinfo=dt_timezone.utc))
+    services.reservations_advance()
+    services.reservation_cancel(reservation_id=cancelled.pk, actor=owner)  # held 1.5 h
+    assert Reservation.objects.get(pk=borrowed.pk).borrowed and Reservation.objects.get(pk=over.pk).borrowed
+
+    hours, booked = selectors.quota_tally(team.pk, at(10), at(14, 14))  # this week and the next
+    for week_start in (monday - timedelta(days=7), monday, monday + timedelta(days=7)):
+        rows = selectors.counted(week_start, week_start + timedelta(days=7)).filter(team=team)
+        expected = tuple(
+            sum(r.counted_seconds for r in rows if r.borrowed == kind) / 3600 for kind in (False, True)
+        )
+        assert hours.get(week_start, (0, 0)) == pytest.approx(expected)
+    assert hours[monday] == pytest.approx((4 + 6 + 1.5, 12 + 2))
+    # The bookings overlapping the window, each with its counted end.
+    overlapping = {b.pk: (b.start, b.end, b.gpus, b.borrowed) for b in booked}
+    assert overlapping[cancelled.pk] == (at(10), datetime(2030, 1, 7, 11, 30, tzinfo=dt_timezone.utc), 1, False)
+    assert overlapping[borrowed.pk] == (at(12), at(16), 3, True)
