@@ -2,7 +2,7 @@
 
 The package follows the seams of the reading: availability (conflicts, free windows, picking GPUs,
 what a preemption would take), pages (what the calendar, a person's bookings, a booking's page,
-notices and feeds show) and reports (the staff usage report), quotas (fair sharing: what counts against a quota, the waitlist's order). Callers use the names below.
+notices and feeds show) and reports (the staff usage report), quotas (fair sharing: what counts against a quota, a booking's quota preview, the waitlist's order). Callers use the names below.
 """
 
 from .availability import (
@@ -38,13 +38,23 @@ from .pages import (
     waitlist_positions,
     waitlisted,
 )
-from .quotas import Standing, counted, team_recent_gpu_hours, team_standings, waitlist_order
+from .quotas import (
+    QuotaPreview,
+    Standing,
+    counted,
+    quota_preview,
+    team_quota,
+    team_recent_gpu_hours,
+    team_standings,
+    waitlist_order,
+)
 from .reports import USAGE_DEFAULT_PERIOD, USAGE_MAX_PERIOD, usage_period, usage_report
 
 __all__ = [
     "USAGE_DEFAULT_PERIOD",
     "USAGE_MAX_PERIOD",
     "Preemption",
+    "QuotaPreview",
     "Standing",
     "PreemptionPlan",
     "Window",
@@ -68,12 +78,14 @@ __all__ = [
     "pick_gpus",
     "preemption_candidate",
     "preemption_preview",
+    "quota_preview",
     "reservation_page",
     "reservation_queryset",
     "reservations_past",
     "reservations_upcoming",
     "usage_period",
     "usage_report",
+    "team_quota",
     "team_recent_gpu_hours",
     "team_standings",
     "waitlist_order",

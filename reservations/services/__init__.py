@@ -3,8 +3,8 @@ own that also writes its audit entry. Locks are taken in the one order that lock
 
 The package follows the seams of the work: locks, audit, notices, records (writes the flows share),
 booking, preemption, changes (cancel, transfer, edit, move, release), waitlist, clock, inventory,
-health (GPU readings, alerts, taking a failing GPU out of booking),
-directory (sign-in groups), tokens (API tokens). Callers use the names below.
+health (GPU readings, alerts, taking a failing GPU out of booking), quota (team quotas and
+the booking's check against them), directory (sign-in groups), tokens (API tokens). Callers use the names below.
 """
 
 from .audit import audit_record, snapshot
@@ -31,6 +31,7 @@ from .notices import (
     notices_mark_read,
 )
 from .preemption import preemption_withdraw, reservation_reclaim, reservations_reclaim_due
+from .quota import team_quota_remove, team_quota_set
 from .tokens import api_token_for, api_token_rotate
 from .waitlist import waitlist_promote
 
@@ -63,6 +64,8 @@ __all__ = [
     "reservations_advance",
     "reservations_reclaim_due",
     "snapshot",
+    "team_quota_remove",
+    "team_quota_set",
     "user_directory_sync",
     "waitlist_promote",
 ]
