@@ -13,6 +13,7 @@ from django.utils.functional import cached_property
 
 from .errors import BookingError
 from .models import Membership, Reservation, Team
+from .utc_text import utc_moment
 
 # The two words `start` takes besides a datetime: the nearest free window, or from now on.
 EARLIEST = "earliest"
@@ -505,7 +506,7 @@ class QuotaExcess:
 
     def describe(self):
         if self.limit == "max_gpus":
-            what = f"at most {self.allowed} GPUs at once: it holds {self.used:g} at {_utc(self.at)}, this adds {self.requested:g}"
+            what = f"at most {self.allowed} GPUs at once: it holds {self.used:g} at {utc_moment(self.at)}, this adds {self.requested:g}"
         else:
             kind = "borrowed GPU-hours" if self.limit == "borrow_gpu_hours_per_week" else "GPU-hours"
             what = (
@@ -513,10 +514,6 @@ class QuotaExcess:
                 f"this adds {self.requested:.4g}"
             )
         return f"Team {self.team_slug} is over its quota of {what}."
-
-
-def _utc(moment):
-    return f"{moment.astimezone(dt_timezone.utc):%Y-%m-%dT%H:%M}Z"
 
 
 def quota_excess(quota, *, start, end, gpus, borrowed):

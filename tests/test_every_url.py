@@ -10,6 +10,7 @@ is of another team, and admin is staff; and there is nobody signed in."""
 
 from dataclasses import dataclass, field
 from datetime import timedelta
+from urllib.parse import urlencode
 
 import pytest
 from axes.models import AccessFailureLog
@@ -156,6 +157,9 @@ def page_checks():
         Check("book/", "/book/", expect(302, signed_in=201), method="post",
               data=lambda d: {"gpus": [d.gpus[4].pk], **d.slot(20), "slots": 1, "title": "from the form",
                               "priority": "normal", "auto_rebook": "on"}),
+        # The booking form's quota preview: every demo team has a quota or none, each answers.
+        Check("book/quota-preview/", lambda d: "/book/quota-preview/?" + urlencode({"gpus": d.gpus[4].pk, **d.slot(20), "slots": 2}), PAGE),
+        Check("book/quota-preview/", "/book/quota-preview/?gpus=x&slots=1&date=2030-01-07&slot=10:00", expect(302, signed_in=400)),
         Check("bookings/", "/bookings/", PAGE),
         Check("bookings/<int:pk>/", lambda d: f"/bookings/{d.booking.pk}/", PAGE),
         Check("bookings/<int:pk>/", "/bookings/999999/", expect(302, signed_in=404)),

@@ -22,7 +22,9 @@ class GPUChoiceField(forms.ModelMultipleChoiceField):
         return f"{gpu.name} · {gpu.model}{health}"
 
 
-class BookingForm(forms.Form):
+class BookingWindowForm(forms.Form):
+    """What GPUs, when and for which team: the part of the booking form its quota preview reads too."""
+
     gpus = GPUChoiceField(
         queryset=GPU.objects.select_related("node").order_by("node__hostname", "index"),
         label="GPUs",
@@ -48,16 +50,101 @@ class BookingForm(forms.Form):
     )
     # At most what fits the horizon (the service says so precisely); the bound keeps times in range.
     slots = forms.IntegerField(label="Slots", min_value=1, initial=1)
-    title = forms.CharField(label="Title", max_length=200, required=False)
     team = forms.ModelChoiceField(
         queryset=Team.objects.none(), label="Team", required=False, empty_label="Choose the team to charge"
     )
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.user = user
+        self.fields["team"].queryset = teams = policy.bookable_teams(user)
+        mine = list(Team.objects.filter(memberships__user=user)[:2])
+        if len(mine) == 1:
+            # Charged to the only team unless a staff member picks another.
+            self.fields["team"].initial = mine[0].pk
+            self.fields["team"].empty_label = None if teams.count() == 1 else self.fields["team"].empty_label
+
+    def clean_date(self):
+        day = self.cleaned_data["date"]
+        today = timezone.localdate()
+        last = today + timedelta(days=settings.BOOKING_HORIZON_DAYS + 1)
+        if day is not None and not today - timedelta(days=1) <= day <= last:
+            raise forms.ValidationError(f"Pick a day from today to {last:%Y-%m-%d}.")
+        return day
+
+    def clean_slots(self):
+        slots = self.cleaned_data["slots"]
+        most = settings.BOOKING_HORIZON_DAYS * 24 * 60 // settings.SLOT_MINUTES + 1
+        if slots > most:
+            raise forms.ValidationError(f"At most {most} slots: the booking horizon is {settings.BOOKING_HORIZON_DAYS} days.")
+        return slots
+
+    def clean_more(self):
+        more = self.cleaned_data["more"] or 0
+        if more and len({g.node_id for g in self.cleaned_data.get("gpus") or []}) > 1:
+            raise forms.ValidationError("Pick GPUs of one node to add more of that node's GPUs.")
+        return more
+
+    def clean(self):
+        data = super().clean()
+        day, slot = data.get("date"), data.get("slot")
+        if data.get("start_now"):
+            data["start"] = policy.NOW
+        elif day is None or slot is None:
+            for name in ("date", "slot"):
+                if data.get(name) is None and name not in self.errors:
+                    self.add_error(name, "This field is required (or tick \"Start now\").")
+        else:
+            start = slot_start(day, slot, timezone.get_current_timezone())
+            if start is None:
+                self.add_error("slot", f"There is no {slot:%H:%M} on {day:%Y-%m-%d} in your zone (the clocks change): pick another slot.")
+            else:
+                data["start"] = start
+        return data
+
+    def window(self, now):
+        """The (start, end) the form asks for, as the booking service will read it."""
+        start, slots = self.cleaned_data["start"], self.cleaned_data["slots"]
+        if start == policy.NOW:
+            return policy.now_window(now, slots)
+        return start, start + slots * policy.slot_length()
+
+    @property
+    def gpu_count(self):
+        """How many GPUs the form asks for: those picked and "this many more"."""
+        return len(self.cleaned_data["gpus"]) + (self.cleaned_data.get("more") or 0)
+
+
+class QuotaPreviewForm(BookingWindowForm):
+    """The booking form's selection, as its quota preview reads it (web.views.calendar.quota_preview)."""
+
+    borrow = forms.BooleanField(required=False)
+
+    # The fields a person fills in before the preview has anything to say.
+    NEEDED = ("gpus", "slots")
+
+    def is_complete(self):
+        """Whether enough is filled in to preview (GPUs, slots, and a day and slot or "start now"):
+        a half-filled form is no error, only nothing to say yet."""
+        data = self.data
+        if not all(data.get(name) for name in self.NEEDED):
+            return False
+        return bool(data.get("start_now")) or bool(data.get("date") and data.get("slot"))
+
+
+class BookingForm(BookingWindowForm):
+    # The order the form's errors are listed in (_result.html), as the form shows its fields.
+    field_order = ["gpus", "more", "start_now", "date", "slot", "slots", "title", "team"]
+
+    title = forms.CharField(label="Title", max_length=200, required=False)
     priority = forms.ChoiceField(label="Priority", choices=Reservation.Priority.choices, initial="normal")
     preemptible = forms.BooleanField(
         label="Preemptible (others of higher priority may take these GPUs, with notice)", required=False
     )
     auto_rebook = forms.BooleanField(label="If preempted, rebook the rest and resume", required=False, initial=True)
     waitlist = forms.BooleanField(label="If taken, wait for the window to free", required=False)
+    # Over the team's quota: booked as borrowed time rather than refused (services.quota).
+    borrow = forms.BooleanField(label="Borrow idle GPUs if over quota", required=False)
     # The training job, when `train` is ticked.
     train = forms.BooleanField(label="Train a model in this booking", required=False)
     model = forms.CharField(label="Model", max_length=500, required=False, initial="yolov8n.yaml")
@@ -88,14 +175,7 @@ class BookingForm(forms.Form):
     victims = forms.CharField(required=False, max_length=2000, widget=forms.HiddenInput)
 
     def __init__(self, *args, user, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.user = user
-        self.fields["team"].queryset = teams = policy.bookable_teams(user)
-        mine = list(Team.objects.filter(memberships__user=user)[:2])
-        if len(mine) == 1:
-            # Charged to the only team unless a staff member picks another.
-            self.fields["team"].initial = mine[0].pk
-            self.fields["team"].empty_label = None if teams.count() == 1 else self.fields["team"].empty_label
+        super().__init__(*args, user=user, **kwargs)
         if not user.has_perm("reservations.book_high_priority"):
             self.fields["priority"].choices = [c for c in Reservation.Priority.choices if c[0] != "high"]
         # My earlier jobs, and my teams', that left a checkpoint to resume from.
@@ -111,27 +191,6 @@ class BookingForm(forms.Form):
             f"job {job.pk}: {job.reservation.title or 'untitled'} (epoch {job.checkpoint_epoch or job.epoch} of {job.epochs})"
         )
 
-    def clean_date(self):
-        day = self.cleaned_data["date"]
-        today = timezone.localdate()
-        last = today + timedelta(days=settings.BOOKING_HORIZON_DAYS + 1)
-        if day is not None and not today - timedelta(days=1) <= day <= last:
-            raise forms.ValidationError(f"Pick a day from today to {last:%Y-%m-%d}.")
-        return day
-
-    def clean_slots(self):
-        slots = self.cleaned_data["slots"]
-        most = settings.BOOKING_HORIZON_DAYS * 24 * 60 // settings.SLOT_MINUTES + 1
-        if slots > most:
-            raise forms.ValidationError(f"At most {most} slots: the booking horizon is {settings.BOOKING_HORIZON_DAYS} days.")
-        return slots
-
-    def clean_more(self):
-        more = self.cleaned_data["more"] or 0
-        if more and len({g.node_id for g in self.cleaned_data.get("gpus") or []}) > 1:
-            raise forms.ValidationError("Pick GPUs of one node to add more of that node's GPUs.")
-        return more
-
     def clean_victims(self):
         raw = self.cleaned_data["victims"]
         ids = raw.split(",") if raw else []
@@ -141,19 +200,6 @@ class BookingForm(forms.Form):
 
     def clean(self):
         data = super().clean()
-        day, slot = data.get("date"), data.get("slot")
-        if data.get("start_now"):
-            data["start"] = policy.NOW
-        elif day is None or slot is None:
-            for name in ("date", "slot"):
-                if data.get(name) is None and name not in self.errors:
-                    self.add_error(name, "This field is required (or tick \"Start now\").")
-        else:
-            start = slot_start(day, slot, timezone.get_current_timezone())
-            if start is None:
-                self.add_error("slot", f"There is no {slot:%H:%M} on {day:%Y-%m-%d} in your zone (the clocks change): pick another slot.")
-            else:
-                data["start"] = start
         if data.get("train"):
             data["job"] = self._job_spec(data)
         if data.get("serve"):
@@ -198,12 +244,6 @@ class BookingForm(forms.Form):
                     self.add_error(field, str(message) if field else f"{key}: {message}")
             return None
 
-    def window(self, now):
-        """The (start, end) the form asks for, as the booking service will read it."""
-        start, slots = self.cleaned_data["start"], self.cleaned_data["slots"]
-        if start == policy.NOW:
-            return policy.now_window(now, slots)
-        return start, start + slots * policy.slot_length()
 
 
 def slot_start(day, slot, zone):

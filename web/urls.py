@@ -17,6 +17,7 @@ urlpatterns = [
     path("", calendar.calendar_page, name="calendar"),
     path("calendar/events/", calendar.event_feed, name="events"),
     path("book/", calendar.book, name="book"),
+    path("book/quota-preview/", calendar.quota_preview, name="quota-preview"),
     # My bookings, a booking's page, notices.
     path("bookings/", bookings.my_bookings, name="my-bookings"),
     path("bookings/<int:pk>/", bookings.booking, name="booking"),

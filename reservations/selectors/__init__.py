@@ -3,8 +3,8 @@
 The package follows the seams of the reading: availability (conflicts, free windows, picking GPUs,
 what a preemption would take), pages (what the calendar, a person's bookings, a booking's page,
 notices and feeds show), reports (the staff usage report), quotas (fair sharing: what counts against
-a quota, the waitlist's order, where a team stands, its week day by day) and used (when a booking's
-work ran). Callers use the names below.
+a quota, a booking's quota preview, the waitlist's order, where a team stands, its week day by day)
+and used (when a booking's work ran). Callers use the names below.
 """
 
 from .availability import (
@@ -42,11 +42,16 @@ from .pages import (
     waitlisted,
 )
 from .quotas import (
+    QUOTA_VALUES,
     DayUsage,
+    QuotaPreview,
     Standing,
     WeekUsage,
     counted,
+    quota_of,
+    quota_preview,
     quota_tally,
+    team_quota,
     team_recent_gpu_hours,
     team_standings,
     team_week_usage,
@@ -55,12 +60,14 @@ from .quotas import (
 from .reports import USAGE_DEFAULT_PERIOD, USAGE_MAX_PERIOD, usage_period, usage_report
 
 __all__ = [
-    "USAGE_DEFAULT_PERIOD",
-    "USAGE_MAX_PERIOD",
     "DayUsage",
     "Preemption",
-    "Standing",
     "PreemptionPlan",
+    "QUOTA_VALUES",
+    "QuotaPreview",
+    "Standing",
+    "USAGE_DEFAULT_PERIOD",
+    "USAGE_MAX_PERIOD",
     "WeekUsage",
     "Window",
     "audit_history",
@@ -83,17 +90,20 @@ __all__ = [
     "pick_gpus",
     "preemption_candidate",
     "preemption_preview",
+    "quota_of",
+    "quota_preview",
+    "quota_tally",
     "reservation_page",
     "reservation_queryset",
     "reservations_past",
     "reservations_upcoming",
-    "usage_period",
-    "usage_report",
-    "quota_tally",
+    "team_quota",
     "team_recent_gpu_hours",
     "team_standings",
     "team_week_usage",
     "teams_of",
+    "usage_period",
+    "usage_report",
     "waitlist_order",
     "waitlist_position",
     "waitlist_positions",

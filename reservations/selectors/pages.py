@@ -85,7 +85,7 @@ def calendar_bookings(*, start, end, gpu_ids):
         Reservation.objects.filter(pk__in=list(held))
         .order_by("start", "id")
         .values(
-            "id", "start", "end", "title", "priority", "preemptible", "status", "user_id", "team_id",
+            "id", "start", "end", "title", "priority", "preemptible", "borrowed", "status", "user_id", "team_id",
             "user__username", "team__slug", "team__colour",
         )
     )

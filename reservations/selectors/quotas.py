@@ -246,3 +246,95 @@ def team_week_usage(team, week_start, now):
             for i, (lo, hi) in enumerate(days)
         ),
     )
+
+
+QUOTA_VALUES = ("team__slug", "gpu_hours_per_week", "max_gpus", "borrow_gpu_hours_per_week", "weight")
+
+
+def quota_of(row, team_id, start, end, *, exclude=()):
+    """A policy.Quota from a quota row's QUOTA_VALUES and what counts against it around [start, end)
+    (quota_tally)."""
+    week_hours, booked = quota_tally(team_id, start, end, exclude=exclude)
+    return policy.Quota(
+        team_slug=row["team__slug"], gpu_hours_per_week=row["gpu_hours_per_week"], max_gpus=row["max_gpus"],
+        borrow_gpu_hours_per_week=row["borrow_gpu_hours_per_week"], weight=row["weight"],
+        week_hours=week_hours, booked=tuple(booked),
+    )
+
+
+def team_quota(team_id, start, end):
+    """The team's quota and what counts against it around [start, end), as a policy.Quota, or None
+    for a team without one: what locks.lock_team_quota reads under the quota row's lock, read here
+    without it, for a page to say how a booking would stand before it is sent (the booking checks
+    again under the lock). Two queries, bounded by the window's weeks."""
+    row = TeamQuota.objects.filter(team_id=team_id).values(*QUOTA_VALUES).first()
+    return None if row is None else quota_of(row, team_id, start, end)
+
+
+@dataclass(frozen=True)
+class QuotaPreview:
+    """How a booking of `gpus` GPUs for [start, end) would stand against its team's quota (quota_preview):
+    `excess` is the limit it passes in quota, `borrow_excess` the borrow limit it would pass as
+    borrowed time (asked only when it is over in quota and may borrow)."""
+
+    team: object
+    quota: policy.Quota | None
+    start: object
+    end: object
+    gpus: int
+    excess: policy.QuotaExcess | None = None
+    borrow_excess: policy.QuotaExcess | None = None
+
+    @property
+    def state(self):
+        """unlimited (no quota), within, borrowable (over, and it fits as borrowed time) or over."""
+        if self.quota is None:
+            return "unlimited"
+        if self.excess is None:
+            return "within"
+        if self.excess.borrowable and self.borrow_excess is None:
+            return "borrowable"
+        return "over"
+
+    @property
+    def week(self):
+        """The quota week the booking starts in: the one its figures below are of."""
+        return policy.weeks_of(self.start, self.end)[0]
+
+    @property
+    def week_label(self):
+        return policy.week_label(self.week[0])
+
+    @property
+    def booked_hours(self):
+        """The team's in-quota GPU-hours that week, without this booking."""
+        return self.quota.hours(self.week, borrowed=False)
+
+    @property
+    def borrowed_hours(self):
+        return self.quota.hours(self.week, borrowed=True)
+
+    @property
+    def requested_hours(self):
+        """What this booking adds to that week."""
+        return policy.gpu_hours(self.gpus, self.start, self.end, self.week)
+
+    @property
+    def hours_with_booking(self):
+        return self.booked_hours + self.requested_hours
+
+
+def quota_preview(*, team, start, end, gpus):
+    """A QuotaPreview of a booking of `gpus` GPUs for [start, end) charged to `team`, decided by the
+    rules the booking services apply (policy.quota_excess), on a reading taken without a lock
+    (team_quota): a page's preview, never the decision."""
+    quota = team_quota(team.pk, start, end)
+    if quota is None:
+        return QuotaPreview(team=team, quota=None, start=start, end=end, gpus=gpus)
+    excess = policy.quota_excess(quota, start=start, end=end, gpus=gpus, borrowed=False)
+    borrow_excess = None
+    if excess is not None and excess.borrowable:
+        borrow_excess = policy.quota_excess(quota, start=start, end=end, gpus=gpus, borrowed=True)
+    return QuotaPreview(
+        team=team, quota=quota, start=start, end=end, gpus=gpus, excess=excess, borrow_excess=borrow_excess
+    )

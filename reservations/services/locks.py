@@ -80,20 +80,8 @@ def lock_team_quota(team_id, start, end, *, exclude=()):
     row, nothing to lock: no limit to race for). Two statements: at READ COMMITTED a statement that
     waited for the lock still reads from the snapshot it began with, so the read that must see the
     previous holder's bookings is a statement of its own, begun once the lock is held."""
-    quota = (
-        TeamQuota.objects.select_for_update(of=("self",))
-        .filter(team_id=team_id)
-        .values("team__slug", "gpu_hours_per_week", "max_gpus", "borrow_gpu_hours_per_week", "weight")
-        .first()
-    )
-    if quota is None:
-        return None
-    week_hours, booked = selectors.quota_tally(team_id, start, end, exclude=exclude)
-    return policy.Quota(
-        team_slug=quota["team__slug"], gpu_hours_per_week=quota["gpu_hours_per_week"], max_gpus=quota["max_gpus"],
-        borrow_gpu_hours_per_week=quota["borrow_gpu_hours_per_week"], weight=quota["weight"],
-        week_hours=week_hours, booked=tuple(booked),
-    )
+    row = TeamQuota.objects.select_for_update(of=("self",)).filter(team_id=team_id).values(*selectors.QUOTA_VALUES).first()
+    return None if row is None else selectors.quota_of(row, team_id, start, end, exclude=exclude)
 
 
 def is_overlap_violation(exc):

@@ -47,6 +47,7 @@
         "Priority: " + p.priority + (p.preemptible ? ", preemptible" : ""),
         "Status: " + p.status,
       ];
+      if (p.borrowed) lines.push("Borrowed: " + config.borrowedTerms);
       if (p.job) lines.push("Job: " + p.job.status + ", epoch " + p.job.epoch + " of " + p.job.epochs);
       return lines;
     }
@@ -89,6 +90,8 @@
       suggestSizes();
       form.elements.title.focus();
       document.getElementById("booking-result").textContent = "";
+      // Set from here, the fields fire no "change": the quota preview (htmx) listens for this instead.
+      form.dispatchEvent(new Event("selection"));
     }
 
     // --- Views and widths ---

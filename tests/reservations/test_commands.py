@@ -3,9 +3,11 @@ from io import StringIO
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from reservations.models import GPU, Node, Reservation, Team
+from reservations import policy, selectors
+from reservations.models import GPU, Node, Reservation, Team, TeamQuota
 from trainer import hardware
 from trainer.hardware import CpuHardware, Device, detect
 
@@ -94,6 +96,23 @@ def test_seed_demo_builds_the_demo_cluster_once():
     assert get_user_model().objects.get(username="ci-bot").has_perm("reservations.book_high_priority")
     assert bookings > 10 and Reservation.objects.count() == bookings  # a second run adds nothing
     assert Token.objects.get(user__username="alice").key in first
+
+
+@pytest.mark.django_db(transaction=True)
+def test_seed_demo_shows_fair_sharing_at_work_and_leaves_room_for_the_readmes_walk_through():
+    output = run("seed_demo")
+
+    vision, nlp, platform = (Team.objects.get(slug=slug) for slug in ("vision", "nlp", "platform"))
+    assert not TeamQuota.objects.filter(team=platform).exists()  # unlimited
+    assert nlp.quota.gpu_hours_per_week and nlp.quota.max_gpus
+    borrowed = Reservation.objects.get(borrowed=True)
+    assert (borrowed.team, borrowed.user.username, borrowed.status) == (vision, "bob", "confirmed")
+    assert f"Booking #{borrowed.pk} of bob's is borrowed time" in output
+    # Over the quota in its week: in quota it would not have fitted what was left.
+    there = selectors.team_standings([vision], borrowed.start)[0]
+    assert there.remaining_hours < policy.gpu_hours(borrowed.gpu_count, borrowed.start, borrowed.end)
+    # README's API walk-through books 8 GPU-hours of vision's this week (bob's and alice's).
+    assert selectors.team_standings([vision], timezone.now())[0].remaining_hours >= 8
 
 
 def test_cpu_hardware_reports_telemetry_per_device():

@@ -20,7 +20,7 @@ from playwright.sync_api import expect
 
 from reservations import policy
 from reservations.models import GPU, Notice, Reservation, Team
-from reservations.services import Device, node_register, notice_send
+from reservations.services import Device, node_register, notice_send, team_quota_set
 from serving.models import Serving
 from trainer.models import TrainingJob
 
@@ -195,6 +195,8 @@ def test_dragging_across_a_gpus_track_fills_the_form_and_books_without_a_reload(
     expect(page.get_by_label("Slot start")).to_have_value(start.strftime("%H:%M"))
     expect(page.get_by_label("Slots", exact=True)).to_have_value("2")
     expect(page.get_by_label("Title")).to_be_focused()
+    # The quota preview follows the selection (calendar.js tells it; set from a script, fields fire no "change").
+    expect(page.locator("#quota-preview")).to_contain_text("Vision has no quota")
     page.keyboard.type("dragged booking")
     browsing.screenshot(page, "booking-form.png")
     page.get_by_role("button", name="Book", exact=True).click()
@@ -310,6 +312,138 @@ def test_someone_in_no_team_sees_why_they_cannot_book(browsing, cluster):
 
     expect(page.locator("#form-errors")).to_contain_text("belong to no team")
     assert not Reservation.objects.exists()
+
+
+# --- Fair sharing: quotas and borrowed time -------------------------------------------------------------
+
+
+@pytest.fixture
+def vision_near_its_limit(settings, team, teammate, cluster):
+    """vision may book 12 GPU-hours a week and has booked 8 two days ahead (teammate: 2 GPUs of node2
+    for 2 slots). The quota week is moved to start today (QUOTA_WEEK_START), as the calendar's week
+    does, so that "this week" holds the bookings two days ahead whatever day the tests run."""
+    today = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    monday = datetime(1970, 1, 5, tzinfo=dt_timezone.utc)
+    settings.QUOTA_WEEK_OFFSET_MINUTES = int((today - monday) % timedelta(days=7) // timedelta(minutes=1))
+    assert policy.week_start(timezone.now()) == today
+    colour_teams()
+    team_quota_set(team=team, actor=None, gpu_hours_per_week=12, borrow_gpu_hours_per_week=40)
+    return book(teammate, cluster["node2"][:2], start=day_ahead(), slots=2, title="in-quota run")
+
+
+def over_the_quota(page, cluster, start):
+    """The form filled for 2 GPUs of node2 for 2 slots at `start` (8 GPU-hours: 4 over the quota)
+    after the preview said 1 GPU fits."""
+    fill_form(page, cluster["node2"][2], start, slots=2, title="borrowed sweep")
+    quota_preview = page.locator("#quota-preview")
+    expect(quota_preview).to_contain_text("Within Vision's quota: this adds 4 GPU-h, 12 of 12 in week")
+    expect(page.get_by_label("Borrow idle GPUs if over quota")).to_be_hidden()
+    page.get_by_label("Also book this many more GPUs on the same node").fill("1")
+    expect(quota_preview).to_contain_text("Over Vision's quota of 12 GPU-h in week")
+    expect(quota_preview).to_contain_text("8 booked, this adds 8 (4 over)")
+
+
+def test_over_the_quota_the_form_offers_to_borrow_and_books_as_borrowed_with_the_keyboard(
+    browsing, owner, cluster, vision_near_its_limit
+):
+    start = day_ahead()
+    page = open_calendar(browsing, owner, viewport=LAPTOP)
+    standing = page.locator("#standing-vision")
+    expect(standing).to_contain_text("Vision: 8 of 12 GPU-h this week · 0 GPUs now · borrowed 0 of 40 GPU-h")
+    expect(standing.locator(".bar-used")).to_have_attribute("style", "width: 67%")
+    over_the_quota(page, cluster, start)
+
+    borrow = page.get_by_label("Borrow idle GPUs if over quota")
+    expect(borrow).to_be_visible()
+    # Highlighted: the box the preview points to.
+    assert page.locator(".borrow-field").evaluate("el => getComputedStyle(el).borderTopStyle") == "solid"
+    browsing.screenshot(page, "fair-share-preview.png")
+    tab_to(page, borrow)
+    page.keyboard.press("Space")
+    expect(borrow).to_be_checked()
+    expect(page.locator("#quota-preview")).to_contain_text("“Borrow idle GPUs” is ticked: it is booked as borrowed time")
+    book_button = page.get_by_role("button", name="Book", exact=True)
+    tab_to(page, book_button)
+    page.keyboard.press("Enter")
+
+    expect(page.locator("#booked")).to_contain_text("Booked #")
+    borrowed = Reservation.objects.get(user=owner)
+    assert borrowed.borrowed and borrowed.preemptible and borrowed.gpu_count == 2
+    # The bar counts it at once (borrowed time counts against the borrow limit only).
+    expect(standing).to_contain_text("Vision: 8 of 12 GPU-h this week · 0 GPUs now · borrowed 8 of 40 GPU-h")
+
+
+def test_a_booking_refused_over_the_quota_is_booked_as_borrowed_in_one_keypress_and_shows_so(
+    browsing, owner, cluster, vision_near_its_limit
+):
+    start = day_ahead()
+    page = open_calendar(browsing, owner, viewport=LAPTOP)
+    show_day(page, start)
+    over_the_quota(page, cluster, start)
+    browsing.expect_status(409)
+
+    page.get_by_role("button", name="Book", exact=True).click()
+
+    refused = page.locator("#quota-refused")
+    expect(refused).to_contain_text("Not booked: over Vision's quota of 12 GPU-h in week")
+    expect(refused).to_contain_text("may be reclaimed by a team within its quota, with 30 minutes' notice")
+    assert not Reservation.objects.filter(user=owner).exists()
+    book_borrowed = page.get_by_role("button", name="Book as borrowed")
+    tab_to(page, book_borrowed)
+    page.keyboard.press("Enter")
+
+    expect(page.locator("#booked")).to_contain_text("Booked #")
+    borrowed = Reservation.objects.get(user=owner)
+    assert borrowed.borrowed and borrowed.title == "borrowed sweep" and borrowed.start == start
+    # On the calendar: its own stripes, and the details say what borrowed time means.
+    event = page.locator(".ec-event.borrowed", has_text="borrowed sweep · owner").first
+    expect(event).to_be_visible()
+    stripes = event.evaluate("el => getComputedStyle(el).backgroundImage")
+    assert "repeating-linear-gradient(45deg" in stripes, stripes
+    expect(page.locator(".ec-event:not(.borrowed)", has_text="in-quota run · teammate")).to_have_count(2)
+    expect(page.locator(".legend")).to_contain_text("Borrowed (over quota, reclaimable)")
+    expect(page.locator(".ec-event.borrowed")).to_have_count(2)  # node2's gpu2 and gpu3
+    page.locator(".ec-event.borrowed").last.focus()
+    expect(page.locator("#event-tip")).to_contain_text(
+        "Borrowed: may be reclaimed by a team within its quota, with 30 minutes' notice"
+    )
+    browsing.screenshot(page, "fair-share-calendar.png")
+
+    page.get_by_role("link", name=f"Open booking #{borrowed.pk}").click()
+
+    expect(page.locator(".borrowed-note")).to_have_text(
+        "Borrowed: may be reclaimed by a team within its quota, with 30 minutes' notice."
+    )
+    expect(page.locator("dl.facts")).to_contain_text("Borrowed: over the team's quota")
+    browsing.screenshot(page, "fair-share-booking.png")
+
+
+def test_on_a_phone_the_quota_bar_the_preview_and_a_borrowed_booking_fit_the_width(
+    browsing, owner, cluster, vision_near_its_limit
+):
+    borrowed = book(
+        owner, cluster["node2"][2:], start=day_ahead(), slots=2, borrow=True, title="borrowed sweep"
+    )
+    page = open_calendar(browsing, owner, viewport=PHONE)
+    expect(page.locator("#standing-vision")).to_contain_text("borrowed 8 of 40 GPU-h")
+    show_day(page, borrowed.start)
+    expect(page.locator(".ec-event.borrowed")).to_have_count(2)
+    page.locator(".ec-event.borrowed").first.scroll_into_view_if_needed()
+    assert widths(page)[0] <= PHONE["width"]
+    browsing.screenshot(page, "fair-share-calendar-phone.png")
+
+    fill_form(page, cluster["node1"][2], day_ahead(), slots=2)
+    page.get_by_label("Also book this many more GPUs on the same node").fill("1")
+    expect(page.locator("#quota-preview")).to_contain_text("Over Vision's quota of 12 GPU-h")
+    expect(page.get_by_label("Borrow idle GPUs if over quota")).to_be_visible()
+    html, body, window = widths(page)
+    assert html <= window and body <= window
+    browsing.screenshot(page, "fair-share-preview-phone.png")
+
+    page.goto(browsing.url(f"/bookings/{borrowed.pk}/"))
+    expect(page.locator(".borrowed-note")).to_contain_text("Borrowed: may be reclaimed")
+    assert widths(page)[0] <= PHONE["width"]
+    browsing.screenshot(page, "fair-share-booking-phone.png")
 
 
 # --- A booking with a training job, and its page ----------------------------------------------------
@@ -481,6 +615,9 @@ def test_no_page_is_wider_than_a_phone(browsing, owner, staff, high_booker, clus
     # A booking moved by a preemption: its history has long reasons, with times and GPU names.
     moved = book(owner, cluster["node2"][:1], start=day_ahead(), slots=2, priority="low")
     book(high_booker, cluster["node2"][:1], start=day_ahead(), priority="high")
+    # Borrowed time over a quota: its page and list say what it means.
+    team_quota_set(team=owner.memberships.get().team, actor=None, gpu_hours_per_week=1)
+    borrowed = book(owner, cluster["node1"][2:], start=day_ahead(days=3), slots=2, borrow=True, title="borrowed time")
     job = TrainingJob.objects.create(reservation=reservation, spec={"model": "yolov8n.yaml"}, epochs=8)
     record_epochs(job, runs_dir, 3)
     notice_send(
@@ -493,7 +630,7 @@ def test_no_page_is_wider_than_a_phone(browsing, owner, staff, high_booker, clus
     staff_page = browsing.page(staff, viewport=PHONE)
     pages = [
         (signed_in, "/"), (signed_in, "/bookings/"), (signed_in, f"/bookings/{reservation.pk}/"),
-        (signed_in, f"/bookings/{moved.pk}/"),
+        (signed_in, f"/bookings/{moved.pk}/"), (signed_in, f"/bookings/{borrowed.pk}/"),
         (signed_in, "/notices/"), (signed_in, "/profile/"), (signed_out, "/login/"), (staff_page, "/reports/usage/"),
     ]
 

@@ -1,5 +1,6 @@
-"""The calendar, its event feed and the booking form. The pages parse and render; the booking goes
-through reservations.services.reservation_create, as the REST API's does (same rules, same audit)."""
+"""The calendar, its event feed, the booking form and its quota preview. The pages parse and render;
+the booking goes through reservations.services.reservation_create, as the REST API's does (same
+rules, same audit)."""
 
 from datetime import timedelta
 
@@ -14,14 +15,15 @@ from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_POST
 
 from reservations import policy, selectors, services
-from reservations.errors import BookingConflict, BookingError
+from reservations.errors import BookingConflict, BookingError, QuotaExceeded
 from reservations.models import Team
 from trainer.selectors import job_progress, training_datasets
 from trainer.spec import suggested_size
 
-from ..forms import BookingForm
+from ..forms import BookingForm, QuotaPreviewForm
 from ..middleware import viewer_zone
 from ..selectors import nodes_with_gpus
+from ..templatetags.quotas import borrowed_terms
 
 # The widest window the feed serves in one request (the calendar asks for a day or a week).
 FEED_MAX_DAYS = 42
@@ -48,6 +50,9 @@ def calendar_page(request):
         **context,
         "teams": teams,
         "my_teams": form.fields["team"].queryset,
+        "standings": _standings(request.user, now),
+        # The form on this page previews its quota as it changes (htmx; not on the page without it).
+        "live_form": True,
         "resources": _resources(context["nodes"]),
         "waitlisted": selectors.waitlisted(now=now),
         "config": {
@@ -58,8 +63,14 @@ def calendar_page(request):
             "horizonDays": settings.BOOKING_HORIZON_DAYS,
             "now": now.isoformat(),
             "me": request.user.get_username(),
+            "borrowedTerms": borrowed_terms(),
         },
     })
+
+
+def _standings(user, now):
+    """Where each of the viewer's teams stands against its quota this week (a fixed number of queries)."""
+    return selectors.team_standings(Team.objects.filter(memberships__user=user).order_by("name"), now)
 
 
 def _form_context(form, gpus, datasets=()):
@@ -184,6 +195,8 @@ def _event(booking, job, viewer_id):
     classes = [f"status-{booking['status']}"]
     if booking["preemptible"]:
         classes.append("preemptible")
+    if booking["borrowed"]:
+        classes.append("borrowed")
     if booking["user_id"] == viewer_id:
         classes.append("mine")
     title = booking["title"] or "GPU booking"
@@ -203,6 +216,7 @@ def _event(booking, job, viewer_id):
             "title": title,
             "priority": booking["priority"],
             "preemptible": booking["preemptible"],
+            "borrowed": booking["borrowed"],
             "status": booking["status"],
             "job": job,
         },
@@ -213,7 +227,8 @@ def _event(booking, job, viewer_id):
 @require_POST
 def book(request):
     """The booking form: book, or show in place why not (field errors, a 409 with its conflicts and
-    suggestions, or the bookings a preemption would take, to confirm first)."""
+    suggestions, a 409 over the team's quota with the offer to book it as borrowed time, or the
+    bookings a preemption would take, to confirm first)."""
     form = BookingForm(request.POST, user=request.user)
     gpus = selectors.calendar_gpus()
     in_place = request.headers.get("HX-Request")
@@ -227,6 +242,9 @@ def book(request):
     if form.is_valid():
         context.update(_book(request, form, {g.pk: g for g in gpus}))
     template = "web/calendar/_result.html" if in_place else "web/calendar/result_page.html"
+    if context.get("booked") and in_place:
+        # The team's bar beside the calendar counts the new booking too (swapped out of band).
+        context["standings"] = _standings(request.user, timezone.now())
     response = render(request, template, context, status=context.get("status", 200 if form.is_valid() else 400))
     if context.get("booked"):
         response["HX-Trigger"] = "booked"
@@ -248,7 +266,9 @@ def _book(request, form, gpus_by_id):
             return {"status": 400}
         gpu_ids = sorted(gpu_ids + extra)
     priority = data["priority"]
-    if not data["start_now"]:  # "now" only ever takes free GPUs: nothing to preview
+    # "now" only ever takes free GPUs, and time over the quota is refused or borrowed, which never
+    # preempts: nothing to preview for those.
+    if not data["start_now"] and _may_preempt_within_quota(request.user, form, start, end, len(gpu_ids)):
         try:
             preview = _preemption_preview(request.user, form, start, end, gpu_ids, now)
         except BookingError as error:
@@ -269,6 +289,7 @@ def _book(request, form, gpus_by_id):
             waitlist=data["waitlist"],
             work={"job": data.get("job"), "serve": data.get("serve")},
             auto_rebook=data["auto_rebook"],
+            borrow=data["borrow"],
             now=now,
         )
     except BookingConflict as conflict:
@@ -281,6 +302,8 @@ def _book(request, form, gpus_by_id):
             for window in conflict.suggestions
         ]
         return {"conflict": conflict, "suggestions": suggestions, "status": 409}
+    except QuotaExceeded as refused:
+        return _quota_refusal(request, refused.excess, start, end, gpu_ids)
     except BookingError as error:
         form.add_error(error.field if error.field in form.fields else None, error.message)
         return {"status": 400}
@@ -288,6 +311,39 @@ def _book(request, form, gpus_by_id):
         form.add_error("priority" if priority == "high" else None, str(denied) or "You may not do that.")
         return {"status": 403}
     return {"booked": reservation, "warnings": getattr(reservation, "warnings", []), "status": 201}
+
+
+def _quota_refusal(request, excess, start, end, gpu_ids):
+    """A booking refused over its team's quota, shown with the offer to book it as borrowed time
+    ("Book as borrowed" posts it again, "more" resolved to GPUs, with borrow) where borrowing would
+    fit: the service names the first limit passed, which for an in-quota booking is never the
+    borrow limit, so the preview's reading says whether borrowing is over its limit too."""
+    team = Team.objects.get(slug=excess.team_slug)
+    borrow_excess = None if excess.limit == "borrow_gpu_hours_per_week" else (
+        selectors.quota_preview(team=team, start=start, end=end, gpus=len(gpu_ids)).borrow_excess
+    )
+    fields = [("gpus", pk) for pk in gpu_ids] + [(name, request.POST[name]) for name in ("date", "slot") if name in request.POST]
+    return {
+        "quota_refused": excess, "quota_team": team, "borrow_excess": borrow_excess,
+        "may_borrow": excess.borrowable and borrow_excess is None, "borrow_fields": fields, "status": 409,
+    }
+
+
+def _may_preempt_within_quota(user, form, start, end, gpus):
+    """Whether the booking would be charged within its team's quota (or be staff's booking over it,
+    which may pass any limit), as a booking that may preempt. Time over the quota is refused or
+    borrowed, and borrowed time never preempts: no preemption preview to show for it. A reading
+    without a lock (selectors.quota_preview): the booking decides under it. True when the team is
+    not known yet (the booking then says why)."""
+    data = form.cleaned_data
+    try:
+        team = policy.resolve_team(user, data["team"].slug if data.get("team") else None)
+    except BookingError:
+        return True
+    state = selectors.quota_preview(team=team, start=start, end=end, gpus=gpus).state
+    if state in ("unlimited", "within"):
+        return True
+    return user.is_staff and not data["borrow"]
 
 
 def _preemption_preview(user, form, start, end, gpu_ids, now):
@@ -320,3 +376,29 @@ def _more_gpus(form, start, end, gpu_ids, count):
         form.add_error("more", f"Only {len(free)} more GPUs of {node.hostname} are free then.")
         return None
     return [g.pk for g in free[:count]]
+
+
+@login_required
+@require_GET
+def quota_preview(request):
+    """How the booking form's selection stands against its team's quota before it is sent (htmx
+    asks as the form changes): within it, over it (which limit, by how much), or over it and
+    borrowable. Read without a lock (selectors.quota_preview); the booking decides under it. A form
+    not filled in far enough has nothing to say yet (200); a value that is no value, a 400 naming
+    the field."""
+    form = QuotaPreviewForm(request.GET, user=request.user)
+    if not form.is_complete():
+        return render(request, "web/calendar/_quota_preview.html", {"incomplete": True})
+    if not form.is_valid():
+        return render(request, "web/calendar/_quota_preview.html", {"form": form}, status=400)
+    data = form.cleaned_data
+    try:
+        team = policy.resolve_team(request.user, data["team"].slug if data.get("team") else None)
+    except BookingError as error:
+        # No team, or several to choose from: the form says so (#no-team) or asks (its team field).
+        return render(request, "web/calendar/_quota_preview.html", {"no_team": error.message})
+    start, end = form.window(timezone.now())
+    preview = selectors.quota_preview(team=team, start=start, end=end, gpus=form.gpu_count)
+    return render(request, "web/calendar/_quota_preview.html", {
+        "preview": preview, "borrow": data["borrow"], "staff": request.user.is_staff,
+    })

@@ -1,10 +1,13 @@
-"""A demo cluster to click around in: 2 nodes x 4 GPUs, 3 teams, users with tokens, a week of bookings.
+"""A demo cluster to click around in: 2 nodes x 4 GPUs, 3 teams, users with tokens, a week of bookings,
+and fair sharing at work: team quotas and a borrowed booking.
 
 Safe to run again: existing rows are kept, and bookings are only added where the GPUs are free.
 """
 
+import math
 import random
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
@@ -13,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from reservations import policy, services
+from reservations import policy, selectors, services
 from reservations.errors import BookingConflict
 from reservations.models import GPU, Membership, Node, Reservation, Team
 from reservations.services import Device
@@ -31,6 +34,21 @@ USERS = [
     ("admin", "platform", Membership.Role.ADMIN, True, True),
 ]
 TITLES = ["YOLO fine-tune", "ablation sweep", "baseline rerun", "nightly eval", "data-aug study", "distillation"]
+# vision's weekly GPU-hours are set this many above what it has booked, so that a newcomer sees it
+# near its limit (a selection of 4 GPUs for 2 slots, 16 GPU-hours, goes over) while README's API
+# walk-through still fits (bob's and alice's bookings there take 8).
+VISION_ROOM = 10
+# Never less: tests/test_every_url.py books 22 GPU-hours for bob in a week the demo leaves empty.
+VISION_MIN_HOURS = 24
+
+
+@dataclass(frozen=True)
+class BorrowedWindow:
+    """Where the demo's borrowed booking goes."""
+
+    gpus: list
+    start: datetime
+    slots: int
 
 
 class Command(BaseCommand):
@@ -63,6 +81,8 @@ class Command(BaseCommand):
                 users[username] = user
         booked = self._bookings(users)
         self.stdout.write(self.style.SUCCESS(f"Demo cluster ready: 2 nodes x 4 GPUs, {booked} new bookings."))
+        if booked:
+            self.stdout.write(self._fair_sharing(users, timezone.now()))
         self.stdout.write(
             f"Every demo user signs in to the calendar with the password {PASSWORD!r} (admin also to /admin/)."
             " API tokens (send 'Authorization: Token <key>'):"
@@ -97,3 +117,52 @@ class Command(BaseCommand):
             except BookingConflict:
                 continue
         return booked
+
+    def _fair_sharing(self, users, now):
+        """Quotas for a newcomer to see at work: vision (alice, bob) a few GPU-hours short of its
+        weekly limit, with a borrowed booking of bob's over it; nlp with room; platform without a
+        quota (unlimited). Set after the week of bookings, which were booked within no quota."""
+        vision, nlp = Team.objects.get(slug="vision"), Team.objects.get(slug="nlp")
+        admin = users["admin"]
+        nlp_now = selectors.team_standings([nlp], now)[0]
+        services.team_quota_set(
+            team=nlp, actor=admin, reason="Demo quota: room to spare.",
+            gpu_hours_per_week=max(math.ceil((nlp_now.booked_hours + 60) / 10) * 10, 80),
+            max_gpus=max(6, nlp_now.gpus_now), weight=2,
+        )
+        # The borrowed booking starts a few hours ahead (the hours just ahead stay as the week of
+        # bookings left them), this quota week, or the next where too little of this one is left.
+        after = policy.ceil_to_slot(now) + 2 * policy.slot_length()
+        for week_start in (policy.week_start(after), policy.week_start(after) + timedelta(days=7)):
+            hours, window = self._vision_near_its_limit(vision, max(after, week_start), now)
+            if window is not None:
+                break
+        services.team_quota_set(
+            team=vision, actor=admin, reason="Demo quota: near its weekly limit.",
+            gpu_hours_per_week=hours, borrow_gpu_hours_per_week=48,
+        )
+        said = f"Quotas: vision {hours} GPU-h a week (borrowing allowed), nlp with room, platform unlimited."
+        if window is None:
+            return said
+        try:
+            borrowed = services.reservation_create(
+                user=users["bob"], gpu_ids=window.gpus, start=window.start, slots=window.slots,
+                title="hyperparameter sweep", borrow=True, now=now,
+            )
+        except BookingConflict:  # taken since the search: the demo does without it
+            return said
+        return f"{said} Booking #{borrowed.pk} of bob's is borrowed time over vision's quota."
+
+    def _vision_near_its_limit(self, vision, after, now):
+        """vision's weekly GPU-hours for the quota week of `after` (VISION_ROOM above what it booked
+        there), and a free window in that week for 2 GPUs over the room left (as borrowed time), or
+        None."""
+        slot = policy.slot_length()
+        week_end = policy.week_start(after) + timedelta(days=7)
+        booked = selectors.team_standings([vision], after)[0].booked_hours
+        hours = max(math.ceil((booked + VISION_ROOM) / 4) * 4, VISION_MIN_HOURS)
+        slots = math.floor((hours - booked) / (2 * slot.total_seconds() / 3600)) + 1
+        windows = selectors.find_windows(
+            slots=slots, after=after, now=now, gpu_count=2, latest_start=week_end - slots * slot, limit=1
+        )
+        return hours, (BorrowedWindow(windows[0].gpus, windows[0].start, slots) if windows else None)
