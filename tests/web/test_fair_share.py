@@ -393,3 +393,15 @@ def test_my_bookings_show_the_waitlist_in_fair_share_order(team, owner, outsider
     assert "Waitlisted: 1 request ahead of it." in mine
     assert "Waitlisted: next in line (no request ahead of it)." in theirs
     assert "1 waitlisted request ahead of it" in text_of(page_client(owner).get(f"/bookings/{first.pk}/"))
+
+
+def test_a_staff_booking_over_the_gpus_at_once_limit_shows_its_audit_reason_in_the_viewers_zone(
+    team, owner, staff, cluster
+):
+    team_quota_set(team=team, actor=None, max_gpus=1)
+    book(owner, cluster["node1"][:1])
+    over = book(staff, cluster["node2"][:1], team="vision")
+
+    text = text_of(page_client(staff, zone="Europe/Berlin").get(f"/bookings/{over.pk}/"))
+
+    assert "holds 1 at Mon 7 Jan 2030, 11:00 (Europe/Berlin)" in text
