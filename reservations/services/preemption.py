@@ -125,11 +125,12 @@ def _reclaim_reason(preemptor, quota):
         return f"team {team.name}, which has no quota (unlimited), takes its borrowed GPUs back"
     week = policy.weeks_of(preemptor.start, preemptor.end)[0]
     used = quota.hours(week, borrowed=False) + policy.gpu_hours(preemptor.gpu_count, preemptor.start, preemptor.end, week)
-    limit = f"{quota.gpu_hours_per_week} GPU-h" if quota.gpu_hours_per_week is not None else "no GPU-hour limit"
-    return (
-        f"team {team.name} is within its quota ({used:.4g} GPU-h of {limit} in week {policy.week_label(week[0])}) "
-        "and takes borrowed GPUs back"
-    )
+    label = policy.week_label(week[0])
+    if quota.gpu_hours_per_week is not None:
+        standing = f"{used:.4g} of {quota.gpu_hours_per_week} GPU-h in week {label}"
+    else:
+        standing = f"{used:.4g} GPU-h in week {label}, no GPU-hour limit"
+    return f"team {team.name} is within its quota ({standing}) and takes borrowed GPUs back"
 
 
 def describe(reservation):
@@ -171,13 +172,16 @@ def _cut_short(victim, preemptor, before, original_end, booking, reclaim=""):
             not_rebooked = f"no free window of {slots} slot(s) within the booking horizon and the team's quota"
 
     gpu_names = _gpu_names(gpu_ids)
-    message = (
-        f"{'Borrowed r' if victim.borrowed else 'R'}eservation #{victim.pk} ({', '.join(gpu_names)}) is "
-        f"{'reclaimed' if reclaim else 'preempted'} by {describe(preemptor)}"
-        + (f" ({reclaim})" if reclaim else "")
-        + f": its GPUs are reclaimed at {utc_moment(victim.reclaim_at)}"
-        + (", when its job is stopped with a resumable checkpoint." if job is not None else ".")
+    reclaimed = f"its GPUs are reclaimed at {utc_moment(victim.reclaim_at)}" + (
+        ", when its job is stopped with a resumable checkpoint." if job is not None else "."
     )
+    if reclaim:
+        message = (
+            f"Borrowed reservation #{victim.pk} ({', '.join(gpu_names)}) is reclaimed by {describe(preemptor)}: "
+            f"{reclaim}. It{reclaimed[2:]}"
+        )
+    else:
+        message = f"Reservation #{victim.pk} ({', '.join(gpu_names)}) is preempted by {describe(preemptor)}: {reclaimed}"
     if rebook is not None:
         message += f" Rebooked as #{rebook.pk}{' (borrowed)' if rebook.borrowed else ''} for {utc_window(rebook.start, rebook.end)}" + (
             "; the job resumes there from its checkpoint." if job is not None else "."

@@ -219,7 +219,7 @@ def test_a_team_within_its_quota_takes_borrowed_gpus_back_at_normal_priority_wit
     assert (victim.end, victim.preempted_by_id, victim.reclaim_at) == (at(12), response.json()["id"], at(12))
     notice = Notice.objects.get(user=outsider, kind="preemption_warning")
     assert "Borrowed reservation" in notice.message and "team Vision is within its quota" in notice.message
-    assert "2 GPU-h of 40 GPU-h in week 2030-W02" in notice.message
+    assert "(2 of 40 GPU-h in week 2030-W02) and takes borrowed GPUs back. Its GPUs are reclaimed at 2030-01-07 12:00 UTC" in notice.message
     assert notice.data["reclaimed_by_team"] == "vision" and notice.data["borrowed"] is True
     rebook = Reservation.objects.get(rebook_of=victim)
     assert rebook.borrowed is True and rebook.preemptible is True  # it stays borrowed
