@@ -41,9 +41,12 @@ def test_the_quota_read_without_a_lock_is_the_one_the_booking_reads_under_it(
     read = selectors.team_quota(team.pk, start, end)
 
     assert by_pk(read) == by_pk(locked)
-    assert read.weight == 3 and len(read.booked) == 4
-    assert next_week.pk in {b.pk for b in read.booked}
-    assert {b.pk: b.end for b in read.booked}[cancelled.pk] == NEXT_SLOT + SLOT / 2
+    this_week, next_week_start = NEXT_SLOT - timedelta(hours=10), NEXT_SLOT + timedelta(days=7, hours=-10)
+    # In quota 8; borrowed 2 and the cancelled booking's hour; next week 2 in quota (there is room).
+    assert read.weight == 3 and read.week_hours == {this_week: (8, 3), next_week_start: (2, 0)}
+    assert [b.pk for b in read.booked] == [next_week.pk]  # the one overlapping the window
+    held = {b.pk: b.end for b in selectors.team_quota(team.pk, NEXT_SLOT, NEXT_SLOT + SLOT).booked}
+    assert held[cancelled.pk] == NEXT_SLOT + SLOT / 2
     assert selectors.team_quota(other_team.pk, start, end) is None
 
 
