@@ -259,7 +259,7 @@ def _move_or_cancel(victim, preemptor, before, booking, reclaim=""):
         window = window if borrowed is not None else None
     taken = f"its GPUs were taken by {describe(preemptor)} for {utc_window(preemptor.start, preemptor.end)}"
     if reclaim:
-        taken += f" ({reclaim})"
+        taken += f": {reclaim}"
     if window is not None:
         victim.start, victim.end = window.start, window.end
         victim.borrowed = borrowed
@@ -273,7 +273,7 @@ def _move_or_cancel(victim, preemptor, before, booking, reclaim=""):
         )
         kind = Notice.Kind.MOVED
         message = (
-            f"Reservation #{victim.pk} had not begun; {taken}. It is moved to "
+            f"{'Borrowed r' if victim.borrowed else 'R'}eservation #{victim.pk} had not begun; {taken}. It is moved to "
             f"{utc_window(window.start, window.end)} on {', '.join(_gpu_names(window.gpus))}"
             + (" as borrowed time." if borrowed else ".")
         )
@@ -285,7 +285,7 @@ def _move_or_cancel(victim, preemptor, before, booking, reclaim=""):
             job_reason=f"Reservation preempted by #{preemptor.pk} before it began.",
         )
         kind = Notice.Kind.CANCELLED
-        message = f"Reservation #{victim.pk} had not begun; {taken}. It is cancelled ({why})."
+        message = f"{'Borrowed r' if victim.borrowed else 'R'}eservation #{victim.pk} had not begun; {taken}. It is cancelled ({why})."
     notice_send(
         user=victim.user, kind=kind, reservation=victim, message=message, audited=True, actor=booking.actor,
         data={
