@@ -379,8 +379,9 @@ def rebook_window(windows, own_node_ids, node_of):
 # (locks.lock_team_quota), then ask quota_excess() below.
 
 _WEEK = timedelta(days=7)
-# Statuses whose booked time counts against a quota, as booked (ended, released early or cut by a
-# preemption: its `end` says how far). A cancelled booking counts up to its cancellation.
+# Statuses whose booked time was held, and counts against a quota (and as "booked" in the usage
+# report), as booked: ended, released early or cut by a preemption, its `end` says how far. A
+# cancelled booking counts against a quota up to its cancellation; a waitlisted request never held any.
 COUNTED_STATUSES = (
     Reservation.Status.CONFIRMED, Reservation.Status.ACTIVE, Reservation.Status.COMPLETED, Reservation.Status.PREEMPTED,
 )

@@ -18,11 +18,6 @@ from .used import duration, seconds, used_gpu_seconds, work_relations
 USAGE_MAX_PERIOD = timedelta(days=366)
 USAGE_DEFAULT_PERIOD = timedelta(days=30)
 
-# Bookings whose time was held (and so "booked"): what a waitlisted request wished for and a
-# cancelled booking's time were never held (Allocation.live says the same).
-_HELD = (Reservation.Status.CONFIRMED, Reservation.Status.ACTIVE, Reservation.Status.COMPLETED,
-         Reservation.Status.PREEMPTED)
-
 
 def usage_period(*, start=None, end=None, now):
     """The report's period [start, end): by default the 30 days up to `now`; a BookingError names
@@ -100,7 +95,7 @@ def _team_row():
 
 def _add_bookings(rows, start, end, now):
     """Booked, borrowed and used GPU-hours, bookings and no-shows, from the held bookings (one query)."""
-    held = Reservation.objects.filter(policy.overlapping(start, end), status__in=_HELD)
+    held = Reservation.objects.filter(policy.overlapping(start, end), status__in=policy.COUNTED_STATUSES)
     in_period = seconds(Greatest(F("start"), Value(start)), Least(F("end"), Value(end))) * F("gpu_count")
     aggregates = {
         "booked": Sum(in_period),
