@@ -272,6 +272,8 @@ class Reservation(models.Model):
             models.Index(fields=["end"], name="reservation_end"),
             # A team's bookings in a week (quotas, fair share): bounded by start (policy.longest_booking).
             models.Index(fields=["team", "start"], name="reservation_team_start"),
+            # A person's bookings, in start order (My bookings, the API's ?user=), without reading them all.
+            models.Index(fields=["user", "start"], name="reservation_user_start"),
         ]
 
     def __str__(self):
@@ -429,6 +431,11 @@ class Notice(models.Model):
 
     class Meta:
         ordering = ["-created", "-id"]
+        indexes = [
+            # The unread-notices banner on every page reads only these: a person's read notices
+            # (all but a few, after a year) are never scanned for it.
+            models.Index(fields=["user", "-created"], condition=Q(read_at=None), name="notice_unread"),
+        ]
 
     def __str__(self):
         return f"{self.kind} for {self.user}"

@@ -6,6 +6,8 @@ from bisect import bisect_right
 from collections import defaultdict
 from dataclasses import dataclass
 
+from django.db.models import Q
+
 from .. import policy
 from ..models import GPU, Allocation, Reservation
 
@@ -18,11 +20,17 @@ class Window:
 
 
 def overlapping_allocations(gpu_ids, start, end, *, exclude_reservation=None):
-    """Live allocations on any of `gpu_ids` that overlap [start, end), bare: for an existence check."""
-    qs = Allocation.objects.filter(policy.overlapping(start, end), gpu_id__in=gpu_ids, live=True)
+    """Live allocations on any of `gpu_ids` that overlap [start, end), bare: for an existence check.
+    Bounded by start (one overlapping [start, end) starts after start - policy.longest_booking()), so
+    the index on (gpu, start, end) reads the window, never the GPU's history."""
+    qs = Allocation.objects.filter(_overlapping_bounded(start, end), gpu_id__in=gpu_ids, live=True)
     if exclude_reservation is not None:
         qs = qs.exclude(reservation_id=exclude_reservation)
     return qs
+
+
+def _overlapping_bounded(start, end):
+    return policy.overlapping(start, end) & Q(start__gt=start - policy.longest_booking())
 
 
 def conflicting_allocations(gpu_ids, start, end, *, exclude_reservation=None):
@@ -144,7 +152,7 @@ def preemption_candidate(*, priority, start, end, gpu_count, allow_multi_node=Fa
     bookings, on the node that evicts the fewest."""
     gpus = list(GPU.objects.filter(healthy=True).select_related("node").order_by("id"))
     holders, blocked = defaultdict(set), set()
-    rows = Allocation.objects.filter(policy.overlapping(start, end), live=True).values_list(
+    rows = Allocation.objects.filter(_overlapping_bounded(start, end), live=True).values_list(
         "gpu_id", "reservation_id", "reservation__priority", "reservation__preemptible", "reservation__borrowed"
     )
     for gpu_id, reservation_id, victim_priority, victim_preemptible, victim_borrowed in rows:

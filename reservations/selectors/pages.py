@@ -69,13 +69,11 @@ def calendar_bookings(*, start, end, gpu_ids):
     """The bookings holding any of `gpu_ids` during [start, end), as plain rows of what the calendar
     shows (the feed serves hundreds at a time: no model instances), each with its "gpus".
 
-    The allocations are read through their (gpu, start, end) index over the window only: a booking
-    overlapping it starts after start - policy.longest_booking(), so the cost grows with the window
-    and not with the history."""
+    The allocations are read through their (gpu, start, end) index over the window only
+    (overlapping_allocations), so the cost grows with the window and not with the history."""
     held = defaultdict(list)
     rows = (
         overlapping_allocations(gpu_ids, start, end)
-        .filter(start__gt=start - policy.longest_booking())
         .order_by("gpu_id")
         .values_list("reservation_id", "gpu_id")
     )
