@@ -5,6 +5,7 @@ form only parses and names the field that is wrong."""
 from datetime import datetime, time, timedelta, timezone as dt_timezone
 
 from django import forms
+from django.forms.models import ModelChoiceIterator
 from django.conf import settings
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError as APIValidationError
@@ -20,6 +21,36 @@ class GPUChoiceField(forms.ModelMultipleChoiceField):
     def label_from_instance(self, gpu):
         health = "" if gpu.healthy else " (unhealthy)"
         return f"{gpu.name} · {gpu.model}{health}"
+
+
+class _RecentChoices(ModelChoiceIterator):
+    """The first `field.offered` rows of the field's queryset, and the chosen one if it is older."""
+
+    def __iter__(self):
+        if self.field.empty_label is not None:
+            yield ("", self.field.empty_label)
+        shown = set()
+        for obj in self.queryset[: self.field.offered]:
+            shown.add(obj.pk)
+            yield self.choice(obj)
+        chosen = str(self.field.chosen or "")
+        if chosen.isascii() and chosen.isdigit() and len(chosen) < 19 and int(chosen) not in shown:
+            obj = self.queryset.filter(pk=int(chosen)).first()
+            if obj is not None:
+                yield self.choice(obj)
+
+    def __len__(self):
+        return self.field.offered + 2
+
+
+class RecentChoiceField(forms.ModelChoiceField):
+    """A choice of rows from a list that grows for years (a team's jobs): any row of the queryset is
+    accepted, only the `offered` first are listed (and the one chosen), so the page costs the same
+    in its third year as in its first."""
+
+    iterator = _RecentChoices
+    offered = 50
+    chosen = None
 
 
 class BookingWindowForm(forms.Form):
@@ -158,7 +189,7 @@ class BookingForm(BookingWindowForm):
     # A GPU's sizes until a GPU is chosen; then the chosen device's (calendar.js, trainer.spec.suggested_size).
     imgsz = forms.IntegerField(label="Image size", min_value=32, max_value=8192, initial=GPU_SIZE.imgsz, required=False)
     batch = forms.IntegerField(label="Batch", min_value=1, max_value=4096, initial=GPU_SIZE.batch, required=False)
-    resume_from = forms.ModelChoiceField(
+    resume_from = RecentChoiceField(
         queryset=TrainingJob.objects.none(), label="Resume from", required=False, empty_label="— a new run —"
     )
     # The models to serve, when `serve` is ticked: names of the team's registry ("defects" is its
@@ -178,14 +209,16 @@ class BookingForm(BookingWindowForm):
         super().__init__(*args, user=user, **kwargs)
         if not user.has_perm("reservations.book_high_priority"):
             self.fields["priority"].choices = [c for c in Reservation.Priority.choices if c[0] != "high"]
-        # My earlier jobs, and my teams', that left a checkpoint to resume from.
-        self.fields["resume_from"].queryset = (
-            TrainingJob.objects.filter(reservation__team__memberships__user=user)
+        # My teams' jobs that left a checkpoint to resume from: any of them is accepted, the most
+        # recent are offered (and the one chosen, e.g. from a booking page's "resume" link).
+        resume = self.fields["resume_from"]
+        resume.queryset = (
+            TrainingJob.objects.filter(reservation__team__in=Team.objects.filter(memberships__user=user))
             .exclude(checkpoint="")
             .select_related("reservation")
-            .order_by("-created")
-            .distinct()
+            .order_by("-created", "-id")
         )
+        resume.chosen = self.data.get("resume_from") if self.is_bound else self.initial.get("resume_from")
         self.fields["serve_models"].choices = servable_models(user)
         self.fields["resume_from"].label_from_instance = lambda job: (
             f"job {job.pk}: {job.reservation.title or 'untitled'} (epoch {job.checkpoint_epoch or job.epoch} of {job.epochs})"

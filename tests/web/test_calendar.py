@@ -9,12 +9,15 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from reservations.models import GPU, AuditEntry, Membership, Node, Reservation
 from reservations.services import Device, node_register
 from serving.models import Model, ModelVersion, Serving
 from trainer.models import TrainingJob
+from web.forms import BookingForm, RecentChoiceField
 from web.selectors import servable_models
 
 from ..support import FROZEN_NOW, NEXT_SLOT, SLOT, book, make_user, page_client
@@ -591,3 +594,47 @@ def test_a_model_name_two_of_your_teams_use_is_one_choice_naming_both(owner, oth
     assert list(choices) == ["defects", "defects:2", "defects:1"]
     assert choices["defects"] == f"defects (latest: version 2) · {', '.join(sorted([defects.team.slug, other_team.slug]))}"
     assert choices["defects:2"] == f"defects version 2 · {defects.team.slug}"
+
+
+def past_jobs(user, count, first_id=0):
+    """`count` jobs with checkpoints, each of a past booking of the user's team (one job a booking),
+    oldest first."""
+    team = user.teams.get()
+    start = FROZEN_NOW - timedelta(days=400)
+    bookings = Reservation.objects.bulk_create(
+        Reservation(user=user, team=team, start=start + i * SLOT, end=start + (i + 1) * SLOT, gpu_count=1,
+                    status=Reservation.Status.COMPLETED)
+        for i in range(first_id, first_id + count)
+    )
+    return [
+        TrainingJob.objects.create(reservation=r, spec={}, epochs=5, checkpoint=f"/x/{r.pk}.pt", checkpoint_epoch=1)
+        for r in bookings
+    ]
+
+
+def test_the_resume_list_offers_the_recent_jobs_and_the_chosen_one_and_accepts_any(owner, cluster):
+    jobs = past_jobs(owner, RecentChoiceField.offered + 10)
+    oldest, newest = jobs[0], jobs[-1]
+
+    html = page_client(owner).get("/").content.decode()
+    chosen = page_client(owner).get(f"/?resume={oldest.pk}").content.decode()
+    form = BookingForm(data={"resume_from": str(oldest.pk)}, user=owner)
+    form.is_valid()
+
+    listed = re.findall(r'<option value="(\d+)"[^>]*>job ', html)
+    assert len(listed) == RecentChoiceField.offered and listed[0] == str(newest.pk)
+    assert str(oldest.pk) not in listed
+    assert re.search(rf'<option value="{oldest.pk}" selected>job {oldest.pk}:', chosen)
+    assert "resume_from" not in form.errors and form.cleaned_data["resume_from"] == oldest
+
+
+def test_the_calendar_page_costs_the_same_queries_with_many_jobs(owner, cluster):
+    def queries():
+        with CaptureQueriesContext(connection) as captured:
+            assert page_client(owner).get("/").status_code == 200
+        return len(captured)
+
+    past_jobs(owner, 10)
+    few = queries()
+    past_jobs(owner, 200, first_id=10)
+    assert queries() == few
