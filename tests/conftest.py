@@ -11,9 +11,10 @@ import sys
 
 import pytest
 import time_machine
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.core.cache import cache
-from django.test import override_settings
+from django.test import Client, override_settings
 
 from reservations.models import Membership, Team
 from reservations.services import Device, node_register
@@ -117,6 +118,16 @@ def outsider(other_team):
 @pytest.fixture
 def staff(db):
     return make_user("staff", None, is_staff=True)
+
+
+@pytest.fixture
+def admin_client(db):
+    """A superuser signed in to the admin (`client.user` is who)."""
+    admin = get_user_model().objects.create_superuser("root", "root@example.com", "pw")
+    client = Client()
+    client.force_login(admin)
+    client.user = admin
+    return client
 
 
 @pytest.fixture

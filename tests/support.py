@@ -17,6 +17,7 @@ from rest_framework.test import APIClient
 
 from reservations import services
 from reservations.models import Membership
+from trainer.models import TrainingJob
 
 # The `frozen` fixture stops the clock at FROZEN_NOW (a Monday, 09:17 UTC), so the next slot
 # boundary is always NEXT_SLOT.
@@ -63,6 +64,14 @@ def book(user, gpus, *, start=NEXT_SLOT, slots=1, **kwargs):
     """Book through the service, as the API would, for test set-up."""
     return services.reservation_create(
         user=user, gpu_ids=[g.pk for g in gpus], start=start, slots=slots, now=timezone.now(), **kwargs
+    )
+
+
+def job_ran(reservation, started_at, ended_at=None, status="completed"):
+    """A training job as the node agent reports it: when training began and ended."""
+    return TrainingJob.objects.create(
+        reservation=reservation, spec={"model": "yolov8n.yaml", "data": "/d/data.yaml", "epochs": 5},
+        epochs=5, status=status, spawned_at=started_at, started_at=started_at, ended_at=ended_at,
     )
 
 

@@ -1,6 +1,4 @@
 import pytest
-from django.contrib.auth import get_user_model
-from django.test import Client
 
 from reservations import services
 from reservations.models import AuditEntry, Reservation
@@ -8,15 +6,6 @@ from reservations.models import AuditEntry, Reservation
 from ..support import NEXT_SLOT, SLOT, book
 
 pytestmark = pytest.mark.usefixtures("frozen")
-
-
-@pytest.fixture
-def admin_client(db):
-    admin = get_user_model().objects.create_superuser("root", "root@example.com", "pw")
-    client = Client()
-    client.force_login(admin)
-    client.user = admin
-    return client
 
 
 def add_form(owner, team, gpus, **extra):

@@ -2,8 +2,6 @@
 one `quota_change` audit entry with the admin as actor (and no generic admin entry beside it)."""
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.test import Client
 
 from reservations import services
 from reservations.models import AuditEntry, TeamQuota
@@ -11,15 +9,6 @@ from reservations.models import AuditEntry, TeamQuota
 from ..support import text_of
 
 ADD = "/admin/reservations/teamquota/add/"
-
-
-@pytest.fixture
-def admin_client(db):
-    admin = get_user_model().objects.create_superuser("root", "root@example.com", "pw")
-    client = Client()
-    client.force_login(admin)
-    client.user = admin
-    return client
 
 
 def quota_form(**values):

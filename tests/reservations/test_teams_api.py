@@ -11,23 +11,14 @@ from django.test.utils import CaptureQueriesContext
 
 from reservations import services
 from reservations.models import Team
-from trainer.models import TrainingJob
 
-from ..support import book, client_for, make_user
+from ..support import book, client_for, job_ran, make_user
 
 URL = "/api/v1/teams/"
 
 
 def at(day, hour, minute=0):
     return datetime(2030, 1, day, hour, minute, tzinfo=dt_timezone.utc)
-
-
-def ran(reservation, started_at, ended_at=None, status="completed"):
-    """A training job as the node agent reports it: when training began and ended."""
-    return TrainingJob.objects.create(
-        reservation=reservation, spec={"model": "yolov8n.yaml", "data": "/d/data.yaml", "epochs": 5},
-        epochs=5, status=status, spawned_at=started_at, started_at=started_at, ended_at=ended_at,
-    )
 
 
 @pytest.fixture
@@ -52,9 +43,9 @@ def week(cluster, team, owner, outsider, staff, frozen):
     frozen.move_to(at(7, 11))
     services.reservation_cancel(reservation_id=cancelled.pk, actor=owner, reason="Not needed after all.")
     frozen.move_to(at(8, 12))
-    ran(trained, at(8, 10, 30), at(8, 12))
+    job_ran(trained, at(8, 10, 30), at(8, 12))
     frozen.move_to(at(9, 10))
-    ran(borrowed, at(9, 10), status="running")
+    job_ran(borrowed, at(9, 10), status="running")
     frozen.move_to(at(9, 11))
 
 

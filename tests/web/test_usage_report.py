@@ -12,7 +12,7 @@ from reservations import selectors, services
 from reservations.errors import BookingError
 from trainer.models import TrainingJob
 
-from ..support import book, client_for, page_client, text_of
+from ..support import book, client_for, job_ran, page_client, text_of
 
 URL = "/api/v1/reports/usage/"
 PAGE = "/reports/usage/"
@@ -21,14 +21,6 @@ DAY = "start=2030-01-07T00:00:00Z&end=2030-01-08T00:00:00Z"
 
 def at(hour, minute=0):
     return datetime(2030, 1, 7, hour, minute, tzinfo=dt_timezone.utc)
-
-
-def ran(reservation, started_at, ended_at=None, status="completed"):
-    """A training job as the node agent reports it: when training began and ended."""
-    return TrainingJob.objects.create(
-        reservation=reservation, spec={"model": "yolov8n.yaml", "data": "/d/data.yaml", "epochs": 5},
-        epochs=5, status=status, spawned_at=started_at, started_at=started_at, ended_at=ended_at,
-    )
 
 
 @pytest.fixture
@@ -56,18 +48,18 @@ def day(cluster, owner, teammate, outsider, high_booker, frozen):
 
     frozen.move_to(at(11))
     services.reservation_cancel(reservation_id=cancelled.pk, actor=outsider, reason="Plans changed.")
-    ran(trained, at(11), at(12, 30))
+    job_ran(trained, at(11), at(12, 30))
 
     frozen.move_to(at(12, 30))
     assert services.reservation_release_early(reservation_id=trained.pk, reason="Job finished.", now=at(12, 30))
 
     frozen.move_to(at(13))
-    job = ran(victim, at(12, 10), status="running")
+    job = job_ran(victim, at(12, 10), status="running")
     preemptor = book(high_booker, n2[1:2], start=at(14), priority="high", title="urgent")
     TrainingJob.objects.filter(pk=job.pk).update(status="interrupted", ended_at=at(14, 5))
 
     frozen.move_to(at(14, 30))
-    ran(preemptor, at(14, 30), status="running")  # still running: counted up to now, within its window
+    job_ran(preemptor, at(14, 30), status="running")  # still running: counted up to now, within its window
     frozen.move_to(at(18))
 
 
