@@ -1,7 +1,9 @@
 """Product metrics read from the database at scrape time: one cheap query per family.
 
-They are gauges of what the database holds (and counters where it only ever grows, like the audit
-log), so every web worker reports the same numbers and nothing needs adding up across processes.
+They are gauges of what the database holds, so every web worker reports the same numbers and
+nothing needs adding up across processes. Every query is bounded by a window (the last 24 hours and
+7 days, WINDOWS) or by what is open now, never by the size of a table: a scrape costs the same with
+years of history as on day one (bench/history.py).
 """
 
 import logging
@@ -10,9 +12,9 @@ from datetime import timedelta
 from django.db import DatabaseError
 from django.db.models import Count, Q
 from django.utils import timezone
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 
-from reservations import selectors
+from reservations import policy, selectors
 from reservations.models import Allocation, AuditEntry, Node, Notice, Reservation, Team
 from trainer.models import TrainingJob
 
@@ -47,12 +49,12 @@ class DatabaseCollector:
         up = GaugeMetricFamily("gpu_scheduler_database_up", "1 when the database answered this scrape's queries.")
         try:
             families = [
-                *self._bookings(),
+                *self._bookings(now),
                 *self._gpu_hours(now),
-                self._preemptions(),
-                self._jobs(),
+                self._preemptions(now),
+                self._jobs(now),
                 self._heartbeats(now),
-                self._notices(),
+                self._notices(now),
                 *self._team_quotas(now),
             ]
         except DatabaseError:
@@ -64,13 +66,17 @@ class DatabaseCollector:
         yield up
         yield from families
 
-    def _bookings(self):
+    def _bookings(self, now):
         bookings = GaugeMetricFamily(
-            "gpu_scheduler_bookings", "Bookings by status and priority.", labels=["status", "priority"]
+            "gpu_scheduler_bookings",
+            "Bookings by status and priority: the open ones (waitlisted, confirmed, active), and the others "
+            "whose end is within the last 7 days or later.",
+            labels=["status", "priority"],
         )
         waitlist = GaugeMetricFamily("gpu_scheduler_waitlist_length", "Waitlisted requests.")
         counts = {(s, p): 0 for s in Reservation.Status.values for p in Reservation.Priority.values}
-        for row in Reservation.objects.order_by().values("status", "priority").annotate(n=Count("id")):
+        shown = Q(status__in=Reservation.OPEN_STATUSES) | Q(end__gte=now - WINDOWS["7d"])
+        for row in Reservation.objects.filter(shown).order_by().values("status", "priority").annotate(n=Count("id")):
             counts[row["status"], row["priority"]] = row["n"]
         for (status, priority), n in sorted(counts.items()):
             bookings.add_metric([status, priority], n)
@@ -90,7 +96,9 @@ class DatabaseCollector:
             labels=["window"],
         )
         held = list(
-            Allocation.objects.filter(live=True, start__lt=now, end__gt=since).values_list("start", "end")
+            # No booking is longer than longest_booking: the lower bound on start keeps the read to the window.
+            Allocation.objects.filter(live=True, start__lt=now, end__gt=since, start__gt=since - policy.longest_booking())
+            .values_list("start", "end")
         )
         runs = list(
             TrainingJob.objects.filter(started_at__lt=now)
@@ -109,30 +117,38 @@ class DatabaseCollector:
             )
         return booked, used
 
-    def _preemptions(self):
-        family = CounterMetricFamily(
+    def _preemptions(self, now):
+        family = GaugeMetricFamily(
             "gpu_scheduler_preemptions",
-            "Preemption steps from the audit log: scheduled (a victim warned), reclaimed (its GPUs taken), "
-            "rebooked (its rest booked again), withdrawn (the preemptor went away first).",
-            labels=["outcome"],
+            "Preemption steps in the audit log over the last window: scheduled (a victim warned), reclaimed "
+            "(its GPUs taken), rebooked (its rest booked again), withdrawn (the preemptor went away first).",
+            labels=["outcome", "window"],
         )
-        counts = dict.fromkeys(PREEMPTION_OUTCOMES.values(), 0)
+        since = now - max(WINDOWS.values())
         rows = (
-            AuditEntry.objects.filter(action__in=list(PREEMPTION_OUTCOMES))
+            AuditEntry.objects.filter(action__in=list(PREEMPTION_OUTCOMES), created__gte=since, created__lte=now)
             .order_by()
             .values_list("action")
-            .annotate(n=Count("id"))
+            .annotate(**{window: Count("id", filter=Q(created__gte=now - length)) for window, length in WINDOWS.items()})
         )
-        for action, n in rows:
-            counts[PREEMPTION_OUTCOMES[action]] = n
-        for outcome, n in counts.items():
-            family.add_metric([outcome], n)
+        counts = {action: dict.fromkeys(WINDOWS, 0) for action in PREEMPTION_OUTCOMES}
+        for action, *numbers in rows:
+            counts[action] = dict(zip(WINDOWS, numbers))
+        for action, outcome in PREEMPTION_OUTCOMES.items():
+            for window in WINDOWS:
+                family.add_metric([outcome, window], counts[action][window])
         return family
 
-    def _jobs(self):
-        family = GaugeMetricFamily("gpu_scheduler_jobs", "Training jobs by status.", labels=["status"])
+    def _jobs(self, now):
+        family = GaugeMetricFamily(
+            "gpu_scheduler_jobs",
+            "Training jobs by status: those not finished, and the finished ones that ended in the last 7 days.",
+            labels=["status"],
+        )
+        unfinished = [status for status in TrainingJob.Status.values if status not in TrainingJob.FINISHED]
+        shown = Q(status__in=unfinished) | Q(ended_at__gte=now - WINDOWS["7d"])
         counts = dict.fromkeys(TrainingJob.Status.values, 0)
-        counts.update(TrainingJob.objects.order_by().values_list("status").annotate(n=Count("id")))
+        counts.update(TrainingJob.objects.filter(shown).order_by().values_list("status").annotate(n=Count("id")))
         for status, n in counts.items():
             family.add_metric([status], n)
         return family
@@ -147,21 +163,27 @@ class DatabaseCollector:
             family.add_metric([hostname], max((now - last).total_seconds(), 0.0))
         return family
 
-    def _notices(self):
+    def _notices(self, now):
         family = GaugeMetricFamily(
             "gpu_scheduler_notice_deliveries",
-            "Notices delivered outside the app, by channel, and webhook deliveries that failed (an error on "
-            "record: retrying, or given up).",
-            labels=["channel", "result"],
+            "Notices written in the last window and delivered outside the app, by channel, and webhook "
+            "deliveries that failed (an error on record: retrying, or given up).",
+            labels=["channel", "result", "window"],
         )
-        totals = Notice.objects.aggregate(
-            emailed=Count("id", filter=~Q(emailed_at=None)),
-            webhook_delivered=Count("id", filter=~Q(webhook_delivered_at=None)),
-            webhook_failed=Count("id", filter=Q(webhook_delivered_at=None) & ~Q(webhook_error="")),
-        )
-        family.add_metric(["email", "delivered"], totals["emailed"])
-        family.add_metric(["webhook", "delivered"], totals["webhook_delivered"])
-        family.add_metric(["webhook", "failed"], totals["webhook_failed"])
+        kinds = {
+            ("email", "delivered"): ~Q(emailed_at=None),
+            ("webhook", "delivered"): ~Q(webhook_delivered_at=None),
+            ("webhook", "failed"): Q(webhook_delivered_at=None) & ~Q(webhook_error=""),
+        }
+        aggregates = {
+            f"{channel}_{result}_{window}": Count("id", filter=which & Q(created__gte=now - length))
+            for (channel, result), which in kinds.items()
+            for window, length in WINDOWS.items()
+        }
+        totals = Notice.objects.filter(created__gte=now - max(WINDOWS.values())).aggregate(**aggregates)
+        for channel, result in kinds:
+            for window in WINDOWS:
+                family.add_metric([channel, result, window], totals[f"{channel}_{result}_{window}"])
         return family
 
     def _team_quotas(self, now):

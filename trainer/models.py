@@ -51,6 +51,8 @@ class TrainingJob(models.Model):
 
     class Meta:
         ordering = ["-created", "-id"]
+        # /metrics reads the jobs that ended in its window (ops.collectors), whatever the history.
+        indexes = [models.Index(fields=["ended_at"], name="trainingjob_ended_at")]
 
     def __str__(self):
         return f"job {self.pk} ({self.status})"

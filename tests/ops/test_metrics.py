@@ -14,6 +14,7 @@ import requests
 from django.conf import settings
 from django.db import connection
 from django.test import Client
+from django.utils import timezone
 from prometheus_client import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
@@ -197,11 +198,40 @@ def test_a_preemption_and_its_notices_show_in_the_preemption_and_delivery_counts
 
     found = scraped()
 
-    assert value(found, "gpu_scheduler_preemptions_total", outcome="scheduled") == 1
-    assert value(found, "gpu_scheduler_preemptions_total", outcome="reclaimed") == 0
-    assert value(found, "gpu_scheduler_notice_deliveries", channel="email", result="delivered") == 1
-    assert value(found, "gpu_scheduler_notice_deliveries", channel="webhook", result="failed") == 1
-    assert value(found, "gpu_scheduler_notice_deliveries", channel="webhook", result="delivered") == 0
+    for window in ("24h", "7d"):
+        assert value(found, "gpu_scheduler_preemptions", outcome="scheduled", window=window) == 1
+        assert value(found, "gpu_scheduler_preemptions", outcome="reclaimed", window=window) == 0
+        assert value(found, "gpu_scheduler_notice_deliveries", channel="email", result="delivered", window=window) == 1
+        assert value(found, "gpu_scheduler_notice_deliveries", channel="webhook", result="failed", window=window) == 1
+        assert value(found, "gpu_scheduler_notice_deliveries", channel="webhook", result="delivered", window=window) == 0
+    # Two days on, the day's window has left them behind and the week's still holds them.
+    later = scraped(now=timezone.now() + timedelta(days=2))
+    assert value(later, "gpu_scheduler_preemptions", outcome="scheduled", window="24h") == 0
+    assert value(later, "gpu_scheduler_preemptions", outcome="scheduled", window="7d") == 1
+    assert value(later, "gpu_scheduler_notice_deliveries", channel="email", result="delivered", window="24h") == 0
+    assert value(later, "gpu_scheduler_notice_deliveries", channel="email", result="delivered", window="7d") == 1
+
+
+@pytest.mark.usefixtures("frozen")
+def test_finished_bookings_and_jobs_leave_the_gauges_a_week_after_their_end_and_open_ones_stay(cluster, owner):
+    """What a scrape reads is bounded by its window: history older than a week is not recounted."""
+    finished = book(owner, cluster["node1"][:1])  # 10:00-12:00
+    TrainingJob.objects.create(reservation=finished, spec={}, epochs=1, status=TrainingJob.Status.COMPLETED,
+                               started_at=NEXT_SLOT, ended_at=NEXT_SLOT + timedelta(hours=1))
+    Reservation.objects.filter(pk=finished.pk).update(status=Reservation.Status.COMPLETED)
+    waiting = book(owner, cluster["node1"][1:2], start=NEXT_SLOT + timedelta(hours=2))
+    TrainingJob.objects.create(reservation=waiting, spec={}, epochs=1)  # queued
+
+    within = scraped(now=NEXT_SLOT + timedelta(days=6))
+    beyond = scraped(now=NEXT_SLOT + timedelta(days=8))
+
+    assert value(within, "gpu_scheduler_bookings", status="completed", priority="normal") == 1
+    assert value(within, "gpu_scheduler_jobs", status="completed") == 1
+    assert value(beyond, "gpu_scheduler_bookings", status="completed", priority="normal") == 0
+    assert value(beyond, "gpu_scheduler_jobs", status="completed") == 0
+    # Open bookings and unfinished jobs count whenever they began.
+    assert value(beyond, "gpu_scheduler_bookings", status="confirmed", priority="normal") == 1
+    assert value(beyond, "gpu_scheduler_jobs", status="queued") == 1
 
 @pytest.mark.usefixtures("frozen")
 def test_each_teams_quota_and_what_it_booked_and_borrowed_this_quota_week_show_on_a_scrape(
