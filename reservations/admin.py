@@ -274,6 +274,27 @@ class ReservationChangeForm(ServiceForm):
         )
 
 
+class EstimatedCountPaginator(Paginator):
+    """Pages of a table that grows for years (the audit log): past ESTIMATE_ABOVE rows the count is
+    PostgreSQL's estimate for the list's query (its plan's rows, what EXPLAIN says without running
+    it), so that showing a page never counts millions of entries; exact below that, and on SQLite."""
+
+    ESTIMATE_ABOVE = 10_000
+
+    @cached_property
+    def count(self):
+        queryset = self.object_list
+        if connection.vendor == "postgresql":
+            sql, params = queryset.query.sql_with_params()
+            with connection.cursor() as cursor:
+                cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
+                plan = cursor.fetchone()[0]
+            estimate = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"]
+            if estimate > self.ESTIMATE_ABOVE:
+                return int(estimate)
+        return Paginator.count.func(self)
+
+
 @admin.register(Reservation)
 class ReservationAdmin(admin.ModelAdmin):
     list_display = ["id", "title", "user", "team", "start", "end", "priority", "preemptible", "status"]
@@ -281,7 +302,10 @@ class ReservationAdmin(admin.ModelAdmin):
     list_select_related = ["user", "team"]
     raw_id_fields = ["user"]
     search_fields = ["title", "user__username", "team__slug"]
-    date_hierarchy = "start"
+    # No date_hierarchy (its links come from a DISTINCT over every booking's dates) and no full
+    # count: years of bookings; the date filter picks a day, week, month or year.
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
     actions = ["cancel_selected"]
 
     @csrf_protect_m
@@ -389,27 +413,6 @@ class CreatedBetweenFilter(admin.ListFilter):
             "to": self.used_parameters.get("created_to", ""),
             "others": [(k, v) for k, v in changelist.params.items() if k not in self.parameters],
         }
-
-
-class EstimatedCountPaginator(Paginator):
-    """Pages of a table that grows for years (the audit log): past ESTIMATE_ABOVE rows the count is
-    PostgreSQL's estimate for the list's query (its plan's rows, what EXPLAIN says without running
-    it), so that showing a page never counts millions of entries; exact below that, and on SQLite."""
-
-    ESTIMATE_ABOVE = 10_000
-
-    @cached_property
-    def count(self):
-        queryset = self.object_list
-        if connection.vendor == "postgresql":
-            sql, params = queryset.query.sql_with_params()
-            with connection.cursor() as cursor:
-                cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
-                plan = cursor.fetchone()[0]
-            estimate = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"]
-            if estimate > self.ESTIMATE_ABOVE:
-                return int(estimate)
-        return Paginator.count.func(self)
 
 
 class StaffActorFilter(admin.RelatedFieldListFilter):
@@ -535,6 +538,9 @@ class NoticeAdmin(admin.ModelAdmin):
     list_filter = ["kind"]
     list_select_related = ["user", "reservation"]
     raw_id_fields = ["user", "reservation"]
+    # A notice a booking's change: years of them; a page of the list, no full count.
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
     readonly_fields = [
         "created", "data", "emailed_at", "email_claimed_at", "email_error",
         "webhook_delivered_at", "webhook_attempts", "webhook_error",
