@@ -6,7 +6,7 @@ the database, next to a fresh one, measured in one run, alternating.
 Needs PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres); recreates the databases
 `gpu_bench_fresh` and `gpu_bench_history` (left behind for inspection; --reuse measures them again
 without building). Both hold the same present: 16 nodes x 4 GPUs, 8 teams with quotas, 64 people,
-this week's bookings (some running jobs, unread notices, their audit entries). The history database
+the bookings of the last 32 days and the next 4 (some with jobs, notices, their audit entries). The history database
 also holds the past before it, written with SQL's generate_series in a few minutes:
 
 - bookings: two-hour slots back to back on every GPU for up to three years (46 live bookings a
@@ -44,6 +44,7 @@ SLOT_HOURS = 2
 YEARS_OF_SLOTS = 3 * 365 * 24 // SLOT_HOURS
 LIVE_PER_SLOT, DOUBLE_PER_SLOT = 46, 18  # 18 x 2 + 28 x 1 = 64 GPUs
 AUDIT_PER_BOOKING = 5
+PRESENT_DAYS = 32  # the present reaches back this far; history ends a day before it
 
 
 # ---- the worker: one Django per database ----------------------------------------------------------
@@ -97,9 +98,10 @@ def inventory():
 
 
 def present():
-    """This week, the same in both databases: on every GPU a booking every 28 hours from three days ago
-    to four days ahead (past ones completed, the current ones active with a running job), unread
-    notices and the audit entries of each; then ANALYZE."""
+    """The present, the same in both databases: on every GPU a booking every 28 hours from PRESENT_DAYS
+    ago to four days ahead (past ones completed, the current ones active with a running job), notices
+    and the audit entries of each; then ANALYZE. Every window a read shows (a week, the usage report's
+    30 days) holds the same bookings in both databases: history only adds what lies before it."""
     from django.contrib.auth import get_user_model
     from django.db import connection
     from django.utils import timezone
@@ -116,7 +118,7 @@ def present():
     teams = list(Team.objects.order_by("pk"))
     rows = []
     for g, gpu in enumerate(gpus):
-        for k in range(-3, 4):
+        for k in range(-PRESENT_DAYS * 24 // 28, 4):
             start = anchor + k * 14 * slot + (g % 7) * slot
             if start <= now < start + 2 * slot:
                 status = Reservation.Status.ACTIVE
@@ -126,7 +128,7 @@ def present():
                 status = Reservation.Status.CONFIRMED
             rows.append((gpu, start, status))
     bookings = Reservation.objects.bulk_create([
-        Reservation(user=people[i % PEOPLE], team=teams[(i % PEOPLE) % TEAMS], title=f"now {i}", start=start,
+        Reservation(user=people[i * 37 % PEOPLE], team=teams[i * 37 % PEOPLE % TEAMS], title=f"now {i}", start=start,
                     end=start + 2 * slot, gpu_count=1, status=status, preemptible=i % 4 == 0, created=start - timedelta(days=1))
         for i, (gpu, start, status) in enumerate(rows)
     ])
@@ -173,7 +175,7 @@ def load():
     now = timezone.now()
     slot = policy.slot_length()
     week = policy.floor_to_slot(now).replace(hour=0)
-    mine = Reservation.objects.filter(user=user, start__gte=week - timedelta(days=3)).order_by("start").first()
+    mine = Reservation.objects.filter(user=user, start__lte=now).order_by("-start").first()
     busy = Reservation.objects.filter(status=Reservation.Status.CONFIRMED, start__gt=now).order_by("start").first()
     busy_gpu = busy.allocations.get().gpu_id
     gpus = list(GPU.objects.order_by("pk").values_list("pk", flat=True))
@@ -259,9 +261,10 @@ def build_history(db, total, ids):
         params = {"n": total, "p": per_slot, "slots": slots, "users": users, "teams": teams, "gpus": gpus,
                   "nodes": nodes, "h": SLOT_HOURS, "live": LIVE_PER_SLOT, "double": DOUBLE_PER_SLOT}
         conn.execute("SET maintenance_work_mem = '512MB'")
-        # The first booking's slot: `slots` two-hour slots before this week's (three days ago at midnight).
+        # The first booking's slot: `slots` two-hour slots before the day before the present.
         t0 = conn.execute(
-            "SELECT date_trunc('day', now()) - interval '4 days' - %(slots)s * interval '2 hours'", params
+            "SELECT date_trunc('day', now()) - %(days)s * interval '1 day' - %(slots)s * interval '2 hours'",
+            {**params, "days": PRESENT_DAYS + 1},
         ).fetchone()[0]
         params["t0"] = t0
         steps = [
