@@ -11,6 +11,7 @@ from .. import jobs, selectors, services
 from ..models import GPU, AuditEntry, Node, Notice
 from .filters import AuditFilter, ReservationFilter
 from .idempotency import idempotent_create
+from .pagination import NewestFirstCursorPagination
 from .serializers import (
     AuditEntrySerializer,
     AvailabilityQuerySerializer,
@@ -161,10 +162,11 @@ class NoticeViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 class AuditViewSet(viewsets.ReadOnlyModelViewSet):
-    """The audit log: staff only, and read-only for everyone."""
+    """The audit log: staff only, and read-only for everyone; keyset pages, newest first."""
 
     queryset = AuditEntry.objects.select_related("actor")
     serializer_class = AuditEntrySerializer
+    pagination_class = NewestFirstCursorPagination
     permission_classes = [permissions.IsAdminUser]
     filterset_class = AuditFilter
 
