@@ -8,7 +8,7 @@ directory (sign-in groups), tokens (API tokens), quota (fair sharing: a booking 
 quota, and quota changes). Callers use the names below.
 """
 
-from .audit import audit_record, snapshot
+from .audit import audit_partitions_ensure, audit_record, snapshot
 from .booking import reservation_create
 from .changes import (
     reservation_cancel,
@@ -42,6 +42,7 @@ __all__ = [
     "DirectoryTeam",
     "api_token_for",
     "api_token_rotate",
+    "audit_partitions_ensure",
     "audit_record",
     "gpu_readings_record",
     "gpu_return_to_service",
