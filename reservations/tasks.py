@@ -29,6 +29,14 @@ def audit_partitions():
     return services.audit_partitions_ensure(months_ahead=settings.AUDIT_PARTITION_MONTHS_AHEAD)
 
 
+@shared_task(name="reservations.tasks.notices_prune")
+def notices_prune():
+    """Daily: read notices older than NOTICE_RETENTION_DAYS go (0: every notice is kept)."""
+    if not settings.NOTICE_RETENTION_DAYS:
+        return 0
+    return services.notices_prune(older_than=timezone.now() - timedelta(days=settings.NOTICE_RETENTION_DAYS))
+
+
 @shared_task(name=queue.RECLAIM)
 def reclaim(reservation_id):
     later = services.reservation_reclaim(reservation_id=reservation_id)

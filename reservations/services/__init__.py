@@ -30,6 +30,7 @@ from .notices import (
     notice_webhook_gave_up,
     notice_webhook_post,
     notices_mark_read,
+    notices_prune,
 )
 from .preemption import preemption_withdraw, reservation_reclaim, reservations_reclaim_due
 from .quota import QUOTA_FIELDS, team_quota_remove, team_quota_set
@@ -55,6 +56,7 @@ __all__ = [
     "notice_webhook_gave_up",
     "notice_webhook_post",
     "notices_mark_read",
+    "notices_prune",
     "preemption_withdraw",
     "reservation_cancel",
     "reservation_create",
