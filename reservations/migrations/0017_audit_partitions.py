@@ -66,7 +66,7 @@ PARTITION_ADD = """
 CREATE FUNCTION reservations_audit_partition_add(month_start date) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET lock_timeout = '5s' AS $$
 DECLARE
-    first_day date := date_trunc('month', month_start)::date;
+    first_day date := date_trunc('month', month_start::timestamp)::date;
     partition_name text := 'reservations_auditentry_' || to_char(first_day, 'YYYY_MM');
     lower_bound timestamptz := first_day::timestamp AT TIME ZONE 'UTC';
     upper_bound timestamptz := (first_day + interval '1 month')::timestamp AT TIME ZONE 'UTC';
