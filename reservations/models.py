@@ -329,7 +329,8 @@ class Allocation(models.Model):
 
 
 class AuditEntry(models.Model):
-    """Append-only record of every change. PostgreSQL also refuses UPDATE and DELETE (migration 0002)."""
+    """Append-only record of every change. PostgreSQL also refuses UPDATE and DELETE (migration 0002),
+    and keeps it partitioned by month of `created` (0017), the append-only trigger on every partition."""
 
     class Action(models.TextChoices):
         CREATE = "create", "Created"

@@ -22,6 +22,21 @@ def tick():
     return {"reclaimed": reclaimed, "advanced": advanced, "promoted": len(promoted)}
 
 
+@shared_task(name="reservations.tasks.audit_partitions")
+def audit_partitions():
+    """Daily: the audit log's partitions for this month and the next AUDIT_PARTITION_MONTHS_AHEAD
+    (PostgreSQL; nothing to do on SQLite)."""
+    return services.audit_partitions_ensure(months_ahead=settings.AUDIT_PARTITION_MONTHS_AHEAD)
+
+
+@shared_task(name="reservations.tasks.notices_prune")
+def notices_prune():
+    """Daily: read notices older than NOTICE_RETENTION_DAYS go (0: every notice is kept)."""
+    if not settings.NOTICE_RETENTION_DAYS:
+        return 0
+    return services.notices_prune(older_than=timezone.now() - timedelta(days=settings.NOTICE_RETENTION_DAYS))
+
+
 @shared_task(name=queue.RECLAIM)
 def reclaim(reservation_id):
     later = services.reservation_reclaim(reservation_id=reservation_id)

@@ -15,6 +15,7 @@ import dj_database_url
 import ldap
 import ldap.dn
 import ldapurl
+from celery.schedules import crontab
 from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 from django_auth_ldap.config import GroupOfNamesType, LDAPSearch, LDAPSearchUnion
@@ -155,6 +156,11 @@ QUOTA_WEEK_OFFSET_MINUTES = (
 FAIR_SHARE_DAYS = env_int("FAIR_SHARE_DAYS", 7, minimum=1)
 # Idempotency records older than this are pruned; a retry after it books again.
 IDEMPOTENCY_TTL_HOURS = env_int("IDEMPOTENCY_TTL_HOURS", 24, minimum=1)
+# Years of history (README "The audit log over the years"): beat keeps the audit log's monthly
+# partitions made this many months ahead (PostgreSQL), and deletes read notices older than
+# NOTICE_RETENTION_DAYS (0: keep them all). The audit log itself is never pruned.
+AUDIT_PARTITION_MONTHS_AHEAD = env_int("AUDIT_PARTITION_MONTHS_AHEAD", 3, minimum=1)
+NOTICE_RETENTION_DAYS = env_int("NOTICE_RETENTION_DAYS", 365, minimum=0)
 # Largest JSON body the API reads (413 beyond): its parser reads the stream, so DATA_UPLOAD_MAX_MEMORY_SIZE
 # (Django's HTML 400) never applies.
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 64 * 1024, minimum=1024)
@@ -599,6 +605,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "trainer.tasks.reconcile",
         "schedule": timedelta(seconds=env_int("RECONCILE_SECONDS", 10, minimum=1)),
     },
+    # Daily at a time of day: a one-day interval counts from beat's start where beat keeps no
+    # schedule file (a container), so a beat restarted more often than daily would never run it.
+    "reservations-audit-partitions": {"task": "reservations.tasks.audit_partitions", "schedule": crontab(minute=10, hour=3)},
+    "reservations-notices-prune": {"task": "reservations.tasks.notices_prune", "schedule": crontab(minute=40, hour=3)},
 }
 
 LOGGING = {

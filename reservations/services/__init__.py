@@ -8,7 +8,7 @@ directory (sign-in groups), tokens (API tokens), quota (fair sharing: a booking 
 quota, and quota changes). Callers use the names below.
 """
 
-from .audit import audit_record, snapshot
+from .audit import audit_partitions_ensure, audit_record, snapshot
 from .booking import reservation_create
 from .changes import (
     reservation_cancel,
@@ -30,6 +30,7 @@ from .notices import (
     notice_webhook_gave_up,
     notice_webhook_post,
     notices_mark_read,
+    notices_prune,
 )
 from .preemption import preemption_withdraw, reservation_reclaim, reservations_reclaim_due
 from .quota import QUOTA_FIELDS, team_quota_remove, team_quota_set
@@ -42,6 +43,7 @@ __all__ = [
     "DirectoryTeam",
     "api_token_for",
     "api_token_rotate",
+    "audit_partitions_ensure",
     "audit_record",
     "gpu_readings_record",
     "gpu_return_to_service",
@@ -54,6 +56,7 @@ __all__ = [
     "notice_webhook_gave_up",
     "notice_webhook_post",
     "notices_mark_read",
+    "notices_prune",
     "preemption_withdraw",
     "reservation_cancel",
     "reservation_create",

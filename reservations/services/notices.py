@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from .. import queue
@@ -17,6 +17,11 @@ from .audit import audit_record
 from .locks import service_transaction
 
 log = logging.getLogger(__name__)
+
+# How a delivery that is over without success says so, in email_error or webhook_error (a failed
+# try that will be retried leaves its error without either).
+GAVE_UP = "Gave up after retries: "
+NOT_SENT = "Not sent: "
 
 
 def notice_send(*, user, kind, message, reservation=None, data=None, audited=False, actor=None):
@@ -80,14 +85,14 @@ def notice_email(*, notice_id):
         return error
     except Exception as exc:  # the message itself (an address Django refuses, ...): no retry sends it
         log.exception("notice %s: e-mail not sent", notice_id)
-        Notice.objects.filter(pk=notice_id).update(email_error=f"Not sent: {type(exc).__name__}: {exc}"[:2000])
+        Notice.objects.filter(pk=notice_id).update(email_error=f"{NOT_SENT}{type(exc).__name__}: {exc}"[:2000])
         return None
     Notice.objects.filter(pk=notice_id).update(emailed_at=timezone.now(), email_error="")
     return None
 
 
 def notice_email_gave_up(*, notice_id, error):
-    Notice.objects.filter(pk=notice_id).update(email_error=f"Gave up after retries: {error}"[:2000])
+    Notice.objects.filter(pk=notice_id).update(email_error=f"{GAVE_UP}{error}"[:2000])
 
 
 def notice_webhook_post(*, notice_id):
@@ -133,7 +138,7 @@ def _webhook_post(notice):
 
 
 def notice_webhook_gave_up(*, notice_id, error):
-    Notice.objects.filter(pk=notice_id).update(webhook_error=f"Gave up after retries: {error}"[:2000])
+    Notice.objects.filter(pk=notice_id).update(webhook_error=f"{GAVE_UP}{error}"[:2000])
 
 
 def notices_mark_read(*, user, ids, now=None):
@@ -144,3 +149,37 @@ def notices_mark_read(*, user, ids, now=None):
         return Notice.objects.filter(user=user, pk__in=list(ids), read_at__isnull=True).update(
             read_at=now or timezone.now()
         )
+
+
+# A delivery begun and not over: an e-mail claimed and not sent (being sent now) or failed with a
+# retry to come; a webhook tried and neither delivered nor given up. (A delivery not begun a day
+# after its notice never will be: its task runs moments after the commit, and retries end within
+# hours.)
+EMAIL_UNDER_WAY = (
+    Q(emailed_at=None)
+    & (Q(email_claimed_at__isnull=False) | ~Q(email_error=""))
+    & ~Q(email_error__startswith=GAVE_UP)
+    & ~Q(email_error__startswith=NOT_SENT)
+)
+WEBHOOK_UNDER_WAY = Q(webhook_delivered_at=None, webhook_attempts__gt=0) & ~Q(webhook_error__startswith=GAVE_UP)
+
+
+def notices_prune(*, older_than, batch_size=1000, max_batches=100):
+    """Delete the notices created before `older_than` that their user has read, except those whose
+    e-mail or webhook delivery is under way; unread ones stay whatever their age. In batches of
+    `batch_size`, each its own short transaction, at most `max_batches` a call (a first run over
+    years of notices spreads over a few days). Returns how many went."""
+    prunable = Notice.objects.filter(read_at__isnull=False, created__lt=older_than).exclude(
+        EMAIL_UNDER_WAY | WEBHOOK_UNDER_WAY
+    )
+    deleted = 0
+    for _ in range(max_batches):
+        batch = prunable.order_by("created", "id").values("pk")[:batch_size]
+        with transaction.atomic():
+            count = Notice.objects.filter(pk__in=batch).delete()[0]
+        deleted += count
+        if count < batch_size:
+            break
+    if deleted:
+        log.info("deleted %d read notices created before %s", deleted, older_than.isoformat())
+    return deleted

@@ -76,9 +76,62 @@ def test_the_app_role_can_neither_change_the_audit_log_nor_disable_its_trigger(a
         as_app.execute(statement)
 
     assert AuditEntry.objects.filter(pk=entry_id, reason="").exists()
+    assert trigger_states() == {"O"}
+
+
+def trigger_states():
+    """How the append-only trigger stands on the log and each of its partitions ("O": it fires)."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT tgenabled FROM pg_trigger WHERE tgname = 'audit_append_only'")
-        assert cursor.fetchone() == ("O",)
+        return {state for (state,) in cursor.fetchall()}
+
+
+def partition_holding(entry_id):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT tableoid::regclass::text FROM reservations_auditentry WHERE id = %s", [entry_id])
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE {} SET reason = 'rewritten'",
+    "DELETE FROM {}",
+    "TRUNCATE {}",
+    "ALTER TABLE {} DISABLE TRIGGER ALL",
+    "ALTER TABLE {} DISABLE TRIGGER audit_append_only",
+])
+@pytest.mark.parametrize("partition", ["of the entry", "default"])
+def test_the_app_role_can_change_no_partition_of_the_log_either(as_app, entry_id, statement, partition):
+    name = partition_holding(entry_id) if partition == "of the entry" else "reservations_auditentry_default"
+
+    with pytest.raises(errors.InsufficientPrivilege):
+        as_app.execute(sql.SQL(statement).format(sql.Identifier(name)))
+
+    assert AuditEntry.objects.filter(pk=entry_id, reason="").exists()
+    assert trigger_states() == {"O"}
+
+
+def test_the_app_role_adds_a_month_whose_partition_it_can_only_append_to(as_app):
+    # Beat runs as the app role: the function makes the partition as the tables' owner.
+    name = "reservations_auditentry_2041_05"
+    try:
+        assert as_app.execute("SELECT reservations_audit_partition_add('2041-05-09')").fetchone() == ("created",)
+        new_id = as_app.execute(APPEND.replace("now()", "'2041-05-10T12:00:00Z'")).fetchone()[0]
+        assert partition_holding(new_id) == name
+        # What the owner's default privileges gave the role on a new table, less all but reading and
+        # appending (the trigger would refuse an UPDATE anyway: this is the layer beneath it).
+        privileges = as_app.execute(
+            "SELECT p, has_table_privilege(%s, p) FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE']) p",
+            [name],
+        ).fetchall()
+        assert dict(privileges) == {"SELECT": True, "INSERT": True, "UPDATE": False, "DELETE": False, "TRUNCATE": False}
+        for statement in ("UPDATE {} SET reason = 'rewritten'", "DELETE FROM {}", "TRUNCATE {}",
+                          "ALTER TABLE {} DISABLE TRIGGER audit_append_only"):
+            with pytest.raises(errors.InsufficientPrivilege):
+                as_app.execute(sql.SQL(statement).format(sql.Identifier(name)))
+        assert AuditEntry.objects.filter(pk=new_id, reason="").exists()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 @pytest.mark.slow

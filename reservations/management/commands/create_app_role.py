@@ -5,6 +5,10 @@ and the owner of a table (or a superuser, or a member of the owner's role) can: 
 DISABLE TRIGGER`, or TRUNCATE. So the owner runs the migrations and this command, and the web app,
 workers and beat connect as the role it makes: it reads and writes every table, but on the audit
 log it may only read and append, and it owns nothing. README, "A database role for the app".
+
+The audit log's partitions (migration 0017) are tables of their own: the role gets the log's
+privileges on them, and EXECUTE on the function that adds the coming months' partitions (beat calls
+it; the function runs as the owner, who alone may add a partition).
 """
 
 import sys
@@ -19,6 +23,7 @@ READ_WRITE = sql.SQL("SELECT, INSERT, UPDATE, DELETE")
 # Tables the app reads and appends to but never changes: the audit log, and the migration record
 # (only the owner migrates).
 APPEND_ONLY = {AuditEntry._meta.db_table: sql.SQL("SELECT, INSERT"), "django_migrations": sql.SQL("SELECT")}
+PARTITION_ADD = "reservations_audit_partition_add(date)"
 
 
 class Command(BaseCommand):
@@ -54,7 +59,9 @@ class Command(BaseCommand):
             if name == owner:
                 raise CommandError(f"{name} is the role running this, which owns the tables: name another role.")
             tables = connection.introspection.table_names(cursor)
-            self._refuse_a_role_that_could_disable_the_trigger(cursor, name, tables)
+            partitions = self._audit_partitions(cursor)
+            # The owner of a partition could disable the trigger's clone on it.
+            self._refuse_a_role_that_could_disable_the_trigger(cursor, name, tables + partitions)
 
             role = sql.Identifier(name)
             cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [name])
@@ -70,6 +77,11 @@ class Command(BaseCommand):
                 run(sql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(sql.Identifier(table), role))
                 privileges = APPEND_ONLY.get(table, READ_WRITE)
                 run(sql.SQL("GRANT {} ON TABLE {} TO {}").format(privileges, sql.Identifier(table), role))
+            for partition in partitions:
+                run(sql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(sql.Identifier(partition), role))
+                run(sql.SQL("GRANT {} ON TABLE {} TO {}").format(
+                    APPEND_ONLY[AuditEntry._meta.db_table], sql.Identifier(partition), role))
+            run(sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(sql.SQL(PARTITION_ADD), role))
             run(sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(sql.Identifier(schema), role))
             # Tables and sequences that the owner's later migrations create.
             run(sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT {} ON TABLES TO {}").format(
@@ -79,8 +91,19 @@ class Command(BaseCommand):
 
         self.stdout.write(
             f"Role {name} may use {len(tables)} tables of {database_name} owned by {owner} "
-            f"(read and append only on {AuditEntry._meta.db_table}). Connect the app as {name}; migrate as {owner}."
+            f"(read and append only on {AuditEntry._meta.db_table} and its {len(partitions)} partitions). "
+            f"Connect the app as {name}; migrate as {owner}."
         )
+
+    @staticmethod
+    def _audit_partitions(cursor):
+        """The audit log's partitions, which Django's list of tables leaves out."""
+        cursor.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = %s::regclass ORDER BY 1",
+            [AuditEntry._meta.db_table],
+        )
+        return [name for (name,) in cursor.fetchall()]
 
     @staticmethod
     def _refuse_a_role_that_could_disable_the_trigger(cursor, name, tables):
