@@ -14,8 +14,8 @@ from django.db.models import Count, Q
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily
 
-from reservations import policy, selectors
-from reservations.models import Allocation, AuditEntry, Node, Notice, Reservation, Team
+from reservations import selectors
+from reservations.models import GPU, AuditEntry, Node, Notice, Reservation, Team
 from trainer.models import TrainingJob
 
 log = logging.getLogger(__name__)
@@ -95,11 +95,8 @@ class DatabaseCollector:
             "GPU-hours in which a training job ran on its booking over the last window.",
             labels=["window"],
         )
-        held = list(
-            # No booking is longer than longest_booking: the lower bound on start keeps the read to the window.
-            Allocation.objects.filter(live=True, start__lt=now, end__gt=since, start__gt=since - policy.longest_booking())
-            .values_list("start", "end")
-        )
+        # The selector bounds the window on each GPU's index (gpu, start, end), whatever the history.
+        held = list(selectors.overlapping_allocations(GPU.objects.values("pk"), since, now).values_list("start", "end"))
         runs = list(
             TrainingJob.objects.filter(started_at__lt=now)
             .filter(Q(ended_at__gt=since) | Q(ended_at=None, status__in=TrainingJob.LIVE))

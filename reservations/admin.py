@@ -303,9 +303,13 @@ class ReservationAdmin(admin.ModelAdmin):
     raw_id_fields = ["user"]
     search_fields = ["title", "user__username", "team__slug"]
     # No date_hierarchy (its links come from a DISTINCT over every booking's dates) and no full
-    # count: years of bookings; the date filter picks a day, week, month or year.
+    # count: years of bookings; the date filter picks a day, week, month or year. Latest first, and
+    # sorted only by what an index keeps in order: sorting years of bookings by title or owner would
+    # read them all for one page.
     show_full_result_count = False
     paginator = EstimatedCountPaginator
+    ordering = ["-start", "-id"]
+    sortable_by = ["id", "start"]
     actions = ["cancel_selected"]
 
     @csrf_protect_m

@@ -274,6 +274,8 @@ class Reservation(models.Model):
             models.Index(fields=["team", "start"], name="reservation_team_start"),
             # A person's bookings, in start order (My bookings, the API's ?user=), without reading them all.
             models.Index(fields=["user", "start"], name="reservation_user_start"),
+            # Every booking in start order, a page at a time (the admin's list, the API's ?gpu=).
+            models.Index(fields=["start", "id"], name="reservation_start_id"),
         ]
 
     def __str__(self):

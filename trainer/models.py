@@ -1,4 +1,5 @@
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 from reservations.models import Node, Reservation
@@ -51,8 +52,12 @@ class TrainingJob(models.Model):
 
     class Meta:
         ordering = ["-created", "-id"]
-        # /metrics reads the jobs that ended in its window (ops.collectors), whatever the history.
-        indexes = [models.Index(fields=["ended_at"], name="trainingjob_ended_at")]
+        indexes = [
+            # /metrics reads the jobs that ended in its window (ops.collectors), whatever the history.
+            models.Index(fields=["ended_at"], name="trainingjob_ended_at"),
+            # The booking form's "resume from": the newest jobs that left a checkpoint, a page of them.
+            models.Index(fields=["-created", "-id"], condition=~Q(checkpoint=""), name="trainingjob_resumable"),
+        ]
 
     def __str__(self):
         return f"job {self.pk} ({self.status})"

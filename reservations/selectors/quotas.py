@@ -13,7 +13,7 @@ from .. import policy
 from ..models import Reservation, TeamQuota
 from .. import sql
 from ..sql import EpochSeconds
-from .used import seconds, used_gpu_seconds
+from .used import seconds, used_gpu_seconds, with_runs
 
 Status = Reservation.Status
 
@@ -229,7 +229,7 @@ def team_week_usage(team, week_start, now):
         used = used_gpu_seconds(lo, hi, now, where=Q(status__in=policy.COUNTED_STATUSES))
         used_keys.append([f"used_{i}_{kind}" for kind in range(len(used))])
         aggregates.update(zip(used_keys[i], used))
-    totals = counted(days[0][0], days[-1][1]).filter(team=team).aggregate(**aggregates)
+    totals = with_runs(counted(days[0][0], days[-1][1]).filter(team=team), days[0][0]).aggregate(**aggregates)
 
     def hours(*keys):
         return sum(totals[key] or 0 for key in keys) / 3600

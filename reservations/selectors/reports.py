@@ -11,7 +11,7 @@ from .. import policy
 from ..errors import BookingError
 from ..models import AuditEntry, Reservation, Team
 from ..sql import EpochSeconds, Median
-from .used import duration, seconds, used_gpu_seconds, work_relations
+from .used import duration, nothing_ran, seconds, used_gpu_seconds, with_runs
 
 # What the report may cover at once: a year (a leap year's too), so one request reads a bounded
 # part of the history.
@@ -67,7 +67,7 @@ def usage_report(*, start, end, now):
     """
     rows = defaultdict(_team_row)
     _add_bookings(rows, start, end, now)
-    entries = AuditEntry.objects.filter(created__gte=start, created__lt=end, reservation__isnull=False)
+    entries = AuditEntry.objects.filter(created__gte=start, created__lt=end, reservation_id__isnull=False)
     _add_booking_events(rows, entries)
     _add_preemptions_caused(rows, entries)
     _add_waitlist_waits(rows, entries)
@@ -95,7 +95,7 @@ def _team_row():
 
 def _add_bookings(rows, start, end, now):
     """Booked, borrowed and used GPU-hours, bookings and no-shows, from the held bookings (one query)."""
-    held = Reservation.objects.filter(policy.overlapping(start, end), status__in=policy.COUNTED_STATUSES)
+    held = with_runs(Reservation.objects.filter(policy.overlapping(start, end), status__in=policy.COUNTED_STATUSES), start)
     in_period = seconds(Greatest(F("start"), Value(start)), Least(F("end"), Value(end))) * F("gpu_count")
     aggregates = {
         "booked": Sum(in_period),
@@ -104,11 +104,8 @@ def _add_bookings(rows, start, end, now):
     }
     used = used_gpu_seconds(start, end, now)
     aggregates.update({f"used_{index}": each for index, each in enumerate(used)})
-    nothing_ran = Q()
-    for work in work_relations():
-        nothing_ran &= Q(**{f"{work}__isnull": True}) | Q(**{f"{work}__started_at__isnull": True})
     aggregates["no_shows"] = Count(
-        "id", filter=nothing_ran & Q(start__gte=start, start__lt=end, start__lte=policy.no_show_cutoff(now))
+        "id", filter=nothing_ran() & Q(start__gte=start, start__lt=end, start__lte=policy.no_show_cutoff(now))
     )
     for row in held.values("team_id").annotate(**aggregates).order_by():
         team = rows[row["team_id"]]
@@ -119,14 +116,22 @@ def _add_bookings(rows, start, end, now):
         team["no_shows"] = row["no_shows"]
 
 
+def _of_booking(field, key="reservation_id"):
+    """An entry's booking's `field`, looked up by its key (a subquery per entry): a join would let
+    PostgreSQL hash every booking ever made to match a month of entries."""
+    return Subquery(Reservation.objects.filter(pk=OuterRef(key)).order_by().values(field)[:1])
+
+
 def _add_booking_events(rows, entries):
     """Cancellations (and how long before the start), early releases and preemptions suffered, from
     the period's audit `entries` (one query)."""
     Action = AuditEntry.Action
     cancels = Q(action=Action.CANCEL, actor__isnull=False)
-    lead = EpochSeconds(duration(F("created"), F("reservation__start"))) / Value(3600.0)
+    lead = EpochSeconds(duration(F("created"), F("booking_start"))) / Value(3600.0)
     counted = (
-        entries.values("reservation__team_id")
+        entries.filter(action__in=[Action.CANCEL, Action.RELEASE, Action.PREEMPT])
+        .annotate(team_id=_of_booking("team_id"), booking_start=_of_booking("start"))
+        .values("team_id")
         .annotate(
             cancellations=Count("id", filter=cancels),
             cancel_lead_median=Median(lead, filter=cancels),
@@ -139,7 +144,7 @@ def _add_booking_events(rows, entries):
     for row in counted:
         if not (row["cancellations"] or row["releases"] or row["preempted"]):
             continue
-        team = rows[row["reservation__team_id"]]
+        team = rows[row["team_id"]]
         team["cancellations"] = row["cancellations"]
         team["cancel_lead_hours_median"] = _round(row["cancel_lead_median"])
         team["cancel_lead_hours_avg"] = _round(row["cancel_lead_avg"])
@@ -150,13 +155,12 @@ def _add_booking_events(rows, entries):
 def _add_preemptions_caused(rows, entries):
     """The period's preemptions counted for the preempting booking's team (one query)."""
     preemptor = Coalesce(
-        Cast(KeyTextTransform("preempted_by", "after"), IntegerField()), F("reservation__preempted_by_id")
+        Cast(KeyTextTransform("preempted_by", "after"), IntegerField()), _of_booking("preempted_by_id")
     )
-    preemptor_team = Reservation.objects.filter(pk=OuterRef("preemptor")).values("team_id")[:1]
     caused = (
         entries.filter(action=AuditEntry.Action.PREEMPT)
         .annotate(preemptor=preemptor)
-        .annotate(preemptor_team=Subquery(preemptor_team))
+        .annotate(preemptor_team=_of_booking("team_id", key="preemptor"))
         .filter(preemptor_team__isnull=False)
         .values("preemptor_team")
         .annotate(n=Count("id"))
@@ -179,12 +183,13 @@ def _add_waitlist_waits(rows, entries):
         entries.filter(action=Action.PROMOTE)
         .annotate(promoted_at=F("created"), waitlisted_at=Subquery(waitlisted_at))
         .filter(waitlisted_at__isnull=False)
-        .values("reservation__team_id")
+        .annotate(team_id=_of_booking("team_id"))
+        .values("team_id")
         .annotate(n=Count("id"), median=Median(wait), longest=Max(wait))
         .order_by()
     )
     for row in waits:
-        team = rows[row["reservation__team_id"]]
+        team = rows[row["team_id"]]
         team["waitlist_promotions"] = row["n"]
         team["waitlist_wait_hours_median"] = _round(row["median"])
         team["waitlist_wait_hours_max"] = _round(row["longest"])
