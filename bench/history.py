@@ -160,6 +160,7 @@ def load():
     """The reads, as closures over this database's objects (its user0, its admin, its bookings)."""
     from django.contrib.auth import get_user_model
     from django.db import connection
+    from django.db.models import Max
     from django.test import Client
     from django.utils import timezone
 
@@ -181,7 +182,9 @@ def load():
     gpus = list(GPU.objects.order_by("pk").values_list("pk", flat=True))
     day = (now - timedelta(days=1)).date().isoformat()
     next_booking = iter(range(10**6))
-    far = policy.floor_to_slot(now) + timedelta(days=14)
+    # Booking POSTs go two weeks ahead, after what an earlier run (--reuse) booked there.
+    far = max(policy.floor_to_slot(now) + timedelta(days=14),
+              Reservation.objects.filter(start__gte=now + timedelta(days=7)).aggregate(last=Max("end"))["last"] or now)
 
     def book():
         k = next(next_booking)

@@ -156,6 +156,10 @@ PARTITION = [
     *copy_from(f"{TABLE}_unpartitioned"),
     *keys_and_indexes("(id, created)"),
     f"DROP TABLE {TABLE}_unpartitioned",
+    # The copied partitions have no statistics yet, and autovacuum never analyzes a partitioned
+    # parent: without this the planner guessed a booking's history at 700 rows a partition and
+    # planned a parallel scan of all of them (a booking's page 2.3x slower at 5M entries).
+    f"ANALYZE {TABLE}",
 ]
 
 UNPARTITION = [
@@ -165,6 +169,7 @@ UNPARTITION = [
     *keys_and_indexes("(id)"),
     f"DROP TABLE {TABLE}_partitioned",  # and its partitions
     "DROP FUNCTION reservations_audit_partition_add(date)",
+    f"ANALYZE {TABLE}",
 ]
 
 
