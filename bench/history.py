@@ -244,10 +244,12 @@ def load():
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM reservations_reservation")
         bookings = cursor.fetchone()[0]
-        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE relname = 'reservations_auditentry'")
+        cursor.execute("SELECT count(*) FROM reservations_auditentry")
         entries = cursor.fetchone()[0]
+        cursor.execute("SELECT count(*) FROM reservations_notice")
+        notices = cursor.fetchone()[0]
     return {"reads": {name: timed(name, call) for name, call in reads.items()},
-            "summary": {"bookings": bookings, "audit entries (estimate)": entries}}
+            "summary": {"bookings": bookings, "audit entries": entries, "notices": notices}}
 
 
 # ---- the history, in SQL --------------------------------------------------------------------------
@@ -358,7 +360,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=15, help="timed requests per read and database")
     parser.add_argument("--reads", nargs="*", help="only the reads whose names contain one of these")
     parser.add_argument("--reuse", action="store_true", help="measure the databases the last run left")
+    parser.add_argument("--prefix", default="gpu_bench", help="of the databases' names (default gpu_bench)")
     args = parser.parse_args()
+    for name in DATABASES:
+        DATABASES[name] = f"{args.prefix}_{name}"
 
     env = {**os.environ, **in_process_env("x"), "PATH": "/usr/bin:/bin"}
     if not args.reuse:
