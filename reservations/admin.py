@@ -8,16 +8,18 @@ from datetime import date, datetime, time, timedelta, timezone as dt_timezone
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters, csrf_protect_m
+from django.contrib.admin.widgets import ForeignKeyRawIdWidget
 from django.core.paginator import Paginator
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, models
 from django.core.exceptions import PermissionDenied
-from django.forms.models import model_to_dict
+from django.forms.models import BaseInlineFormSet, model_to_dict
 from django.http import HttpResponseRedirect, StreamingHttpResponse
-from django.urls import path, reverse
+from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
+from django.utils.text import Truncator
 
 from . import services
 from .errors import BookingConflict, BookingError, QuotaExceeded
@@ -65,10 +67,45 @@ class AuditedAdmin(admin.ModelAdmin):
             _audit_admin_change(request, obj, action="delete", before=model_to_dict(obj), after=None)
 
 
+class RowRawIdWidget(ForeignKeyRawIdWidget):
+    """The admin's raw id widget, labelled from the object its row already holds (`row_object`, read
+    with the rows) rather than by a query of its own: a team's page of 200 members asked 200."""
+
+    row_object = None
+
+    def label_and_url_for_value(self, value):
+        obj = self.row_object
+        if obj is None or str(obj.pk) != str(value):
+            return super().label_and_url_for_value(value)
+        try:
+            url = reverse(f"{self.admin_site.name}:{obj._meta.app_label}_{obj._meta.model_name}_change", args=(obj.pk,))
+        except NoReverseMatch:
+            url = ""  # no admin page for it
+        return Truncator(obj).words(14), url
+
+
+class MembershipFormSet(BaseInlineFormSet):
+    def add_fields(self, form, index):
+        super().add_fields(form, index)
+        if form.instance.user_id is not None:
+            form.fields["user"].widget.row_object = form.instance.user
+
+
 class MembershipInline(admin.TabularInline):
     model = Membership
+    formset = MembershipFormSet
     raw_id_fields = ["user"]
     extra = 0
+
+    def get_queryset(self, request):
+        # Each row names its member and team (Membership.__str__, the user's widget): read with the
+        # rows, not per row.
+        return super().get_queryset(request).select_related("user", "team")
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "user":
+            kwargs["widget"] = RowRawIdWidget(db_field.remote_field, self.admin_site, using=kwargs.get("using"))
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
 def _quota_text(quota):
@@ -169,6 +206,10 @@ class TeamQuotaAdmin(admin.ModelAdmin):
 class GPUInline(admin.TabularInline):
     model = GPU
     extra = 0
+
+    def get_queryset(self, request):
+        # Each row's name is its node's host name and its index (GPU.__str__).
+        return super().get_queryset(request).select_related("node")
 
 
 @admin.register(Node)

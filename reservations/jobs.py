@@ -68,6 +68,11 @@ class WorkKind(Protocol):
     def render(self, reservation) -> dict | None:
         """The booking's work of this kind as its JSON shows it, or None."""
 
+    def prefetch(self) -> list:
+        """Lookups from a booking (names or Prefetch objects) for what render() shows beyond the
+        one-to-one relation (a serving's replicas), so a list of bookings renders their work in a
+        fixed number of queries, however many it lists."""
+
 
 class BookingWork:
     """The kinds of work the apps registered, together: the booking flows talk to this."""
@@ -123,6 +128,10 @@ class BookingWork:
         """({field: spec}, note) for the rebooked part of a preempted booking whose work is `state`."""
         spec, note = self.kinds[state.field].rebook(state)
         return {state.field: spec}, note
+
+    def prefetches(self):
+        """Every kind's prefetch() lookups: what reservation_queryset() loads with the bookings."""
+        return [lookup for kind in self.kinds.values() for lookup in kind.prefetch()]
 
     def render(self, reservation, field):
         kind = self.kinds.get(field)

@@ -33,6 +33,11 @@ class ModelVersionInline(admin.TabularInline):
     can_delete = False
     show_change_link = True
 
+    def get_queryset(self, request):
+        # What each row shows (its name, model:version, names the model's team; its job and who
+        # registered it), read with the rows rather than per row.
+        return super().get_queryset(request).select_related("model__team", "source_job", "created_by")
+
     def has_add_permission(self, request, obj=None):
         return False
 
@@ -108,6 +113,10 @@ class ReplicaInline(admin.TabularInline):
     readonly_fields = fields
     extra = 0
     can_delete = False
+
+    def get_queryset(self, request):
+        # Each row names its GPU (by its node) and its node: read with the rows, not per row.
+        return super().get_queryset(request).select_related("gpu__node", "node")
 
     def has_add_permission(self, request, obj=None):
         return False

@@ -2,11 +2,13 @@
 serving.apps registers it for the booking field `serve`, which names the models its replicas serve."""
 
 from django.core.exceptions import ObjectDoesNotExist
+from django.db.models import Prefetch
 
 from reservations.jobs import JobState
 from reservations.models import Reservation
 
 from . import services
+from .selectors import replicas_shown
 from .serializers import ServingSerializer
 from .models import Replica, Serving
 from .spec import ServeSpecSerializer
@@ -64,3 +66,6 @@ class ServingWork:
     def render(self, reservation):
         serving = _serving(reservation)
         return ServingSerializer(serving).data if serving is not None else None
+
+    def prefetch(self):
+        return [Prefetch("serving__replicas", queryset=replicas_shown())]

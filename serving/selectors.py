@@ -5,7 +5,7 @@ from django.conf import settings
 from reservations.errors import BookingError
 from reservations.models import Membership, Reservation
 
-from .models import Model, ModelVersion, Serving
+from .models import Model, ModelVersion, Replica, Serving
 from .spec import parse_ref
 
 
@@ -53,6 +53,12 @@ def replica_config_models(versions, pinned_refs, refs):
         }
         for ref, v in zip(refs, versions)
     ]
+
+
+def replicas_shown():
+    """A serving's replicas as its booking's JSON shows them: by device, the newest first, each with
+    its node."""
+    return Replica.objects.select_related("node").order_by("gpu_id", "-id")
 
 
 def models_visible(user):

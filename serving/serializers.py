@@ -1,8 +1,11 @@
 """How a serving booking and its replicas show in the API (inside the booking's `serve`)."""
 
+from django.db.models import Prefetch, prefetch_related_objects
 from rest_framework import serializers
 
 from apibase.fields import AwareDateTimeField
+
+from .selectors import replicas_shown
 
 
 class ReplicaSerializer(serializers.Serializer):
@@ -31,5 +34,7 @@ class ServingSerializer(serializers.Serializer):
     ended_at = AwareDateTimeField(allow_null=True)
 
     def get_replicas(self, obj) -> list[dict]:
-        replicas = obj.replicas.select_related("node").order_by("gpu_id", "-id")
-        return ReplicaSerializer(replicas, many=True).data
+        # Loaded with a list of bookings (ServingWork.prefetch, in reservation_queryset), so the list
+        # asks no query per serving; read here for a serving shown without them.
+        prefetch_related_objects([obj], Prefetch("replicas", queryset=replicas_shown()))
+        return ReplicaSerializer(obj.replicas.all(), many=True).data

@@ -60,3 +60,6 @@ class TrainingWork:
     def render(self, reservation):
         job = _job(reservation)
         return JobSerializer(job).data if job is not None else None
+
+    def prefetch(self):
+        return []  # a job shows its own fields only

@@ -15,6 +15,7 @@ from pathlib import Path
 from django.conf import settings
 
 from .models import TrainingJob
+from .selectors import resume_chain
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +96,10 @@ def read_results(path):
     return rows
 
 
-def results_path(job):
+def _results_file(run_dir):
     # runner.train() has ultralytics save into <run_dir>/train (a resumed job too: save_dir is one
     # of the arguments ultralytics lets a resume change).
-    return Path(job.run_dir) / "train" / "results.csv" if job.run_dir else None
+    return Path(run_dir) / "train" / "results.csv" if run_dir else None
 
 
 def job_history(job):
@@ -107,14 +108,14 @@ def job_history(job):
     an earlier one's (an interrupted epoch trained again). With no results.csv anywhere, the one
     epoch the database holds (TrainingJob.metrics), if any."""
     chain, seen = [], set()
-    current = job
-    while current is not None and current.pk not in seen and len(chain) < MAX_RESUMES:
-        chain.append(current)
-        seen.add(current.pk)
-        current = TrainingJob.objects.filter(pk=current.resumed_from_id).first() if current.resumed_from_id else None
+    for job_id, run_dir in resume_chain(job, MAX_RESUMES):
+        if job_id in seen:  # a loop in the data
+            break
+        chain.append(run_dir)
+        seen.add(job_id)
     rows = {}
-    for run in reversed(chain):  # oldest first, so each later run wins
-        rows.update(read_results(results_path(run)))
+    for run_dir in reversed(chain):  # oldest first, so each later run wins
+        rows.update(read_results(_results_file(run_dir)))
     if job.epochs:
         rows = {epoch: row for epoch, row in rows.items() if epoch <= job.epochs}
     if not rows and job.epoch and job.metrics:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db import connection
 
 from .models import TrainingJob
 
@@ -28,6 +29,26 @@ def job_progress(reservation_ids):
         "reservation_id", "status", "epoch", "epochs"
     )
     return {rid: {"status": status, "epoch": epoch, "epochs": epochs} for rid, status, epoch, epochs in rows}
+
+
+def resume_chain(job, limit):
+    """[(id, run_dir)] of `job` and of the jobs it resumed from, latest first, at most `limit` of
+    them: one query however long the chain (a job preempted and rebooked again and again), by a
+    recursive query both databases run alike. A loop in the data repeats ids up to `limit`."""
+    table, q = TrainingJob._meta.db_table, connection.ops.quote_name
+    query = f"""
+        WITH RECURSIVE chain (id, resumed_from_id, run_dir, depth) AS (
+            SELECT id, resumed_from_id, run_dir, 1 FROM {q(table)} WHERE id = %s
+            UNION ALL
+            SELECT earlier.id, earlier.resumed_from_id, earlier.run_dir, chain.depth + 1
+            FROM {q(table)} earlier JOIN chain ON earlier.id = chain.resumed_from_id
+            WHERE chain.depth < %s
+        )
+        SELECT id, run_dir FROM chain ORDER BY depth
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(query, [job.pk, limit])
+        return cursor.fetchall()
 
 
 def training_datasets():

@@ -24,6 +24,24 @@ def calendar_feed_for(*, user, team=None):
         return CalendarFeed.objects.get_or_create(user=user, team=team)[0]
 
 
+def calendar_feeds_for(*, user):
+    """The user's feed of their own bookings and one for each team they are in, made on first use,
+    as {team id (None: their own): feed}: a fixed number of queries however many teams (the profile
+    lists them all)."""
+    wanted = {None, *Membership.objects.filter(user=user).values_list("team_id", flat=True)}
+    feeds = {feed.team_id: feed for feed in CalendarFeed.objects.filter(user=user)}
+    missing = wanted - set(feeds)
+    if missing:
+        with transaction.atomic(durable=True):
+            # Conflicts ignored: two first page views at once make one feed of each (the unique
+            # constraints decide), and both read back the one made.
+            CalendarFeed.objects.bulk_create(
+                [CalendarFeed(user=user, team_id=team_id) for team_id in missing], ignore_conflicts=True
+            )
+        feeds = {feed.team_id: feed for feed in CalendarFeed.objects.filter(user=user)}
+    return {team_id: feeds[team_id] for team_id in wanted}
+
+
 def calendar_feed_rotate(*, user, feed_id):
     """A new secret for one of the user's feeds: the old URL stops working at once."""
     with transaction.atomic(durable=True):

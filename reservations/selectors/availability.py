@@ -100,13 +100,21 @@ def find_windows(
     if gpu_ids is not None and len(gpus) != len(set(gpu_ids)):
         return []
     busy = _busy_by_gpu([g.id for g in gpus], first, last + length)
-    trackers = {g.id: _FreeTracker(busy.get(g.id, [])) for g in gpus}
+    return _search(
+        gpus, busy, first=first, last=last, length=length, exact=gpu_ids is not None, gpu_count=gpu_count,
+        allow_multi_node=allow_multi_node, limit=limit,
+    )
 
+
+def _search(gpus, busy, *, first, last, length, exact, gpu_count, allow_multi_node, limit):
+    """find_windows' search over GPUs and their busy intervals already read (`busy` may hold more of
+    their time than [first, last + length)): all of `gpus` when `exact`, else `gpu_count` of them."""
+    trackers = {g.id: _FreeTracker(busy.get(g.id, [])) for g in gpus}
     windows = []
     t = first
     while t <= last and len(windows) < limit:
         free = [g for g in gpus if trackers[g.id].free(t, length)]
-        if gpu_ids is not None:
+        if exact:
             if len(free) == len(gpus):
                 windows.append(Window(tuple(g.id for g in gpus), t, t + length))
         else:
@@ -278,15 +286,31 @@ def healthy_move_suggestion(reservation, now):
     """For a booking on a GPU the health check took out: the nearest free window of its size (as
     many GPUs, as many slots) on healthy GPUs, from its start (or now, for one under way): what its
     notice suggests and its page offers to move it to."""
-    count = len(reservation.allocation_list) or reservation.gpu_count
-    windows = booking_suggestions(
-        now=now, start=max(reservation.start, now), slots=reservation.slots, gpu_count=count,
-        allow_multi_node=reservation.allow_multi_node, limit=1,
-    )
-    if not windows:
-        return None
-    window = windows[0]
-    names = gpu_names(list(window.gpus))
+    return healthy_move_suggestions([reservation], now)[reservation.pk]
+
+
+def healthy_move_suggestions(reservations, now):
+    """healthy_move_suggestion() of each of `reservations`, by id, from one read of the healthy GPUs
+    and one of their bookings up to the horizon, however many (a person's bookings on a failed GPU)."""
+    if not reservations:
+        return {}
+    gpus = list(GPU.objects.filter(healthy=True).select_related("node").order_by("id"))
+    starts = {r.pk: policy.ceil_to_slot(max(r.start, now)) for r in reservations}
+    busy = _busy_by_gpu([g.id for g in gpus], min(starts.values()), policy.horizon_end(now))
+    suggestions = {}
+    for reservation in reservations:
+        length = reservation.slots * policy.slot_length()
+        windows = _search(
+            gpus, busy, first=starts[reservation.pk], last=policy.horizon_end(now) - length, length=length,
+            exact=False, gpu_count=len(reservation.allocation_list) or reservation.gpu_count,
+            allow_multi_node=reservation.allow_multi_node, limit=1,
+        )
+        suggestions[reservation.pk] = _suggestion(windows[0], reservation, gpus) if windows else None
+    return suggestions
+
+
+def _suggestion(window, reservation, gpus):
+    names = {gpu.pk: gpu.name for gpu in gpus if gpu.pk in window.gpus}
     return {
         "gpus": list(window.gpus),
         "gpu_names": [names[g] for g in window.gpus],

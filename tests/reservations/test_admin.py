@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from reservations import services
@@ -152,6 +154,13 @@ def test_an_inventory_edit_in_the_admin_is_audited(admin_client, cluster):
     entry = AuditEntry.objects.get(target=f"gpu:{gpu.pk}")
     assert (entry.action, entry.actor) == ("update", admin_client.user)
     assert (entry.before["healthy"], entry.after["healthy"]) == (True, False)
+
+
+def test_the_team_admin_names_each_member_beside_their_id_with_a_link_to_them(admin_client, team, owner, teammate):
+    page = admin_client.get(f"/admin/reservations/team/{team.pk}/change/").content.decode()
+
+    for user in (owner, teammate):
+        assert re.search(rf'<a href="/admin/auth/user/{user.pk}/change/">\s*{user.username}\s*</a>', page), user
 
 
 def test_a_membership_added_in_the_team_admin_is_audited(admin_client, team, outsider):

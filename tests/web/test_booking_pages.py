@@ -397,6 +397,20 @@ def test_the_job_history_spans_the_job_it_resumed_and_falls_back_to_the_stored_e
     assert fallback["series"]["metrics/mAP50(B)"] == [0.12]
 
 
+def test_a_loop_of_resumes_in_the_data_is_followed_once_round(cluster, owner, runs_dir):
+    first = job_for(book(owner, cluster["node1"][:1]), runs_dir, status=TrainingJob.Status.STOPPED)
+    second = job_for(
+        book(owner, cluster["node1"][:1], start=NEXT_SLOT + SLOT), runs_dir,
+        results="epoch,time,train/box_loss,metrics/mAP50(B)\n3,5.0,2.5,0.2\n",
+    )
+    TrainingJob.objects.filter(pk=second.pk).update(resumed_from=first)
+    TrainingJob.objects.filter(pk=first.pk).update(resumed_from=second)
+
+    series = page_client(owner).get(f"/bookings/{second.reservation_id}/job/").json()["series"]
+
+    assert series["epoch"] == [1, 2, 3] and series["train/box_loss"] == [3.1, 2.9, 2.5]
+
+
 def test_the_owner_downloads_the_checkpoint(cluster, owner, runs_dir):
     reservation = book(owner, cluster["node1"][:1])
     job = job_for(reservation, runs_dir)

@@ -90,6 +90,19 @@ def test_the_page_lists_my_feed_and_one_per_team_as_absolute_urls(team, other_te
     assert "From URL" in page  # how to subscribe
 
 
+def test_joining_a_team_adds_its_feed_and_keeps_the_others(team, other_team, owner):
+    client = signed_in(owner)
+    client.get(PROFILE)
+    before = set(CalendarFeed.objects.filter(user=owner).values_list("token", flat=True))
+    Membership.objects.create(user=owner, team=other_team)
+
+    page = client.get(PROFILE).content.decode()
+
+    after = set(CalendarFeed.objects.filter(user=owner).values_list("token", flat=True))
+    assert len(before) == 2 and before < after and len(after) == 3
+    assert all(token in page for token in after)
+
+
 def test_rotating_a_feed_changes_its_url_and_only_that_one(team, owner):
     client = signed_in(owner)
     client.get(PROFILE)

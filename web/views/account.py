@@ -18,8 +18,10 @@ from ..models import CalendarFeed
 def profile(request):
     user = request.user
     memberships = selectors.memberships_of(user)
-    feeds = [("My bookings", services.calendar_feed_for(user=user))] + [
-        (f"Team {m.team.name}", services.calendar_feed_for(user=user, team=m.team)) for m in memberships
+    feed_of = services.calendar_feeds_for(user=user)
+    # A team left (or gone) since the memberships were read has no feed to show.
+    feeds = [("My bookings", feed_of[None])] + [
+        (f"Team {m.team.name}", feed_of[m.team_id]) for m in memberships if m.team_id in feed_of
     ]
     return render(
         request,

@@ -55,9 +55,9 @@ def _auto_id(action, reservation_id):
     return f"{action}-{reservation_id}-%s"
 
 
-def _attach_actions(request, reservation, *, now, next_page, page=None, failure=None):
+def _attach_actions(request, reservation, *, now, next_page, off_unhealthy, page=None, failure=None):
     """Give `reservation` what its actions need (`reservation.actions`), or None when the viewer may
-    not change it or it can no longer change."""
+    not change it or it can no longer change. `off_unhealthy`: _off_unhealthy() of the page's bookings."""
     if reservation.status not in Reservation.OPEN_STATUSES or not policy.can_manage(request.user, reservation):
         reservation.actions = None
         return
@@ -83,19 +83,20 @@ def _attach_actions(request, reservation, *, now, next_page, page=None, failure=
         "may_move": policy.may_move(reservation, now),
         "failure": failure if mine else None,
         "earliest": earliest,
-        "off_unhealthy": _off_unhealthy(reservation, now),
+        "off_unhealthy": off_unhealthy.get(reservation.pk),
     }
 
 
-def _off_unhealthy(reservation, now):
-    """For a booking on a GPU the health check took out: the window its notice suggested, to move
-    to in one click, or None."""
-    if not policy.may_move(reservation, now) or all(a.gpu.healthy for a in reservation.allocation_list):
-        return None
-    suggestion = selectors.healthy_move_suggestion(reservation, now)
-    if suggestion is None:
-        return None
-    return {**suggestion, "gpus": ",".join(map(str, suggestion["gpus"]))}
+def _off_unhealthy(reservations, now):
+    """For those of `reservations` on a GPU the health check took out: the window their notice
+    suggested, to move to in one click, by id (none where it may not move or nothing is free). Read
+    for all of them at once: a failed GPU may hold many of a person's bookings."""
+    stuck = [r for r in reservations if policy.may_move(r, now) and not all(a.gpu.healthy for a in r.allocation_list)]
+    return {
+        pk: {**suggestion, "gpus": ",".join(map(str, suggestion["gpus"]))}
+        for pk, suggestion in selectors.healthy_move_suggestions(stuck, now).items()
+        if suggestion is not None
+    }
 
 
 def _refusal_status(exc):
@@ -203,9 +204,12 @@ def _my_bookings(request, *, page, failure=None):
     upcoming = list(selectors.reservations_upcoming(request.user, now=now))
     positions = selectors.waitlist_positions(upcoming)
     past = Paginator(selectors.reservations_past(request.user, now=now), PAST_PER_PAGE).get_page(page)
+    off_unhealthy = _off_unhealthy(upcoming, now)
     for reservation in upcoming:
         reservation.waitlist_ahead = positions.get(reservation.pk)
-        _attach_actions(request, reservation, now=now, next_page="list", page=past.number, failure=failure)
+        _attach_actions(
+            request, reservation, now=now, next_page="list", off_unhealthy=off_unhealthy, page=past.number, failure=failure
+        )
         if failure is not None and failure.reservation_id == reservation.pk:
             _explain_conflict(failure, reservation)
     context = {
@@ -232,7 +236,9 @@ def _booking_page(request, pk, *, failure=None):
     if reservation is None:
         raise Http404("No such booking.")
     now = timezone.now()
-    _attach_actions(request, reservation, now=now, next_page="booking", failure=failure)
+    _attach_actions(
+        request, reservation, now=now, next_page="booking", off_unhealthy=_off_unhealthy([reservation], now), failure=failure
+    )
     _explain_conflict(failure, reservation)
     sees_job = policy.JobViewer(request.user).may_see(reservation)
     job = progress.booking_job(reservation) if sees_job else None
