@@ -160,6 +160,9 @@ def page_checks():
         # The booking form's quota preview: every demo team has a quota or none, each answers.
         Check("book/quota-preview/", lambda d: "/book/quota-preview/?" + urlencode({"gpus": d.gpus[4].pk, **d.slot(20), "slots": 2}), PAGE),
         Check("book/quota-preview/", "/book/quota-preview/?gpus=x&slots=1&date=2030-01-07&slot=10:00", expect(302, signed_in=400)),
+        # The resume-from search: each finds their own teams' jobs; a search longer than a title is a 400.
+        Check("book/resume-options/", "/book/resume-options/?q=run", PAGE),
+        Check("book/resume-options/", "/book/resume-options/?q=" + "x" * 101, expect(302, signed_in=400)),
         Check("bookings/", "/bookings/", PAGE),
         Check("bookings/<int:pk>/", lambda d: f"/bookings/{d.booking.pk}/", PAGE),
         Check("bookings/<int:pk>/", "/bookings/999999/", expect(302, signed_in=404)),

@@ -8,6 +8,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 
+from reservations.models import Team
+
 from .models import TrainingJob
 
 # What the booking form offers as datasets: the data.yaml files under TRAINING_DATA_ROOTS, looked for
@@ -102,3 +104,21 @@ def _entries(folder, budget):
     except OSError:  # gone, unreadable, not a folder: nothing offered from it
         pass
     return files, subfolders
+
+
+def resumable_jobs(user, search=""):
+    """The jobs of `user`'s teams that left a checkpoint to resume from, newest first (the partial
+    index trainingjob_resumable reads them in that order). `search`: a job's number, or words of its
+    booking's title. A queryset: callers take a page of it."""
+    jobs = (
+        TrainingJob.objects.filter(reservation__team__in=Team.objects.filter(memberships__user=user))
+        .exclude(checkpoint="")
+        .select_related("reservation")
+        .order_by("-created", "-id")
+    )
+    search = search.strip().removeprefix("#").removeprefix("job ").strip()
+    if search.isascii() and search.isdigit() and len(search) < 19:
+        return jobs.filter(pk=int(search))
+    if search:
+        return jobs.filter(reservation__title__icontains=search)
+    return jobs

@@ -13,6 +13,7 @@ from rest_framework.exceptions import ValidationError as APIValidationError
 from reservations import jobs, policy
 from reservations.models import GPU, Reservation, Team
 from trainer.models import TrainingJob
+from trainer.selectors import resumable_jobs
 from trainer.spec import GPU_SIZE
 
 from .selectors import servable_models
@@ -41,6 +42,14 @@ class _RecentChoices(ModelChoiceIterator):
 
     def __len__(self):
         return self.field.offered + 2
+
+
+RESUME_EMPTY_LABEL = "— a new run —"
+
+
+def resume_label(job):
+    """How a job to resume from is offered (the booking form's list, its search)."""
+    return f"job {job.pk}: {job.reservation.title or 'untitled'} (epoch {job.checkpoint_epoch or job.epoch} of {job.epochs})"
 
 
 class RecentChoiceField(forms.ModelChoiceField):
@@ -190,7 +199,7 @@ class BookingForm(BookingWindowForm):
     imgsz = forms.IntegerField(label="Image size", min_value=32, max_value=8192, initial=GPU_SIZE.imgsz, required=False)
     batch = forms.IntegerField(label="Batch", min_value=1, max_value=4096, initial=GPU_SIZE.batch, required=False)
     resume_from = RecentChoiceField(
-        queryset=TrainingJob.objects.none(), label="Resume from", required=False, empty_label="— a new run —"
+        queryset=TrainingJob.objects.none(), label="Resume from", required=False, empty_label=RESUME_EMPTY_LABEL
     )
     # The models to serve, when `serve` is ticked: names of the team's registry ("defects" is its
     # latest version at the slot start, "defects:2" that version).
@@ -212,17 +221,10 @@ class BookingForm(BookingWindowForm):
         # My teams' jobs that left a checkpoint to resume from: any of them is accepted, the most
         # recent are offered (and the one chosen, e.g. from a booking page's "resume" link).
         resume = self.fields["resume_from"]
-        resume.queryset = (
-            TrainingJob.objects.filter(reservation__team__in=Team.objects.filter(memberships__user=user))
-            .exclude(checkpoint="")
-            .select_related("reservation")
-            .order_by("-created", "-id")
-        )
+        resume.queryset = resumable_jobs(user)
         resume.chosen = self.data.get("resume_from") if self.is_bound else self.initial.get("resume_from")
         self.fields["serve_models"].choices = servable_models(user)
-        self.fields["resume_from"].label_from_instance = lambda job: (
-            f"job {job.pk}: {job.reservation.title or 'untitled'} (epoch {job.checkpoint_epoch or job.epoch} of {job.epochs})"
-        )
+        self.fields["resume_from"].label_from_instance = resume_label
 
     def clean_victims(self):
         raw = self.cleaned_data["victims"]

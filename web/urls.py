@@ -18,6 +18,7 @@ urlpatterns = [
     path("calendar/events/", calendar.event_feed, name="events"),
     path("book/", calendar.book, name="book"),
     path("book/quota-preview/", calendar.quota_preview, name="quota-preview"),
+    path("book/resume-options/", calendar.resume_options, name="resume-options"),
     # My bookings, a booking's page, notices.
     path("bookings/", bookings.my_bookings, name="my-bookings"),
     path("bookings/<int:pk>/", bookings.booking, name="booking"),

@@ -638,3 +638,41 @@ def test_the_calendar_page_costs_the_same_queries_with_many_jobs(owner, cluster)
     few = queries()
     past_jobs(owner, 200, first_id=10)
     assert queries() == few
+
+
+def test_the_resume_search_finds_an_older_job_by_number_or_title_among_the_teams_only(owner, outsider, cluster):
+    jobs = past_jobs(owner, RecentChoiceField.offered + 10)
+    oldest = jobs[0]
+    Reservation.objects.filter(pk=oldest.reservation_id).update(title="baseline yolov8n, fog images")
+    theirs = past_jobs(outsider, 1, first_id=500)[0]
+    Reservation.objects.filter(pk=theirs.reservation_id).update(title="fog images, their run")
+    client = page_client(owner)
+
+    def offered(search):
+        response = client.get("/book/resume-options/", {"q": search})
+        assert response.status_code == 200
+        return re.findall(r'<option value="(\d*)">', response.content.decode())  # not the disabled note
+
+    assert offered(str(oldest.pk)) == ["", str(oldest.pk)]
+    assert offered(f"#{oldest.pk}") == ["", str(oldest.pk)]
+    assert offered("FOG") == ["", str(oldest.pk)]  # the outsider's team's job is not offered
+    assert offered(str(theirs.pk)) == [""]
+    newest_first = offered("")
+    assert len(newest_first) == RecentChoiceField.offered + 1 and newest_first[1] == str(jobs[-1].pk)
+    nothing = client.get("/book/resume-options/", {"q": "no such run"}).content.decode()
+    assert "No job of your teams with a checkpoint matches" in nothing
+
+
+def test_the_resume_search_refuses_a_search_longer_than_any_title_and_asks_to_sign_in(owner, cluster):
+    too_long = page_client(owner).get("/book/resume-options/", {"q": "x" * 101})
+
+    assert too_long.status_code == 400 and "q" in too_long.json()
+    assert Client().get("/book/resume-options/", {"q": "1"}).status_code == 302
+
+
+def test_the_booking_form_has_the_resume_search_outside_the_booking_it_posts(owner, cluster):
+    html = page_client(owner).get("/").content.decode()
+
+    search = re.search(r'<input type="search" id="resume-search"[^>]*>', html, re.S).group(0)
+    assert 'hx-get="/book/resume-options/"' in search and 'hx-target="#id_resume_from"' in search
+    assert 'form="resume-search-form"' in search  # not one of the booking form's fields

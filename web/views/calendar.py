@@ -17,10 +17,10 @@ from django.views.decorators.http import require_GET, require_POST
 from reservations import policy, selectors, services
 from reservations.errors import BookingConflict, BookingError, QuotaExceeded
 from reservations.models import Team
-from trainer.selectors import job_progress, training_datasets
+from trainer.selectors import job_progress, resumable_jobs, training_datasets
 from trainer.spec import suggested_size
 
-from ..forms import BookingForm, QuotaPreviewForm
+from ..forms import RESUME_EMPTY_LABEL, BookingForm, QuotaPreviewForm, RecentChoiceField, resume_label
 from ..middleware import viewer_zone
 from ..selectors import nodes_with_gpus
 from ..templatetags.quotas import borrowed_terms
@@ -401,4 +401,23 @@ def quota_preview(request):
     preview = selectors.quota_preview(team=team, start=start, end=end, gpus=form.gpu_count)
     return render(request, "web/calendar/_quota_preview.html", {
         "preview": preview, "borrow": data["borrow"], "staff": request.user.is_staff,
+    })
+
+
+RESUME_SEARCH_MAX = 100
+
+
+@login_required
+@require_GET
+def resume_options(request):
+    """The booking form's "resume from" choices for a search (htmx swaps them into the list as the
+    person types): the team's newest jobs with a checkpoint whose number or booking title matches,
+    a page of them; an empty search gives the newest. A search longer than any title: a 400 naming it."""
+    search = request.GET.get("q", "")
+    if len(search) > RESUME_SEARCH_MAX:
+        return JsonResponse({"q": [f"Search with at most {RESUME_SEARCH_MAX} characters."]}, status=400)
+    field = RecentChoiceField
+    jobs = resumable_jobs(request.user, search)[: field.offered]
+    return render(request, "web/calendar/_resume_options.html", {
+        "options": [(job.pk, resume_label(job)) for job in jobs], "empty_label": RESUME_EMPTY_LABEL, "search": search,
     })
