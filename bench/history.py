@@ -13,9 +13,9 @@ also holds the past before it, written with SQL's generate_series in a few minut
   slot over the 64 GPUs, 18 of them on two GPUs), the rest of the slot's bookings cancelled (their
   allocations not live), so the exclusion constraint holds;
 - 5 audit entries a booking (create, activate, notice, a preemption every 40th, complete or cancel),
-  1 notice a booking (read), a training job for every 5th live booking (~200,000 at a million).
+  1 notice a booking (read), a training job for every 5th booking that held its GPUs (~120,000 at a million).
 
-At --bookings 1000000: 1,000,000 bookings, ~1.2M allocations, 5M audit entries, 1M notices.
+At --bookings 1000000: 1,000,000 bookings, ~1.24M allocations, 5M audit entries, 1M notices.
 
 Each read runs in two worker processes, one per database, each with its own Django and its own
 persistent connection; requests go through Django's test client (every middleware, no network), so
