@@ -316,7 +316,7 @@ class ReservationChangeForm(ServiceForm):
 
 
 class EstimatedCountPaginator(Paginator):
-    """Pages of a table that grows for years (the audit log): past ESTIMATE_ABOVE rows the count is
+    """Pages of a table that grows for years (the audit log, bookings, notices): past ESTIMATE_ABOVE rows the count is
     PostgreSQL's estimate for the list's query (its plan's rows, what EXPLAIN says without running
     it), so that showing a page never counts millions of entries; exact below that, and on SQLite."""
 

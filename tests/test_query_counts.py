@@ -401,6 +401,8 @@ WEB = [
     page("book-refused", "/book/", upcoming, nodes, teams, models, post=refused_booking, status=409),
     page("quota-preview", lambda w: f"/book/quota-preview/?gpus={w.gpus[0].pk}&date={NEXT_SLOT.date()}&slot=20:00&slots=2",
          upcoming),
+    page("resume-search", "/book/resume-options/?q=", past, paged=True),
+    page("resume-search-by-title", "/book/resume-options/?q=run", past, paged=True),
     page("my-bookings", "/bookings/", upcoming, past, paged=True),
     page("my-bookings-page-2", "/bookings/?page=2", upcoming, past, paged=True),
     page("my-bookings-on-an-unhealthy-gpu", "/bookings/", on_an_unhealthy_gpu),
