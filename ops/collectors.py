@@ -139,11 +139,18 @@ class DatabaseCollector:
     def _jobs(self, now):
         family = GaugeMetricFamily(
             "gpu_scheduler_jobs",
-            "Training jobs by status: those not finished, and the finished ones that ended in the last 7 days.",
+            "Training jobs by status: those running (starting, running, stopping), those waiting to start or "
+            "resume whose booking ends within the last 7 days or later, and those that ended in the last 7 days.",
             labels=["status"],
         )
-        unfinished = [status for status in TrainingJob.Status.values if status not in TrainingJob.FINISHED]
-        shown = Q(status__in=unfinished) | Q(ended_at__gte=now - WINDOWS["7d"])
+        since = now - WINDOWS["7d"]
+        # A job left waiting when its booking ended (never started, or interrupted for good) keeps its
+        # status: counted for the week after its booking, not for ever.
+        shown = (
+            Q(status__in=TrainingJob.LIVE)
+            | Q(status__in=TrainingJob.WAITING, reservation__end__gte=since)
+            | Q(ended_at__gte=since)
+        )
         counts = dict.fromkeys(TrainingJob.Status.values, 0)
         counts.update(TrainingJob.objects.filter(shown).order_by().values_list("status").annotate(n=Count("id")))
         for status, n in counts.items():

@@ -1,12 +1,14 @@
 """Reads of the training side that the pages need."""
 
 import os
+import re
 from collections import deque
 from pathlib import Path
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
+from django.db.models import Q
 
 from reservations.models import Team
 
@@ -108,17 +110,19 @@ def _entries(folder, budget):
 
 def resumable_jobs(user, search=""):
     """The jobs of `user`'s teams that left a checkpoint to resume from, newest first (the partial
-    index trainingjob_resumable reads them in that order). `search`: a job's number, or words of its
-    booking's title. A queryset: callers take a page of it."""
+    index trainingjob_resumable reads them in that order). `search`: a job's number ("12", "#12",
+    "job 12"), or words of its booking's title. A queryset: callers take a page of it."""
     jobs = (
         TrainingJob.objects.filter(reservation__team__in=Team.objects.filter(memberships__user=user))
         .exclude(checkpoint="")
         .select_related("reservation")
         .order_by("-created", "-id")
     )
-    search = search.strip().removeprefix("#").removeprefix("job ").strip()
-    if search.isascii() and search.isdigit() and len(search) < 19:
-        return jobs.filter(pk=int(search))
-    if search:
-        return jobs.filter(reservation__title__icontains=search)
-    return jobs
+    search = search.strip()
+    if not search:
+        return jobs
+    matches = Q(reservation__title__icontains=search)
+    number = re.sub(r"^(?:job\s*)?#?\s*", "", search, flags=re.IGNORECASE)
+    if number.isascii() and number.isdigit() and len(number) < 19:
+        matches |= Q(pk=int(number))
+    return jobs.filter(matches)

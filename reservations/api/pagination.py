@@ -1,3 +1,5 @@
+from datetime import timezone as dt_timezone
+
 from django.utils.dateparse import parse_datetime
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination, PageNumberPagination
@@ -25,8 +27,11 @@ class NewestFirstCursorPagination(CursorPagination):
         cursor = super().decode_cursor(request)
         if cursor is not None and cursor.position is not None:
             try:
-                valid = parse_datetime(cursor.position) is not None
-            except ValueError:
+                moment = parse_datetime(cursor.position)
+                # Aware, and a moment every database can hold in UTC (SQLite's conversion of
+                # 0001-01-01T00:00+01:00 would overflow).
+                valid = moment is not None and moment.tzinfo is not None and moment.astimezone(dt_timezone.utc) is not None
+            except (ValueError, OverflowError):
                 valid = False
             if not valid:
                 raise NotFound(self.invalid_cursor_message)

@@ -38,11 +38,11 @@ def _has_field(model, name):
 
 
 def with_runs(bookings, lo):
-    """`bookings` with each kind of work joined where its run can reach past `lo` (it ended after
+    """`bookings` with each kind of work joined where its run can reach `lo` (it ended at or after
     `lo`, or has not ended), for used_gpu_seconds: the join reads that part of the work's ended_at
     index, never every job ever run (on a plain join PostgreSQL would hash the whole table)."""
     return bookings.alias(**{
-        _run(work): FilteredRelation(work, condition=Q(**{f"{work}__ended_at__gt": lo}) | Q(**{f"{work}__ended_at": None}))
+        _run(work): FilteredRelation(work, condition=Q(**{f"{work}__ended_at__gte": lo}) | Q(**{f"{work}__ended_at": None}))
         for work in work_relations()
     })
 

@@ -219,18 +219,21 @@ def test_finished_bookings_and_jobs_leave_the_gauges_a_week_after_their_end_and_
     TrainingJob.objects.create(reservation=finished, spec={}, epochs=1, status=TrainingJob.Status.COMPLETED,
                                started_at=NEXT_SLOT, ended_at=NEXT_SLOT + timedelta(hours=1))
     Reservation.objects.filter(pk=finished.pk).update(status=Reservation.Status.COMPLETED)
-    waiting = book(owner, cluster["node1"][1:2], start=NEXT_SLOT + timedelta(hours=2))
+    waiting = book(owner, cluster["node1"][1:2], start=NEXT_SLOT + timedelta(days=7))
     TrainingJob.objects.create(reservation=waiting, spec={}, epochs=1)  # queued
+    never_ran = book(owner, cluster["node1"][2:3])  # 10:00-12:00, its job left queued when it ended
+    TrainingJob.objects.create(reservation=never_ran, spec={}, epochs=1)
 
     within = scraped(now=NEXT_SLOT + timedelta(days=6))
     beyond = scraped(now=NEXT_SLOT + timedelta(days=8))
 
     assert value(within, "gpu_scheduler_bookings", status="completed", priority="normal") == 1
     assert value(within, "gpu_scheduler_jobs", status="completed") == 1
+    assert value(within, "gpu_scheduler_jobs", status="queued") == 2
     assert value(beyond, "gpu_scheduler_bookings", status="completed", priority="normal") == 0
     assert value(beyond, "gpu_scheduler_jobs", status="completed") == 0
-    # Open bookings and unfinished jobs count whenever they began.
-    assert value(beyond, "gpu_scheduler_bookings", status="confirmed", priority="normal") == 1
+    # Open bookings count whenever they began, a waiting job while its booking is open or a week after.
+    assert value(beyond, "gpu_scheduler_bookings", status="confirmed", priority="normal") == 2
     assert value(beyond, "gpu_scheduler_jobs", status="queued") == 1
 
 @pytest.mark.usefixtures("frozen")

@@ -114,3 +114,13 @@ def test_a_failed_booking_leaves_no_audit_entry(api, cluster, teammate):
     api.post("/api/v1/reservations/", {"gpus": [cluster["node1"][0].pk], "start": "2030-01-07T10:00:00Z", "slots": 1}, format="json")
 
     assert list(AuditEntry.objects.values_list("actor__username", flat=True)) == ["teammate"]
+
+
+@pytest.mark.parametrize("position", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "2030-01-07 10:00:00"])
+def test_a_cursor_at_no_moment_a_database_holds_or_without_a_zone_is_a_404(cluster, owner, staff, position):
+    book(owner, cluster["node1"][:1])
+    cursor = base64.b64encode(f"p={position}".encode()).decode()
+
+    response = client_for(staff).get("/api/v1/audit/", {"cursor": cursor})
+
+    assert response.status_code == 404

@@ -655,6 +655,7 @@ def test_the_resume_search_finds_an_older_job_by_number_or_title_among_the_teams
 
     assert offered(str(oldest.pk)) == ["", str(oldest.pk)]
     assert offered(f"#{oldest.pk}") == ["", str(oldest.pk)]
+    assert offered(f"Job {oldest.pk}") == ["", str(oldest.pk)]
     assert offered("FOG") == ["", str(oldest.pk)]  # the outsider's team's job is not offered
     assert offered(str(theirs.pk)) == [""]
     newest_first = offered("")
@@ -676,3 +677,15 @@ def test_the_booking_form_has_the_resume_search_outside_the_booking_it_posts(own
     search = re.search(r'<input type="search" id="resume-search"[^>]*>', html, re.S).group(0)
     assert 'hx-get="/book/resume-options/"' in search and 'hx-target="#id_resume_from"' in search
     assert 'form="resume-search-form"' in search  # not one of the booking form's fields
+
+
+def test_the_resume_search_finds_digits_in_titles_and_keeps_the_job_already_chosen(owner, cluster):
+    jobs = past_jobs(owner, 3)
+    Reservation.objects.filter(pk=jobs[0].reservation_id).update(title="replay of 2024 data")
+    client = page_client(owner)
+
+    by_year = client.get("/book/resume-options/", {"q": "2024"}).content.decode()
+    keeping = client.get("/book/resume-options/", {"q": "nothing like it", "resume_from": jobs[1].pk}).content.decode()
+
+    assert re.findall(r'<option value="(\d+)"', by_year) == [str(jobs[0].pk)]
+    assert re.search(rf'<option value="{jobs[1].pk}" selected>job {jobs[1].pk}:', keeping)

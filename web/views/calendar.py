@@ -412,12 +412,18 @@ RESUME_SEARCH_MAX = 100
 def resume_options(request):
     """The booking form's "resume from" choices for a search (htmx swaps them into the list as the
     person types): the team's newest jobs with a checkpoint whose number or booking title matches,
-    a page of them; an empty search gives the newest. A search longer than any title: a 400 naming it."""
+    a page of them, and the one already chosen; an empty search gives the newest. A search longer
+    than any title: a 400 naming it."""
     search = request.GET.get("q", "")
     if len(search) > RESUME_SEARCH_MAX:
         return JsonResponse({"q": [f"Search with at most {RESUME_SEARCH_MAX} characters."]}, status=400)
-    field = RecentChoiceField
-    jobs = resumable_jobs(request.user, search)[: field.offered]
+    jobs = list(resumable_jobs(request.user, search)[: RecentChoiceField.offered])
+    # The job already chosen (the list's value, sent along) stays offered and chosen.
+    chosen = request.GET.get("resume_from", "")
+    chosen = int(chosen) if chosen.isascii() and chosen.isdigit() and len(chosen) < 19 else None
+    if chosen is not None and chosen not in {job.pk for job in jobs}:
+        jobs[:0] = resumable_jobs(request.user).filter(pk=chosen)
     return render(request, "web/calendar/_resume_options.html", {
-        "options": [(job.pk, resume_label(job)) for job in jobs], "empty_label": RESUME_EMPTY_LABEL, "search": search,
+        "options": [(job.pk, resume_label(job)) for job in jobs], "chosen": chosen,
+        "empty_label": RESUME_EMPTY_LABEL, "search": search,
     })
