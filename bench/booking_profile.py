@@ -70,7 +70,9 @@ LAYERS = [
     (7, "atomic() entered (BEGIN goes out with the first statement)", ["django.db.transaction:Atomic.__enter__"]),
     (7, "quota row lock and decision (quota_decide)", ["reservations.services.booking:quota_decide"]),
     (7, "GPU lock and check (bookable_gpus)", ["reservations.services.booking:bookable_gpus"]),
-    (7, "conflict check (overlapping_allocations().exists())", ["django.db.models.query:QuerySet.exists"]),
+    (7, "conflict check (selectors.any_overlapping, before: overlapping_allocations().exists())", [
+        "reservations.selectors:any_overlapping", "django.db.models.query:QuerySet.exists",
+    ]),
     (7, "writes (Booking.write)", ["reservations.services.records:Booking.write"]),
     (8, "insert reservation (Model.save)", ["django.db.models:Model.save"]),
     (8, "insert allocations (bulk_create)", ["django.db.models.query:QuerySet.bulk_create"]),
@@ -123,13 +125,17 @@ class Meter:
 
 
 def patch(target, meter):
-    """Wrap the function `target` ("module:attribute path") with `meter`; returns what undoes it."""
+    """Wrap the function `target` ("module:attribute path") with `meter`; returns what undoes it.
+    A function this checkout does not have (the script run on an older one) is left out."""
     module, _, path = target.partition(":")
     *parents, name = path.split(".")
     owner = importlib.import_module(module)
     for parent in parents:
         owner = getattr(owner, parent)
-    original = inspect.getattr_static(owner, name)
+    try:
+        original = inspect.getattr_static(owner, name)
+    except AttributeError:
+        return lambda: None
     if isinstance(original, (functools.cached_property, django_cached_property)):
         wrapped = type(original)(meter.wrap(original.func))
         wrapped.__set_name__(owner, name)
@@ -162,6 +168,8 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=3, help="unprofiled timing rounds")
     p.add_argument("--db", default="gpu_bench_profile", help="database to drop and recreate")
     p.add_argument("--top", type=int, default=20, help="functions listed by cumulative and by own time")
+    p.add_argument("--layers", action=argparse.BooleanOptionalAction, default=True,
+                   help="after the timing, the wrapped layers and the profiles")
     return p.parse_args()
 
 
@@ -350,6 +358,8 @@ def main():
     print(f"ratio of CPU per request, me / booking: {medians['me'] / medians['booking']:.2f}"
           " (booking_load's ratio adds the same HTTP and client costs to both)")
 
+    if not args.layers:
+        return
     # Wall time shows the waits on PostgreSQL (and on the CPU, when the machine is busy); CPU time
     # what the worker itself spends, which is what bounds throughput on a saturated machine.
     print()
