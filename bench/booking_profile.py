@@ -4,24 +4,28 @@
 through Django's WSGI application, as gunicorn calls it, against PostgreSQL. No server, no network, no
 client: only the Python the web worker runs and its waits on the database.
 
-    .venv/bin/python bench/booking_profile.py [--requests 2000] [--rounds 3] [--db gpu_bench_profile]
+    .venv/bin/python bench/booking_profile.py [--requests 2000] [--rounds 3] [--variants] [--no-layers]
+                                              [--db gpu_bench_profile]
 
 First both requests are timed without a profiler, rounds interleaved: wall time, this process's CPU
 time and the CPU time of the database's backends per request (a saturated machine's throughput is
 bounded by CPU time: booking_load's ratio is about me CPU / booking CPU once the same HTTP and client
-costs are added to both). Then the booking runs `--requests` times with the functions that begin each
+costs are added to both). With --variants, the booking is timed again with issue 19's changes
+undone one at a time and together (the code before them), rounds interleaved. Then the booking runs `--requests` times with the functions that begin each
 layer wrapped in timers (middleware, authentication and throttling, parsing, validation, the
 service's steps, rendering, SQL compilation, the statements): wall and CPU time per layer, at a cost
 of a few dozen microseconds a request. Last, the booking and `GET /api/v1/me/` each run under cProfile
 timed by CPU time: where the CPU goes by package (Django's ORM, psycopg, DRF, ...) and the functions
 with the most cumulative and own time. cProfile multiplies the cost of small Python calls several
 times over, so its shares overweight code made of many small calls (field copies, the ORM's
-compiler); the wrapped layers are the figures to quote.
+compiler); the wrapped layers are the figures to quote. The function calls per request it counts do
+not depend on how busy the machine is.
 
 Needs PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres); drops and recreates `--db`.
 """
 
 import argparse
+import copy
 import cProfile
 import functools
 import importlib
@@ -124,9 +128,9 @@ class Meter:
         return timed
 
 
-def patch(target, meter):
-    """Wrap the function `target` ("module:attribute path") with `meter`; returns what undoes it.
-    A function this checkout does not have (the script run on an older one) is left out."""
+def patch(target, make):
+    """Put make(original) in place of the function `target` ("module:attribute path"); returns what
+    undoes it. A function this checkout does not have (the script run on an older one) is left alone."""
     module, _, path = target.partition(":")
     *parents, name = path.split(".")
     owner = importlib.import_module(module)
@@ -136,22 +140,50 @@ def patch(target, meter):
         original = inspect.getattr_static(owner, name)
     except AttributeError:
         return lambda: None
-    if isinstance(original, (functools.cached_property, django_cached_property)):
-        wrapped = type(original)(meter.wrap(original.func))
-        wrapped.__set_name__(owner, name)
-    elif isinstance(original, property):
-        wrapped = property(meter.wrap(original.fget), original.fset, original.fdel)
-    else:
-        wrapped = meter.wrap(original)
-    setattr(owner, name, wrapped)
+    replacement = make(original)
+    if hasattr(replacement, "__set_name__"):  # a cached property learns the name it caches under
+        replacement.__set_name__(owner, name)
+    setattr(owner, name, replacement)
     return lambda: setattr(owner, name, original)
+
+
+def timed_by(meter):
+    """For patch(): the original function, method, property or cached property, timed by `meter`."""
+
+    def make(original):
+        if isinstance(original, (functools.cached_property, django_cached_property)):
+            return type(original)(meter.wrap(original.func))
+        if isinstance(original, property):
+            return property(meter.wrap(original.fget), original.fset, original.fdel)
+        return meter.wrap(original)
+
+    return make
+
+
+# Issue 19's changes undone, one at a time and together, to measure in one process what each buys
+# (--variants): the code before them was exactly DRF's deep copy of the declared fields and the ORM's
+# exists() for the conflict check.
+def _deep_copied_fields(self):
+    return copy.deepcopy(self._declared_fields)
+
+
+def _orm_conflict_check(gpu_ids, start, end):
+    return importlib.import_module("reservations.selectors").overlapping_allocations(gpu_ids, start, end).exists()
+
+
+UNDONE = {
+    "DRF's deep field copies": [("apibase.serializers:PlainFieldsMixin.get_fields", lambda _: _deep_copied_fields)],
+    "the ORM's conflict check": [("reservations.selectors:any_overlapping", lambda _: _orm_conflict_check)],
+}
+VARIANTS = {"as committed": [], **{f"with {name}": undo for name, undo in UNDONE.items()},
+            "with both (the code before)": [step for undo in UNDONE.values() for step in undo]}
 
 
 def metered(n, request):
     """`n` calls of `request` with every layer's functions wrapped: {row label: Meter}. A wrapper
     costs a microsecond or two a call, and a booking makes a few dozen such calls."""
     meters = {label: Meter() for _, label, _ in LAYERS}
-    undo = [patch(target, meters[label]) for _, label, targets in LAYERS for target in targets]
+    undo = [patch(target, timed_by(meters[label])) for _, label, targets in LAYERS for target in targets]
     try:
         for _ in range(n):
             request()
@@ -168,6 +200,8 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=3, help="unprofiled timing rounds")
     p.add_argument("--db", default="gpu_bench_profile", help="database to drop and recreate")
     p.add_argument("--top", type=int, default=20, help="functions listed by cumulative and by own time")
+    p.add_argument("--variants", action="store_true",
+                   help="also time the booking with issue 19's changes undone (rounds interleaved)")
     p.add_argument("--layers", action=argparse.BooleanOptionalAction, default=True,
                    help="after the timing, the wrapped layers and the profiles")
     return p.parse_args()
@@ -215,13 +249,40 @@ def booking_bodies(gpu_ids, slot_s, horizon_days, needed):
 
 
 def timed(n, request, cpu):
-    """Per request: (wall ms, this process's CPU ms, the database backends' CPU ms)."""
-    cpu0, started = cpu(), time.perf_counter()
+    """Per request: (wall ms, this process's CPU ms, the database backends' CPU ms). The process's CPU
+    time is the scheduler's to the nanosecond; the backends' comes from /proc in clock ticks."""
+    wall, python, pg = time.perf_counter(), time.process_time(), cpu()["postgres"]
     for _ in range(n):
         request()
-    wall, cpu1 = time.perf_counter() - started, cpu()
-    per_request = lambda key: (cpu1[key] - cpu0[key]) / n * 1000  # noqa: E731
-    return wall / n * 1000, per_request("gunicorn"), per_request("postgres")
+    wall, python, pg = time.perf_counter() - wall, time.process_time() - python, cpu()["postgres"] - pg
+    return wall / n * 1000, python / n * 1000, pg / n * 1000
+
+
+def variant_timings(args, book, cpu):
+    """{variant: [timed() per round]}, the variants taking turns round by round, so that a slower
+    moment of a shared machine hits them all alike."""
+    timings = {name: [] for name in VARIANTS}
+    for _ in range(args.rounds):
+        for name, steps in VARIANTS.items():
+            undo = [patch(target, make) for target, make in steps]
+            try:
+                timings[name].append(timed(args.requests, book, cpu))
+            finally:
+                for step in reversed(undo):
+                    step()
+    return timings
+
+
+def print_variants(timings):
+    print("\nbooking per request with issue 19's changes undone, median of the rounds (best in brackets):")
+    print(f"{'variant':40} {'wall ms':>16} {'Python CPU ms':>16} {'PostgreSQL CPU ms':>18} {'CPU ms':>8} {'vs committed':>12}")
+    committed = None
+    for name, rounds in timings.items():
+        columns = list(zip(*rounds))
+        wall, python, pg = (statistics.median(c) for c in columns)
+        committed = committed or python + pg
+        print(f"{name:40} {wall:7.3f} ({min(columns[0]):6.3f}) {python:7.3f} ({min(columns[1]):6.3f})"
+              f" {pg:9.3f} ({min(columns[2]):6.3f}) {python + pg:8.3f} {(python + pg) / committed - 1:+11.1%}")
 
 
 def statements(request):
@@ -319,8 +380,10 @@ def main():
     from django.core.wsgi import get_wsgi_application
 
     call = Caller(get_wsgi_application(), tokens[0])
-    # The rounds, the wrapped run and the profiled one, the warm-up and the statement count.
-    bodies = booking_bodies(gpu_ids, slot_hours * 3600, horizon_days, (args.rounds + 2) * args.requests + 201)
+    # The rounds, the variants' rounds, the wrapped run and the profiled one, the warm-up and the
+    # statement count.
+    rounds = args.rounds * (1 + (len(VARIANTS) if args.variants else 0)) + 2
+    bodies = booking_bodies(gpu_ids, slot_hours * 3600, horizon_days, rounds * args.requests + 201)
 
     def me():
         assert call("GET", ME_URL) == 200
@@ -334,7 +397,7 @@ def main():
         book()
     booking_sql, me_sql = statements(book), statements(me)
 
-    # This process plays gunicorn's worker: cpu_snapshot counts it and the database's backends.
+    # The CPU time of the database's backends (this process plays gunicorn's worker).
     cpu = lambda: cpu_snapshot(os.getpid(), args.db)  # noqa: E731
     timings = {"me": [], "booking": []}
     for _ in range(args.rounds):
@@ -358,6 +421,8 @@ def main():
     print(f"ratio of CPU per request, me / booking: {medians['me'] / medians['booking']:.2f}"
           " (booking_load's ratio adds the same HTTP and client costs to both)")
 
+    if args.variants:
+        print_variants(variant_timings(args, book, cpu))
     if not args.layers:
         return
     # Wall time shows the waits on PostgreSQL (and on the CPU, when the machine is busy); CPU time
@@ -368,10 +433,13 @@ def main():
         stats = profile(args.requests, request)
         total = next(ct for (filename, _, name), (_, _, _, ct, _) in stats.stats.items()
                      if filename.endswith("django/core/handlers/wsgi.py") and name == "__call__")
-        print(f"\n=== {title}: {total / args.requests * 1000:.3f} ms of CPU per request under cProfile ===")
+        calls = sum(nc for _, nc, _, _, _ in stats.stats.values())
+        print(f"\n=== {title}: {total / args.requests * 1000:.3f} ms of CPU per request under cProfile,"
+              f" {calls / args.requests:.0f} function calls per request (a count, not a timing) ===")
         print_packages(stats, args.requests, total)
         print_top(stats, args.requests, total, args.top, 3, "by cumulative CPU time")
         print_top(stats, args.requests, total, args.top, 2, "by own CPU time")
+
 
 if __name__ == "__main__":
     main()
