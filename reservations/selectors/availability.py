@@ -35,9 +35,16 @@ def any_overlapping(gpu_ids, start, end):
     .exists(), written out. Every booking asks it under its GPU locks, and building the ORM's query
     took four times the CPU of sending it and reading the answer (bench/booking_profile.py). The same
     filter: policy.overlapping's rule, bounded by start as _overlapping_bounded is (the tests compare
-    the two)."""
+    the two, and the plan of each)."""
     if not gpu_ids:
         return False
+    with connection.cursor() as cursor:
+        cursor.execute(*overlap_check_sql(gpu_ids, start, end))
+        return cursor.fetchone() is not None
+
+
+def overlap_check_sql(gpu_ids, start, end):
+    """any_overlapping's statement and its parameters."""
     vendor = sql.Vendor(connection)
     column = {name: vendor.q(Allocation._meta.get_field(name).column) for name in ("gpu", "live", "start", "end")}
     query = (
@@ -46,9 +53,7 @@ def any_overlapping(gpu_ids, start, end):
         f" AND {column['start']} < %s AND {column['end']} > %s AND {column['start']} > %s LIMIT 1"
     )
     params = [*gpu_ids, True, end, start, start - policy.longest_booking()]
-    with connection.cursor() as cursor:
-        cursor.execute(query, [vendor.param(value) for value in params])
-        return cursor.fetchone() is not None
+    return query, [vendor.param(value) for value in params]
 
 
 def _overlapping_bounded(start, end):
