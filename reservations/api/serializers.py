@@ -3,7 +3,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apibase.fields import AwareDateTimeField
-from apibase.serializers import StrictSerializer
+from apibase.serializers import PlainFieldsMixin, StrictSerializer
 
 from .. import jobs, policy, selectors
 from ..errors import BookingError
@@ -22,7 +22,9 @@ class StartField(AwareDateTimeField):
         return super().to_internal_value(value)
 
 
-class ReservationCreateSerializer(StrictSerializer):
+class ReservationCreateSerializer(PlainFieldsMixin, StrictSerializer):
+    # PlainFieldsMixin: built for every booking (its fields are plain; the work kinds' serializers
+    # that get_fields adds are built afresh for each instance).
     gpus = serializers.ListField(
         child=serializers.IntegerField(min_value=1), allow_empty=False, max_length=1024, required=False
     )
@@ -60,9 +62,9 @@ class ReservationCreateSerializer(StrictSerializer):
         return attrs
 
 
-class ReservationSerializer(serializers.Serializer):
-    # A plain Serializer: it is on every booking's response, and ModelSerializer rebuilds its fields
-    # from the model on each instantiation.
+class ReservationSerializer(PlainFieldsMixin, serializers.Serializer):
+    # A plain Serializer with PlainFieldsMixin: it is on every booking's response, ModelSerializer
+    # rebuilds its fields from the model on each instantiation, and DRF deep-copies declared ones.
     id = serializers.IntegerField(read_only=True)
     user = serializers.CharField(source="user.username", read_only=True)
     team = serializers.CharField(source="team.slug", read_only=True)

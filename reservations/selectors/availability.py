@@ -6,9 +6,10 @@ from bisect import bisect_right
 from collections import defaultdict
 from dataclasses import dataclass
 
+from django.db import connection
 from django.db.models import Q
 
-from .. import policy
+from .. import policy, sql
 from ..models import GPU, Allocation, Reservation
 
 
@@ -27,6 +28,32 @@ def overlapping_allocations(gpu_ids, start, end, *, exclude_reservation=None):
     if exclude_reservation is not None:
         qs = qs.exclude(reservation_id=exclude_reservation)
     return qs
+
+
+def any_overlapping(gpu_ids, start, end):
+    """Whether any live allocation on `gpu_ids` overlaps [start, end): overlapping_allocations(...)
+    .exists(), written out. Every booking asks it under its GPU locks, and building the ORM's query
+    took four times the CPU of sending it and reading the answer (bench/booking_profile.py). The same
+    filter: policy.overlapping's rule, bounded by start as _overlapping_bounded is (the tests compare
+    the two, and the plan of each)."""
+    if not gpu_ids:
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute(*overlap_check_sql(gpu_ids, start, end))
+        return cursor.fetchone() is not None
+
+
+def overlap_check_sql(gpu_ids, start, end):
+    """any_overlapping's statement and its parameters."""
+    vendor = sql.Vendor(connection)
+    column = {name: vendor.q(Allocation._meta.get_field(name).column) for name in ("gpu", "live", "start", "end")}
+    query = (
+        f"SELECT 1 FROM {vendor.q(Allocation._meta.db_table)}"
+        f" WHERE {column['gpu']} IN ({', '.join(['%s'] * len(gpu_ids))}) AND {column['live']} = %s"
+        f" AND {column['start']} < %s AND {column['end']} > %s AND {column['start']} > %s LIMIT 1"
+    )
+    params = [*gpu_ids, True, end, start, start - policy.longest_booking()]
+    return query, [vendor.param(value) for value in params]
 
 
 def _overlapping_bounded(start, end):

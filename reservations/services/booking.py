@@ -128,7 +128,7 @@ def _book(*, booking, gpu_ids, waitlist=False):
     if gpu_ids is not None:
         gpus = bookable_gpus(gpu_ids, lock=True)
         # The common case is no conflict: ask cheaply, and build the details only for a 409.
-        taken = selectors.overlapping_allocations(gpu_ids, start, end).exists()
+        taken = selectors.any_overlapping(gpu_ids, start, end)
         conflicts = list(selectors.conflicting_allocations(gpu_ids, start, end)) if taken else None
         chosen = None if taken else gpus
     else:
