@@ -420,7 +420,7 @@ def resume_options(request):
     jobs = list(resumable_jobs(request.user, search)[: RecentChoiceField.offered])
     # The job already chosen (the list's value, sent along) stays offered and chosen.
     chosen = request.GET.get("resume_from", "")
-    chosen = int(chosen) if chosen.isascii() and chosen.isdigit() and len(chosen) < 19 else None
+    chosen = int(chosen) if _is_id(chosen) else None
     if chosen is not None and chosen not in {job.pk for job in jobs}:
         jobs[:0] = resumable_jobs(request.user).filter(pk=chosen)
     return render(request, "web/calendar/_resume_options.html", {
