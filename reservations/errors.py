@@ -47,3 +47,17 @@ class QuotaExceeded(Exception):
             "Book it as borrowed time (borrow: true): idle GPUs, preemptible, reclaimed with notice when a team "
             f"within its quota needs them;{split} or book when room frees."
         )
+
+
+class SeriesConflict(Exception):
+    """A recurring booking with `on_conflict: fail` whose occurrences cannot all be booked: nothing is
+    booked, and the 409 lists each occurrence in the way (`occurrences`: selectors.OccurrencePreview,
+    each with its conflicts; `suggestions`: {occurrence start: [Window]})."""
+
+    code = "series_conflict"
+
+    def __init__(self, message, *, occurrences, suggestions):
+        super().__init__(message)
+        self.message = message
+        self.occurrences = occurrences
+        self.suggestions = suggestions

@@ -48,12 +48,18 @@ class WorkKind(Protocol):
     def spec_serializer(self) -> serializers.Field:
         """A serializer (instance) that validates the booking's field."""
 
-    def check_spec(self, *, user, team, spec: dict) -> dict:
-        """Rules that need the database (who may resume or serve what). Returns the spec to store."""
+    def check_spec(self, *, user, team, spec: dict, series: bool = False) -> dict:
+        """Rules that need the database (who may resume or serve what). Returns the spec to store.
+        `series`: the booking is an occurrence of a recurring booking (a job may then resume from
+        the previous occurrence's: "resume_from": "previous")."""
 
     def create(self, *, reservation, spec: dict | None, now: datetime) -> list[str]:
         """Inside the booking's transaction: the work that runs in the booking (`spec` None: the
         booking carries none of this kind). Returns warnings for the person booking."""
+
+    def replace(self, *, reservation, spec: dict | None, now: datetime) -> None:
+        """Inside a transaction holding the booking's lock, before the booking begins: its work of
+        this kind becomes `spec` (None: none), as a series change asks of its future occurrences."""
 
     def stop(self, *, reservation, reason: str) -> None:
         """Inside the transaction that ends the booking early: stop its work (checkpoint, drain)."""
@@ -101,17 +107,25 @@ class BookingWork:
         """The booking request's fields for work, each with its kind's serializer."""
         return {field: kind.spec_serializer() for field, kind in self.kinds.items()}
 
-    def check(self, *, user, team, work):
-        """The booking's work ({field: spec}), each spec checked by its kind; at most one kind."""
+    def check(self, *, user, team, work, series=False):
+        """The booking's work ({field: spec}), each spec checked by its kind; at most one kind.
+        `series`: it is (the template of) an occurrence of a recurring booking."""
         work = {field: spec for field, spec in (work or {}).items() if spec is not None}
         policy.require_one_kind_of_work(work)
-        return {field: self.kinds[field].check_spec(user=user, team=team, spec=spec) for field, spec in work.items()}
+        return {
+            field: self.kinds[field].check_spec(user=user, team=team, spec=spec, series=series)
+            for field, spec in work.items()
+        }
 
     def create(self, *, reservation, work, now):
         warnings = []
         for field, kind in self.kinds.items():
             warnings += kind.create(reservation=reservation, spec=(work or {}).get(field), now=now)
         return warnings
+
+    def replace(self, *, reservation, work, now):
+        for field, kind in self.kinds.items():
+            kind.replace(reservation=reservation, spec=(work or {}).get(field), now=now)
 
     def stop(self, *, reservation, reason):
         for kind in self.kinds.values():

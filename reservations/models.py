@@ -258,6 +258,13 @@ class Reservation(models.Model):
     gpu_count = models.PositiveSmallIntegerField()
     allow_multi_node = models.BooleanField(default=False)
     gpus = models.ManyToManyField(GPU, through="Allocation", related_name="reservations")
+    # An occurrence of a recurring booking: its series, and the start its rule gave it (UTC, on the
+    # slot grid; the booking may have moved since). One booking per occurrence: the constraint below
+    # makes a second beat's (or a retry's) booking of it fail.
+    series = models.ForeignKey(
+        "Series", on_delete=models.PROTECT, null=True, blank=True, related_name="occurrences"
+    )
+    occurrence = models.DateTimeField(null=True, blank=True, editable=False)
     created = models.DateTimeField(default=timezone.now, editable=False)
     updated = models.DateTimeField(auto_now=True)
 
@@ -266,6 +273,10 @@ class Reservation(models.Model):
         permissions = [("book_high_priority", "Can book high-priority reservations")]
         constraints = [
             models.CheckConstraint(condition=Q(start__lt=models.F("end")), name="reservation_start_before_end"),
+            models.UniqueConstraint(
+                fields=["series", "occurrence"], condition=Q(series__isnull=False, rebook_of=None),
+                name="reservation_one_per_occurrence",
+            ),
         ]
         indexes = [
             models.Index(fields=["status", "start"], name="reservation_status_start"),
@@ -297,6 +308,62 @@ class Reservation(models.Model):
         if held is None:
             held = self.held_allocations = list(self.allocations.select_related("gpu__node").order_by("gpu_id"))
         return held
+
+
+class Series(models.Model):
+    """A recurring booking: one request, booked as ordinary bookings (its occurrences, each a
+    Reservation with `series` set) at the times its rule gives (reservations.recurrence). Those
+    within the booking horizon are booked when it is made, later ones by beat as the horizon moves
+    (services.series). What each occurrence is booked with is kept here, for the ones to come."""
+
+    class OnConflict(models.TextChoices):
+        FAIL = "fail", "Book nothing (409) when any occurrence is taken"
+        SKIP = "skip", "Book the free occurrences, skip the taken ones"
+        WAITLIST = "waitlist", "Taken occurrences wait on the waitlist"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="series")
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="series")
+    title = models.CharField(max_length=200, blank=True)
+    # What each occurrence books: the GPUs named (a list of ids) or a number of them.
+    gpu_ids = models.JSONField(null=True, blank=True)
+    gpu_count = models.PositiveSmallIntegerField()
+    allow_multi_node = models.BooleanField(default=False)
+    slots = models.PositiveSmallIntegerField()
+    priority = models.CharField(max_length=10, choices=Reservation.Priority.choices, default=Reservation.Priority.NORMAL)
+    preemptible = models.BooleanField(null=True, blank=True, help_text="Empty: as the priority decides for each booking.")
+    auto_rebook = models.BooleanField(default=True)
+    borrow = models.BooleanField(default=False, help_text="An occurrence over the team's quota is booked as borrowed time.")
+    # The work each occurrence carries ({"job": spec} or {"serve": spec}); a job's
+    # "resume_from": "previous" resumes from the previous occurrence's checkpoint.
+    work = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+    # The recurrence: an RFC 5545 RRULE (the subset recurrence.py allows), its first start (UTC), and
+    # the IANA zone whose wall-clock time the occurrences keep.
+    rule = models.CharField(max_length=300)
+    first_start = models.DateTimeField()
+    time_zone = models.CharField(max_length=64, default="UTC")
+    on_conflict = models.CharField(max_length=10, choices=OnConflict.choices, default=OnConflict.FAIL)
+    # Every occurrence starting at or before this has been booked (or skipped): where beat goes on.
+    booked_through = models.DateTimeField(null=True, blank=True)
+    # Occurrences from here on are cancelled ("this and the following"); None: none are.
+    ends_before = models.DateTimeField(null=True, blank=True)
+    # Occurrences cancelled before they were booked (ISO UTC starts: the feed's EXDATEs), and those
+    # that could not be booked ([{"at": ISO UTC start, "reason": why}]).
+    cancelled_occurrences = models.JSONField(default=list, blank=True)
+    skipped = models.JSONField(default=list, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(default=timezone.now, editable=False)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        verbose_name_plural = "series"
+        indexes = [
+            # Beat's roll-forward reads the series still going.
+            models.Index(fields=["booked_through"], condition=Q(cancelled_at=None), name="series_going"),
+        ]
+
+    def __str__(self):
+        return f"series #{self.pk} {self.title or ''}".rstrip()
 
 
 class Allocation(models.Model):
@@ -360,6 +427,9 @@ class AuditEntry(models.Model):
         MODEL_DELETE = "model_delete", "Model or model version deleted"
         BORROW = "borrow", "Booked as borrowed (over quota)"
         QUOTA_CHANGE = "quota_change", "Team quota changed"
+        SERIES_CREATE = "series_create", "Series created"
+        SERIES_CHANGE = "series_change", "Series changed"
+        SERIES_CANCEL = "series_cancel", "Series cancelled (whole or part)"
 
     created = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
     actor = models.ForeignKey(
@@ -412,6 +482,7 @@ class Notice(models.Model):
         GPU_ALERT = "gpu_alert", "GPU alert"
         GPU_UNHEALTHY = "gpu_unhealthy", "GPU out of service"
         GPU_RECOVERED = "gpu_recovered", "GPU back in service"
+        SERIES_SKIPPED = "series_skipped", "Series occurrence not booked"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notices")
     kind = models.CharField(max_length=30, choices=Kind.choices)

@@ -154,6 +154,8 @@ QUOTA_WEEK_OFFSET_MINUTES = (
     + int(_week_start[2]) * 60 + int(_week_start[3])
 )
 FAIR_SHARE_DAYS = env_int("FAIR_SHARE_DAYS", 7, minimum=1)
+# Recurring bookings (reservations.recurrence): the most occurrences one series may have.
+SERIES_MAX_OCCURRENCES = env_int("SERIES_MAX_OCCURRENCES", 366, minimum=1)
 # Idempotency records older than this are pruned; a retry after it books again.
 IDEMPOTENCY_TTL_HOURS = env_int("IDEMPOTENCY_TTL_HOURS", 24, minimum=1)
 # Years of history (README "The audit log over the years"): beat keeps the audit log's monthly
@@ -609,6 +611,9 @@ CELERY_BEAT_SCHEDULE = {
     # schedule file (a container), so a beat restarted more often than daily would never run it.
     "reservations-audit-partitions": {"task": "reservations.tasks.audit_partitions", "schedule": crontab(minute=10, hour=3)},
     "reservations-notices-prune": {"task": "reservations.tasks.notices_prune", "schedule": crontab(minute=40, hour=3)},
+    # Recurring bookings: occurrences that came within the booking horizon are booked (hourly, so a
+    # beat down for a while catches up the same night; booking an occurrence twice is impossible).
+    "reservations-series-extend": {"task": "reservations.tasks.series_extend", "schedule": crontab(minute=20)},
 }
 
 LOGGING = {

@@ -28,7 +28,7 @@ class ServingWork:
     def spec_serializer(self):
         return ServeSpecSerializer(required=False, allow_null=True, default=None)
 
-    def check_spec(self, *, user, team, spec):
+    def check_spec(self, *, user, team, spec, series=False):
         return services.serving_spec_check(user=user, team=team, spec=spec)
 
     def create(self, *, reservation, spec, now):
@@ -37,6 +37,9 @@ class ServingWork:
             Reservation.serving.related.set_cached_value(reservation, None)
             return []
         return services.serving_create(reservation=reservation, spec=spec, now=now)
+
+    def replace(self, *, reservation, spec, now):
+        services.serving_replace(reservation=reservation, spec=spec)
 
     def stop(self, *, reservation, reason):
         services.serving_stop_for_booking(reservation=reservation, reason=reason)

@@ -39,6 +39,25 @@ def serving_create(*, reservation, spec, now):
     return []
 
 
+def serving_replace(*, reservation, spec):
+    """A booking not begun serves `spec` from now on (a series change): its waiting serving takes the
+    new spec (its models locked and checked as when booked), or is made or dropped."""
+    serving = Serving.objects.filter(reservation=reservation).first()
+    if serving is None:
+        if spec is not None:
+            serving_create(reservation=reservation, spec=spec, now=timezone.now())
+        return
+    if serving.status != Status.QUEUED:
+        return
+    if spec is None:
+        serving.delete()
+        return
+    names = sorted({parse_ref(ref)[0] for ref in spec["models"]})
+    list(Model.objects.select_for_update().filter(team=reservation.team, name__in=names).order_by("pk"))
+    resolve_models(reservation.team, spec["models"])
+    Serving.objects.filter(pk=serving.pk, status=Status.QUEUED).update(spec=spec)
+
+
 def serving_stop_for_booking(*, reservation, reason):
     """The booking ends now (cancelled, preempted): its serving ends (_end_servings)."""
     _end_servings(Serving.objects.filter(reservation=reservation), reason)

@@ -26,8 +26,8 @@ class TrainingWork:
     def spec_serializer(self):
         return JobSpecSerializer(required=False)
 
-    def check_spec(self, *, user, team, spec):
-        return services.job_spec_check(user=user, team=team, spec=spec)
+    def check_spec(self, *, user, team, spec, series=False):
+        return services.job_spec_check(user=user, team=team, spec=spec, series=series)
 
     def create(self, *, reservation, spec, now):
         if spec is None:
@@ -35,6 +35,9 @@ class TrainingWork:
             Reservation.job.related.set_cached_value(reservation, None)
             return []
         return services.job_create(reservation=reservation, spec=spec, now=now)
+
+    def replace(self, *, reservation, spec, now):
+        services.job_replace(reservation=reservation, spec=spec, now=now)
 
     def stop(self, *, reservation, reason):
         services.job_stop_for_booking(reservation=reservation, reason=reason)

@@ -18,7 +18,7 @@ from . import queue, signals
 from .models import TrainingJob
 
 
-def job_spec_check(*, user, team, spec):
+def job_spec_check(*, user, team, spec, series=False):
     """Rules a serializer cannot check alone: what `resume_from` may name."""
     source_id = spec.get("resume_from")
     if source_id is None:
@@ -40,7 +40,7 @@ def job_create(*, reservation, spec, now):
         reservation=reservation,
         spec=spec,
         epochs=spec["epochs"],
-        resumed_from_id=spec.get("resume_from"),
+        resumed_from_id=_resumed_from(spec),
         reason="Booked; waits for the slot to start.",
         created=now,
     )
@@ -58,6 +58,30 @@ def job_create(*, reservation, spec, now):
         data={"node": node.hostname, "job": job.pk, "at": "slot_start" if reservation.start <= now else "booking"},
     )
     return [warning]
+
+
+def job_replace(*, reservation, spec, now):
+    """A booking not begun carries `spec` from now on (None: no job): its waiting job takes the new
+    spec, or is made or dropped. A job that has begun is left as it is."""
+    job = TrainingJob.objects.filter(reservation=reservation).first()
+    if job is None:
+        if spec is not None:
+            job_create(reservation=reservation, spec=spec, now=now)
+        return
+    if job.status != TrainingJob.Status.QUEUED:
+        return
+    if spec is None:
+        job.delete()
+        return
+    TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.QUEUED).update(
+        spec=spec, epochs=spec["epochs"], resumed_from_id=_resumed_from(spec), updated=now
+    )
+
+
+def _resumed_from(spec):
+    """The job a spec resumes, by id; None for none, or for "previous" (found when it starts)."""
+    source = spec.get("resume_from")
+    return source if isinstance(source, int) else None
 
 
 def job_stop_for_booking(*, reservation, reason):

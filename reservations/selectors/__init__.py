@@ -59,10 +59,15 @@ from .quotas import (
     team_week_usage,
     waitlist_order,
 )
+from .series import OccurrencePreview, occurrences_preview, series_occurrences, series_of_user
 from .reports import USAGE_DEFAULT_PERIOD, USAGE_MAX_PERIOD, usage_period, usage_report
 
 __all__ = [
     "DayUsage",
+    "OccurrencePreview",
+    "occurrences_preview",
+    "series_occurrences",
+    "series_of_user",
     "Preemption",
     "PreemptionPlan",
     "QUOTA_VALUES",

@@ -37,6 +37,8 @@ def reservation_create(
     actor=None,
     now=None,
     on_booked=None,
+    series=None,
+    occurrence=None,
 ):
     """Book `gpu_ids` (or any `gpu_count` GPUs) for `slots` slots from `start` (a slot boundary;
     "earliest": the nearest free window; "now": from now to the end of this slot, plus slots - 1).
@@ -47,7 +49,8 @@ def reservation_create(
     if this one is preempted. Over the team's quota it is refused (QuotaExceeded), or with `borrow`
     booked as borrowed time (services.quota). `on_booked(reservation)` runs inside the booking's transaction, so what
     it writes commits with the booking or not at all. Each step is its own short transaction: never
-    call this inside another one (locks.py)."""
+    call this inside another one (locks.py). `series` and `occurrence`: it is that occurrence (a UTC
+    slot start) of a recurring booking (services.series)."""
     now = now or timezone.now()
     policy.require_one_target(gpu_ids, gpu_count)
     team = policy.resolve_team(user, team)
@@ -60,6 +63,8 @@ def reservation_create(
         gpu_count=len(gpu_ids) if gpu_ids is not None else gpu_count,
         allow_multi_node=allow_multi_node,
         auto_rebook=auto_rebook,
+        series=series,
+        occurrence=occurrence,
     )
     policy.validate_slots(slots)
     if borrow:
@@ -68,7 +73,7 @@ def reservation_create(
         gpu_ids = check_gpu_ids(list(gpu_ids))
     else:
         check_gpu_count(gpu_count, allow_multi_node)
-    work = jobs.work_kinds.check(user=user, team=team, work=work)
+    work = jobs.work_kinds.check(user=user, team=team, work=work, series=series is not None)
     request = Booking(
         fields=fields, start=None, end=None, work=work, actor=actor or user, now=now, on_booked=on_booked, borrow=borrow
     )

@@ -231,6 +231,8 @@ def _rebook_unused_part(victim, preemptor, job, *, gpu_ids, slots, now):
         user=victim.user, team=victim.team, title=victim.title, priority=victim.priority,
         preemptible=victim.preemptible, gpu_count=victim.gpu_count, allow_multi_node=victim.allow_multi_node,
         auto_rebook=victim.auto_rebook, rebook_of=victim, borrowed=borrowed,
+        # The rest of an occurrence stays in its series (its page, and a job resuming from "previous").
+        series_id=victim.series_id, occurrence=victim.occurrence,
     )
     work, note = jobs.work_kinds.rebook(job) if job is not None else (None, "")
     return write_reservation(

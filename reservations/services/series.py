@@ -1,0 +1,452 @@
+"""Recurring bookings: a Series made with the occurrences the booking horizon holds, the later ones
+booked by beat as the horizon moves (series_extend), and changes to a series: cancel one occurrence,
+this and the following, or all; change what future occurrences carry; transfer it in the team.
+
+Every occurrence is an ordinary booking made by reservation_create (same rules, quotas, preemption,
+audit), with `series` and `occurrence` set. The database holds one booking per occurrence (the
+constraint reservation_one_per_occurrence), so two beats, a retry or a restart never book one twice.
+A series' own row is locked alone, in a short transaction of its own (locks.py), for its bookkeeping
+(how far it is booked, what was skipped); bookings are never made while it is held.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .. import jobs, policy, recurrence, selectors
+from ..errors import BookingConflict, BookingError, QuotaExceeded, SeriesConflict
+from ..models import AuditEntry, Notice, Reservation, Series
+from ..utc_text import utc_moment
+from .audit import audit_record
+from .booking import reservation_create
+from .changes import reservation_cancel, reservation_transfer, reservation_update
+from .locks import lock_reservation, service_transaction
+from .notices import notice_send
+from .records import check_gpu_count, check_gpu_ids
+
+log = logging.getLogger(__name__)
+
+OCCURRENCE_CONSTRAINT = "reservation_one_per_occurrence"
+Status = Reservation.Status
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """What became of one occurrence: booked (confirmed), waitlisted, skipped (with why), later
+    (beyond the horizon: beat books it) or cancelled."""
+
+    start: datetime
+    outcome: str
+    reservation: Reservation | None = None
+    reason: str = ""
+
+
+@dataclass
+class SeriesResult:
+    series: Series
+    occurrences: list = field(default_factory=list)
+
+    def of(self, outcome):
+        return [o for o in self.occurrences if o.outcome == outcome]
+
+
+def series_snapshot(series):
+    """The audited state of a series, JSON-ready."""
+    return {
+        "user": series.user.get_username(),
+        "team": series.team.slug,
+        "title": series.title,
+        "rule": series.rule,
+        "start": series.first_start.isoformat(),
+        "timezone": series.time_zone,
+        "slots": series.slots,
+        "gpus": series.gpu_ids,
+        "gpu_count": series.gpu_count,
+        "priority": series.priority,
+        "preemptible": series.preemptible,
+        "borrow": series.borrow,
+        "on_conflict": series.on_conflict,
+        "work": series.work,
+        "ends_before": series.ends_before.isoformat() if series.ends_before else None,
+        "cancelled": series.cancelled_at is not None,
+    }
+
+
+def _target(series):
+    return f"series:{series.pk}"
+
+
+def series_starts(series):
+    """Every occurrence start of the series' rule (UTC slot starts), cancelled ones included."""
+    return recurrence.expand(recurrence.parse_rule(series.rule), series.first_start, recurrence.zone(series.time_zone))
+
+
+def _is_going(series, start):
+    """Whether an occurrence is still to be booked: not cut off, not cancelled on its own."""
+    if series.cancelled_at is not None:
+        return False
+    if series.ends_before is not None and start >= series.ends_before:
+        return False
+    return start.isoformat() not in series.cancelled_occurrences
+
+
+def series_create(
+    *, user, start, slots, rule, tz="UTC", on_conflict=Series.OnConflict.FAIL, gpu_ids=None, gpu_count=None,
+    allow_multi_node=False, priority=Reservation.Priority.NORMAL, preemptible=None, team=None, title="",
+    work=None, auto_rebook=True, borrow=False, actor=None, now=None,
+):
+    """Make a series and book its occurrences within the horizon (the rest: series_extend). Each
+    booking is its own transaction (never call this inside another one). With on_conflict `fail`
+    nothing is booked when an occurrence cannot be (SeriesConflict); `skip` books the others and
+    notifies the owner; `waitlist` puts the taken ones on the waitlist. Returns a SeriesResult."""
+    now = now or timezone.now()
+    actor = actor or user
+    policy.require_one_target(gpu_ids, gpu_count)
+    team = policy.resolve_team(user, team)
+    if on_conflict not in Series.OnConflict.values:
+        raise BookingError("on_conflict", f"Use one of {', '.join(Series.OnConflict.values)}.")
+    policy.validate_slots(slots)
+    if borrow:
+        policy.may_borrow(priority)
+    policy.resolve_preemptible(user, priority, preemptible)  # a 400 for high priority without the right
+    if gpu_ids is not None:
+        gpu_ids = check_gpu_ids(list(gpu_ids))
+    else:
+        check_gpu_count(gpu_count, allow_multi_node)
+    parsed = recurrence.parse_rule(rule)
+    zone = recurrence.zone(tz)
+    recurrence.first_start_check(start, slots, now)
+    starts = recurrence.expand(parsed, start, zone)
+    _require_apart(starts, slots)
+    work = jobs.work_kinds.check(user=user, team=team, work=work, series=True)
+    series = Series(
+        user=user, team=team, title=title, gpu_ids=gpu_ids, gpu_count=len(gpu_ids) if gpu_ids is not None else gpu_count,
+        allow_multi_node=allow_multi_node, slots=slots, priority=priority, preemptible=preemptible,
+        auto_rebook=auto_rebook, borrow=borrow, work=work or {}, rule=parsed.text, first_start=start,
+        time_zone=tz, on_conflict=on_conflict, created=now,
+    )
+    due = [s for s in starts if recurrence.in_horizon(s, slots, now)]
+    if on_conflict == Series.OnConflict.FAIL:
+        _require_all_free(series, due, now)
+    with transaction.atomic():
+        series.save()
+        audit_record(
+            action=AuditEntry.Action.SERIES_CREATE, actor=actor, target=_target(series),
+            reason=recurrence.describe(parsed, start, zone, tz), after=series_snapshot(series),
+        )
+    result = SeriesResult(series)
+    try:
+        result.occurrences = _book_due(series, due, now=now, actor=actor, strict=on_conflict == Series.OnConflict.FAIL)
+    except (BookingConflict, QuotaExceeded, BookingError):
+        # `fail`, and an occurrence was taken between the check and its booking: undo the rest.
+        _undo(series, actor=actor, now=now)
+        raise
+    result.occurrences += [Occurrence(s, "later") for s in starts if s not in due]
+    _notify_skipped(series, result.of("skipped"))
+    return result
+
+
+def _require_apart(starts, slots):
+    """Rule: a series' occurrences never overlap one another."""
+    span = recurrence.span(slots)
+    for earlier, later in zip(starts, starts[1:]):
+        if later - earlier < span:
+            raise BookingError(
+                "slots", f"Occurrences {utc_moment(earlier)} and {utc_moment(later)} would overlap: book fewer slots."
+            )
+
+
+def _require_all_free(series, due, now):
+    previews = selectors.occurrences_preview(
+        team=series.team, priority=series.priority, starts=due, slots=series.slots, now=now,
+        gpu_ids=series.gpu_ids, gpu_count=None if series.gpu_ids is not None else series.gpu_count,
+        allow_multi_node=series.allow_multi_node, borrow=series.borrow,
+    )
+    blocked = [p for p in previews if not p.bookable]
+    if not blocked:
+        return
+    suggestions = {
+        p.start: selectors.booking_suggestions(
+            now=now, start=p.start, slots=series.slots, gpu_ids=series.gpu_ids,
+            gpu_count=None if series.gpu_ids is not None else series.gpu_count,
+            allow_multi_node=series.allow_multi_node, limit=3,
+        )
+        for p in blocked if p.state == "taken"
+    }
+    raise SeriesConflict(
+        f"{len(blocked)} of {len(due)} occurrences within the booking horizon cannot be booked; nothing was "
+        "booked. Book with on_conflict skip or waitlist to take the free ones.",
+        occurrences=blocked, suggestions=suggestions,
+    )
+
+
+def _book_due(series, starts, *, now, actor, strict):
+    """Book each occurrence in `starts` (in order) not booked yet, then mark the series booked through
+    the last. `strict`: a refusal is raised (fail); otherwise it is recorded as skipped."""
+    outcomes = []
+    for start in starts:
+        outcomes.append(_book_one(series, start, now=now, actor=actor, strict=strict))
+    if starts:
+        _mark_through(series, starts[-1], [o for o in outcomes if o.outcome == "skipped"])
+    return outcomes
+
+
+def _book_one(series, start, *, now, actor, strict):
+    existing = _booked(series, start)
+    if existing is not None:
+        return Occurrence(start, "booked" if existing.status != Status.WAITLISTED else "waitlisted", existing)
+    try:
+        reservation = reservation_create(
+            user=series.user, team=series.team.slug, start=start, slots=series.slots, gpu_ids=series.gpu_ids,
+            gpu_count=None if series.gpu_ids is not None else series.gpu_count,
+            allow_multi_node=series.allow_multi_node, priority=series.priority, preemptible=series.preemptible,
+            title=series.title, waitlist=series.on_conflict == Series.OnConflict.WAITLIST, work=series.work or None,
+            auto_rebook=series.auto_rebook, borrow=series.borrow, actor=actor, now=now, series=series,
+            occurrence=start,
+        )
+    except (BookingConflict, QuotaExceeded, BookingError) as refusal:
+        if strict:
+            raise
+        return Occurrence(start, "skipped", reason=refusal.message)
+    except IntegrityError as exc:
+        if OCCURRENCE_CONSTRAINT not in str(exc):
+            raise
+        # Booked by another beat (or a retry) since we looked: it is booked, once.
+        return Occurrence(start, "booked", _booked(series, start))
+    return Occurrence(start, "waitlisted" if reservation.status == Status.WAITLISTED else "booked", reservation)
+
+
+def _booked(series, start):
+    return Reservation.objects.filter(series=series, occurrence=start, rebook_of=None).first()
+
+
+def _mark_through(series, last, skipped):
+    """Bookkeeping under the series' lock: booked through `last` (never backwards), and the skipped
+    occurrences recorded once each."""
+    with service_transaction():
+        locked = Series.objects.select_for_update().get(pk=series.pk)
+        if locked.booked_through is None or locked.booked_through < last:
+            locked.booked_through = last
+        known = {s["at"] for s in locked.skipped}
+        fresh = [o for o in skipped if o.start.isoformat() not in known]
+        locked.skipped = locked.skipped + [{"at": o.start.isoformat(), "reason": o.reason} for o in fresh]
+        locked.save(update_fields=["booked_through", "skipped", "updated"])
+    series.booked_through, series.skipped = locked.booked_through, locked.skipped
+    return fresh
+
+
+def _notify_skipped(series, skipped):
+    if not skipped:
+        return
+    lines = "\n".join(f"- {utc_moment(o.start)}: {o.reason}" for o in skipped)
+    notice_send(
+        user=series.user, kind=Notice.Kind.SERIES_SKIPPED,
+        message=f"{len(skipped)} occurrence(s) of series #{series.pk} {series.title!r} could not be booked:\n{lines}",
+        data={"series": series.pk, "skipped": [{"start": o.start, "reason": o.reason} for o in skipped]},
+    )
+
+
+def _undo(series, *, actor, now):
+    """`fail` lost a race after booking some occurrences: cancel them, and the series."""
+    with transaction.atomic():
+        Series.objects.filter(pk=series.pk).update(cancelled_at=now)
+        series.cancelled_at = now
+        audit_record(
+            action=AuditEntry.Action.SERIES_CANCEL, actor=actor, target=_target(series),
+            reason="An occurrence was taken while the series was being booked (on_conflict: fail): nothing is kept.",
+            after=series_snapshot(series),
+        )
+    for reservation in Reservation.objects.filter(series=series, status__in=Reservation.OPEN_STATUSES):
+        reservation_cancel(reservation_id=reservation.pk, actor=series.user, reason="The series could not be booked whole.")
+
+
+def series_extend(*, now=None):
+    """Beat: book every going series' occurrences that came within the booking horizon. Safe to run
+    twice at once (the constraint books each occurrence once; skips are recorded and notified once).
+    Returns how many occurrences were booked or waitlisted."""
+    now = now or timezone.now()
+    horizon = policy.horizon_end(now)
+    done = 0
+    # Each series is read again below: its rule says which occurrences are due, at most
+    # SERIES_MAX_OCCURRENCES of them; only series whose next occurrence may be due are read.
+    for series in Series.objects.filter(cancelled_at=None).select_related("user", "team").order_by("id"):
+        if series.booked_through is not None and series.booked_through >= horizon:
+            continue
+        try:
+            done += _extend(series, now)
+        except Exception:  # one broken series must not stop the others' bookings
+            log.exception("series %s: booking its next occurrences failed", series.pk)
+    return done
+
+
+def _extend(series, now):
+    due = [
+        s for s in series_starts(series)
+        if (series.booked_through is None or s > series.booked_through)
+        and _is_going(series, s) and recurrence.in_horizon(s, series.slots, now) and s >= policy.floor_to_slot(now)
+    ]
+    if not due:
+        return 0
+    owner_active = series.user.is_active and policy.bookable_teams(series.user).filter(pk=series.team_id).exists()
+    if not owner_active:
+        outcomes = [Occurrence(s, "skipped", reason=f"{series.user.get_username()} can no longer book for team {series.team.slug}.") for s in due]
+    else:
+        outcomes = [_book_one(series, s, now=now, actor=None, strict=False) for s in due]
+    fresh = _mark_through(series, due[-1], [o for o in outcomes if o.outcome == "skipped"])
+    _notify_skipped(series, fresh)
+    return sum(o.outcome in ("booked", "waitlisted") for o in outcomes)
+
+
+# --- Changes ---------------------------------------------------------------------------------------
+
+
+def _lock_series(series_id, actor, reason):
+    series = Series.objects.select_for_update(of=("self",)).select_related("user", "team").filter(pk=series_id).first()
+    if series is None:
+        raise Series.DoesNotExist(f"No series {series_id}.")
+    if not policy.can_manage(actor, series):
+        raise PermissionDenied("Only the owner, a team admin or staff may change this series.")
+    if series.cancelled_at is not None:
+        raise BookingError("non_field_errors", "The series is cancelled; it can no longer be changed.")
+    if actor.pk != series.user_id and not reason.strip():
+        raise BookingError("reason", "Say why when you change someone else's series.")
+    return series
+
+
+SCOPES = ("one", "following", "all")
+
+
+def series_cancel(*, series_id, actor, scope, occurrence=None, reason="", now=None):
+    """Cancel one occurrence, this one and the following (`occurrence`: its start, UTC), or the whole
+    series. Booked occurrences are cancelled as any booking is (each its own audit entry; a running
+    one's job stops with a checkpoint); ones not booked yet are never booked. Returns the cancelled
+    bookings."""
+    now = now or timezone.now()
+    if scope not in SCOPES:
+        raise BookingError("scope", f"Use one of {', '.join(SCOPES)}.")
+    if scope != "all" and occurrence is None:
+        raise BookingError("occurrence", "Name the occurrence (its start) to cancel.")
+    with service_transaction():
+        series = _lock_series(series_id, actor, reason)
+        before = series_snapshot(series)
+        if scope != "all":
+            occurrence = _an_occurrence(series, occurrence)
+        if scope == "one":
+            series.cancelled_occurrences = series.cancelled_occurrences + [occurrence.isoformat()]
+            doomed = Reservation.objects.filter(series=series, occurrence=occurrence)
+            what = f"occurrence {utc_moment(occurrence)}"
+        elif scope == "following":
+            series.ends_before = occurrence if series.ends_before is None else min(series.ends_before, occurrence)
+            doomed = Reservation.objects.filter(series=series, occurrence__gte=occurrence)
+            what = f"occurrences from {utc_moment(occurrence)} on"
+        else:
+            series.cancelled_at = now
+            doomed = Reservation.objects.filter(series=series)
+            what = "the whole series"
+        series.save()
+        audit_record(
+            action=AuditEntry.Action.SERIES_CANCEL, actor=actor, target=_target(series),
+            reason=f"{what}" + (f": {reason}" if reason else ""), before=before, after=series_snapshot(series),
+        )
+        doomed_ids = list(doomed.filter(status__in=Reservation.OPEN_STATUSES).values_list("id", flat=True))
+    cancelled = []
+    for reservation_id in doomed_ids:
+        cancelled.append(reservation_cancel(reservation_id=reservation_id, actor=actor, reason=reason or f"Series #{series.pk}: {what} cancelled."))
+    return cancelled
+
+
+def _an_occurrence(series, occurrence):
+    policy.require_aware("occurrence", occurrence)
+    if occurrence not in series_starts(series):
+        raise BookingError("occurrence", f"The series has no occurrence starting at {utc_moment(occurrence)}.")
+    if not _is_going(series, occurrence):
+        raise BookingError("occurrence", f"The occurrence at {utc_moment(occurrence)} is already cancelled.")
+    return occurrence
+
+
+CHANGEABLE = ("title", "priority", "preemptible", "work")
+
+
+def series_change(*, series_id, actor, reason="", now=None, **changes):
+    """Change what the series' future occurrences carry: title, priority, preemptible, work (the job
+    template). The series and each occurrence not begun yet are changed (each booking with its own
+    audit entry); ones running or past stay as they were. Returns the series."""
+    now = now or timezone.now()
+    unknown = sorted(set(changes) - set(CHANGEABLE))
+    if unknown:
+        raise BookingError(unknown[0], "Not a field a series change takes.")
+    with service_transaction():
+        series = _lock_series(series_id, actor, reason)
+        before = series_snapshot(series)
+        if "work" in changes:
+            changes["work"] = jobs.work_kinds.check(user=series.user, team=series.team, work=changes["work"], series=True) or {}
+        if "priority" in changes or "preemptible" in changes:
+            policy.resolve_preemptible(actor, changes.get("priority", series.priority), changes.get("preemptible", series.preemptible))
+        for name, value in changes.items():
+            setattr(series, name, value)
+        series.save()
+        audit_record(
+            action=AuditEntry.Action.SERIES_CHANGE, actor=actor, target=_target(series), reason=reason,
+            before=before, after=series_snapshot(series),
+        )
+        future = list(_future(series, now).values_list("id", flat=True))
+    booking_changes = {k: v for k, v in changes.items() if k in ("title", "priority", "preemptible")}
+    for reservation_id in future:
+        if booking_changes:
+            reservation_update(reservation_id=reservation_id, actor=actor, reason=reason or f"Series #{series.pk} changed.", **booking_changes)
+        if "work" in changes:
+            _replace_work(reservation_id, series, actor=actor, reason=reason, now=now)
+    return series
+
+
+def _future(series, now):
+    """The series' bookings that have not begun: what a change reaches."""
+    return Reservation.objects.filter(
+        series=series, start__gt=now, status__in=(Status.CONFIRMED, Status.WAITLISTED)
+    ).order_by("start")
+
+
+def _replace_work(reservation_id, series, *, actor, reason, now):
+    """An occurrence not begun takes the series' new work (its waiting job's spec replaced)."""
+    with service_transaction():
+        reservation = lock_reservation(reservation_id)
+        if reservation is None or reservation.start <= now or reservation.status not in (Status.CONFIRMED, Status.WAITLISTED):
+            return
+        before = jobs.work_kinds.state(reservation)
+        jobs.work_kinds.replace(reservation=reservation, work=series.work, now=now)
+        audit_record(
+            action=AuditEntry.Action.UPDATE, actor=actor, reservation=reservation,
+            reason=reason or f"Series #{series.pk}: the work its occurrences carry changed.",
+            before={"work": {before.field: before.spec} if before else None}, after={"work": series.work or None},
+        )
+
+
+def series_transfer(*, series_id, actor, to, reason="", now=None):
+    """Pass the series (and its occurrences not begun) to another member of its team."""
+    now = now or timezone.now()
+    target = get_user_model().objects.filter(username=to, is_active=True).first()
+    if target is None:
+        raise BookingError("to", f"No active user named {to!r}.")
+    with service_transaction():
+        series = _lock_series(series_id, actor, reason)
+        if target.pk == series.user_id:
+            raise BookingError("to", f"{to} already owns this series.")
+        refusal = policy.transfer_refusal(actor, series, target)
+        if refusal:
+            raise BookingError("to", refusal.replace("the booking is", "the series is"))
+        before = series_snapshot(series)
+        series.user = target
+        series.save()
+        audit_record(
+            action=AuditEntry.Action.SERIES_CHANGE, actor=actor, target=_target(series),
+            reason=f"transferred to {to}" + (f": {reason}" if reason else ""), before=before, after=series_snapshot(series),
+        )
+        future = list(_future(series, now).exclude(user=target).values_list("id", flat=True))
+    for reservation_id in future:
+        reservation_transfer(reservation_id=reservation_id, actor=actor, to=to, reason=reason or f"Series #{series.pk} transferred.")
+    return series
