@@ -596,3 +596,27 @@ def fair_share_key(recent_gpu_hours, weight, created, pk):
 def fair_share_window(now):
     """The past window whose booked GPU-hours order the waitlist."""
     return now - timedelta(days=settings.FAIR_SHARE_DAYS), now
+
+
+# --- Recurring bookings (services.series; the RRULE subset itself: recurrence.py) ----------------
+
+
+def require_occurrences_apart(starts, slots):
+    """Rule: a series' occurrences never overlap one another (each is `slots` slots long)."""
+    span = slots * slot_length()
+    for earlier, later in zip(starts, starts[1:]):
+        if later - earlier < span:
+            raise BookingError(
+                "slots", f"Occurrences {utc_moment(earlier)} and {utc_moment(later)} would overlap: book fewer slots."
+            )
+
+
+def occurrence_going(series, start):
+    """Rule: an occurrence of a series is still to be booked (or kept) unless the series is cancelled,
+    cut off before it ("this and the following"), or it was cancelled on its own."""
+    if series.cancelled_at is not None:
+        return False
+    if series.ends_before is not None and start >= series.ends_before:
+        return False
+    return start.isoformat() not in series.cancelled_occurrences
+

@@ -37,6 +37,13 @@ def notices_prune():
     return services.notices_prune(older_than=timezone.now() - timedelta(days=settings.NOTICE_RETENTION_DAYS))
 
 
+@shared_task(name="reservations.tasks.series_extend")
+def series_extend():
+    """Hourly: book the recurring bookings' occurrences that came within the booking horizon (twice
+    at once is harmless: each occurrence is booked once)."""
+    return services.series_extend(now=timezone.now())
+
+
 @shared_task(name=queue.RECLAIM)
 def reclaim(reservation_id):
     later = services.reservation_reclaim(reservation_id=reservation_id)

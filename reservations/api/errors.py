@@ -7,7 +7,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from apibase.fields import AwareDateTimeField
 
 from .. import policy
-from ..errors import BookingConflict, BookingError, QuotaExceeded
+from ..errors import BookingConflict, BookingError, QuotaExceeded, SeriesConflict
 from .serializers import ConflictSerializer, WindowSerializer
 
 
@@ -42,6 +42,24 @@ def quota_response(exc):
     return Response({"detail": exc.message, "code": exc.code, "quota": quota}, status=status.HTTP_409_CONFLICT)
 
 
+def series_conflict_response(exc):
+    """409 series_conflict: nothing was booked; each occurrence in the way, with its conflicts and
+    suggestions (docs/api.md)."""
+    moment = AwareDateTimeField().to_representation
+    occurrences = [
+        {
+            "start": moment(p.start),
+            "end": moment(p.end),
+            "state": p.state,
+            "detail": p.detail,
+            "conflicts": ConflictSerializer(p.conflicts, many=True).data,
+            "suggestions": WindowSerializer(exc.suggestions.get(p.start, []), many=True).data,
+        }
+        for p in exc.occurrences
+    ]
+    return Response({"detail": exc.message, "code": exc.code, "occurrences": occurrences}, status=status.HTTP_409_CONFLICT)
+
+
 def exception_handler(exc, context):
     if isinstance(exc, BookingError):
         return Response(exc.as_dict(), status=status.HTTP_400_BAD_REQUEST)
@@ -49,4 +67,6 @@ def exception_handler(exc, context):
         return conflict_response(exc)
     if isinstance(exc, QuotaExceeded):
         return quota_response(exc)
+    if isinstance(exc, SeriesConflict):
+        return series_conflict_response(exc)
     return drf_exception_handler(exc, context)

@@ -34,6 +34,37 @@ def _replay(record, fingerprint):
     return Response(record.response, status=record.status_code, headers={"Idempotent-Replayed": "true"})
 
 
+def idempotent_series_create(request, make, render, replay):
+    """Make a series at most once per (user, Idempotency-Key). Its occurrences are booked in
+    transactions of their own after the series is made, so the record is written with the series
+    (`make(on_created)` calls `on_created(series)` inside that transaction) and holds its id: a
+    retry gets the series as it stands then (`replay(series_id)`), 201 with Idempotent-Replayed."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return Response(render(make(None)), status=status.HTTP_201_CREATED)
+    if not key or len(key) > 255:
+        raise ValidationError({HEADER: ["Use a key of 1 to 255 characters."]})
+    fingerprint = _fingerprint(request.data)
+    record = IdempotencyRecord.objects.filter(user=request.user, key=key).first()
+    if record is None:
+
+        def remember(series):
+            IdempotencyRecord.objects.create(
+                user=request.user, key=key, fingerprint=fingerprint, status_code=status.HTTP_201_CREATED,
+                response={"series": series.pk},
+            )
+
+        try:
+            return Response(render(make(remember)), status=status.HTTP_201_CREATED)
+        except IntegrityError:
+            record = IdempotencyRecord.objects.filter(user=request.user, key=key).first()
+            if record is None:
+                raise
+    if record.fingerprint != fingerprint:
+        return _replay(record, fingerprint)  # 422: another body under this key
+    return Response(replay(record.response["series"]), status=status.HTTP_201_CREATED, headers={"Idempotent-Replayed": "true"})
+
+
 def idempotent_create(request, book, render):
     """Book at most once per (user, Idempotency-Key). `book(on_booked)` makes the booking, calling
     `on_booked(reservation)` inside its transaction (the service owns the transaction: locks.py);

@@ -86,6 +86,12 @@ class ReservationSerializer(PlainFieldsMixin, serializers.Serializer):
     reclaim_at = AwareDateTimeField(read_only=True, allow_null=True)
     auto_rebook = serializers.BooleanField(read_only=True)
     rebook_of = serializers.IntegerField(source="rebook_of_id", read_only=True, allow_null=True)
+    series = serializers.IntegerField(
+        source="series_id", read_only=True, allow_null=True, help_text="The recurring booking it is an occurrence of."
+    )
+    occurrence = AwareDateTimeField(
+        read_only=True, allow_null=True, help_text="The start its series' rule gave it (it may have moved since)."
+    )
     job = serializers.SerializerMethodField()
     serve = serializers.SerializerMethodField()
 

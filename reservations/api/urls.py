@@ -1,7 +1,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from . import reports, teams, tokens, views
+from . import reports, series, teams, tokens, views
 
 # No ".json" suffix routes: the API answers JSON (its Accept header or ?format= picks another
 # renderer), and DRF passes the suffix to extra actions (cancel, move, transfer) that do not take it.
@@ -13,6 +13,7 @@ router.register("reservations", views.ReservationViewSet, basename="reservation"
 router.register("notices", views.NoticeViewSet, basename="notice")
 router.register("audit", views.AuditViewSet)
 router.register("teams", teams.TeamViewSet, basename="team")
+router.register("series", series.SeriesViewSet, basename="series")
 
 urlpatterns = [
     path("availability/", views.AvailabilityView.as_view(), name="availability"),

@@ -59,7 +59,15 @@ from .quotas import (
     team_week_usage,
     waitlist_order,
 )
-from .series import OccurrencePreview, occurrences_preview, series_occurrences, series_of_user
+from .series import (
+    OccurrencePreview,
+    ScheduledOccurrence,
+    occurrences_preview,
+    series_occurrences,
+    series_of_user,
+    series_queryset,
+    series_schedule,
+)
 from .reports import USAGE_DEFAULT_PERIOD, USAGE_MAX_PERIOD, usage_period, usage_report
 
 __all__ = [
@@ -68,6 +76,9 @@ __all__ = [
     "occurrences_preview",
     "series_occurrences",
     "series_of_user",
+    "series_queryset",
+    "series_schedule",
+    "ScheduledOccurrence",
     "Preemption",
     "PreemptionPlan",
     "QUOTA_VALUES",

@@ -8,6 +8,7 @@ from datetime import datetime
 from .. import policy
 from ..models import GPU, Reservation, Series
 from .availability import conflicting_allocations, pick_gpus, preemption_preview
+from .pages import reservation_queryset
 from .quotas import team_quota
 
 
@@ -109,12 +110,7 @@ def series_occurrences(series):
     """A series' bookings (its occurrences, and the rebooked rest of preempted ones), in start order,
     with what their rows show loaded. Bounded: a series has at most SERIES_MAX_OCCURRENCES
     occurrences."""
-    return list(
-        Reservation.objects.filter(series=series)
-        .select_related("user", "team")
-        .prefetch_related("allocations__gpu__node")
-        .order_by("start", "id")
-    )
+    return list(reservation_queryset().filter(series=series).order_by("start", "id"))
 
 
 def series_of_user(user, *, limit=50):
@@ -123,3 +119,48 @@ def series_of_user(user, *, limit=50):
     return list(
         Series.objects.filter(team_id__in=teams).select_related("user", "team").order_by("-created", "-id")[:limit]
     )
+
+
+@dataclass(frozen=True)
+class ScheduledOccurrence:
+    """One occurrence of a series as its page and its API show it. `status`: the booking's status
+    when it was booked (confirmed, active, completed, waitlisted, cancelled, preempted), else
+    cancelled (cancelled before it was booked), skipped (could not be booked: `reason`), or later
+    (not within the booking horizon yet: beat books it)."""
+
+    start: datetime
+    end: datetime
+    status: str
+    reservation: Reservation | None = None
+    reason: str = ""
+    rebooks: tuple = ()  # the rebooked rest of a preempted occurrence
+
+
+def series_schedule(series, starts, bookings):
+    """Every occurrence of `series` (its rule's `starts`, from recurrence.expand) with what became of
+    it, from its bookings (series_occurrences). Bounded by the series' size."""
+    length = series.slots * policy.slot_length()
+    own = {r.occurrence: r for r in bookings if r.rebook_of_id is None}
+    rebooks = {}
+    for r in bookings:
+        if r.rebook_of_id is not None:
+            rebooks.setdefault(r.occurrence, []).append(r)
+    skipped = {s["at"]: s["reason"] for s in series.skipped}
+    schedule = []
+    for start in starts:
+        booked = own.get(start)
+        if booked is not None:
+            schedule.append(ScheduledOccurrence(
+                booked.start, booked.end, booked.status, booked, rebooks=tuple(rebooks.get(start, ()))
+            ))
+        elif not policy.occurrence_going(series, start):
+            schedule.append(ScheduledOccurrence(start, start + length, "cancelled"))
+        elif start.isoformat() in skipped:
+            schedule.append(ScheduledOccurrence(start, start + length, "skipped", reason=skipped[start.isoformat()]))
+        else:
+            schedule.append(ScheduledOccurrence(start, start + length, "later"))
+    return schedule
+
+
+def series_queryset():
+    return Series.objects.select_related("user", "team")

@@ -5,7 +5,8 @@ The package follows the seams of the work: locks, audit, notices, records (write
 booking, preemption, changes (cancel, transfer, edit, move, release), waitlist, clock, inventory,
 health (GPU readings, alerts, taking a failing GPU out of booking),
 directory (sign-in groups), tokens (API tokens), quota (fair sharing: a booking against its team's
-quota, and quota changes). Callers use the names below.
+quota, and quota changes), series (recurring bookings: their occurrences booked, beat's
+roll-forward, changes to a series). Callers use the names below.
 """
 
 from .audit import audit_partitions_ensure, audit_record, snapshot
@@ -34,6 +35,7 @@ from .notices import (
 )
 from .preemption import preemption_withdraw, reservation_reclaim, reservations_reclaim_due
 from .quota import QUOTA_FIELDS, team_quota_remove, team_quota_set
+from .series import SeriesResult, series_cancel, series_change, series_create, series_extend, series_transfer
 from .tokens import api_token_for, api_token_rotate
 from .waitlist import waitlist_promote
 
@@ -68,6 +70,12 @@ __all__ = [
     "reservation_update",
     "reservations_advance",
     "reservations_reclaim_due",
+    "SeriesResult",
+    "series_cancel",
+    "series_change",
+    "series_create",
+    "series_extend",
+    "series_transfer",
     "snapshot",
     "team_quota_remove",
     "team_quota_set",

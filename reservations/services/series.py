@@ -86,24 +86,16 @@ def series_starts(series):
     return recurrence.expand(recurrence.parse_rule(series.rule), series.first_start, recurrence.zone(series.time_zone))
 
 
-def _is_going(series, start):
-    """Whether an occurrence is still to be booked: not cut off, not cancelled on its own."""
-    if series.cancelled_at is not None:
-        return False
-    if series.ends_before is not None and start >= series.ends_before:
-        return False
-    return start.isoformat() not in series.cancelled_occurrences
-
-
 def series_create(
     *, user, start, slots, rule, tz="UTC", on_conflict=Series.OnConflict.FAIL, gpu_ids=None, gpu_count=None,
     allow_multi_node=False, priority=Reservation.Priority.NORMAL, preemptible=None, team=None, title="",
-    work=None, auto_rebook=True, borrow=False, actor=None, now=None,
+    work=None, auto_rebook=True, borrow=False, actor=None, now=None, on_created=None,
 ):
     """Make a series and book its occurrences within the horizon (the rest: series_extend). Each
     booking is its own transaction (never call this inside another one). With on_conflict `fail`
     nothing is booked when an occurrence cannot be (SeriesConflict); `skip` books the others and
-    notifies the owner; `waitlist` puts the taken ones on the waitlist. Returns a SeriesResult."""
+    notifies the owner; `waitlist` puts the taken ones on the waitlist. `on_created(series)` runs in
+    the series' own transaction (the API's idempotency record). Returns a SeriesResult."""
     now = now or timezone.now()
     actor = actor or user
     policy.require_one_target(gpu_ids, gpu_count)
@@ -122,7 +114,7 @@ def series_create(
     zone = recurrence.zone(tz)
     recurrence.first_start_check(start, slots, now)
     starts = recurrence.expand(parsed, start, zone)
-    _require_apart(starts, slots)
+    policy.require_occurrences_apart(starts, slots)
     work = jobs.work_kinds.check(user=user, team=team, work=work, series=True)
     series = Series(
         user=user, team=team, title=title, gpu_ids=gpu_ids, gpu_count=len(gpu_ids) if gpu_ids is not None else gpu_count,
@@ -139,6 +131,8 @@ def series_create(
             action=AuditEntry.Action.SERIES_CREATE, actor=actor, target=_target(series),
             reason=recurrence.describe(parsed, start, zone, tz), after=series_snapshot(series),
         )
+        if on_created is not None:
+            on_created(series)
     result = SeriesResult(series)
     try:
         result.occurrences = _book_due(series, due, now=now, actor=actor, strict=on_conflict == Series.OnConflict.FAIL)
@@ -149,16 +143,6 @@ def series_create(
     result.occurrences += [Occurrence(s, "later") for s in starts if s not in due]
     _notify_skipped(series, result.of("skipped"))
     return result
-
-
-def _require_apart(starts, slots):
-    """Rule: a series' occurrences never overlap one another."""
-    span = recurrence.span(slots)
-    for earlier, later in zip(starts, starts[1:]):
-        if later - earlier < span:
-            raise BookingError(
-                "slots", f"Occurrences {utc_moment(earlier)} and {utc_moment(later)} would overlap: book fewer slots."
-            )
 
 
 def _require_all_free(series, due, now):
@@ -288,15 +272,20 @@ def _extend(series, now):
     due = [
         s for s in series_starts(series)
         if (series.booked_through is None or s > series.booked_through)
-        and _is_going(series, s) and recurrence.in_horizon(s, series.slots, now) and s >= policy.floor_to_slot(now)
+        and policy.occurrence_going(series, s) and recurrence.in_horizon(s, series.slots, now)
     ]
     if not due:
         return 0
     owner_active = series.user.is_active and policy.bookable_teams(series.user).filter(pk=series.team_id).exists()
-    if not owner_active:
-        outcomes = [Occurrence(s, "skipped", reason=f"{series.user.get_username()} can no longer book for team {series.team.slug}.") for s in due]
-    else:
-        outcomes = [_book_one(series, s, now=now, actor=None, strict=False) for s in due]
+    outcomes = []
+    for start in due:
+        if start < now:  # beat was down when it came due: never booked late
+            outcomes.append(Occurrence(start, "skipped", reason="Its start passed before it could be booked."))
+        elif not owner_active:
+            who = series.user.get_username()
+            outcomes.append(Occurrence(start, "skipped", reason=f"{who} can no longer book for team {series.team.slug}."))
+        else:
+            outcomes.append(_book_one(series, start, now=now, actor=None, strict=False))
     fresh = _mark_through(series, due[-1], [o for o in outcomes if o.outcome == "skipped"])
     _notify_skipped(series, fresh)
     return sum(o.outcome in ("booked", "waitlisted") for o in outcomes)
@@ -364,7 +353,7 @@ def _an_occurrence(series, occurrence):
     policy.require_aware("occurrence", occurrence)
     if occurrence not in series_starts(series):
         raise BookingError("occurrence", f"The series has no occurrence starting at {utc_moment(occurrence)}.")
-    if not _is_going(series, occurrence):
+    if not policy.occurrence_going(series, occurrence):
         raise BookingError("occurrence", f"The occurrence at {utc_moment(occurrence)} is already cancelled.")
     return occurrence
 
