@@ -44,6 +44,7 @@ class Occurrence:
     outcome: str
     reservation: Reservation | None = None
     reason: str = ""
+    new: bool = True  # False: it was booked already (by another beat, or before a retry)
 
 
 @dataclass
@@ -183,7 +184,7 @@ def _book_due(series, starts, *, now, actor, strict):
 def _book_one(series, start, *, now, actor, strict):
     existing = _booked(series, start)
     if existing is not None:
-        return Occurrence(start, "booked" if existing.status != Status.WAITLISTED else "waitlisted", existing)
+        return _already(start, existing)
     try:
         reservation = reservation_create(
             user=series.user, team=series.team.slug, start=start, slots=series.slots, gpu_ids=series.gpu_ids,
@@ -196,13 +197,22 @@ def _book_one(series, start, *, now, actor, strict):
     except (BookingConflict, QuotaExceeded, BookingError) as refusal:
         if strict:
             raise
+        # What was in the way may be this very occurrence, booked by another beat since we looked.
+        existing = _booked(series, start)
+        if existing is not None:
+            return _already(start, existing)
         return Occurrence(start, "skipped", reason=refusal.message)
     except IntegrityError as exc:
         if OCCURRENCE_CONSTRAINT not in str(exc):
             raise
         # Booked by another beat (or a retry) since we looked: it is booked, once.
-        return Occurrence(start, "booked", _booked(series, start))
+        return _already(start, _booked(series, start))
     return Occurrence(start, "waitlisted" if reservation.status == Status.WAITLISTED else "booked", reservation)
+
+
+def _already(start, reservation):
+    outcome = "waitlisted" if reservation.status == Status.WAITLISTED else "booked"
+    return Occurrence(start, outcome, reservation, new=False)
 
 
 def _booked(series, start):
@@ -288,7 +298,7 @@ def _extend(series, now):
             outcomes.append(_book_one(series, start, now=now, actor=None, strict=False))
     fresh = _mark_through(series, due[-1], [o for o in outcomes if o.outcome == "skipped"])
     _notify_skipped(series, fresh)
-    return sum(o.outcome in ("booked", "waitlisted") for o in outcomes)
+    return sum(o.new and o.outcome in ("booked", "waitlisted") for o in outcomes)
 
 
 # --- Changes ---------------------------------------------------------------------------------------

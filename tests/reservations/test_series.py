@@ -13,7 +13,7 @@ from reservations.errors import BookingError, SeriesConflict
 from reservations.models import AuditEntry, Notice, Reservation, Series, TeamQuota
 from reservations.services.series import series_cancel, series_change, series_create, series_extend, series_transfer
 
-from ..support import FROZEN_NOW, NEXT_SLOT, SLOT, book, make_user
+from ..support import FROZEN_NOW, NEXT_SLOT, SLOT, at_once, book, make_user
 
 pytestmark = pytest.mark.usefixtures("frozen")
 DAY = timedelta(days=1)
@@ -213,7 +213,7 @@ def test_beat_skips_for_an_owner_who_left_the_team_and_says_so(cluster, owner, t
     frozen.move_to(FROZEN_NOW + 2 * DAY)
     series_extend()
     series_extend()
-    assert Notice.objects.filter(user=owner, kind=Notice.Kind.SERIES_SKIPPED).count() == 1
+    assert Notice.objects.filter(user=owner, kind=Notice.Kind.SERIES_SKIPPED).count() == 1, list(Notice.objects.values_list("message", flat=True))
     series.refresh_from_db()
     assert any("can no longer book" in s["reason"] for s in series.skipped)
 
@@ -232,3 +232,26 @@ def test_a_new_user_in_another_zone_books_at_their_wall_clock(cluster, db, team)
         tz="Europe/Berlin", gpu_count=1, now=FROZEN_NOW,
     )
     assert [r.start.isoformat() for r in occurrences(result.series)] == ["2030-01-08T00:00:00+00:00", "2030-01-10T00:00:00+00:00"]
+
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_beats_at_once_book_each_occurrence_once_and_tell_of_a_skip_once(frozen, settings, request):
+    cluster = request.getfixturevalue("cluster")
+    owner = make_user("owner", request.getfixturevalue("team"))
+    teammate = make_user("teammate", owner.teams.get())
+    gpu = cluster["node1"][:1]
+    book(teammate, gpu, start=NEXT_SLOT + 4 * SLOT + 3 * DAY)  # the fourth night is taken
+    settings.BOOKING_HORIZON_DAYS = 2
+    series = nightly(owner, gpu, count=8, on_conflict="skip").series
+    assert len(occurrences(series)) == 2
+    settings.BOOKING_HORIZON_DAYS = 3
+    frozen.move_to(FROZEN_NOW + 2 * DAY)
+    booked = at_once([series_extend, series_extend, series_extend])
+    assert sum(booked) == 2  # nights 3 and 5 (4 is taken), each by one of the beats
+    rows = occurrences(series)
+    assert len(rows) == 4 and len({r.occurrence for r in rows}) == 4
+    assert Notice.objects.filter(user=owner, kind=Notice.Kind.SERIES_SKIPPED).count() == 1, list(Notice.objects.values_list("message", flat=True))
+    series.refresh_from_db()
+    assert [s["at"] for s in series.skipped] == [(NEXT_SLOT + 4 * SLOT + 3 * DAY).isoformat()]
