@@ -21,9 +21,9 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
-from . import services
+from . import recurrence, services
 from .errors import BookingConflict, BookingError, QuotaExceeded
-from .models import GPU, AuditEntry, Membership, Node, Notice, Reservation, Team, TeamQuota
+from .models import GPU, AuditEntry, Membership, Node, Notice, Reservation, Series, Team, TeamQuota
 
 
 def _audit_admin_change(request, obj, *, action, before, after):
@@ -373,12 +373,13 @@ class ReservationAdmin(admin.ModelAdmin):
             return ["user", "team", "title", "gpus", "gpu_count", "start", "slots", "priority", "preemptible",
                     "auto_rebook", "waitlist"]
         return ["user", "team", "title", "gpu_list", "start", "slots", "end", "priority", "preemptible",
-                "status", "preempted_by", "reclaim_at", "rebook_of", "created", "reason"]
+                "status", "preempted_by", "reclaim_at", "rebook_of", "series", "occurrence", "created", "reason"]
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return []
-        return ["user", "team", "gpu_list", "end", "status", "preempted_by", "reclaim_at", "rebook_of", "created"]
+        return ["user", "team", "gpu_list", "end", "status", "preempted_by", "reclaim_at", "rebook_of", "series",
+                "occurrence", "created"]
 
     def get_changeform_initial_data(self, request):
         return {"user": request.user.pk, "slots": 1}
@@ -577,6 +578,53 @@ class AuditEntryAdmin(admin.ModelAdmin):
             lines(), content_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="audit-{stamp}.csv"'},
         )
+
+
+@admin.register(Series)
+class SeriesAdmin(admin.ModelAdmin):
+    """Recurring bookings, to review and cancel; they are made from the booking form or the API
+    (POST /api/v1/series/), and each occurrence is an ordinary booking in the list of reservations."""
+
+    list_display = ["id", "title", "user", "team", "rule_in_words", "slots", "gpu_count", "on_conflict", "created", "cancelled_at"]
+    list_filter = ["team", "on_conflict"]
+    list_select_related = ["user", "team"]
+    search_fields = ["title", "user__username", "team__slug"]
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    ordering = ["-created", "-id"]
+    actions = ["cancel_selected"]
+    fields = [
+        "user", "team", "title", "rule", "rule_in_words", "first_start", "time_zone", "slots", "gpu_ids", "gpu_count",
+        "priority", "preemptible", "borrow", "on_conflict", "work", "booked_through", "ends_before",
+        "cancelled_occurrences", "skipped", "cancelled_at", "created",
+    ]
+    readonly_fields = fields
+
+    @admin.display(description="rule")
+    def rule_in_words(self, obj):
+        return recurrence.describe(
+            recurrence.parse_rule(obj.rule), obj.first_start, recurrence.zone(obj.time_zone), obj.time_zone
+        )
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Cancel selected series (their occurrences to come)")
+    def cancel_selected(self, request, queryset):
+        done, failed = 0, []
+        for series in queryset:
+            try:
+                services.series_cancel(series_id=series.pk, actor=request.user, scope="all", reason="Cancelled in the admin.")
+                done += 1
+            except (BookingError, PermissionDenied) as exc:
+                failed.append(f"#{series.pk}: {getattr(exc, 'message', exc)}")
+        if done:
+            self.message_user(request, f"Cancelled {done} series.", messages.SUCCESS)
+        if failed:
+            self.message_user(request, "Not cancelled: " + "; ".join(failed), messages.WARNING)
 
 
 @admin.register(Notice)

@@ -116,6 +116,14 @@ class Demo:
             serving=serving, gpu=self.gpu, node=self.node, device="cpu", address="127.0.0.1:9", token="t",
             state=Replica.State.STOPPED, memory_budget=1 << 30,
         )
+        # Recurring bookings of bob's: one to look at, and one per change through the API.
+        self.series, self.api_series_cancel, self.api_series_change, self.api_series_transfer = (
+            services.series_create(
+                user=self.bob, gpu_ids=[self.gpu.pk], start=self.far + offset * policy.slot_length(), slots=1,
+                rule="FREQ=DAILY;COUNT=2", now=self.now,
+            ).series
+            for offset in (60, 61, 62, 63)
+        )
         self.audit_entry = AuditEntry.objects.order_by("id").first()
         # A row in each admin list the demo leaves empty.
         Group.objects.create(name="operators")
@@ -209,7 +217,7 @@ def api_checks():
         Check("api/v1/reports/usage/", v1 + "reports/usage/?start=yesterday", expect(401, signed_in=403, staff=400)),
     ]
     for name, url in (("gpus", lambda d: d.gpu.pk), ("nodes", lambda d: d.node.pk),
-                      ("reservations", lambda d: d.booking.pk), ("jobs", None)):
+                      ("reservations", lambda d: d.booking.pk), ("series", lambda d: d.series.pk), ("jobs", None)):
         checks += [Check(f"api/v1/^{name}/$", f"{v1}{name}/", API)]
         if name != "jobs":
             checks += [
@@ -229,7 +237,24 @@ def api_checks():
             lambda d, booking=booking, action=action: f"{v1}reservations/{getattr(d, booking).pk}/{action}/",
             expect(401, signed_in=done, outsider=403), method="post", data=data, api=True,
         ))
+    series_changes = [
+        ("cancel", "api_series_cancel", {"scope": "all", "reason": "not needed"}),
+        ("change", "api_series_change", {"title": "renamed", "reason": "clearer"}),
+        ("transfer", "api_series_transfer", {"to": "alice", "reason": "hers now"}),
+    ]
+    for action, series, data in series_changes:
+        checks.append(Check(
+            f"api/v1/^series/(?P<pk>[^/.]+)/{action}/$",
+            lambda d, series=series, action=action: f"{v1}series/{getattr(d, series).pk}/{action}/",
+            expect(401, signed_in=200, outsider=403), method="post", data=data, api=True,
+        ))
     checks += [
+        Check("api/v1/^series/$", v1 + "series/", expect(401, signed_in=201), method="post",
+              data=lambda d: {"gpus": [d.gpus[6].pk], "start": d.iso(70), "slots": 1, "recurrence": "FREQ=DAILY;COUNT=2"},
+              api=True),
+        Check("api/v1/^series/$", v1 + "series/", expect(401, signed_in=400), method="post",
+              data=lambda d: {"gpus": [d.gpus[6].pk], "start": d.iso(70), "slots": 1, "recurrence": "FREQ=HOURLY"},
+              api=True),
         Check("api/v1/^reservations/$", v1 + "reservations/", expect(401, signed_in=201), method="post",
               data=lambda d: {"gpus": [d.gpus[6].pk], "start": d.iso(50), "slots": 1}, api=True),
         Check("api/v1/^reservations/$", v1 + "reservations/", expect(401, signed_in=400), method="post",
@@ -279,9 +304,9 @@ def api_checks():
 
 # What staff may not add in the admin (made by the services, the registry or django-axes), and what
 # they may not delete there (bookings are cancelled, never deleted; the audit log is append-only).
-NO_ADD = {"reservations.auditentry", "serving.model", "serving.modelversion", "serving.serving", "serving.replica",
+NO_ADD = {"reservations.auditentry", "reservations.series", "serving.model", "serving.modelversion", "serving.serving", "serving.replica",
           "axes.accessattempt", "axes.accesslog", "axes.accessfailurelog"}
-NO_DELETE = {"reservations.auditentry", "reservations.reservation", "serving.serving", "serving.replica"}
+NO_DELETE = {"reservations.auditentry", "reservations.reservation", "reservations.series", "serving.serving", "serving.replica"}
 ADMIN = expect(302, signed_in=302, staff=200)  # the admin's own sign-in for everyone but staff
 
 
