@@ -3,6 +3,8 @@
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from reservations.models import AuditEntry, Reservation, Series
 
@@ -126,3 +128,17 @@ def test_the_list_is_the_callers_teams_and_the_job_template_is_theirs_only(api, 
     shown = stranger.get(f"{URL}{data['id']}/").json()
     assert shown["job"] is None and len(shown["occurrences"]) == 2
     assert api.get(URL).json()["results"][0]["id"] == data["id"]
+
+
+def test_a_series_reads_the_same_number_of_queries_at_3_occurrences_as_at_28(api, cluster):
+    counts = []
+    for count, gpu in ((3, cluster["node1"][0]), (28, cluster["node1"][1])):
+        data = api.post(URL, body([gpu], recurrence=f"FREQ=DAILY;COUNT={count}", on_conflict="skip"), format="json").json()
+        api.get(f"{URL}{data['id']}/")  # warm the token and session caches
+        with CaptureQueriesContext(connection) as queries:
+            assert len(api.get(f"{URL}{data['id']}/").json()["occurrences"]) == count
+        counts.append(len(queries))
+    assert counts[0] == counts[1]
+    with CaptureQueriesContext(connection) as queries:
+        assert len(api.get(URL).json()["results"]) == 2
+    assert len(queries) <= counts[0]
