@@ -196,6 +196,15 @@ def test_readme_api_commands_work_pasted_in_order_after_the_quick_start(quicksta
     assert '"conflicts":[{' in out and '"suggestions":[{' in out  # the 409 for a taken GPU
     assert get(port, f"reservations/{variables['NIGHTLY']}/", token)["status"] == "cancelled"
 
+    # The nightly series: the nights within the horizon booked, the second cancelled, the rest later.
+    series = get(port, f"series/{variables['SERIES']}/", token)
+    assert series["description"] == "every day at 00:00 UTC, 30 times", series
+    assert series["job"]["resume_from"] == "previous"
+    statuses = [o["status"] for o in series["occurrences"]]
+    assert len(statuses) == 30 and statuses[1] == "cancelled", statuses
+    assert statuses.count("confirmed") >= 25 and set(statuses) <= {"confirmed", "cancelled", "skipped", "later"}
+    assert get(port, f"reservations/{series['occurrences'][1]['reservation']}/", token)["status"] == "cancelled"
+
     job_id = variables["JOB"]
     assert f'{{"id":{job_id},"reservation":' in out  # the job, read right after booking
     job = get(port, f"jobs/{job_id}/", token)
