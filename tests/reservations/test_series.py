@@ -12,6 +12,7 @@ from reservations import services
 from reservations.errors import BookingError, SeriesConflict
 from reservations.models import AuditEntry, Notice, Reservation, Series, TeamQuota
 from reservations.services.series import series_cancel, series_change, series_create, series_extend, series_transfer
+from trainer.models import TrainingJob
 
 from ..support import FROZEN_NOW, NEXT_SLOT, SLOT, at_once, book, make_user
 
@@ -255,3 +256,19 @@ def test_two_beats_at_once_book_each_occurrence_once_and_tell_of_a_skip_once(fro
     assert Notice.objects.filter(user=owner, kind=Notice.Kind.SERIES_SKIPPED).count() == 1, list(Notice.objects.values_list("message", flat=True))
     series.refresh_from_db()
     assert [s["at"] for s in series.skipped] == [(NEXT_SLOT + 4 * SLOT + 3 * DAY).isoformat()]
+
+
+def test_a_new_job_template_reaches_the_waiting_jobs_of_the_coming_occurrences(cluster, owner, frozen, training_data):
+    job = {"model": "yolov8n.yaml", "data": str(training_data), "epochs": 3, "imgsz": 64, "batch": 4}
+    series = nightly(owner, cluster["node1"][:1], work={"job": job}).series
+    first, second, third = occurrences(series)
+    frozen.move_to(first.start + timedelta(minutes=1))
+    TrainingJob.objects.filter(reservation=first).update(status=TrainingJob.Status.RUNNING)
+    series_change(series_id=series.pk, actor=owner, work={"job": {**job, "epochs": 7}}, reason="longer")
+    epochs = {j.reservation_id: (j.epochs, j.spec["epochs"]) for j in TrainingJob.objects.all()}
+    assert epochs == {first.pk: (3, 3), second.pk: (7, 7), third.pk: (7, 7)}
+    updates = AuditEntry.objects.filter(action=AuditEntry.Action.UPDATE, reservation__series=series)
+    assert sorted(updates.values_list("reservation_id", flat=True)) == [second.pk, third.pk]
+    assert updates.first().after == {"work": {"job": {**TrainingJob.objects.get(reservation=second).spec}}}
+    series_change(series_id=series.pk, actor=owner, work={"job": None})
+    assert list(TrainingJob.objects.values_list("reservation_id", flat=True)) == [first.pk]
