@@ -310,6 +310,10 @@ class Reservation(models.Model):
         return held
 
 
+# A series with occurrences still to book (beat's roll-forward: services.series_extend).
+GOING = Q(cancelled_at=None) & (Q(booked_through=None) | Q(booked_through__lt=models.F("last_start")))
+
+
 class Series(models.Model):
     """A recurring booking: one request, booked as ordinary bookings (its occurrences, each a
     Reservation with `series` set) at the times its rule gives (reservations.recurrence). Those
@@ -342,7 +346,9 @@ class Series(models.Model):
     first_start = models.DateTimeField()
     time_zone = models.CharField(max_length=64, default="UTC")
     on_conflict = models.CharField(max_length=10, choices=OnConflict.choices, default=OnConflict.FAIL)
-    # Every occurrence starting at or before this has been booked (or skipped): where beat goes on.
+    # The rule's last occurrence, and how far beat has come: every occurrence starting at or before
+    # booked_through has been booked, skipped or passed over as cancelled. Done when they meet.
+    last_start = models.DateTimeField()
     booked_through = models.DateTimeField(null=True, blank=True)
     # Occurrences from here on are cancelled ("this and the following"); None: none are.
     ends_before = models.DateTimeField(null=True, blank=True)
@@ -358,8 +364,9 @@ class Series(models.Model):
         ordering = ["-created", "-id"]
         verbose_name_plural = "series"
         indexes = [
-            # Beat's roll-forward reads the series still going.
-            models.Index(fields=["booked_through"], condition=Q(cancelled_at=None), name="series_going"),
+            # Beat's roll-forward reads only the series with occurrences still to book: years of
+            # finished ones cost it nothing.
+            models.Index(fields=["id"], condition=GOING, name="series_going"),
         ]
 
     def __str__(self):

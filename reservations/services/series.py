@@ -16,11 +16,12 @@ from datetime import datetime
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from .. import jobs, policy, recurrence, selectors
 from ..errors import BookingConflict, BookingError, QuotaExceeded, SeriesConflict
-from ..models import AuditEntry, Notice, Reservation, Series
+from ..models import GOING, AuditEntry, Notice, Reservation, Series
 from ..utc_text import utc_moment
 from .audit import audit_record
 from .booking import reservation_create
@@ -121,7 +122,7 @@ def series_create(
         user=user, team=team, title=title, gpu_ids=gpu_ids, gpu_count=len(gpu_ids) if gpu_ids is not None else gpu_count,
         allow_multi_node=allow_multi_node, slots=slots, priority=priority, preemptible=preemptible,
         auto_rebook=auto_rebook, borrow=borrow, work=work or {}, rule=parsed.text, first_start=start,
-        time_zone=tz, on_conflict=on_conflict, created=now,
+        time_zone=tz, last_start=starts[-1], on_conflict=on_conflict, created=now,
     )
     due = [s for s in starts if recurrence.in_horizon(s, slots, now)]
     if on_conflict == Series.OnConflict.FAIL:
@@ -262,15 +263,13 @@ def _undo(series, *, actor, now):
 def series_extend(*, now=None):
     """Beat: book every going series' occurrences that came within the booking horizon. Safe to run
     twice at once (the constraint books each occurrence once; skips are recorded and notified once).
-    Returns how many occurrences were booked or waitlisted."""
+    Reads only the series with occurrences still to book (models.GOING). Returns how many
+    occurrences were booked or waitlisted."""
     now = now or timezone.now()
     horizon = policy.horizon_end(now)
     done = 0
-    # Each series is read again below: its rule says which occurrences are due, at most
-    # SERIES_MAX_OCCURRENCES of them; only series whose next occurrence may be due are read.
-    for series in Series.objects.filter(cancelled_at=None).select_related("user", "team").order_by("id"):
-        if series.booked_through is not None and series.booked_through >= horizon:
-            continue
+    going = Series.objects.filter(GOING).filter(Q(booked_through=None) | Q(booked_through__lt=horizon))
+    for series in going.select_related("user", "team").order_by("id"):
         try:
             done += _extend(series, now)
         except Exception:  # one broken series must not stop the others' bookings
@@ -279,16 +278,19 @@ def series_extend(*, now=None):
 
 
 def _extend(series, now):
-    due = [
+    """Book the series' occurrences after booked_through that the horizon now holds; cancelled ones
+    are passed over (so booked_through reaches the last start, and beat is done with the series)."""
+    reached = [
         s for s in series_starts(series)
-        if (series.booked_through is None or s > series.booked_through)
-        and policy.occurrence_going(series, s) and recurrence.in_horizon(s, series.slots, now)
+        if (series.booked_through is None or s > series.booked_through) and recurrence.in_horizon(s, series.slots, now)
     ]
-    if not due:
+    if not reached:
         return 0
     owner_active = series.user.is_active and policy.bookable_teams(series.user).filter(pk=series.team_id).exists()
     outcomes = []
-    for start in due:
+    for start in reached:
+        if not policy.occurrence_going(series, start):
+            continue
         if start < now:  # beat was down when it came due: never booked late
             outcomes.append(Occurrence(start, "skipped", reason="Its start passed before it could be booked."))
         elif not owner_active:
@@ -296,7 +298,7 @@ def _extend(series, now):
             outcomes.append(Occurrence(start, "skipped", reason=f"{who} can no longer book for team {series.team.slug}."))
         else:
             outcomes.append(_book_one(series, start, now=now, actor=None, strict=False))
-    fresh = _mark_through(series, due[-1], [o for o in outcomes if o.outcome == "skipped"])
+    fresh = _mark_through(series, reached[-1], [o for o in outcomes if o.outcome == "skipped"])
     _notify_skipped(series, fresh)
     return sum(o.new and o.outcome in ("booked", "waitlisted") for o in outcomes)
 

@@ -10,7 +10,7 @@ from django.core.exceptions import PermissionDenied
 
 from reservations import services
 from reservations.errors import BookingError, SeriesConflict
-from reservations.models import AuditEntry, Notice, Reservation, Series, TeamQuota
+from reservations.models import GOING, AuditEntry, Notice, Reservation, Series, TeamQuota
 from reservations.services.series import series_cancel, series_change, series_create, series_extend, series_transfer
 from trainer.models import TrainingJob
 
@@ -62,6 +62,8 @@ def test_occurrences_beyond_the_horizon_wait_for_beat_which_books_each_once(clus
     frozen.move_to(FROZEN_NOW + 10 * DAY)
     assert series_extend() == 0  # the last one's time is past: never booked late
     assert len(occurrences(result.series)) == 5
+    # Beat is done with it: its hourly read passes it over from now on.
+    assert not Series.objects.filter(GOING).exists()
 
 
 def test_the_database_refuses_a_second_booking_of_one_occurrence(cluster, owner):
@@ -158,6 +160,9 @@ def test_cancel_one_following_and_all(cluster, owner, frozen, settings):
     # This one and the following.
     fourth = NEXT_SLOT + 4 * SLOT + 3 * DAY
     series_cancel(series_id=series.pk, actor=owner, scope="following", occurrence=fourth)
+    frozen.move_to(FROZEN_NOW + 6 * DAY)
+    series_extend()  # passes over the cancelled ones to the last: done
+    assert not Series.objects.filter(GOING).exists()
     statuses = {r.occurrence: r.status for r in occurrences(series)}
     assert statuses[fourth] == Status.CANCELLED and statuses[fourth + 2 * DAY] == Status.CANCELLED
     entries = AuditEntry.objects.filter(action=AuditEntry.Action.SERIES_CANCEL, target=f"series:{series.pk}")
