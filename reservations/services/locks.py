@@ -12,6 +12,12 @@ The order (a transaction that needs several of these takes them in this order, n
    written, so a model cannot be deleted between the check and the booking; the registry locks
    only these rows, and advisory locks on stored files after them).
 
+A series (a recurring booking, services.series) is locked alone, in a short transaction of its own
+for its bookkeeping (how far beat has booked it, what was skipped, a change or a cancellation); its
+occurrences are then booked, changed or cancelled one by one, each in the transaction of the booking
+service that does it, after the series' lock is released. So no transaction holds a series and any
+lock above.
+
 Two transactions that follow one order cannot deadlock. The order only holds if each service's
 transaction is its own: a GPU lock taken inside someone else's transaction lives until that outer
 transaction ends, so a later step of the same request (a preemption locking its victims) would then
@@ -91,3 +97,16 @@ def is_overlap_violation(exc):
     if diag is not None:
         return getattr(diag, "constraint_name", None) == EXCLUSION_CONSTRAINT
     return str(exc.__cause__).startswith(EXCLUSION_CONSTRAINT)
+
+
+OCCURRENCE_CONSTRAINT = "reservation_one_per_occurrence"
+
+
+def is_occurrence_violation(exc):
+    """Whether an IntegrityError is a second booking of one occurrence of a series (the constraint
+    reservation_one_per_occurrence; SQLite names its columns instead)."""
+    diag = getattr(exc.__cause__, "diag", None)
+    if diag is not None:
+        return getattr(diag, "constraint_name", None) == OCCURRENCE_CONSTRAINT
+    return "reservations_reservation.series_id, reservations_reservation.occurrence" in str(exc.__cause__)
+

@@ -26,13 +26,12 @@ from ..utc_text import utc_moment
 from .audit import audit_record
 from .booking import reservation_create
 from .changes import reservation_cancel, reservation_transfer, reservation_update
-from .locks import lock_reservation, service_transaction
+from .locks import is_occurrence_violation, lock_reservation, service_transaction
 from .notices import notice_send
 from .records import check_gpu_count, check_gpu_ids
 
 log = logging.getLogger(__name__)
 
-OCCURRENCE_CONSTRAINT = "reservation_one_per_occurrence"
 Status = Reservation.Status
 
 
@@ -204,7 +203,7 @@ def _book_one(series, start, *, now, actor, strict):
             return _already(start, existing)
         return Occurrence(start, "skipped", reason=refusal.message)
     except IntegrityError as exc:
-        if OCCURRENCE_CONSTRAINT not in str(exc):
+        if not is_occurrence_violation(exc):
             raise
         # Booked by another beat (or a retry) since we looked: it is booked, once.
         return _already(start, _booked(series, start))
