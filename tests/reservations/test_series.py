@@ -9,7 +9,7 @@ import pytest
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError
 
-from reservations import services
+from reservations import recurrence, services
 from reservations.errors import BookingError, SeriesConflict
 from reservations.models import GOING, AuditEntry, Notice, Reservation, Series, TeamQuota
 from reservations.services.locks import is_occurrence_violation
@@ -279,3 +279,22 @@ def test_a_new_job_template_reaches_the_waiting_jobs_of_the_coming_occurrences(c
     assert updates.first().after == {"work": {"job": {**TrainingJob.objects.get(reservation=second).spec}}}
     series_change(series_id=series.pk, actor=owner, work={"job": None})
     assert list(TrainingJob.objects.values_list("reservation_id", flat=True)) == [first.pk]
+
+
+def test_a_berlin_series_keeps_its_wall_clock_across_the_change_to_summer_time(cluster, db, team, frozen):
+    # Every day at 01:00 Berlin time: 00:00 UTC in winter, on the two-hour grid; from 31 March 2030
+    # (summer time) 01:00 is 23:00 UTC, booked in the slot that contains it: 22:00-00:00 UTC.
+    frozen.move_to(datetime(2030, 3, 25, 9, 0, tzinfo=dt_timezone.utc))
+    berliner = make_user("berliner", team)
+    result = series_create(
+        user=berliner, start=datetime(2030, 3, 29, 0, 0, tzinfo=dt_timezone.utc), slots=1, rule="FREQ=DAILY;COUNT=4",
+        tz="Europe/Berlin", gpu_ids=[cluster["node1"][0].pk],
+    )
+    starts = [r.start.strftime("%d %H:%M") for r in occurrences(result.series)]
+    assert starts == ["29 00:00", "30 00:00", "31 00:00", "31 22:00"]
+    assert "every day at 01:00 Europe/Berlin time, 4 times" == recurrence_words(result.series)
+
+
+def recurrence_words(series):
+    zone = recurrence.zone(series.time_zone)
+    return recurrence.describe(recurrence.parse_rule(series.rule), series.first_start, zone, series.time_zone)
