@@ -28,7 +28,8 @@ def test_it_books_named_gpus_and_returns_the_contract_shape(api, cluster, owner)
     body = response.json()
     assert set(body) == {
         "id", "user", "team", "title", "gpus", "gpu_names", "start", "end", "slots", "priority",
-        "preemptible", "borrowed", "status", "waitlist_position", "created", "preempted_by", "reclaim_at", "auto_rebook", "rebook_of", "job", "serve",
+        "preemptible", "borrowed", "status", "waitlist_position", "created", "preempted_by", "reclaim_at", "auto_rebook", "rebook_of",
+        "series", "occurrence", "job", "serve",
         "warnings",
     }
     assert body["warnings"] == []
