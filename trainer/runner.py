@@ -103,7 +103,8 @@ def _record_progress(job_id, trainer):
     )
 
 
-def _record_start(job_id, trainer, origin):
+def _record_start(job_id, trainer, origin=""):
+    """on_train_start: running, from which epoch; `origin` names the job it resumes or fine-tunes."""
     TrainingJob.objects.filter(pk=job_id, status__in=(*TrainingJob.WAITING, Status.STARTING)).update(
         status=Status.RUNNING,
         start_epoch=trainer.start_epoch,

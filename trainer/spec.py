@@ -87,7 +87,9 @@ class CacheField(serializers.Field):
 class ResumeFromField(serializers.Field):
     """`resume_from`: a job's id, or "previous" (a series' occurrence: job_spec_check says where)."""
 
-    default_error_messages = {"invalid": f'Give a job id (a whole number from 1), or "{PREVIOUS}" in a recurring booking.'}
+    default_error_messages = {
+        "invalid": f'Give a job id (a whole number from 1), or "{PREVIOUS}" in a recurring booking.'
+    }
 
     def to_internal_value(self, data):
         if data == PREVIOUS:

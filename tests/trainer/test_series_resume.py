@@ -93,7 +93,9 @@ def test_it_waits_while_an_earlier_occurrences_job_is_live_then_resumes_from_it(
 
     waiting = fresh(second)
     assert waiting.spec["resume_from"] == "previous" and waiting.resumed_from_id is None
-    assert waiting.reason == f"Waits for job {first.pk} of an earlier occurrence of the series to end: it may still be saving."
+    assert waiting.reason == (
+        f"Waits for job {first.pk} of an earlier occurrence of the series to end: it may still be saving."
+    )
     ran(first, status="stopped", checkpoint_epoch=5)
     assert trainer_services.job_resolve_previous(job=fresh(second)) is True
     assert fresh(second).resumed_from_id == first.pk

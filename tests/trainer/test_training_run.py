@@ -94,9 +94,13 @@ def test_a_job_that_outlasts_the_stop_grace_is_killed_and_keeps_its_previous_che
     assert sha256_of(after.checkpoint) == after.checkpoint_sha256
 
 
-def test_a_job_resuming_a_completed_run_fine_tunes_its_final_weights_with_its_own_arguments(cluster, team, training_data):
+def test_a_job_resuming_a_completed_run_fine_tunes_its_final_weights_with_its_own_arguments(
+    cluster, team, training_data
+):
     owner = make_user("trainer-owner", team)
-    first = book_job(owner, cluster["node1"][0], spec(model="yolov8n.yaml", data=str(training_data), epochs=1, imgsz=64, batch=4))
+    first = book_job(
+        owner, cluster["node1"][0], spec(model="yolov8n.yaml", data=str(training_data), epochs=1, imgsz=64, batch=4)
+    )
     process, _ = spawn(first, devices=[])
     assert process.wait(timeout=400) == 0
     completed = TrainingJob.objects.get(pk=first.pk)
@@ -113,7 +117,8 @@ def test_a_job_resuming_a_completed_run_fine_tunes_its_final_weights_with_its_ow
 
     tuned = TrainingJob.objects.get(pk=later.pk)
     assert tuned.status == "completed", tuned.reason
-    assert (tuned.resumed_from_id, tuned.start_epoch, tuned.epoch, tuned.epochs, tuned.checkpoint_epoch) == (first.pk, 0, 2, 2, 2)
+    assert tuned.resumed_from_id == first.pk
+    assert (tuned.start_epoch, tuned.epoch, tuned.epochs, tuned.checkpoint_epoch) == (0, 2, 2, 2)
     log = log_path.read_text(errors="replace")
     assert "nothing to resume" not in log and "Resuming training" not in log
     assert "from pretrained weights" in log  # the network starts from the completed job's weights
