@@ -165,6 +165,8 @@ class NodeAgent:
             return
         if not self._devices_free(job):
             return  # gang readiness: the previous job on one of its GPUs has not exited yet
+        if not services.job_resolve_previous(job=job):
+            return  # "previous": an earlier occurrence's job is still live (it may still be saving)
         if not services.job_ready_to_start(job):
             return  # the job it resumes is still saving its last checkpoint
         if not services.job_claim_start(job_id=job.pk, node=self.node, devices=devices):

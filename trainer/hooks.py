@@ -9,7 +9,7 @@ from reservations.models import Reservation
 from . import services
 from .api import JobSerializer
 from .models import TrainingJob
-from .spec import JobSpecSerializer
+from .spec import PREVIOUS, JobSpecSerializer
 
 
 def _job(reservation):
@@ -58,6 +58,10 @@ class TrainingWork:
         )
 
     def rebook(self, state):
+        if state.spec.get("resume_from") == PREVIOUS:
+            # It never started (a job resolves "previous" before its start): the rest, an occurrence
+            # of the same series, finds the previous occurrence's checkpoint in its place.
+            return dict(state.spec), "job resumes from the series' previous occurrence when it starts"
         return dict(state.spec, resume_from=state.id), f"job resumes from job {state.id}'s checkpoint"
 
     def render(self, reservation):

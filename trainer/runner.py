@@ -24,7 +24,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from .models import TrainingJob
-from .services import resume_source
+from .services import resume_source, source_finished
 from .signals import job_finished
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,8 @@ def _record_progress(job_id, trainer):
     )
 
 
-def _record_start(job_id, trainer):
+def _record_start(job_id, trainer, origin=""):
+    """on_train_start: running, from which epoch; `origin` names the job it resumes or fine-tunes."""
     TrainingJob.objects.filter(pk=job_id, status__in=(*TrainingJob.WAITING, Status.STARTING)).update(
         status=Status.RUNNING,
         start_epoch=trainer.start_epoch,
@@ -111,7 +112,7 @@ def _record_start(job_id, trainer):
         started_at=timezone.now(),
         # A resumed run is running again: the end its interruption recorded no longer holds.
         ended_at=None,
-        reason=f"Training from epoch {trainer.start_epoch + 1} of {trainer.epochs}.",
+        reason=f"Training from epoch {trainer.start_epoch + 1} of {trainer.epochs}{origin}.",
     )
 
 
@@ -145,6 +146,16 @@ def train(job_id):
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     spec = dict(job.spec)
     source = resume_source(job)
+    # A run that trained to its end cannot be resumed ("nothing to resume"): a job starting from
+    # another's finished run (a series' nightly fine-tune of last night's model, or a resume_from
+    # naming a completed job) trains anew from its weights, with its own spec's arguments.
+    fine_tune = source is not None and source.pk != job.pk and source_finished(source)
+    if fine_tune:
+        origin = f", fine-tuning job {source.pk}'s final weights"
+    elif source is not None and source.pk != job.pk:
+        origin = f", resuming job {source.pk}'s checkpoint"
+    else:
+        origin = ""
     if job.checkpoint and (job.checkpoint_epoch or 0) >= job.epochs:
         # Interrupted after its last epoch was saved, before it was marked completed: ultralytics
         # refuses to resume a finished run ("nothing to resume"), and there is nothing left to train.
@@ -163,18 +174,18 @@ def train(job_id):
         verbose=True,
     )
     try:
-        if source:
+        if source is not None and not fine_tune:
             # Resume: ultralytics takes the rest (data, epochs, optimizer state) from the checkpoint.
-            model = YOLO(source)
+            model = YOLO(source.checkpoint)
             arguments = dict(resume=True, **common)
             for key in ("imgsz", "batch", "cache", "patience"):
                 if key in spec:
                     arguments[key] = spec[key]
         else:
-            model = YOLO(spec["model"])
+            model = YOLO(source.checkpoint if fine_tune else spec["model"])
             arguments = {k: v for k, v in spec.items() if k not in NOT_ULTRALYTICS}
             arguments.update(common, project=str(run_dir), name="train")
-        model.add_callback("on_train_start", lambda t: _record_start(job_id, t))
+        model.add_callback("on_train_start", lambda t: _record_start(job_id, t, origin))
         model.add_callback("on_train_batch_end", _count_batch)
         model.add_callback("on_model_save", lambda t: _record_checkpoint(job_id, t, checkpoint_dir))
         model.add_callback("on_fit_epoch_end", lambda t: _record_progress(job_id, t))

@@ -16,12 +16,21 @@ from reservations.utc_text import utc_moment
 
 from . import queue, signals
 from .models import TrainingJob
+from .spec import PREVIOUS
 
 
 def job_spec_check(*, user, team, spec, series=False):
-    """Rules a serializer cannot check alone: what `resume_from` may name."""
+    """Rules a serializer cannot check alone: what `resume_from` may name. "previous" only in a
+    series (`series`): the job of the previous occurrence is found when this one starts."""
     source_id = spec.get("resume_from")
     if source_id is None:
+        return spec
+    if source_id == PREVIOUS:
+        if not series:
+            raise BookingError(
+                "job", f'resume_from: "{PREVIOUS}" is for a recurring booking (a series): it resumes from the '
+                "previous occurrence's job. Give a job id here."
+            )
         return spec
     source = TrainingJob.objects.select_related("reservation").filter(pk=source_id).first()
     if source is None or (not user.is_staff and source.reservation.team_id != team.pk):
@@ -146,16 +155,77 @@ def job_ready_to_start(job):
     return not TrainingJob.objects.filter(pk=job.resumed_from_id, status__in=TrainingJob.LIVE).exists()
 
 
+def job_resolve_previous(*, job, now=None):
+    """A job of a series' occurrence whose spec says "resume_from": "previous", due to start: find,
+    once, what it resumes. The job of the latest earlier booking of the series (by booking start) that
+    saved a checkpoint becomes its `resumed_from` and its spec's `resume_from`; none: it starts fresh
+    from its spec's model (`resume_from` dropped). Recorded in its reason.
+
+    Returns whether the job may go on to start: False while a job of an earlier booking of the series
+    is live, as that one may still be saving the checkpoint to resume from (or be the one to save it).
+    A job without "previous", or resolved already, goes on.
+
+    Compare-and-set, as job_claim_start: only a waiting job still saying "previous" is written, so of
+    two agents (a restarted worker beside the old one) one resolves it and the other reads the answer."""
+    if job.spec.get("resume_from") != PREVIOUS:
+        return True
+    now = now or timezone.now()
+    reservation = job.reservation
+    if reservation.series_id is None:  # not an occurrence (the booking check refuses this): none earlier
+        earlier = TrainingJob.objects.none()
+    else:
+        earlier = TrainingJob.objects.filter(
+            reservation__series_id=reservation.series_id, reservation__start__lt=reservation.start
+        ).exclude(pk=job.pk)
+    live = earlier.filter(status__in=TrainingJob.LIVE).order_by("-reservation__start", "-pk").first()
+    if live is not None:
+        waits = f"Waits for job {live.pk} of an earlier occurrence of the series to end: it may still be saving."
+        # Written once, not on every pass of the agent.
+        TrainingJob.objects.filter(pk=job.pk, status__in=TrainingJob.WAITING).exclude(reason=waits).update(
+            reason=waits, updated=now
+        )
+        return False
+    source = (
+        earlier.exclude(checkpoint="").select_related("reservation").order_by("-reservation__start", "-pk").first()
+    )
+    spec = {key: value for key, value in job.spec.items() if key != "resume_from"}
+    if source is None:
+        reason = "No earlier occurrence left a checkpoint: starts fresh."
+    else:
+        spec["resume_from"] = source.pk
+        occurrence = source.reservation.occurrence or source.reservation.start
+        reason = f"Resumes from job {source.pk} of the series' occurrence at {utc_moment(occurrence)}"
+        if source_finished(source):
+            reason += ", which finished training: fine-tunes its final weights"
+        reason += "."
+    resolved = TrainingJob.objects.filter(
+        pk=job.pk, status__in=TrainingJob.WAITING, spec__resume_from=PREVIOUS
+    ).update(spec=spec, resumed_from=source, reason=reason, updated=now)
+    if resolved:
+        job.spec, job.resumed_from, job.reason = spec, source, reason
+    else:
+        job.refresh_from_db(fields=["spec", "resumed_from", "reason", "status"])
+    return job.spec.get("resume_from") != PREVIOUS
+
+
 def resume_source(job):
-    """The checkpoint a job starts from: its own (it was interrupted), else the newest one along
-    the jobs it resumes (one that stopped before its first checkpoint passes on its source's)."""
+    """The job whose checkpoint `job` starts from: itself (it was interrupted), else the newest one
+    along the jobs it resumes (one that stopped before its first checkpoint passes on its source's).
+    None: it starts from its spec's model."""
     seen = set()
     while job is not None and job.pk not in seen:
         if job.checkpoint:
-            return job.checkpoint
+            return job
         seen.add(job.pk)
         job = job.resumed_from
     return None
+
+
+def source_finished(source):
+    """Whether a checkpoint's job trained to its end (all its epochs, or it completed: early
+    stopping): ultralytics cannot resume such a run ("nothing to resume"); a job starting from it
+    fine-tunes its weights instead (trainer.runner)."""
+    return source.status == TrainingJob.Status.COMPLETED or (source.checkpoint_epoch or 0) >= source.epochs
 
 
 def job_claim_start(*, job_id, node, devices, now=None):

@@ -19,6 +19,9 @@ BUILTIN_CONFIG = re.compile(r"^yolo[a-z0-9-]*\.ya?ml$")
 # trainer does not import serving).
 MODEL_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 OPTIMIZERS = ["auto", "SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp"]
+# `resume_from` in a recurring booking's job: the checkpoint of the series' previous occurrence, found
+# when the job is due to start (trainer.services.job_resolve_previous).
+PREVIOUS = "previous"
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,28 @@ class CacheField(serializers.Field):
     default_error_messages = {"invalid": 'Use true, false, "ram" or "disk".'}
 
 
+@extend_schema_field({"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "enum": [PREVIOUS]}]})
+class ResumeFromField(serializers.Field):
+    """`resume_from`: a job's id, or "previous" (a series' occurrence: job_spec_check says where)."""
+
+    default_error_messages = {
+        "invalid": f'Give a job id (a whole number from 1), or "{PREVIOUS}" in a recurring booking.'
+    }
+
+    def to_internal_value(self, data):
+        if data == PREVIOUS:
+            return data
+        if isinstance(data, bool):  # an int to Python, never a job id
+            self.fail("invalid")
+        try:
+            return serializers.IntegerField(min_value=1).run_validation(data)
+        except serializers.ValidationError:
+            self.fail("invalid")
+
+    def to_representation(self, value):
+        return value
+
+
 class JobSpecSerializer(serializers.Serializer):
     model = serializers.CharField(max_length=500)
     data = serializers.CharField(max_length=500)
@@ -92,7 +117,7 @@ class JobSpecSerializer(serializers.Serializer):
     seed = serializers.IntegerField(min_value=0, max_value=2**31 - 1, required=False)
     workers = serializers.IntegerField(min_value=0, max_value=64, default=0)
     cache = CacheField(required=False)
-    resume_from = serializers.IntegerField(min_value=1, required=False)
+    resume_from = ResumeFromField(required=False)
     register_model = serializers.RegexField(
         MODEL_NAME, max_length=64, required=False,
         error_messages={"invalid": "Use lower-case letters, digits, '.', '_' and '-' (64 at most), starting with a letter or digit."},

@@ -67,6 +67,9 @@ def test_a_model_file_under_the_model_root_is_accepted(api, cluster, roots):
         ({"device": "0"}, "device"),  # the service sets devices
         ({"project": "/tmp"}, "project"),  # ... and where runs go
         ({"resume_from": 999}, None),
+        ({"resume_from": "latest"}, "resume_from"),  # a job id, or "previous" (a series only)
+        ({"resume_from": True}, "resume_from"),
+        ({"resume_from": 0}, "resume_from"),
     ],
 )
 def test_a_bad_job_spec_is_a_400_under_job_and_nothing_is_written(api, cluster, roots, change, key):
@@ -79,6 +82,17 @@ def test_a_bad_job_spec_is_a_400_under_job_and_nothing_is_written(api, cluster, 
     errors = response.json()["job"]
     if key is not None:
         assert key in errors, errors
+    assert not Reservation.objects.exists() and not TrainingJob.objects.exists()
+
+
+def test_resume_from_previous_is_refused_for_a_booking_outside_a_series(api, cluster, roots):
+    spec = {"model": "yolov8n.yaml", "data": str(roots / "datasets/coco/data.yaml"), "resume_from": "previous"}
+
+    response = book_with(api, cluster, spec)
+
+    assert response.status_code == 400, response.content
+    (message,) = response.json()["job"]
+    assert message.startswith('resume_from: "previous" is for a recurring booking (a series)')
     assert not Reservation.objects.exists() and not TrainingJob.objects.exists()
 
 

@@ -92,3 +92,33 @@ def test_a_job_that_outlasts_the_stop_grace_is_killed_and_keeps_its_previous_che
     assert after.status == "stopped" and "Killed after the stop grace" in after.reason
     assert after.checkpoint_epoch == killed[0] >= 1  # the previous epoch's, still on record
     assert sha256_of(after.checkpoint) == after.checkpoint_sha256
+
+
+def test_a_job_resuming_a_completed_run_fine_tunes_its_final_weights_with_its_own_arguments(
+    cluster, team, training_data
+):
+    owner = make_user("trainer-owner", team)
+    first = book_job(
+        owner, cluster["node1"][0], spec(model="yolov8n.yaml", data=str(training_data), epochs=1, imgsz=64, batch=4)
+    )
+    process, _ = spawn(first, devices=[])
+    assert process.wait(timeout=400) == 0
+    completed = TrainingJob.objects.get(pk=first.pk)
+    assert completed.status == "completed" and completed.checkpoint_epoch == completed.epochs == 1
+
+    # ultralytics would refuse to resume it ("nothing to resume"): the later job trains anew from its
+    # weights, for the epochs its own spec asks.
+    later = book_job(
+        owner, cluster["node1"][1],
+        spec(model="yolov8n.yaml", data=str(training_data), epochs=2, imgsz=64, batch=4, resume_from=first.pk),
+    )
+    process, log_path = spawn(later, devices=[])
+    assert process.wait(timeout=400) == 0
+
+    tuned = TrainingJob.objects.get(pk=later.pk)
+    assert tuned.status == "completed", tuned.reason
+    assert tuned.resumed_from_id == first.pk
+    assert (tuned.start_epoch, tuned.epoch, tuned.epochs, tuned.checkpoint_epoch) == (0, 2, 2, 2)
+    log = log_path.read_text(errors="replace")
+    assert "nothing to resume" not in log and "Resuming training" not in log
+    assert "from pretrained weights" in log  # the network starts from the completed job's weights
