@@ -199,7 +199,7 @@ def test_readme_api_commands_work_pasted_in_order_after_the_quick_start(quicksta
     # The nightly series: the nights within the horizon booked, the second cancelled, the rest later.
     series = get(port, f"series/{variables['SERIES']}/", token)
     assert series["description"] == "every day at 00:00 UTC, 30 times", series
-    assert series["job"]["resume_from"] == "previous"
+    assert (series["job"]["resume_from"], series["job"]["register_model"]) == ("previous", "boxes-nightly")
     statuses = [o["status"] for o in series["occurrences"]]
     assert len(statuses) == 30 and statuses[1] == "cancelled", statuses
     assert statuses.count("confirmed") >= 25 and set(statuses) <= {"confirmed", "cancelled", "skipped", "later"}
