@@ -9,6 +9,7 @@ few, however many series or bookings: the series, the bookings (their GPUs prefe
 the series name.
 """
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,8 +19,11 @@ from django.db.models.functions import Cast, Concat
 from zoneinfo import ZoneInfo
 
 from .. import policy, recurrence
+from ..errors import BookingError
 from ..models import GPU, AuditEntry, Reservation, Series
 from .pages import calendar_feed_reservations
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,13 @@ def calendar_feed(*, start, end, now, user=None, team=None):
             of_series[reservation.series_id].append(reservation)
     shown, placed = [], set()
     for series in candidates:
-        entry = _feed_series(series, of_series[series.pk], start=start, end=end, now=now, gpus=gpus)
+        try:
+            entry = _feed_series(series, of_series[series.pk], start=start, end=end, now=now, gpus=gpus)
+        except BookingError:
+            # A rule or zone no longer valid here (a lower SERIES_MAX_OCCURRENCES, a zone gone from
+            # tzdata) must not take the whole feed down: its bookings are shown one by one.
+            log.exception("series %s: its rule cannot be read for the calendar feed", series.pk)
+            continue
         if entry is None:
             continue
         shown.append(entry)
@@ -150,7 +160,10 @@ def _feed_series(series, bookings, *, start, end, now, gpus):
         booking = by_occurrence.get(instance.start)
         if booking is not None and booking.status != Reservation.Status.CANCELLED:
             booked.append((instance, booking))
-        elif booking is not None or instance.start in gone or start < instance.start + span and instance.start < missed:
+            continue
+        cancelled = booking is not None or instance.start in gone
+        never_booked = booking is None and start < instance.start + span and instance.start < missed
+        if cancelled or never_booked:
             excluded.append(instance)
     return FeedSeries(
         series=series, zone=zone, rule=recurrence.calendar_rule(rule, zone, last=cut), first=every[0],

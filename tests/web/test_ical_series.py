@@ -326,3 +326,42 @@ def test_an_occurrence_beat_never_booked_is_not_shown_once_its_time_has_come(clu
     assert shown(content, series, FROZEN_NOW, FROZEN_NOW + 30 * DAY) == live_bookings(series) + [
         (last, last + 2 * SLOT, "nightly fine-tune")
     ]
+
+
+def test_a_preempted_occurrence_shows_what_it_held_and_its_rebooked_rest_is_an_event_of_its_own(
+    cluster, owner, high_booker, frozen
+):
+    gpus = cluster["node1"][:1]
+    series = nightly(owner, gpus, start=NEXT_SLOT, slots=3, priority="low", title="research")
+    frozen.move_to(NEXT_SLOT + timedelta(minutes=20))
+    services.reservations_advance()  # the first night begins
+    services.reservation_create(
+        user=high_booker, gpu_ids=[gpus[0].pk], start=NEXT_SLOT + SLOT, slots=1, priority="high", now=timezone.now()
+    )
+    frozen.move_to(NEXT_SLOT + SLOT + timedelta(seconds=1))
+    services.reservations_reclaim_due()
+    victim = Reservation.objects.get(series=series, occurrence=NEXT_SLOT, rebook_of=None)
+    assert victim.status == Status.PREEMPTED and victim.end == NEXT_SLOT + SLOT  # cut where it was reclaimed
+    rebook = Reservation.objects.get(rebook_of=victim)
+    assert rebook.series == series and rebook.occurrence == NEXT_SLOT
+
+    content = feed(owner)
+
+    override = next(e for e in vevents(content, series) if "recurrence-id" in e)
+    assert override.decoded("recurrence-id") == NEXT_SLOT
+    assert (override.decoded("dtstart"), override.decoded("dtend")) == (victim.start, victim.end)
+    assert str(override["description"]).splitlines()[-1] == "Status: Preempted"
+    alone = [e for e in Calendar.from_ical(content).walk("VEVENT") if str(e["uid"]) == f"reservation-{rebook.pk}@testserver"]
+    assert len(alone) == 1 and alone[0].decoded("dtstart") == rebook.start
+    assert shown(content, series, FROZEN_NOW, FROZEN_NOW + 10 * DAY) == live_bookings(series)
+
+
+def test_a_series_whose_rule_cannot_be_read_any_more_shows_its_bookings_one_by_one(cluster, owner, settings):
+    series = nightly(owner, cluster["node1"][:1])
+    settings.SERIES_MAX_OCCURRENCES = 2  # lowered since: the rule now gives too many
+
+    content = feed(owner)
+
+    assert vevents(content, series) == []
+    uids = {str(e["uid"]) for e in Calendar.from_ical(content).walk("VEVENT")}
+    assert uids == {f"reservation-{r.pk}@testserver" for r in Reservation.objects.filter(series=series)}

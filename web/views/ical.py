@@ -282,7 +282,9 @@ def _add_timezones(calendar, series):
     to a day after the last ends (at most ZONE_AHEAD_YEARS ahead)."""
     if not series:
         return
-    first = min(entry.first.local.date() for entry in series) - timedelta(days=1)
-    last = max(entry.instances[-1].local.date() if entry.instances else entry.first.local.date() for entry in series)
+    times = [entry.first.local for entry in series] + [entry.instances[-1].local for entry in series if entry.instances]
+    times += [moment for entry in series for _, booking in entry.booked for moment in (booking.start, booking.end)]
+    first = min(times).date() - timedelta(days=1)
+    last = max(times).date() + timedelta(days=2)
     cap = timezone.now().date() + timedelta(days=365 * ZONE_AHEAD_YEARS)
-    calendar.add_missing_timezones(first_date=first, last_date=min(last + timedelta(days=2), cap))
+    calendar.add_missing_timezones(first_date=first, last_date=min(last, cap))
