@@ -4,6 +4,7 @@ cancelling one, the following or all, changing and transferring, each audited.""
 
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.exceptions import PermissionDenied
@@ -232,3 +233,16 @@ def test_a_new_user_in_another_zone_books_at_their_wall_clock(cluster, db, team)
         tz="Europe/Berlin", gpu_count=1, now=FROZEN_NOW,
     )
     assert [r.start.isoformat() for r in occurrences(result.series)] == ["2030-01-08T00:00:00+00:00", "2030-01-10T00:00:00+00:00"]
+
+
+def test_an_occurrence_cancelled_by_its_local_time_stays_cancelled(cluster, owner, frozen, settings):
+    settings.BOOKING_HORIZON_DAYS = 1
+    series = nightly(owner, cluster["node1"][:1], count=3).series  # the first night booked
+    third = NEXT_SLOT + 4 * SLOT + 2 * DAY
+    in_berlin = third.astimezone(ZoneInfo("Europe/Berlin"))
+    series_cancel(series_id=series.pk, actor=owner, scope="one", occurrence=in_berlin)
+    series.refresh_from_db()
+    assert series.cancelled_occurrences == [third.isoformat()]
+    frozen.move_to(FROZEN_NOW + 2 * DAY)
+    series_extend()
+    assert third not in [r.occurrence for r in occurrences(series)]
