@@ -30,7 +30,9 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 
-from reservations.models import GPU, Allocation, AuditEntry, Membership, Node, Notice, Reservation, Series, Team, TeamQuota
+from reservations.models import (
+    GPU, Allocation, AuditEntry, Membership, Node, Notice, Reservation, Series, Team, TeamQuota,
+)
 from routing.models import GpuModelWeight, GpuWeight
 from routing.selectors import routable_replicas
 from serving.models import Model, ModelVersion, Replica, Serving

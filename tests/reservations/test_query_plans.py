@@ -116,7 +116,8 @@ def test_a_calendar_feed_reads_the_series_of_its_window_not_every_series_ever(te
     nodes = plan(selectors.calendar_feed_series(**window, **whom))
 
     # Each index range is bounded by booked_through (after the window's reach, or not set yet).
-    conditions = [n.get("Index Cond", "").replace('"', "") for n in index_nodes(nodes, f"series_{whose}_booked_through")]
+    scans = index_nodes(nodes, f"series_{whose}_booked_through")
+    conditions = [n.get("Index Cond", "").replace('"', "") for n in scans]
     assert any("booked_through >" in c for c in conditions), nodes
     assert all("booked_through" in c for c in conditions), conditions
     assert not [n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == "reservations_series"]

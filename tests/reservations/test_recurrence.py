@@ -135,15 +135,19 @@ def test_each_instance_keeps_its_wall_clock_start_beside_the_slot_it_is_booked_i
 
 @pytest.mark.parametrize(
     "until, utc_until",
-    [("20300131", datetime(2030, 1, 31, 22, 59, 59, tzinfo=UTC)), ("20300731", datetime(2030, 7, 31, 21, 59, 59, tzinfo=UTC))],
+    [
+        ("20300131", datetime(2030, 1, 31, 22, 59, 59, tzinfo=UTC)),  # CET
+        ("20300731", datetime(2030, 7, 31, 21, 59, 59, tzinfo=UTC)),  # CEST
+    ],
 )
 def test_a_calendar_states_an_until_date_as_the_utc_end_of_that_local_day(until, utc_until):
-    rule = recurrence.calendar_rule(recurrence.parse_rule(f"FREQ=DAILY;UNTIL={until}"), BERLIN)
+    stated = recurrence.parse_rule(f"FREQ=DAILY;UNTIL={until}")
+    rule = recurrence.calendar_rule(stated, BERLIN)
     assert rule.until == utc_until
     assert rule.text == f"FREQ=DAILY;UNTIL={utc_until:%Y%m%dT%H%M%S}Z"
     # The last instance at 23:00 local is still within the rule.
     first = datetime(2030, 1, 1, 22, 0, tzinfo=UTC)
-    assert recurrence.instances(rule, first, BERLIN)[-1] == recurrence.instances(recurrence.parse_rule(f"FREQ=DAILY;UNTIL={until}"), first, BERLIN)[-1]
+    assert recurrence.instances(rule, first, BERLIN)[-1] == recurrence.instances(stated, first, BERLIN)[-1]
 
 
 def test_a_calendar_states_a_series_cut_short_with_until_its_last_instance():

@@ -11,28 +11,32 @@ the form Google Calendar, Outlook and Thunderbird all read:
   RRULE. An UNTIL date becomes the UTC end of that local day (RFC 5545 asks for a UTC UNTIL when
   DTSTART has a zone); a series cancelled from an occurrence on, or cancelled whole, ends with UNTIL
   at its last occurrence still going (recurrence.calendar_rule);
-- EXDATE for each occurrence not held: cancelled one by one, skipped (it could not be booked), or
-  whose booking in the window was cancelled;
+- EXDATE for each occurrence not held: cancelled one by one, skipped (it could not be booked),
+  whose booking in the window was cancelled, or in the window, past, and never booked (beat books
+  none late);
 - an override VEVENT (same UID, RECURRENCE-ID;TZID= the wall-clock start the rule gives that
   occurrence; DTSTART and DTEND the booking's) for each booked occurrence in the window that an app
-  would otherwise show otherwise than booked: moved; booked in the slot before its wall-clock start
-  (slots are counted from midnight UTC, so with two-hour slots a Berlin summer occurrence is booked an
-  hour earlier: recurrence.py); spanning a change of UTC offset (apps disagree on where such an
-  instance ends); or with details of its own (which GPUs a "number of GPUs" series got, other GPUs,
-  title, owner or priority, waitlisted or preempted);
+  would otherwise show differently from its booking: moved; booked in the slot before its wall-clock
+  start (slots are counted from midnight UTC, so with two-hour slots a Berlin summer occurrence is
+  booked an hour earlier: recurrence.py); spanning a change of UTC offset (apps disagree on where
+  such an instance ends); or with details of its own (which GPUs a "number of GPUs" series got,
+  other GPUs, title, owner or priority, waitlisted or preempted: the status is said only then);
 - a VTIMEZONE for each zone used, over the series' time (Outlook needs one; Google and Thunderbird
   know the IANA names).
 
 What the apps then show (tests/web/test_ical_series.py expands the feed as they do, with
 recurring_ical_events): within the window, each live occurrence where and as it is booked, a
-waitlisted one TENTATIVE, cancelled and skipped ones nowhere; ahead of the window (beyond the booking
-horizon, not booked yet), each occurrence at the rule's wall-clock time, so one that the slot grid
-will book an hour earlier moves there when beat books it; before the window (ended more than 30 days
+waitlisted one TENTATIVE, cancelled and skipped ones nowhere. Ahead of the window (beyond the booking
+horizon, not booked yet), each occurrence at the rule's wall-clock time: one that the slot grid will
+book an hour earlier moves there once beat has booked it. Before the window (ended more than 30 days
 ago), each occurrence where the rule put it: moves and cancellations of those old bookings are no
-longer sent, as old single bookings are no longer sent. A series with nothing left is one cancelled
-event, as a cancelled booking is. Every event of a series has the series' SEQUENCE: the audit
-entries of the series and its bookings, a count that grows with any change to them. The rebooked
-rest of a preempted occurrence is an event of its own, like a booking that is no occurrence.
+longer sent, as old single bookings are no longer sent. An override counts where it is booked, its
+RECURRENCE-ID wherever that lies (recurring_ical_events, like the apps, shows a booking moved into a
+range from outside it), so overrides beyond the window are never needed. A series with nothing left
+is one cancelled event, as a cancelled booking is. Every event of a series has the series' SEQUENCE:
+the audit entries of the series and its bookings, a count that grows with any change to them. The
+rebooked rest of a preempted occurrence is an event of its own, like a booking that is no
+occurrence, and so is a live booking the rule no longer gives.
 """
 
 from dataclasses import dataclass
@@ -126,9 +130,15 @@ def _summary(title, owner, team_feed):
 
 
 def _booking_gpus(reservation):
+    """(its GPUs, its nodes), as the description and LOCATION name them."""
     allocations = reservation.allocation_list
     gpus = ", ".join(a.gpu.name for a in allocations) or f"any {reservation.gpu_count}"
     return gpus, ", ".join(sorted({a.gpu.node.hostname for a in allocations}))
+
+
+def _about(*, gpus, team, owner, priority):
+    """The description's first lines: what is booked, for whom."""
+    return [f"GPUs: {gpus}", f"Team: {team.name}", f"Owner: {owner}", f"Priority: {priority}"]
 
 
 def _event(reservation, *, domain, team_feed):
@@ -141,13 +151,8 @@ def _event(reservation, *, domain, team_feed):
     event.add("last-modified", reservation.updated)
     event.add("dtstart", reservation.start.astimezone(dt_timezone.utc))
     event.add("dtend", reservation.end.astimezone(dt_timezone.utc))
-    lines = [
-        f"GPUs: {gpus}",
-        f"Team: {reservation.team.name}",
-        f"Owner: {owner}",
-        f"Priority: {reservation.get_priority_display()}",
-        f"Status: {reservation.get_status_display()}",
-    ]
+    lines = _about(gpus=gpus, team=reservation.team, owner=owner, priority=reservation.get_priority_display())
+    lines.append(f"Status: {reservation.get_status_display()}")
     Shown(
         summary=_summary(reservation.title, owner, team_feed), description="\n".join(lines), location=nodes,
         status=ICAL_STATUS.get(reservation.status, "CONFIRMED"),
@@ -165,13 +170,8 @@ def _series_shown(entry, *, team_feed):
     series = entry.series
     owner = series.user.get_username()
     gpus = ", ".join(g.name for g in entry.gpus) or f"any {series.gpu_count}"
-    lines = [
-        f"GPUs: {gpus}",
-        f"Team: {series.team.name}",
-        f"Owner: {owner}",
-        f"Priority: {series.get_priority_display()}",
-        f"Repeats: {_repeats(entry)}",
-    ]
+    lines = _about(gpus=gpus, team=series.team, owner=owner, priority=series.get_priority_display())
+    lines.append(f"Repeats: {_repeats(entry)}")
     return Shown(
         summary=_summary(series.title, owner, team_feed), description="\n".join(lines),
         location=", ".join(sorted({g.node.hostname for g in entry.gpus})), status="CONFIRMED",
@@ -183,13 +183,8 @@ def _occurrence_shown(entry, reservation, *, team_feed):
     held (waitlisted, preempted)."""
     gpus, nodes = _booking_gpus(reservation)
     owner = reservation.user.get_username()
-    lines = [
-        f"GPUs: {gpus}",
-        f"Team: {reservation.team.name}",
-        f"Owner: {owner}",
-        f"Priority: {reservation.get_priority_display()}",
-        f"Repeats: {_repeats(entry)}",
-    ]
+    lines = _about(gpus=gpus, team=reservation.team, owner=owner, priority=reservation.get_priority_display())
+    lines.append(f"Repeats: {_repeats(entry)}")
     if reservation.status not in HELD:
         lines.append(f"Status: {reservation.get_status_display()}")
     return Shown(
@@ -245,7 +240,8 @@ def _as_the_rule_shows(entry, instance, reservation):
     """Whether every app shows the rule's instance exactly at the booking's time: it starts and ends
     there, and spans no change of UTC offset (some apps then add the length in wall-clock time)."""
     end = _rule_end(entry, instance)
-    return reservation.start == instance.local and reservation.end == end and instance.local.utcoffset() == end.utcoffset()
+    spans_a_change = instance.local.utcoffset() != end.utcoffset()
+    return reservation.start == instance.local and reservation.end == end and not spans_a_change
 
 
 def _override(entry, instance, reservation, shown, *, uid, sequence):
