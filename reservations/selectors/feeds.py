@@ -35,7 +35,8 @@ class FeedSeries:
     calendar states it under a DTSTART in `zone` (recurrence.calendar_rule: cut short with UNTIL where
     the rest was cancelled). `instances` are the rule's instances still going, in order; none when
     nothing of the series is left (`first` is then where it began). `excluded` are those of them not
-    held: cancelled one by one, skipped, or whose booking (within the window) was cancelled. `booked`
+    held: cancelled one by one, skipped, whose booking (within the window) was cancelled, or in the
+    window, past, and never booked. `booked`
     pairs each other instance with its live booking, within the window. `gpus` are the GPUs the series
     names, with their nodes (none when it asks for a number of them)."""
 
@@ -74,7 +75,7 @@ def _count(queryset):
 
 def calendar_feed_series(*, start, end, user=None, team=None):
     """The series `user` owns, or those of `team`, that may have an occurrence overlapping [start,
-    end) (calendar_feed() reads each rule for the exact answer), with their `revision`.
+    end) (calendar_feed() reads each rule for the exact answer), with their `revision`: a queryset.
 
     Bounded on both sides: begun before the window ends, and booked (or skipped) through a time after
     the window's start less the longest booking, since an occurrence overlapping the window starts
