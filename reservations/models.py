@@ -367,6 +367,10 @@ class Series(models.Model):
             # Beat's roll-forward reads only the series with occurrences still to book: years of
             # finished ones cost it nothing.
             models.Index(fields=["id"], condition=GOING, name="series_going"),
+            # A person's or a team's iCal feed reads their series booked through a recent time, not
+            # every series they ever had (selectors.calendar_feed_series).
+            models.Index(fields=["user", "booked_through"], name="series_user_booked_through"),
+            models.Index(fields=["team", "booked_through"], name="series_team_booked_through"),
         ]
 
     def __str__(self):

@@ -16,7 +16,7 @@ first of the two (fold=0). No occurrence is ever dropped or doubled by a change.
 """
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time
 from datetime import timezone as dt_timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -154,10 +154,20 @@ def _zone_names():
     return _ZONES
 
 
-def expand(rule, first_start, tz):
-    """Every occurrence's start, as UTC slot boundaries in order: the rule expanded in `tz`'s wall-clock
-    time from `first_start`'s local time, each start then floored to its slot (module docstring).
-    Refuses (BookingError) a rule with more than SERIES_MAX_OCCURRENCES occurrences or none."""
+@dataclass(frozen=True)
+class Instance:
+    """One occurrence as the rule gives it: `local`, its wall-clock start in the series' zone (what a
+    calendar app expanding the RRULE from a DTSTART in that zone gives), and `start`, the UTC slot
+    start it is booked at (`local` floored to the slot grid)."""
+
+    local: datetime
+    start: datetime
+
+
+def instances(rule, first_start, tz):
+    """Every occurrence as an Instance, in order: the rule expanded in `tz`'s wall-clock time from
+    `first_start`'s local time, each start then floored to its slot (module docstring). Refuses
+    (BookingError) a rule with more than SERIES_MAX_OCCURRENCES occurrences or none."""
     most = settings.SERIES_MAX_OCCURRENCES
     local = first_start.astimezone(tz).replace(tzinfo=None)
     until = rule.until
@@ -169,14 +179,33 @@ def expand(rule, first_start, tz):
         FREQUENCIES[rule.freq], dtstart=local, interval=rule.interval,
         byweekday=[WEEKDAYS[d] for d in rule.byday] or None, count=rule.count, until=until,
     )
-    starts = []
+    found = []
     for wall in generated:
-        if len(starts) == most:
+        if len(found) == most:
             _refuse(f"The rule gives more than {most} occurrences (SERIES_MAX_OCCURRENCES); end it sooner.")
-        starts.append(policy.floor_to_slot(wall.replace(tzinfo=tz).astimezone(dt_timezone.utc)))
-    if not starts:
+        wall = wall.replace(tzinfo=tz)
+        found.append(Instance(local=wall, start=policy.floor_to_slot(wall.astimezone(dt_timezone.utc))))
+    if not found:
         _refuse("The rule gives no occurrence from the first start on.")
-    return starts
+    return found
+
+
+def expand(rule, first_start, tz):
+    """Every occurrence's start, as UTC slot boundaries in order (instances())."""
+    return [instance.start for instance in instances(rule, first_start, tz)]
+
+
+def calendar_rule(rule, tz, *, last=None):
+    """The rule as an RFC 5545 calendar states it with its DTSTART in `tz` (the first instance's
+    wall-clock time): a date UNTIL becomes the UTC end of that local day, as RFC 5545 (3.3.10) asks of
+    an UNTIL when DTSTART has a zone; a series cut short (`last`: the wall-clock start of its last
+    instance still going) ends there with a UTC UNTIL in place of its COUNT or UNTIL."""
+    if last is not None:
+        return replace(rule, count=None, until=last.astimezone(dt_timezone.utc))
+    if isinstance(rule.until, date) and not isinstance(rule.until, datetime):
+        day_end = datetime.combine(rule.until, time(23, 59, 59), tzinfo=tz)
+        return replace(rule, until=day_end.astimezone(dt_timezone.utc))
+    return rule
 
 
 def describe(rule, first_start, tz, tz_name):

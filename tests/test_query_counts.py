@@ -30,7 +30,9 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 
-from reservations.models import GPU, Allocation, AuditEntry, Membership, Node, Notice, Reservation, Team, TeamQuota
+from reservations.models import (
+    GPU, Allocation, AuditEntry, Membership, Node, Notice, Reservation, Series, Team, TeamQuota,
+)
 from routing.models import GpuModelWeight, GpuWeight
 from routing.selectors import routable_replicas
 from serving.models import Model, ModelVersion, Replica, Serving
@@ -183,6 +185,48 @@ def on_an_unhealthy_gpu(world, rows):
     of them: each offers a move to healthy GPUs."""
     GPU.objects.filter(pk=world.gpus[7].pk).update(healthy=False)
     return upcoming(world, rows)
+
+
+def series_ahead(world, rows):
+    """The owner's recurring bookings, a series a row, three nights each on a GPU of its own; in
+    every ten one in Berlin time, one of a number of GPUs, one with a night moved, a night cancelled,
+    a night skipped, one cancelled from its second night on, a night waitlisted."""
+    gpus = world.gpus_upto(rows, "series")
+    nights = [NEXT_SLOT + n * timedelta(days=1) for n in range(3)]
+    made = dict(zip(rows, Series.objects.bulk_create(
+        Series(
+            user=world.owner, team=world.team, title=f"series {i}", gpu_ids=None if i % 10 == 1 else [gpus[i].pk],
+            gpu_count=1, slots=1, rule="FREQ=DAILY;COUNT=3", first_start=NEXT_SLOT,
+            time_zone="Europe/Berlin" if i % 10 == 0 else "UTC", booked_through=nights[-1],
+            cancelled_occurrences=[nights[2].isoformat()] if i % 10 == 3 else [],
+            skipped=[{"at": nights[1].isoformat(), "reason": "taken"}] if i % 10 == 4 else [],
+            ends_before=nights[1] if i % 10 == 5 else None,
+        )
+        for i in rows
+    )))
+
+    def status(i, n):
+        if (i % 10, n) == (3, 2) or (i % 10 == 5 and n):
+            return CANCELLED
+        return WAITLISTED if (i % 10, n) == (7, 0) else CONFIRMED
+
+    occurrences = [(i, n) for i in rows for n in range(3) if (i % 10, n) != (4, 1)]
+    starts = {(i, n): nights[n] + (SLOT if (i % 10, n) == (2, 0) else timedelta(0)) for i, n in occurrences}
+    booked = Reservation.objects.bulk_create(
+        Reservation(
+            user=world.owner, team=world.team, title=f"series {i}", start=starts[i, n], end=starts[i, n] + SLOT,
+            gpu_count=1, status=status(i, n), series=made[i], occurrence=nights[n],
+            cancelled_at=FROZEN_NOW if status(i, n) == CANCELLED else None,
+        )
+        for i, n in occurrences
+    )
+    Allocation.objects.bulk_create(
+        Allocation(reservation=r, gpu=gpus[i], start=r.start, end=r.end, live=r.status not in (WAITLISTED, CANCELLED))
+        for (i, _), r in zip(occurrences, booked)
+    )
+    AuditEntry.objects.bulk_create(
+        AuditEntry(action="series_create", actor=world.owner, target=f"series:{s.pk}", reason="made") for s in made.values()
+    )
 
 
 def members(world, rows):
@@ -414,9 +458,9 @@ WEB = [
     page("profile", "/profile/", teams),
     page("usage-report", "/reports/usage/", past, teams, as_="staff"),
     page("ical-own", lambda w: f"/ical/{CalendarFeed.objects.get_or_create(user=w.owner, team=None)[0].token}.ics",
-         upcoming, as_="anyone"),
+         upcoming, series_ahead, as_="anyone"),
     page("ical-team", lambda w: f"/ical/{CalendarFeed.objects.get_or_create(user=w.owner, team=w.team)[0].token}.ics",
-         upcoming, as_="anyone"),
+         upcoming, series_ahead, as_="anyone"),
     page("metrics", "/metrics", upcoming, past, live_replicas, teams, notices, audit, as_="anyone"),
     page("metrics-replicas", "/metrics/replicas", live_replicas, as_="anyone"),
     page("front-door-table", None, live_replicas, call=lambda w: routable_replicas(FROZEN_NOW)),

@@ -1,10 +1,11 @@
 """Reads. No writes here.
 
 The package follows the seams of the reading: availability (conflicts, free windows, picking GPUs,
-what a preemption would take), pages (what the calendar, a person's bookings, a booking's page,
-notices and feeds show), reports (the staff usage report), quotas (fair sharing: what counts against
-a quota, a booking's quota preview, the waitlist's order, where a team stands, its week day by day)
-and used (when a booking's work ran). Callers use the names below.
+what a preemption would take), pages (what the calendar, a person's bookings, a booking's page and
+notices show), feeds (what an iCal feed lists: bookings, and series read as calendar apps expand
+them), reports (the staff usage report), quotas (fair sharing: what counts against a quota, a
+booking's quota preview, the waitlist's order, where a team stands, its week day by day) and used
+(when a booking's work ran). Callers use the names below.
 """
 
 from .availability import (
@@ -25,6 +26,7 @@ from .availability import (
     preemption_candidate,
     preemption_preview,
 )
+from .feeds import CalendarFeedRows, FeedSeries, calendar_feed, calendar_feed_series
 from .pages import (
     audit_history,
     calendar_bookings,
@@ -71,7 +73,9 @@ from .series import (
 from .reports import USAGE_DEFAULT_PERIOD, USAGE_MAX_PERIOD, usage_period, usage_report
 
 __all__ = [
+    "CalendarFeedRows",
     "DayUsage",
+    "FeedSeries",
     "OccurrencePreview",
     "occurrences_preview",
     "series_occurrences",
@@ -92,7 +96,9 @@ __all__ = [
     "audit_history",
     "booking_suggestions",
     "calendar_bookings",
+    "calendar_feed",
     "calendar_feed_reservations",
+    "calendar_feed_series",
     "calendar_gpus",
     "conflicting_allocations",
     "counted",

@@ -103,9 +103,10 @@ def waitlisted(*, now, limit=50):
     )
 
 
-def calendar_feed_reservations(*, start, end, user=None, team=None):
-    """The bookings of one iCal feed: those `user` owns, or those of `team`, that overlap [start, end),
-    cancelled ones included (a feed must say so, or calendar apps keep showing them).
+def calendar_feed_reservations(*, start, end, user=None, team=None, series=()):
+    """The bookings of one iCal feed: those `user` owns, or those of `team`, and those of the series
+    whose ids are in `series` (whoever holds them), that overlap [start, end), cancelled ones included
+    (a feed must say so, or calendar apps keep showing them).
 
     Each carries `revision`, the number of its audit entries: the log is append-only and every change
     to a booking writes an entry, so it only ever grows, as iCal's SEQUENCE must. The window bounds
@@ -113,8 +114,11 @@ def calendar_feed_reservations(*, start, end, user=None, team=None):
     """
     if (user is None) == (team is None):
         raise ValueError("Give exactly one of user or team.")
-    qs = Reservation.objects.filter(policy.overlapping(start, end))
-    qs = qs.filter(user=user) if user is not None else qs.filter(team=team)
+    qs = Reservation.objects.filter(policy.overlapping(start, end), start__gt=start - policy.longest_booking())
+    whose = Q(user=user) if user is not None else Q(team=team)
+    if series:
+        whose |= Q(series_id__in=list(series))
+    qs = qs.filter(whose)
     return (
         qs.select_related("user", "team")
         .prefetch_related(

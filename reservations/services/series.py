@@ -12,6 +12,7 @@ A series' own row is locked alone, in a short transaction of its own (locks.py),
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from datetime import timezone as dt_timezone
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
@@ -362,6 +363,9 @@ def series_cancel(*, series_id, actor, scope, occurrence=None, reason="", now=No
 
 def _an_occurrence(series, occurrence):
     policy.require_aware("occurrence", occurrence)
+    # In UTC, as every start of the series is: cancelled_occurrences holds its ISO text, which a
+    # start given with another offset (a form's local time) would never match again.
+    occurrence = occurrence.astimezone(dt_timezone.utc)
     if occurrence not in series_starts(series):
         raise BookingError("occurrence", f"The series has no occurrence starting at {utc_moment(occurrence)}.")
     if not policy.occurrence_going(series, occurrence):

@@ -1,6 +1,6 @@
 """The hot reads use their indexes over their window, never the history (PostgreSQL's plans, with
 enough history that the planner would otherwise scan it): the conflict check every booking makes,
-the unread-notices banner on every page, a person's bookings."""
+the unread-notices banner on every page, a person's bookings, the series of a calendar feed."""
 
 import json
 from datetime import timedelta
@@ -10,7 +10,7 @@ from django.db import connection
 from django.utils import timezone
 
 from reservations import selectors
-from reservations.models import Allocation, Notice, Reservation
+from reservations.models import Allocation, Notice, Reservation, Series
 from reservations.selectors.availability import overlap_check_sql
 
 from ..support import make_user
@@ -96,3 +96,28 @@ def test_a_persons_past_bookings_are_read_a_page_at_a_time_by_user_and_start(his
     assert in_order, [(n["Node Type"], n.get("Index Name")) for n in nodes]
     assert not [n for n in nodes if n["Node Type"] == "Sort"]
     assert not [n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == "reservations_reservation"]
+
+
+@pytest.mark.parametrize("whose", ["user", "team"])
+def test_a_calendar_feed_reads_the_series_of_its_window_not_every_series_ever(team, whose):
+    user = make_user("planner", team)
+    now = timezone.now().replace(minute=0, second=0, microsecond=0)
+    first = now - timedelta(hours=2 * HISTORY)
+    Series.objects.bulk_create(
+        Series(user=user, team=team, rule="FREQ=DAILY;COUNT=1", first_start=first + timedelta(hours=2 * i),
+               booked_through=first + timedelta(hours=2 * i), gpu_count=1, slots=1)
+        for i in range(HISTORY)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE reservations_series")
+    window = {"start": now - timedelta(days=30), "end": now + timedelta(days=28)}
+    whom = {"user": user} if whose == "user" else {"team": team}
+
+    nodes = plan(selectors.calendar_feed_series(**window, **whom))
+
+    # Each index range is bounded by booked_through (after the window's reach, or not set yet).
+    scans = index_nodes(nodes, f"series_{whose}_booked_through")
+    conditions = [n.get("Index Cond", "").replace('"', "") for n in scans]
+    assert any("booked_through >" in c for c in conditions), nodes
+    assert all("booked_through" in c for c in conditions), conditions
+    assert not [n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == "reservations_series"]

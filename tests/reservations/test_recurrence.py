@@ -121,3 +121,40 @@ def test_a_repeated_wall_clock_time_is_the_first_of_the_two():
         datetime(2030, 10, 27, 0, 0, tzinfo=UTC),
         datetime(2030, 10, 28, 0, 0, tzinfo=UTC),  # 01:00 UTC = 02:00 CET, floored to its slot
     ]
+
+
+def test_each_instance_keeps_its_wall_clock_start_beside_the_slot_it_is_booked_in():
+    first = datetime(2030, 3, 31, 0, 0, tzinfo=UTC)  # 01:00 CET; the next day 01:00 CEST is 23:00 UTC
+    found = recurrence.instances(recurrence.parse_rule("FREQ=DAILY;COUNT=2"), first, BERLIN)
+    assert [(i.local.replace(tzinfo=None), i.start) for i in found] == [
+        (datetime(2030, 3, 31, 1, 0), first),
+        (datetime(2030, 4, 1, 1, 0), datetime(2030, 3, 31, 22, 0, tzinfo=UTC)),
+    ]
+    assert found[1].local.astimezone(UTC) == datetime(2030, 3, 31, 23, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "until, utc_until",
+    [
+        ("20300131", datetime(2030, 1, 31, 22, 59, 59, tzinfo=UTC)),  # CET
+        ("20300731", datetime(2030, 7, 31, 21, 59, 59, tzinfo=UTC)),  # CEST
+    ],
+)
+def test_a_calendar_states_an_until_date_as_the_utc_end_of_that_local_day(until, utc_until):
+    stated = recurrence.parse_rule(f"FREQ=DAILY;UNTIL={until}")
+    rule = recurrence.calendar_rule(stated, BERLIN)
+    assert rule.until == utc_until
+    assert rule.text == f"FREQ=DAILY;UNTIL={utc_until:%Y%m%dT%H%M%S}Z"
+    # The last instance at 23:00 local is still within the rule.
+    first = datetime(2030, 1, 1, 22, 0, tzinfo=UTC)
+    assert recurrence.instances(rule, first, BERLIN)[-1] == recurrence.instances(stated, first, BERLIN)[-1]
+
+
+def test_a_calendar_states_a_series_cut_short_with_until_its_last_instance():
+    rule = recurrence.parse_rule("FREQ=WEEKLY;BYDAY=MO,TH;COUNT=10")
+    last = datetime(2030, 4, 4, 1, 0, tzinfo=BERLIN)  # 23:00 UTC the day before
+    cut = recurrence.calendar_rule(rule, BERLIN, last=last)
+    assert cut.text == "FREQ=WEEKLY;BYDAY=MO,TH;UNTIL=20300403T230000Z"
+    # A UTC UNTIL, and a rule without one, stay as they are.
+    for text in ("FREQ=DAILY;UNTIL=20300103T120000Z", "FREQ=DAILY;COUNT=3"):
+        assert recurrence.calendar_rule(recurrence.parse_rule(text), BERLIN).text == text

@@ -4,6 +4,7 @@ cancelling one, the following or all, changing and transferring, each audited.""
 
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.exceptions import PermissionDenied
@@ -298,3 +299,16 @@ def test_a_berlin_series_keeps_its_wall_clock_across_the_change_to_summer_time(c
 def recurrence_words(series):
     zone = recurrence.zone(series.time_zone)
     return recurrence.describe(recurrence.parse_rule(series.rule), series.first_start, zone, series.time_zone)
+
+
+def test_an_occurrence_cancelled_by_its_local_time_stays_cancelled(cluster, owner, frozen, settings):
+    settings.BOOKING_HORIZON_DAYS = 1
+    series = nightly(owner, cluster["node1"][:1], count=3).series  # the first night booked
+    third = NEXT_SLOT + 4 * SLOT + 2 * DAY
+    in_berlin = third.astimezone(ZoneInfo("Europe/Berlin"))
+    series_cancel(series_id=series.pk, actor=owner, scope="one", occurrence=in_berlin)
+    series.refresh_from_db()
+    assert series.cancelled_occurrences == [third.isoformat()]
+    frozen.move_to(FROZEN_NOW + 2 * DAY)
+    series_extend()
+    assert third not in [r.occurrence for r in occurrences(series)]
