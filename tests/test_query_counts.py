@@ -197,7 +197,7 @@ def series_ahead(world, rows):
         Series(
             user=world.owner, team=world.team, title=f"series {i}", gpu_ids=None if i % 10 == 1 else [gpus[i].pk],
             gpu_count=1, slots=1, rule="FREQ=DAILY;COUNT=3", first_start=NEXT_SLOT,
-            time_zone="Europe/Berlin" if i % 10 == 0 else "UTC", booked_through=nights[-1],
+            time_zone="Europe/Berlin" if i % 10 == 0 else "UTC", booked_through=nights[-1], last_start=nights[-1],
             cancelled_occurrences=[nights[2].isoformat()] if i % 10 == 3 else [],
             skipped=[{"at": nights[1].isoformat(), "reason": "taken"}] if i % 10 == 4 else [],
             ends_before=nights[1] if i % 10 == 5 else None,

@@ -105,7 +105,8 @@ def test_a_calendar_feed_reads_the_series_of_its_window_not_every_series_ever(te
     first = now - timedelta(hours=2 * HISTORY)
     Series.objects.bulk_create(
         Series(user=user, team=team, rule="FREQ=DAILY;COUNT=1", first_start=first + timedelta(hours=2 * i),
-               booked_through=first + timedelta(hours=2 * i), gpu_count=1, slots=1)
+               booked_through=first + timedelta(hours=2 * i), last_start=first + timedelta(hours=2 * i), gpu_count=1,
+               slots=1)
         for i in range(HISTORY)
     )
     with connection.cursor() as cursor:
