@@ -7,6 +7,7 @@ SeriesConflict, PermissionDenied) is shown in place with the status the API woul
 """
 
 from dataclasses import dataclass
+from datetime import timezone as dt_timezone
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -218,8 +219,13 @@ class Failure:
     occurrence: str = ""
 
 
+def _key(occurrence):
+    """An occurrence in ids: its UTC start ("20300107T1800"), whatever zone the page shows."""
+    return f"{occurrence.astimezone(dt_timezone.utc):%Y%m%dT%H%M}"
+
+
 def _cancel_id(occurrence):
-    return f"cancel-{occurrence:%Y%m%dT%H%M}-%s"
+    return f"cancel-{_key(occurrence)}-%s"
 
 
 @login_required
@@ -238,7 +244,7 @@ def _series_page(request, pk, *, failure=None):
     rows = web_selectors.series_rows(series, now=now, viewer=viewer)
     manage = series.cancelled_at is None and policy.can_manage(request.user, series)
     for row in rows:
-        row.label = STATE_LABELS[row.state]
+        row.label, row.key = STATE_LABELS[row.state], _key(row.occurrence)
         row.form, row.failed = None, False
         if manage and row.may_cancel:
             key = row.occurrence.isoformat()
