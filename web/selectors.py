@@ -6,7 +6,7 @@ from datetime import datetime
 
 from django.db.models import Prefetch
 
-from reservations import policy, recurrence, selectors
+from reservations import recurrence, selectors
 from reservations.models import AuditEntry, Membership, Node, Reservation, Series
 from serving.models import ModelVersion, Replica, Serving
 from trainer.selectors import job_progress
@@ -122,6 +122,7 @@ class OccurrenceRow:
     later (beyond the booking horizon: beat books it), due (within it, not booked yet) or missed (its
     time passed unbooked). `rebooks`: the rest of a preempted booking, booked again."""
 
+    occurrence: datetime  # the start its rule gives it (its booking may have moved)
     start: datetime
     end: datetime
     state: str
@@ -163,7 +164,7 @@ def series_rows(series, *, now, viewer):
         key = start.isoformat()
         if booking is not None:
             row = OccurrenceRow(
-                start=booking.start, end=booking.end, state=booking.status, reservation=booking,
+                occurrence=start, start=booking.start, end=booking.end, state=booking.status, reservation=booking,
                 rebooks=rebooks.get(booking.pk, []), job=progress.get(booking.pk),
                 may_cancel=going and booking.status in Reservation.OPEN_STATUSES and key not in cancelled,
             )
@@ -180,10 +181,9 @@ def series_rows(series, *, now, viewer):
             else:
                 state = "due"
             row = OccurrenceRow(
-                start=start, end=end, state=state, reason=skipped.get(key, ""),
+                occurrence=start, start=start, end=end, state=state, reason=skipped.get(key, ""),
                 may_cancel=state in ("later", "due", "skipped") and end > now,
             )
-        row.occurrence = start
         rows.append(row)
     return rows
 

@@ -12,11 +12,11 @@ from datetime import timedelta
 
 import pytest
 
-from reservations.models import AuditEntry, Reservation, Series, TeamQuota
+from reservations.models import AuditEntry, Membership, Reservation, Series, TeamQuota
 from reservations.services.series import series_cancel, series_create
 from trainer.models import TrainingJob
 
-from ..support import FROZEN_NOW, NEXT_SLOT, SLOT, book, page_client, text_of
+from ..support import FROZEN_NOW, NEXT_SLOT, SLOT, book, make_user, page_client, text_of
 from .test_calendar import form_data, hidden_forms, post_form
 
 pytestmark = pytest.mark.usefixtures("frozen")
@@ -269,6 +269,14 @@ def test_the_preview_has_nothing_to_say_without_a_repeat_or_before_the_form_is_f
 
     assert client.get("/book/series-preview/", {"repeat": "none"}).content.strip() == b""
     assert "Pick GPUs, the first day and a slot" in text_of(client.get("/book/series-preview/", {"repeat": "daily", "slots": 1}))
+
+
+def test_the_preview_asks_which_team_to_charge_and_tells_someone_without_one(owner, other_team, cluster):
+    loner = make_user("loner")
+    assert "belong to no team" in text_of(preview(page_client(loner), cluster["node1"][:1]))
+    Membership.objects.create(team=other_team, user=owner)
+    assert "You belong to several teams: name one." in text_of(preview(page_client(owner), cluster["node1"][:1]))
+    assert "Repeats every day" in text_of(preview(page_client(owner), cluster["node1"][:1], team=other_team.pk))
 
 
 @pytest.mark.parametrize("extra, words", [

@@ -71,6 +71,10 @@ def series_preview(request):
     now = timezone.now()
     try:
         team = policy.resolve_team(request.user, data["team"].slug if data.get("team") else None)
+    except BookingError as error:
+        # No team, or several to choose from: the form says so (#no-team) or asks (its team field).
+        return render(request, "web/calendar/_series_preview.html", {"no_team": error.message})
+    try:
         recurrence.first_start_check(data["start"], data["slots"], now)
     except BookingError as error:
         form.add_error(_form_field(form, error.field), error.message)
