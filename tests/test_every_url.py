@@ -75,7 +75,7 @@ class Demo:
     """seed_demo's cluster, teams, users and week of bookings, and what else the URLs need: bookings of
     bob's (one to look at and one per change, so each change has its own), a training job with a
     checkpoint, a notice, a calendar feed, registered models, a serving booking with a replica (no
-    process: it has stopped, as in a quick start with no serving running)."""
+    process: it has stopped, as in a quick start with no serving running), series of bob's (one to look at and change from its page, one per change through the API)."""
 
     def __init__(self, data_root):
         call_command("seed_demo", stdout=open("/dev/null", "w"))
@@ -171,6 +171,26 @@ def page_checks():
         # The resume-from search: each finds their own teams' jobs; a search longer than a title is a 400.
         Check("book/resume-options/", "/book/resume-options/?q=run", PAGE),
         Check("book/resume-options/", "/book/resume-options/?q=" + "x" * 101, expect(302, signed_in=400)),
+        # The form's preview of a repeat's occurrences: everyone's own team's standing; a bad value is a 400.
+        Check("book/series-preview/", lambda d: "/book/series-preview/?" + urlencode(
+            {"gpus": d.gpus[4].pk, **d.slot(20), "slots": 1, "repeat": "daily", "ends": "count", "count": 5}), PAGE),
+        Check("book/series-preview/", lambda d: "/book/series-preview/?" + urlencode(
+            {"gpus": d.gpus[4].pk, **d.slot(20), "slots": 1, "repeat": "daily", "ends": "count", "count": 0}),
+            expect(302, signed_in=400)),
+        # A series' page: everyone signed in (the calendar is shared); changes: its owner, a team admin
+        # and staff (with a reason when not theirs); the transfer last, as it makes alice the owner.
+        Check("series/<int:pk>/", lambda d: f"/series/{d.series.pk}/", PAGE),
+        Check("series/<int:pk>/", "/series/999999/", expect(302, signed_in=404)),
+        Check("series/<int:pk>/change/", lambda d: f"/series/{d.series.pk}/change/",
+              expect(302, signed_in=302, outsider=403), method="post",
+              data={"title": "nightly v2", "priority": "low", "reason": "renamed"}),
+        Check("series/<int:pk>/cancel/", lambda d: f"/series/{d.series.pk}/cancel/",
+              expect(302, signed_in=302, outsider=403), method="post",
+              data=lambda d: {"scope": "one", "occurrence": d.series.first_start.isoformat(), "reason": "not that night"}),
+        Check("series/<int:pk>/cancel/", lambda d: f"/series/{d.series.pk}/cancel/", expect(302, signed_in=400),
+              method="post", data={"scope": "one", "occurrence": "tonight"}),
+        Check("series/<int:pk>/transfer/", lambda d: f"/series/{d.series.pk}/transfer/",
+              expect(302, signed_in=302, outsider=403), method="post", data={"to": "alice", "reason": "hers now"}),
         Check("bookings/", "/bookings/", PAGE),
         Check("bookings/<int:pk>/", lambda d: f"/bookings/{d.booking.pk}/", PAGE),
         Check("bookings/<int:pk>/", "/bookings/999999/", expect(302, signed_in=404)),

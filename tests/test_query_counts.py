@@ -26,6 +26,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection
+from django.db.models import F
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
@@ -50,6 +51,8 @@ WAITLISTED, CANCELLED = Reservation.Status.WAITLISTED, Reservation.Status.CANCEL
 # next slot on, their past ones over the last month (the usage report's default period), the other
 # GPUs' live serving bookings around now.
 PAST = FROZEN_NOW - timedelta(days=20)
+# The first occurrence of World.series: 150 days ago, at 10:00 UTC.
+SERIES_START = NEXT_SLOT - timedelta(days=150)
 WEEK = "start=2030-01-07T00:00:00Z&end=2030-01-14T00:00:00Z"
 
 
@@ -74,6 +77,14 @@ class World:
         self.job = TrainingJob.objects.create(reservation=self.booking, spec={"model": "yolov8n.yaml"}, epochs=5)
         self.model = Model.objects.create(team=team, name="boxes", created_by=owner)
         self.chain_end = self.job  # the earliest job of the chain it resumed from (`resumes`)
+        # A daily series of the most occurrences a rule may give, half of them past: `occurrences`
+        # books them, on a GPU of its own.
+        self.series_gpu = self.gpus_upto(range(1), "series")[0]
+        self.series = Series.objects.create(
+            user=owner, team=team, title="nightly", gpu_ids=[self.series_gpu.pk], gpu_count=1, slots=1,
+            rule="FREQ=DAILY;COUNT=366", first_start=SERIES_START, last_start=SERIES_START + timedelta(days=366),
+            time_zone="Europe/Berlin", on_conflict="skip", work={"job": {"model": "yolov8n.yaml", "epochs": 5}},
+        )
 
     def people_upto(self, rows):
         """Team members up to the growth's last row, made in bulk."""
@@ -406,12 +417,60 @@ def resumes(world, rows):
     world.chain_end = links[-1]
 
 
+def occurrences(world, rows):
+    """World.series' occurrences, one a day from 150 days ago (past ones completed, each tenth
+    cancelled), each tenth with a training job and each tenth with the rest of it rebooked after a
+    preemption; beside them occurrences skipped and cancelled before they were booked, and the
+    series' audit entries by different people."""
+    day = timedelta(days=1)
+    start_of = lambda i: SERIES_START + i * day  # noqa: E731
+    status = lambda i: CANCELLED if i % 10 == 4 else (COMPLETED if start_of(i) < FROZEN_NOW else CONFIRMED)  # noqa: E731
+    made = bulk_bookings(
+        world, rows, user=world.owner, start_of=start_of, status=status, gpus_of=lambda i: [world.series_gpu],
+        series=world.series,
+    )
+    Reservation.objects.filter(pk__in=[r.pk for r in made]).update(occurrence=F("start"))
+    TrainingJob.objects.bulk_create(
+        TrainingJob(reservation=r, spec={"model": "yolov8n.yaml"}, epochs=5, epoch=2) for i, r in zip(rows, made) if i % 10 == 0
+    )
+    for i, r in zip(rows, made):
+        if i % 10 == 9:
+            bulk_bookings(
+                world, [i], user=world.owner, start_of=lambda i: start_of(i) + 3 * SLOT, gpus_of=lambda i: [world.series_gpu],
+                series=world.series, rebook_of=r, status=status,
+            )
+    series = Series.objects.get(pk=world.series.pk)
+    series.skipped += [{"at": start_of(300 + i // 10).isoformat(), "reason": "taken"} for i in rows if i % 10 == 6]
+    series.cancelled_occurrences += [start_of(330 + i // 10).isoformat() for i in rows if i % 10 == 8]
+    series.save()
+    people = world.people_upto(rows)
+    AuditEntry.objects.bulk_create(
+        AuditEntry(action="series_change", actor=people[i] if i % 5 else None, target=f"series:{series.pk}", reason=f"change {i}")
+        for i in rows
+    )
+
+
+def series_in_the_week(world, rows):
+    """Occurrences of a different series each in the calendar's week, on GPUs of their own."""
+    gpus = world.gpus_upto(rows, "series-week")
+    made = Series.objects.bulk_create(
+        Series(user=world.owner, team=world.team, gpu_ids=[gpus[i].pk], gpu_count=1, slots=1,
+               rule=("FREQ=DAILY;COUNT=5", "FREQ=WEEKLY;BYDAY=MO,TH;UNTIL=20300301")[i % 2], first_start=NEXT_SLOT,
+               last_start=NEXT_SLOT + timedelta(days=50), time_zone=("UTC", "Europe/Berlin", "America/New_York")[i % 3])
+        for i in rows
+    )
+    series_of = dict(zip(rows, made))
+    for i in rows:
+        bulk_bookings(world, [i], user=world.owner, start_of=lambda i: NEXT_SLOT, gpus_of=lambda i: [gpus[i]], series=series_of[i],
+                      occurrence=NEXT_SLOT)
+
+
 # --- The pages -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Page:
-    """A page or list: who asks for it (`as_`: owner, owner-api, staff, staff-api, root, anyone), its
+    """A page or list: who asks for it (`as_`: owner, outsider, owner-api, staff, staff-api, root, anyone), its
     URL (or a function of the World), what it lists (the growths)."""
 
     id: str
@@ -441,10 +500,16 @@ def refused_booking(world):
 
 WEB = [
     page("calendar", "/", upcoming, teams, nodes, models),
-    page("calendar-events", f"/calendar/events/?{WEEK}", upcoming, nodes),
+    page("calendar-events", f"/calendar/events/?{WEEK}", upcoming, nodes, series_in_the_week),
     page("book-refused", "/book/", upcoming, nodes, teams, models, post=refused_booking, status=409),
     page("quota-preview", lambda w: f"/book/quota-preview/?gpus={w.gpus[0].pk}&date={NEXT_SLOT.date()}&slot=20:00&slots=2",
          upcoming),
+    page("series-preview", lambda w: (
+        f"/book/series-preview/?gpus={w.gpus[0].pk}&date={(NEXT_SLOT + timedelta(days=3)).date()}&slot=20:00&slots=2"
+        "&repeat=weekly&days=MO&days=TH&ends=count&count=20&on_conflict=skip"
+    ), upcoming, past),
+    page("series", lambda w: f"/series/{w.series.pk}/", occurrences, members),
+    page("series-read-only", lambda w: f"/series/{w.series.pk}/", occurrences, as_="outsider"),
     page("resume-search", "/book/resume-options/?q=", past, paged=True),
     page("resume-search-by-title", "/book/resume-options/?q=run", past, paged=True),
     page("my-bookings", "/bookings/", upcoming, past, paged=True),
@@ -536,6 +601,7 @@ def world(cluster, team, other_team, owner, teammate, outsider, settings, tmp_pa
 def client_as(world, who):
     return {
         "owner": lambda: page_client(world.owner),
+        "outsider": lambda: page_client(world.outsider),
         "owner-api": lambda: client_for(world.owner),
         "staff": lambda: page_client(world.staff),
         "staff-api": lambda: client_for(world.staff),

@@ -1,8 +1,12 @@
-"""The forms of "My bookings" and a booking's page: cancel, transfer, move. They only parse; who may
+"""The forms of "My bookings", a booking's page and a series' page: cancel, transfer, move, change. They only parse; who may
 do what, and what a valid move is, the services decide (reservations.policy)."""
 
 from django import forms
 from django.conf import settings
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from reservations.models import Reservation
 
 # Where an action's form was, so that an error is shown there and success returns there.
 NEXT_CHOICES = (("list", "My bookings"), ("booking", "The booking's page"))
@@ -92,3 +96,64 @@ class NoticesReadForm(forms.Form):
     ids = NoticeIdsField(error_messages={"required": "Name the notices to mark read."})
     # The page the form was on, to go back to (only a page of this site).
     next = forms.CharField(max_length=2000, required=False, widget=forms.HiddenInput)
+
+
+# --- A series' page ------------------------------------------------------------------------------
+
+
+class SeriesActionForm(forms.Form):
+    reason = forms.CharField(
+        label="Reason", max_length=2000, required=False, help_text="Required when the series is not yours."
+    )
+
+
+class SeriesCancelForm(SeriesActionForm):
+    SCOPES = (("one", "This occurrence"), ("following", "This one and the following"), ("all", "The whole series"))
+
+    scope = forms.ChoiceField(choices=SCOPES, widget=forms.HiddenInput)
+    # The occurrence's start as its rule gives it (ISO 8601 with its offset), for "one" and "following".
+    occurrence = forms.CharField(required=False, max_length=40, widget=forms.HiddenInput)
+
+    @staticmethod
+    def moment(text):
+        """The aware moment an occurrence field names, or None."""
+        try:
+            moment = parse_datetime(text) if text else None
+        except ValueError:
+            return None
+        return moment if moment is not None and timezone.is_aware(moment) else None
+
+    def clean_occurrence(self):
+        text = self.cleaned_data["occurrence"]
+        if not text:
+            return None
+        moment = self.moment(text)
+        if moment is None:
+            raise forms.ValidationError("Not an occurrence's start (an ISO 8601 time with its offset).")
+        return moment
+
+    def clean(self):
+        data = super().clean()
+        if data.get("scope") in ("one", "following") and data.get("occurrence") is None and "occurrence" not in self.errors:
+            self.add_error("occurrence", "Name the occurrence to cancel.")
+        return data
+
+
+class SeriesChangeForm(SeriesActionForm):
+    title = forms.CharField(label="Title", max_length=200, required=False)
+    priority = forms.ChoiceField(label="Priority", choices=Reservation.Priority.choices)
+    field_order = ["title", "priority", "reason"]
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not user.has_perm("reservations.book_high_priority"):
+            self.fields["priority"].choices = [c for c in Reservation.Priority.choices if c[0] != "high"]
+
+
+class SeriesTransferForm(SeriesActionForm):
+    to = forms.CharField(
+        label="New owner (username)", max_length=150,
+        widget=forms.TextInput(attrs={"list": "team-members", "autocomplete": "off"}),
+        error_messages={"required": "Give the username of the person to transfer it to."},
+    )
+    field_order = ["to", "reason"]

@@ -10,8 +10,9 @@ from django.conf import settings
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError as APIValidationError
 
-from reservations import jobs, policy
-from reservations.models import GPU, Reservation, Team
+from reservations import jobs, policy, recurrence
+from reservations.errors import BookingError
+from reservations.models import GPU, Reservation, Series, Team
 from trainer.models import TrainingJob
 from trainer.selectors import resumable_jobs
 from trainer.spec import GPU_SIZE
@@ -155,6 +156,122 @@ class BookingWindowForm(forms.Form):
         return len(self.cleaned_data["gpus"]) + (self.cleaned_data.get("more") or 0)
 
 
+# --- Repeating a booking (a series: reservations.services.series) ---------------------------------
+
+REPEAT_CHOICES = [
+    ("none", "Does not repeat"),
+    ("daily", "Every day"),
+    ("weekdays", "Every weekday (Monday to Friday)"),
+    ("weekly", "Every week, on the days ticked"),
+]
+WEEKDAY_CHOICES = [
+    (code, recurrence.DAY_NAMES[code][:3]) for code in recurrence.WEEKDAYS
+]
+WEEKDAY_CODES = list(recurrence.WEEKDAYS)  # date.weekday()'s order: Monday first
+ENDS_CHOICES = [("count", "After a number of times"), ("until", "On a day")]
+ON_CONFLICT_CHOICES = [
+    (Series.OnConflict.FAIL, "Book nothing, and show me which"),
+    (Series.OnConflict.SKIP, "Skip it and book the others"),
+    (Series.OnConflict.WAITLIST, "Put it on the waitlist"),
+]
+
+
+class RepeatFields(forms.Form):
+    """"Repeat", when it ends and what to do with an occurrence that is taken: turned into the RRULE
+    of the series (the subset reservations.recurrence reads) and its occurrences' starts, in the
+    viewer's zone, so that the wall-clock time stays when the clocks change. A form that uses these
+    fields also has the window's (date, slot, slots, start_now, more)."""
+
+    repeat = forms.ChoiceField(label="Repeat", choices=REPEAT_CHOICES, initial="none", required=False)
+    days = forms.MultipleChoiceField(
+        label="On", choices=WEEKDAY_CHOICES, required=False, widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: the first day's weekday.",
+    )
+    ends = forms.ChoiceField(
+        label="Ends", choices=ENDS_CHOICES, initial="count", required=False, widget=forms.RadioSelect
+    )
+    count = forms.IntegerField(
+        label="Times", min_value=1, initial=4, required=False, widget=forms.NumberInput(attrs={"aria-label": "Times"})
+    )
+    until = forms.DateField(
+        label="Last day", required=False, widget=forms.DateInput(attrs={"type": "date", "aria-label": "Last day"})
+    )
+    on_conflict = forms.ChoiceField(
+        label="If an occurrence is taken", choices=ON_CONFLICT_CHOICES, initial=Series.OnConflict.FAIL, required=False
+    )
+
+    @property
+    def repeating(self):
+        return (self.data.get("repeat") or "none") != "none" if self.is_bound else False
+
+    def clean_count(self):
+        count, most = self.cleaned_data["count"], settings.SERIES_MAX_OCCURRENCES
+        if count is not None and count > most:
+            raise forms.ValidationError(f"At most {most} times.")
+        return count
+
+    def clean(self):
+        data = super().clean()
+        data["rule"] = data["starts"] = None
+        if (data.get("repeat") or "none") == "none":
+            return data
+        data["on_conflict"] = data.get("on_conflict") or Series.OnConflict.FAIL
+        if data.get("start_now"):
+            self.add_error("start_now", "A repeating booking starts on a slot: untick \"Start now\" and pick the first day and slot.")
+            return data
+        if data.get("more"):
+            self.add_error("more", "A repeating booking books the GPUs picked: pick all of them (Ctrl or Shift for several).")
+            return data
+        text = self._rule_text(data)
+        if text is None or data.get("start") is None:
+            return data
+        # The series' zone: the viewer's (the form's date and slot are read in it too).
+        data["tz"] = timezone.get_current_timezone_name()
+        ends = "until" if data.get("ends") == "until" else "count"
+        try:
+            data["starts"] = recurrence.expand(recurrence.parse_rule(text), data["start"], recurrence.zone(data["tz"]))
+        except BookingError as error:
+            most = settings.SERIES_MAX_OCCURRENCES
+            message = error.message
+            if message.startswith("The rule gives more than"):
+                message = f"That makes more than {most} occurrences: end it sooner."
+            elif message.startswith("The rule gives no occurrence"):
+                message = "No occurrence falls between the first day and this one."
+            self.add_error(ends if error.field == recurrence.FIELD else None, message)
+            return data
+        data["rule"] = text
+        return data
+
+    def _rule_text(self, data):
+        """The RRULE the fields describe, or None (with the field's error)."""
+        repeat = data["repeat"]
+        parts = ["FREQ=DAILY"] if repeat == "daily" else ["FREQ=WEEKLY"]
+        if repeat == "weekdays":
+            parts.append("BYDAY=MO,TU,WE,TH,FR")
+        elif repeat == "weekly":
+            days = data.get("days") or ([WEEKDAY_CODES[data["date"].weekday()]] if data.get("date") else [])
+            if days:
+                parts.append("BYDAY=" + ",".join(sorted(days, key=WEEKDAY_CODES.index)))
+        if data.get("ends") == "until":
+            until = data.get("until")
+            if until is None:
+                if "until" not in self.errors:
+                    self.add_error("until", "Give the last day.")
+                return None
+            if data.get("date") and until < data["date"]:
+                self.add_error("until", "The last day is before the first.")
+                return None
+            parts.append(f"UNTIL={until:%Y%m%d}")
+        else:
+            count = data.get("count")
+            if count is None:
+                if "count" not in self.errors:
+                    self.add_error("count", "Say how many times.")
+                return None
+            parts.append(f"COUNT={count}")
+        return ";".join(parts)
+
+
 class QuotaPreviewForm(BookingWindowForm):
     """The booking form's selection, as its quota preview reads it (web.views.calendar.quota_preview)."""
 
@@ -172,9 +289,25 @@ class QuotaPreviewForm(BookingWindowForm):
         return bool(data.get("start_now")) or bool(data.get("date") and data.get("slot"))
 
 
-class BookingForm(BookingWindowForm):
+class SeriesPreviewForm(RepeatFields, BookingWindowForm):
+    """The booking form's selection and repeat, as its occurrences' preview reads them
+    (web.views.calendar.series_preview)."""
+
+    priority = forms.ChoiceField(choices=Reservation.Priority.choices, required=False)
+    borrow = forms.BooleanField(required=False)
+
+    def is_complete(self):
+        """Whether enough is filled in to list the occurrences: GPUs, slots, a day and a slot."""
+        data = self.data
+        return all(data.get(name) for name in ("gpus", "slots", "date", "slot"))
+
+
+class BookingForm(RepeatFields, BookingWindowForm):
     # The order the form's errors are listed in (_result.html), as the form shows its fields.
-    field_order = ["gpus", "more", "start_now", "date", "slot", "slots", "title", "team"]
+    field_order = [
+        "gpus", "more", "start_now", "date", "slot", "slots", "repeat", "days", "ends", "count", "until", "on_conflict",
+        "title", "team",
+    ]
 
     title = forms.CharField(label="Title", max_length=200, required=False)
     priority = forms.ChoiceField(label="Priority", choices=Reservation.Priority.choices, initial="normal")

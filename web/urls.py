@@ -5,7 +5,7 @@ from django.utils.functional import lazy
 from django.views.generic import RedirectView
 
 from .signin import SignInView
-from .views import account, bookings, calendar, ical, reports
+from .views import account, bookings, calendar, ical, reports, series
 
 app_name = "web"
 
@@ -19,6 +19,7 @@ urlpatterns = [
     path("book/", calendar.book, name="book"),
     path("book/quota-preview/", calendar.quota_preview, name="quota-preview"),
     path("book/resume-options/", calendar.resume_options, name="resume-options"),
+    path("book/series-preview/", series.series_preview, name="series-preview"),
     # My bookings, a booking's page, notices.
     path("bookings/", bookings.my_bookings, name="my-bookings"),
     path("bookings/<int:pk>/", bookings.booking, name="booking"),
@@ -27,6 +28,11 @@ urlpatterns = [
     path("bookings/<int:pk>/cancel/", bookings.booking_cancel, name="booking-cancel"),
     path("bookings/<int:pk>/transfer/", bookings.booking_transfer, name="booking-transfer"),
     path("bookings/<int:pk>/move/", bookings.booking_move, name="booking-move"),
+    # A recurring booking's page and its actions.
+    path("series/<int:pk>/", series.series_page, name="series"),
+    path("series/<int:pk>/cancel/", series.series_cancel_view, name="series-cancel"),
+    path("series/<int:pk>/change/", series.series_change_view, name="series-change"),
+    path("series/<int:pk>/transfer/", series.series_transfer_view, name="series-transfer"),
     path("notices/", bookings.notices, name="notices"),
     path("notices/read/", bookings.notices_read, name="notices-read"),
     # The profile: API token, calendar feed links.

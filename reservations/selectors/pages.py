@@ -87,6 +87,8 @@ def calendar_bookings(*, start, end, gpu_ids):
         .values(
             "id", "start", "end", "title", "priority", "preemptible", "borrowed", "status", "user_id", "team_id",
             "user__username", "team__slug", "team__colour",
+            # An occurrence of a recurring booking: its series' rule, for the calendar to say so.
+            "series_id", "series__rule", "series__first_start", "series__time_zone",
         )
     )
     for booking in bookings:
@@ -170,10 +172,10 @@ def waitlist_positions(reservations, now=None):
 
 def reservation_page(reservation_id):
     """One booking with what its page shows (GPUs, owner, team, job, who preempted it, what it was
-    rebooked from, its rebookings), or None."""
+    rebooked from, its rebookings, its series), or None."""
     reservation = (
         reservation_queryset()
-        .select_related("preempted_by__user", "rebook_of")
+        .select_related("preempted_by__user", "rebook_of", "series")
         .prefetch_related(Prefetch("rebooks", queryset=Reservation.objects.order_by("start", "id")))
         .filter(pk=reservation_id)
         .first()

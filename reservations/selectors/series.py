@@ -5,8 +5,10 @@ series' occurrences for its page."""
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from django.db.models import Prefetch
+
 from .. import policy
-from ..models import GPU, Reservation, Series
+from ..models import GPU, Allocation, Reservation, Series
 from .availability import conflicting_allocations, pick_gpus, preemption_preview
 from .pages import reservation_queryset
 from .quotas import team_quota

@@ -48,6 +48,7 @@
         "Status: " + p.status,
       ];
       if (p.borrowed) lines.push("Borrowed: " + config.borrowedTerms);
+      if (p.series) lines.push("↻ Repeats " + p.series.rule + " (series #" + p.series.id + ")");
       if (p.job) lines.push("Job: " + p.job.status + ", epoch " + p.job.epoch + " of " + p.job.epochs);
       return lines;
     }
@@ -155,7 +156,16 @@
       title.textContent = p.title;
       owner.className = "event-owner";
       owner.textContent = p.owner;
-      return { domNodes: [title, document.createTextNode(" · "), owner] };
+      var nodes = [title, document.createTextNode(" · "), owner];
+      // An occurrence of a series: marked; the details (hover, focus, the label) say its rule.
+      if (p.series) {
+        var mark = document.createElement("span");
+        mark.className = "series-mark";
+        mark.setAttribute("aria-hidden", "true");
+        mark.textContent = "↻ ";
+        nodes.unshift(mark);
+      }
+      return { domNodes: nodes };
     }
     var labels = new ResizeObserver(function (entries) {
       entries.forEach(function (entry) {

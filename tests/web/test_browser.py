@@ -18,13 +18,15 @@ from django.contrib.sessions.models import Session
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from reservations import policy
-from reservations.models import GPU, Notice, Reservation, Team
+from reservations import policy, recurrence
+from reservations.models import GPU, Notice, Reservation, Series, Team
 from reservations.services import Device, node_register, notice_send, team_quota_set
 from serving.models import Serving
 from trainer.models import TrainingJob
 
-from ..support import book, make_user
+from web.forms import WEEKDAY_CODES
+
+from ..support import book, make_user, wait_for
 from .browser import LAPTOP, PHONE, browser, browsing  # noqa: F401  (fixtures)
 from .ldap_server import PASSWORDS, directory, slapd  # noqa: F401  (fixtures)
 
@@ -734,3 +736,99 @@ def test_a_cpu_device_suggests_a_small_image_size_and_batch_unless_the_person_ty
 
     expect(size).to_have_value("320")
     expect(batch).to_have_value("4")
+
+
+# --- Recurring bookings -------------------------------------------------------------------------------
+
+
+def test_a_weekly_series_is_booked_from_the_form_marked_on_the_calendar_and_an_occurrence_cancelled(
+    browsing, owner, teammate, outsider, cluster
+):
+    berlin = ZoneInfo("Europe/Berlin")
+    start = day_ahead()
+    local = start.astimezone(berlin)
+    gpu = cluster["node1"][1]
+    days = [WEEKDAY_CODES[local.weekday()], WEEKDAY_CODES[(local.weekday() + 1) % 7]]
+    rule = f"FREQ=WEEKLY;BYDAY={','.join(sorted(days, key=WEEKDAY_CODES.index))};COUNT=10"
+    starts = recurrence.expand(recurrence.parse_rule(rule), start, berlin)
+    colour_teams()
+    # Another team's booking on the third occurrence: the preview says so, and "skip" books the rest.
+    taken = book(outsider, [gpu], start=starts[2], title="nlp sweep")
+    book(teammate, cluster["node1"][2:3], start=start, slots=3, title="detector")
+    page = open_calendar(browsing, owner, zone="Europe/Berlin", viewport=LAPTOP)
+
+    fill_form(page, gpu, local, slots=2, title="weekly eval")
+    page.get_by_label("Repeat").select_option("weekly")
+    for code in days:
+        page.locator(f"input[name=days][value={code}]").check()
+    page.get_by_label("Times").fill("10")
+    page.get_by_label("If an occurrence is taken").select_option("skip")
+    preview = page.locator("#series-preview")
+    expect(preview).to_contain_text("Repeats every week on")
+    expect(preview).to_contain_text("Europe/Berlin time, 10 times: 10 occurrences.")
+    expect(preview).to_contain_text("7 free · 1 taken · 2 later")
+    expect(preview.locator("li.occ-taken")).to_contain_text(f"taken by #{taken.pk}")
+    expect(preview).to_contain_text("The 1 that cannot be booked is skipped")
+    # A series has its own preview and choice: the first's quota preview and "wait if taken" step aside.
+    expect(page.locator("#quota-preview")).to_be_hidden()
+    expect(page.get_by_label("If taken, wait for the window to free")).to_be_hidden()
+    browsing.screenshot(page, "series-form.png")
+    page.get_by_role("button", name="Book", exact=True).click()
+
+    series = wait_for(lambda: Series.objects.filter(user=owner).first(), 10, "the series")
+    expect(page).to_have_url(browsing.url(f"/series/{series.pk}/"))
+    # The message says what became of each; the banner, that one was skipped (a notice).
+    expect(page.locator(".messages")).to_contain_text(f"Series #{series.pk} booked, every week on")
+    expect(page.locator(".messages")).to_contain_text("7 booked, 1 skipped; 2 later occurrences will be booked")
+    assert (series.rule, series.time_zone, series.on_conflict) == (rule, "Europe/Berlin", "skip")
+    booked = list(Reservation.objects.filter(series=series).order_by("start"))
+    assert [r.start for r in booked] == [s for s in starts[:8] if s != starts[2]]
+    expect(page.locator("#series-rule")).to_contain_text("Europe/Berlin time, 10 times")
+
+    # The calendar marks them: ↻ on each, the rule in its details.
+    page.goto(browsing.url("/"))
+    show_day(page, local)
+    marked = page.locator(".ec-event.series", has_text="weekly eval · owner")
+    expect(marked).to_have_count(1)
+    expect(marked.locator(".series-mark")).to_have_text("↻")
+    expect(page.locator(".ec-event:not(.series)", has_text="detector · teammate")).to_have_count(1)
+    marked.focus()
+    expect(page.locator("#event-tip")).to_contain_text(f"↻ Repeats every week on")
+    expect(page.locator("#event-tip")).to_contain_text(f"(series #{series.pk})")
+
+    # Its page from the booking's; the second occurrence cancelled with the keyboard.
+    marked.press("Enter")
+    expect(page).to_have_url(browsing.url(f"/bookings/{booked[0].pk}/"))
+    page.get_by_role("link", name=f"Series #{series.pk}").click()
+    expect(page).to_have_url(browsing.url(f"/series/{series.pk}/"))
+    second = booked[1]
+    row = page.locator(f"#occ-{second.occurrence.astimezone(dt_timezone.utc):%Y%m%dT%H%M}")
+    expect(row).to_contain_text("booked")
+    browsing.screenshot(page, "series-page.png")
+    summary = row.locator("summary")
+    tab_to(page, summary)
+    page.keyboard.press("Enter")
+    cancel = row.get_by_role("button", name="Cancel this occurrence")
+    tab_to(page, cancel)
+    page.keyboard.press("Enter")
+
+    expect(page.locator(".messages")).to_contain_text("is cancelled.")
+    expect(page.locator(f"#occ-{second.occurrence.astimezone(dt_timezone.utc):%Y%m%dT%H%M}")).to_contain_text("cancelled")
+    second.refresh_from_db()
+    assert second.status == "cancelled"
+    assert Reservation.objects.filter(series=series, status="confirmed").count() == 6
+
+    # On a phone: the page and the form with its preview no wider than the screen.
+    phone = browsing.page(owner, zone="Europe/Berlin", viewport=PHONE)
+    phone.goto(browsing.url(f"/series/{series.pk}/"))
+    expect(phone.locator("main h1")).to_contain_text(f"Series #{series.pk}")
+    html, body, window = widths(phone)
+    assert html <= window and body <= window, (html, body, window)
+    browsing.screenshot(phone, "series-page-phone.png")
+    phone.goto(browsing.url("/"))
+    fill_form(phone, cluster["node2"][0], local, title="phone series")
+    phone.get_by_label("Repeat").select_option("weekdays")
+    expect(phone.locator("#series-preview")).to_contain_text("Repeats every weekday at")
+    expect(phone.locator("input[name=days]").first).to_be_hidden()  # only for "weekly"
+    html, body, window = widths(phone)
+    assert html <= window and body <= window, (html, body, window)

@@ -252,6 +252,10 @@ def _booking_page(request, pk, *, failure=None):
         "serving": web_selectors.booking_serving(reservation) if sees_job else None,
         "failure": failure,
         "failure_apart": failure is not None and reservation.actions is None,
+        # An occurrence of a recurring booking: its series' rule in words, and a link to its page.
+        "series_words": web_selectors.rule_words(
+            reservation.series.rule, reservation.series.first_start, reservation.series.time_zone
+        ) if reservation.series_id else None,
     }
     if job is not None:
         context["job_state"] = _job_state(job, reservation)

@@ -1,6 +1,6 @@
 """The calendar, its event feed, the booking form and its quota preview. The pages parse and render;
 the booking goes through reservations.services.reservation_create, as the REST API's does (same
-rules, same audit)."""
+rules, same audit); a booking that repeats, through web.views.series (a series)."""
 
 from datetime import timedelta
 
@@ -22,8 +22,9 @@ from trainer.spec import suggested_size
 
 from ..forms import RESUME_EMPTY_LABEL, BookingForm, QuotaPreviewForm, RecentChoiceField, resume_label
 from ..middleware import viewer_zone
-from ..selectors import nodes_with_gpus
+from ..selectors import nodes_with_gpus, rule_words
 from ..templatetags.quotas import borrowed_terms
+from . import series
 
 # The widest window the feed serves in one request (the calendar asks for a day or a week).
 FEED_MAX_DAYS = 42
@@ -144,7 +145,12 @@ def event_feed(request):
     # Job progress only for the bookings whose jobs the viewer may see (policy.JobViewer).
     viewer = policy.JobViewer(request.user)
     progress = job_progress([b["id"] for b in bookings if viewer.may_see_booking_of(b["user_id"], b["team_id"])])
-    events = [_event(b, progress.get(b["id"]), request.user.pk) for b in bookings]
+    # Each series' rule in words once, however many of its occurrences the window holds.
+    words = {
+        b["series_id"]: rule_words(b["series__rule"], b["series__first_start"], b["series__time_zone"])
+        for b in bookings if b["series_id"] is not None
+    }
+    events = [_event(b, progress.get(b["id"]), request.user.pk, words.get(b["series_id"])) for b in bookings]
     # The past and the unhealthy GPUs cannot be booked: shaded, and the page refuses to select them.
     now = timezone.now()
     if start < now:
@@ -191,7 +197,7 @@ def _window(request):
     return start, end, None
 
 
-def _event(booking, job, viewer_id):
+def _event(booking, job, viewer_id, series_words=None):
     classes = [f"status-{booking['status']}"]
     if booking["preemptible"]:
         classes.append("preemptible")
@@ -199,6 +205,8 @@ def _event(booking, job, viewer_id):
         classes.append("borrowed")
     if booking["user_id"] == viewer_id:
         classes.append("mine")
+    if booking["series_id"]:
+        classes.append("series")
     title = booking["title"] or "GPU booking"
     owner = booking["user__username"]
     return {
@@ -219,6 +227,8 @@ def _event(booking, job, viewer_id):
             "borrowed": booking["borrowed"],
             "status": booking["status"],
             "job": job,
+            # An occurrence of a series: its id and its rule in words (calendar.js marks it "↻").
+            "series": {"id": booking["series_id"], "rule": series_words} if booking["series_id"] else None,
         },
     }
 
@@ -239,7 +249,12 @@ def book(request):
         (name, value) for name, values in request.POST.lists() for value in values
         if name not in ("csrfmiddlewaretoken", "gpus", "date", "slot", "more", "confirm_preempt", "victims")
     ]
-    if form.is_valid():
+    if form.is_valid() and form.cleaned_data["rule"]:
+        # "Repeat": a series (web.views.series); booked, its page says what became of each occurrence.
+        context.update(series.book_series(request, form))
+        if context.get("series_result"):
+            return series.series_booked(request, context["series_result"], in_place)
+    elif form.is_valid():
         context.update(_book(request, form, {g.pk: g for g in gpus}))
     template = "web/calendar/_result.html" if in_place else "web/calendar/result_page.html"
     if context.get("booked") and in_place:
