@@ -334,6 +334,10 @@ class BookingForm(RepeatFields, BookingWindowForm):
     resume_from = RecentChoiceField(
         queryset=TrainingJob.objects.none(), label="Resume from", required=False, empty_label=RESUME_EMPTY_LABEL
     )
+    # Repeating: each occurrence's job continues from the previous occurrence's checkpoint.
+    resume_previous = forms.BooleanField(
+        label="Each occurrence continues from the previous one's checkpoint", required=False
+    )
     # The models to serve, when `serve` is ticked: names of the team's registry ("defects" is its
     # latest version at the slot start, "defects:2" that version).
     serve = forms.BooleanField(label="Serve registered models in this booking", required=False)
@@ -393,7 +397,15 @@ class BookingForm(RepeatFields, BookingWindowForm):
     def _job_spec(self, data):
         """The training job as the API takes it, checked by the same serializer the API uses."""
         spec = {key: data[key] for key in ("model", "data", "epochs", "imgsz", "batch") if data.get(key) not in (None, "")}
-        if data.get("resume_from") is not None:
+        if data.get("resume_previous"):
+            if not self.repeating:
+                self.add_error("resume_previous", "Only a repeating booking has a previous occurrence: pick a job under Resume from.")
+                return None
+            if data.get("resume_from") is not None:
+                self.add_error("resume_previous", "Resume from one job or from the previous occurrence, not both.")
+                return None
+            spec["resume_from"] = "previous"
+        elif data.get("resume_from") is not None:
             spec["resume_from"] = data["resume_from"].pk
         return self._checked("job", spec)
 

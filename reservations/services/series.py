@@ -238,10 +238,10 @@ def _mark_through(series, last, skipped):
 def _notify_skipped(series, skipped):
     if not skipped:
         return
-    lines = "\n".join(f"- {utc_moment(o.start)}: {o.reason}" for o in skipped)
+    lines = "; ".join(f"{utc_moment(o.start)}: {o.reason}" for o in skipped)
     notice_send(
         user=series.user, kind=Notice.Kind.SERIES_SKIPPED,
-        message=f"{len(skipped)} occurrence(s) of series #{series.pk} {series.title!r} could not be booked:\n{lines}",
+        message=f"{len(skipped)} occurrence(s) of series #{series.pk} {series.title!r} could not be booked: {lines}",
         data={"series": series.pk, "skipped": [{"start": o.start, "reason": o.reason} for o in skipped]},
     )
 

@@ -534,3 +534,19 @@ def test_the_feed_marks_a_series_occurrences_with_the_rule_in_words(owner, clust
         assert "series" in event["classNames"]
         assert event["extendedProps"]["series"] == {"id": series.pk, "rule": "every day at 18:00 UTC, 3 times"}
     assert "series" not in by_id[str(single.pk)]["classNames"] and by_id[str(single.pk)]["extendedProps"]["series"] is None
+
+
+def test_the_form_books_a_nightly_job_that_continues_from_the_night_before(owner, cluster, training_data):
+    job = {"train": "on", "model": "yolov8n.yaml", "data": str(training_data), "epochs": 3, "imgsz": 64, "batch": 4,
+           "resume_previous": "on"}
+
+    response = post_form(page_client(owner), repeat(cluster["node1"][:1], **job))
+
+    assert response.status_code == 201, text_of(response)
+    series = Series.objects.get()
+    assert series.work["job"]["resume_from"] == "previous"
+    assert {j.spec["resume_from"] for j in TrainingJob.objects.all()} == {"previous"}
+    # Once: there is no previous occurrence to continue from.
+    once = post_form(page_client(owner), form_data(cluster["node2"][:1], **job))
+    assert once.status_code == 400
+    assert "Only a repeating booking has a previous occurrence" in text_of(once)
