@@ -1,5 +1,5 @@
 """A demo cluster to click around in: 2 nodes x 4 GPUs, 3 teams, users with tokens, a week of bookings,
-and fair sharing at work: team quotas and a borrowed booking.
+fair sharing at work (team quotas and a borrowed booking), and a recurring booking.
 
 Safe to run again: existing rows are kept, and bookings are only added where the GPUs are free.
 """
@@ -7,7 +7,8 @@ Safe to run again: existing rows are kept, and bookings are only added where the
 import math
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
+from datetime import timezone as dt_timezone
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
@@ -17,7 +18,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from reservations import policy, selectors, services
-from reservations.errors import BookingConflict
+from reservations.errors import BookingConflict, BookingError
 from reservations.models import GPU, Membership, Node, Reservation, Team
 from reservations.services import Device
 
@@ -83,6 +84,7 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(f"Demo cluster ready: 2 nodes x 4 GPUs, {booked} new bookings."))
         if booked:
             self.stdout.write(self._fair_sharing(users, timezone.now()))
+            self.stdout.write(self._series(users["erin"], timezone.now()))
         self.stdout.write(
             f"Every demo user signs in to the calendar with the password {PASSWORD!r} (admin also to /admin/)."
             " API tokens (send 'Authorization: Token <key>'):"
@@ -152,6 +154,22 @@ class Command(BaseCommand):
         except BookingConflict:  # taken since the search: the demo does without it
             return said
         return f"{said} Booking #{borrowed.pk} of bob's is borrowed time over vision's quota."
+
+    def _series(self, erin, now):
+        """A recurring booking to see on the calendar (marked ↻) and on its page: erin's weekly
+        evaluation, one GPU every Monday at 08:00 UTC for four weeks, the taken ones skipped."""
+        tomorrow = (now + timedelta(days=1)).date()
+        monday = tomorrow + timedelta(days=-tomorrow.weekday() % 7)
+        start = policy.ceil_to_slot(datetime.combine(monday, time(8), tzinfo=dt_timezone.utc))
+        gpu = GPU.objects.get(node__hostname="node2", index=3)
+        try:
+            result = services.series_create(
+                user=erin, start=start, slots=1, rule="FREQ=WEEKLY;COUNT=4", gpu_ids=[gpu.pk],
+                title="weekly evaluation", on_conflict="skip", now=now,
+            )
+        except BookingError as refused:  # a horizon or slot too short for it (settings): no series
+            return f"No demo series: {refused.message}"
+        return f"Series #{result.series.pk} of erin's: a weekly evaluation, {len(result.of('booked'))} of 4 Mondays booked."
 
     def _vision_near_its_limit(self, vision, after, now):
         """vision's weekly GPU-hours for the quota week of `after` (VISION_ROOM above what it booked
