@@ -7,7 +7,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from reservations import policy, selectors
-from reservations.models import GPU, Node, Reservation, Team, TeamQuota
+from reservations.models import GPU, Node, Reservation, Series, Team, TeamQuota
 from trainer import hardware
 from trainer.hardware import CpuHardware, Device, detect
 
@@ -96,6 +96,12 @@ def test_seed_demo_builds_the_demo_cluster_once():
     assert get_user_model().objects.get(username="ci-bot").has_perm("reservations.book_high_priority")
     assert bookings > 10 and Reservation.objects.count() == bookings  # a second run adds nothing
     assert Token.objects.get(user__username="alice").key in first
+    # A recurring booking of erin's: its Mondays are ordinary bookings, and a second run adds none.
+    series = Series.objects.get()
+    assert (series.user.username, series.rule) == ("erin", "FREQ=WEEKLY;COUNT=4")
+    mondays = list(series.occurrences.values_list("start", flat=True))
+    assert mondays and all(start.weekday() == 0 and start.hour == 8 for start in mondays)
+    assert f"Series #{series.pk} of erin's" in first
 
 
 @pytest.mark.django_db(transaction=True)
