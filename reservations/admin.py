@@ -602,9 +602,7 @@ class SeriesAdmin(admin.ModelAdmin):
 
     @admin.display(description="rule")
     def rule_in_words(self, obj):
-        return recurrence.describe(
-            recurrence.parse_rule(obj.rule), obj.first_start, recurrence.zone(obj.time_zone), obj.time_zone
-        )
+        return recurrence.stored_words(obj)
 
     def has_add_permission(self, request):
         return False

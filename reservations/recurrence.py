@@ -35,7 +35,11 @@ DAY_NAMES = {
     "SU": "Sunday",
 }
 ALLOWED = ("FREQ", "INTERVAL", "BYDAY", "COUNT", "UNTIL")
-_UNTIL = re.compile(r"^(\d{8})(?:T(\d{6})(Z?))?$")
+_UNTIL = re.compile(r"^([0-9]{8})(?:T([0-9]{6})(Z?))?$")
+_DIGITS = re.compile(r"^[0-9]{1,7}$")
+# The years an UNTIL may name (as the API's times: apibase.fields), so that no zone's offset takes
+# it out of what a datetime holds.
+UNTIL_YEARS = (1970, 9000)
 
 
 @dataclass(frozen=True)
@@ -68,9 +72,11 @@ def _refuse(message):
     raise BookingError(FIELD, message)
 
 
-def parse_rule(text):
+def parse_rule(text, *, capped=True):
     """The Rule in `text` ("FREQ=WEEKLY;BYDAY=MO,TH;COUNT=8", an optional "RRULE:" before it), or a
-    BookingError on the field `recurrence` saying what the subset does not allow."""
+    BookingError on the field `recurrence` saying what the subset does not allow. `capped`: COUNT is
+    held to SERIES_MAX_OCCURRENCES (a new series); a stored series' rule is read as it was accepted,
+    whatever the setting says since (stored_rule)."""
     if not isinstance(text, str) or not text.strip():
         _refuse('Give a rule, e.g. "FREQ=DAILY;COUNT=30".')
     body = text.strip()
@@ -107,14 +113,14 @@ def parse_rule(text):
         )
     count = until = None
     if "COUNT" in values:
-        count = _positive(values["COUNT"], "COUNT", most=settings.SERIES_MAX_OCCURRENCES)
+        count = _positive(values["COUNT"], "COUNT", most=settings.SERIES_MAX_OCCURRENCES if capped else 10**6)
     else:
         until = _until(values["UNTIL"])
     return Rule(freq=freq, interval=interval, byday=byday, count=count, until=until)
 
 
 def _positive(value, name, *, most):
-    if not value.isdigit() or not 1 <= int(value) <= most:
+    if not _DIGITS.match(value) or not 1 <= int(value) <= most:
         _refuse(f"{name} must be a whole number from 1 to {most} (got {value}).")
     return int(value)
 
@@ -124,6 +130,8 @@ def _until(value):
     if match is None:
         _refuse(f"UNTIL is a date (20270131) or a UTC time (20270131T000000Z); got {value}.")
     day, clock, utc = match.groups()
+    if not UNTIL_YEARS[0] <= int(day[:4]) <= UNTIL_YEARS[1]:
+        _refuse(f"UNTIL must fall in the years {UNTIL_YEARS[0]} to {UNTIL_YEARS[1]}; got {value}.")
     try:
         if clock is None:
             return datetime.strptime(day, "%Y%m%d").date()
@@ -164,11 +172,12 @@ class Instance:
     start: datetime
 
 
-def instances(rule, first_start, tz):
+def instances(rule, first_start, tz, *, capped=True):
     """Every occurrence as an Instance, in order: the rule expanded in `tz`'s wall-clock time from
     `first_start`'s local time, each start then floored to its slot (module docstring). Refuses
-    (BookingError) a rule with more than SERIES_MAX_OCCURRENCES occurrences or none."""
-    most = settings.SERIES_MAX_OCCURRENCES
+    (BookingError) a rule with no occurrence, or (`capped`: a new series) more than
+    SERIES_MAX_OCCURRENCES."""
+    most = settings.SERIES_MAX_OCCURRENCES if capped else None
     local = first_start.astimezone(tz).replace(tzinfo=None)
     until = rule.until
     if isinstance(until, date) and not isinstance(until, datetime):
@@ -181,7 +190,7 @@ def instances(rule, first_start, tz):
     )
     found = []
     for wall in generated:
-        if len(found) == most:
+        if most is not None and len(found) == most:
             _refuse(f"The rule gives more than {most} occurrences (SERIES_MAX_OCCURRENCES); end it sooner.")
         wall = wall.replace(tzinfo=tz)
         found.append(Instance(local=wall, start=policy.floor_to_slot(wall.astimezone(dt_timezone.utc))))
@@ -190,9 +199,27 @@ def instances(rule, first_start, tz):
     return found
 
 
-def expand(rule, first_start, tz):
+def expand(rule, first_start, tz, *, capped=True):
     """Every occurrence's start, as UTC slot boundaries in order (instances())."""
-    return [instance.start for instance in instances(rule, first_start, tz)]
+    return [instance.start for instance in instances(rule, first_start, tz, capped=capped)]
+
+
+def stored_rule(series):
+    """(Rule, zone) of a stored series, read as it was accepted: a SERIES_MAX_OCCURRENCES lowered
+    since never makes a series unreadable (its pages, its feed, beat)."""
+    return parse_rule(series.rule, capped=False), zone(series.time_zone)
+
+
+def stored_starts(series):
+    """Every occurrence start of a stored series (UTC slot starts), cancelled ones included."""
+    rule, tz = stored_rule(series)
+    return expand(rule, series.first_start, tz, capped=False)
+
+
+def stored_words(series):
+    """A stored series' rule in words (describe())."""
+    rule, tz = stored_rule(series)
+    return describe(rule, series.first_start, tz, series.time_zone)
 
 
 def calendar_rule(rule, tz, *, last=None):

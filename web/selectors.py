@@ -107,7 +107,7 @@ def nodes_with_gpus(gpus):
 
 def rule_words(rule, first_start, time_zone):
     """A series' rule in words: "every Monday at 10:00 Europe/Berlin time, 4 times"."""
-    return recurrence.describe(recurrence.parse_rule(rule), first_start, recurrence.zone(time_zone), time_zone)
+    return recurrence.describe(recurrence.parse_rule(rule, capped=False), first_start, recurrence.zone(time_zone), time_zone)
 
 
 def series_for_page(series_id):
@@ -140,7 +140,7 @@ def series_rows(series, *, now, viewer):
     """Every occurrence of `series` (at most SERIES_MAX_OCCURRENCES), in order, as OccurrenceRow:
     its booking (GPUs loaded), what became of it, and its job's progress where `viewer` (a
     policy.JobViewer) may see it. A fixed number of queries, however many occurrences."""
-    starts = recurrence.expand(recurrence.parse_rule(series.rule), series.first_start, recurrence.zone(series.time_zone))
+    starts = recurrence.stored_starts(series)
     bookings = selectors.series_occurrences(series)
     by_id = {b.pk: b for b in bookings}
     first = {b.occurrence: b for b in bookings if b.rebook_of_id is None}

@@ -11,7 +11,6 @@ from apibase.serializers import StrictSerializer
 
 from .. import jobs, policy, recurrence, selectors, services
 from ..models import Reservation, Series
-from ..services.series import series_starts
 from .idempotency import idempotent_series_create
 from .serializers import ReservationCreateSerializer
 
@@ -109,7 +108,7 @@ class SeriesSerializer(serializers.Serializer):
 
     def get_description(self, obj) -> str:
         """The rule in words: "every weekday at 00:00 Europe/Berlin time, until 31 Jan 2027"."""
-        return recurrence.describe(recurrence.parse_rule(obj.rule), obj.first_start, recurrence.zone(obj.time_zone), obj.time_zone)
+        return recurrence.stored_words(obj)
 
     def get_cancelled(self, obj) -> bool:
         return obj.cancelled_at is not None
@@ -134,7 +133,7 @@ class SeriesDetailSerializer(SeriesSerializer):
 
     def get_occurrences(self, obj) -> list[dict]:
         """Every occurrence of the rule, past and coming, with what became of it."""
-        schedule = selectors.series_schedule(obj, series_starts(obj), selectors.series_occurrences(obj))
+        schedule = selectors.series_schedule(obj, recurrence.stored_starts(obj), selectors.series_occurrences(obj))
         return OccurrenceSerializer(schedule, many=True).data
 
 

@@ -136,9 +136,8 @@ def calendar_feed(*, start, end, now, user=None, team=None):
 def _feed_series(series, bookings, *, start, end, now, gpus):
     """The FeedSeries of `series` given its `bookings` in the window, or None when no occurrence of
     its rule overlaps [start, end)."""
-    rule = recurrence.parse_rule(series.rule)
-    zone = recurrence.zone(series.time_zone)
-    every = recurrence.instances(rule, series.first_start, zone)
+    rule, zone = recurrence.stored_rule(series)
+    every = recurrence.instances(rule, series.first_start, zone, capped=False)
     span = recurrence.span(series.slots)
     if not any(i.start < end and i.start + span > start for i in every):
         return None

@@ -12,11 +12,12 @@ The order (a transaction that needs several of these takes them in this order, n
    written, so a model cannot be deleted between the check and the booking; the registry locks
    only these rows, and advisory locks on stored files after them).
 
-A series (a recurring booking, services.series) is locked alone, in a short transaction of its own
-for its bookkeeping (how far beat has booked it, what was skipped, a change or a cancellation); its
-occurrences are then booked, changed or cancelled one by one, each in the transaction of the booking
-service that does it, after the series' lock is released. So no transaction holds a series and any
-lock above.
+6. a series (a recurring booking, services.series), last: an occurrence's booking locks its series
+   as it is written, to check that the occurrence was not cancelled meanwhile. Otherwise a series is
+   locked alone, in a short transaction of its own for its bookkeeping (how far beat has booked it,
+   what was skipped, a change or a cancellation), which waits for no other lock while it holds it;
+   its occurrences are then booked, changed or cancelled one by one, each in the transaction of the
+   booking service that does it, after the series' lock is released.
 
 Two transactions that follow one order cannot deadlock. The order only holds if each service's
 transaction is its own: a GPU lock taken inside someone else's transaction lives until that outer

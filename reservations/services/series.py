@@ -83,11 +83,6 @@ def _target(series):
     return f"series:{series.pk}"
 
 
-def series_starts(series):
-    """Every occurrence start of the series' rule (UTC slot starts), cancelled ones included."""
-    return recurrence.expand(recurrence.parse_rule(series.rule), series.first_start, recurrence.zone(series.time_zone))
-
-
 def series_create(
     *, user, start, slots, rule, tz="UTC", on_conflict=Series.OnConflict.FAIL, gpu_ids=None, gpu_count=None,
     allow_multi_node=False, priority=Reservation.Priority.NORMAL, preemptible=None, team=None, title="",
@@ -188,6 +183,7 @@ def _book_one(series, start, *, now, actor, strict):
         return _already(start, existing)
     try:
         reservation = reservation_create(
+            on_booked=lambda booked: _require_going(series.pk, start),
             user=series.user, team=series.team.slug, start=start, slots=series.slots, gpu_ids=series.gpu_ids,
             gpu_count=None if series.gpu_ids is not None else series.gpu_count,
             allow_multi_node=series.allow_multi_node, priority=series.priority, preemptible=series.preemptible,
@@ -195,20 +191,36 @@ def _book_one(series, start, *, now, actor, strict):
             auto_rebook=series.auto_rebook, borrow=series.borrow, actor=actor, now=now, series=series,
             occurrence=start,
         )
-    except (BookingConflict, QuotaExceeded, BookingError) as refusal:
+    except NotGoing:
+        return Occurrence(start, "cancelled")
+    except (BookingConflict, QuotaExceeded, BookingError, PermissionDenied) as refusal:
         if strict:
             raise
         # What was in the way may be this very occurrence, booked by another beat since we looked.
         existing = _booked(series, start)
         if existing is not None:
             return _already(start, existing)
-        return Occurrence(start, "skipped", reason=refusal.message)
+        # The owner may have lost a right the series needs (high priority): skipped, and told.
+        return Occurrence(start, "skipped", reason=getattr(refusal, "message", None) or str(refusal))
     except IntegrityError as exc:
         if not is_occurrence_violation(exc):
             raise
         # Booked by another beat (or a retry) since we looked: it is booked, once.
         return _already(start, _booked(series, start))
     return Occurrence(start, "waitlisted" if reservation.status == Status.WAITLISTED else "booked", reservation)
+
+
+class NotGoing(Exception):
+    """The occurrence was cancelled (or its series) while it was being booked: the booking is undone."""
+
+
+def _require_going(series_id, start):
+    """Inside an occurrence's booking transaction: lock its series (last in the order, locks.py) and
+    check the occurrence is still to be booked, so a cancel that committed since beat read the series
+    is never undone by beat's booking (NotGoing rolls the booking back)."""
+    series = Series.objects.select_for_update().filter(pk=series_id).first()
+    if series is None or not policy.occurrence_going(series, start):
+        raise NotGoing()
 
 
 def _already(start, reservation):
@@ -281,7 +293,7 @@ def _extend(series, now):
     """Book the series' occurrences after booked_through that the horizon now holds; cancelled ones
     are passed over (so booked_through reaches the last start, and beat is done with the series)."""
     reached = [
-        s for s in series_starts(series)
+        s for s in recurrence.stored_starts(series)
         if (series.booked_through is None or s > series.booked_through) and recurrence.in_horizon(s, series.slots, now)
     ]
     if not reached:
@@ -355,10 +367,12 @@ def series_cancel(*, series_id, actor, scope, occurrence=None, reason="", now=No
             reason=f"{what}" + (f": {reason}" if reason else ""), before=before, after=series_snapshot(series),
         )
         doomed_ids = list(doomed.filter(status__in=Reservation.OPEN_STATUSES).values_list("id", flat=True))
-    cancelled = []
-    for reservation_id in doomed_ids:
-        cancelled.append(reservation_cancel(reservation_id=reservation_id, actor=actor, reason=reason or f"Series #{series.pk}: {what} cancelled."))
-    return cancelled
+    cancelled = [
+        _each(reservation_cancel, reservation_id=reservation_id, actor=actor,
+              reason=reason or f"Series #{series.pk}: {what} cancelled.")
+        for reservation_id in doomed_ids
+    ]
+    return [r for r in cancelled if r is not None]
 
 
 def _an_occurrence(series, occurrence):
@@ -366,7 +380,7 @@ def _an_occurrence(series, occurrence):
     # In UTC, as every start of the series is: cancelled_occurrences holds its ISO text, which a
     # start given with another offset (a form's local time) would never match again.
     occurrence = occurrence.astimezone(dt_timezone.utc)
-    if occurrence not in series_starts(series):
+    if occurrence not in recurrence.stored_starts(series):
         raise BookingError("occurrence", f"The series has no occurrence starting at {utc_moment(occurrence)}.")
     if not policy.occurrence_going(series, occurrence):
         raise BookingError("occurrence", f"The occurrence at {utc_moment(occurrence)} is already cancelled.")
@@ -390,7 +404,16 @@ def series_change(*, series_id, actor, reason="", now=None, **changes):
         if "work" in changes:
             changes["work"] = jobs.work_kinds.check(user=series.user, team=series.team, work=changes["work"], series=True) or {}
         if "priority" in changes or "preemptible" in changes:
-            policy.resolve_preemptible(actor, changes.get("priority", series.priority), changes.get("preemptible", series.preemptible))
+            priority = changes.get("priority", series.priority)
+            preemptible = changes.get("preemptible", series.preemptible)
+            # Whoever asks, and the owner, whose right beat books its occurrences with.
+            policy.resolve_preemptible(actor, priority, preemptible)
+            changes["preemptible"] = preemptible
+            if series.borrow:
+                policy.may_borrow(priority)
+            # Each coming booking gets what a new one of the series would: the priority's default
+            # unless the series names preemptible.
+            occurrence_preemptible = policy.resolve_preemptible(series.user, priority, preemptible)
         for name, value in changes.items():
             setattr(series, name, value)
         series.save()
@@ -399,13 +422,27 @@ def series_change(*, series_id, actor, reason="", now=None, **changes):
             before=before, after=series_snapshot(series),
         )
         future = list(_future(series, now).values_list("id", flat=True))
-    booking_changes = {k: v for k, v in changes.items() if k in ("title", "priority", "preemptible")}
+    booking_changes = {k: v for k, v in changes.items() if k in ("title", "priority")}
+    if "priority" in changes or "preemptible" in changes:
+        booking_changes["preemptible"] = occurrence_preemptible
     for reservation_id in future:
         if booking_changes:
-            reservation_update(reservation_id=reservation_id, actor=actor, reason=reason or f"Series #{series.pk} changed.", **booking_changes)
+            _each(reservation_update, reservation_id=reservation_id, actor=actor,
+                  reason=reason or f"Series #{series.pk} changed.", **booking_changes)
         if "work" in changes:
             _replace_work(reservation_id, series, actor=actor, reason=reason, now=now)
     return series
+
+
+def _each(change, **kwargs):
+    """A series' change to one of its bookings: one that has ended, or that its series' owner no
+    longer holds (transferred on its own to someone the actor may not change), since the list was
+    read is left as it is, and the rest go on. Returns the booking, or None."""
+    try:
+        return change(**kwargs)
+    except (BookingError, PermissionDenied, Reservation.DoesNotExist) as refused:
+        log.info("series change left booking #%s as it is: %s", kwargs.get("reservation_id"), refused)
+        return None
 
 
 def _future(series, now):
@@ -443,6 +480,9 @@ def series_transfer(*, series_id, actor, to, reason="", now=None):
         refusal = policy.transfer_refusal(actor, series, target)
         if refusal:
             raise BookingError("to", refusal.replace("the booking is", "the series is"))
+        if series.priority == Reservation.Priority.HIGH and not target.has_perm("reservations.book_high_priority"):
+            # Beat books the coming occurrences as their owner: one who may not book high could not.
+            raise BookingError("to", f"{to} may not book high priority, which the series' occurrences are.")
         before = series_snapshot(series)
         series.user = target
         series.save()
@@ -452,5 +492,6 @@ def series_transfer(*, series_id, actor, to, reason="", now=None):
         )
         future = list(_future(series, now).exclude(user=target).values_list("id", flat=True))
     for reservation_id in future:
-        reservation_transfer(reservation_id=reservation_id, actor=actor, to=to, reason=reason or f"Series #{series.pk} transferred.")
+        _each(reservation_transfer, reservation_id=reservation_id, actor=actor, to=to,
+              reason=reason or f"Series #{series.pk} transferred.")
     return series

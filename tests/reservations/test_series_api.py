@@ -108,6 +108,21 @@ def test_cancel_change_and_transfer_through_the_api(api, cluster, owner, teammat
     assert actions == ["series_create", "series_cancel", "series_change", "series_change", "series_cancel"]
 
 
+def test_a_series_made_before_the_most_occurrences_was_lowered_still_reads(api, cluster, settings, admin_client):
+    made = api.post(URL, body(cluster["node1"][:1], recurrence="FREQ=DAILY;COUNT=5"), format="json").json()
+    settings.SERIES_MAX_OCCURRENCES = 3
+
+    shown = api.get(f"{URL}{made['id']}/")
+    assert shown.status_code == 200 and len(shown.json()["occurrences"]) == 5
+    assert shown.json()["description"] == "every day at 00:00 UTC, 5 times"
+    assert admin_client.get("/admin/reservations/series/").status_code == 200
+    cancel = api.post(f"{URL}{made['id']}/cancel/", {"scope": "one", "occurrence": iso(NIGHT + 4 * DAY)}, format="json")
+    assert cancel.status_code == 200 and cancel.json()["occurrences"][4]["status"] == "cancelled"
+    # A new series is held to the new most.
+    refused = api.post(URL, body(cluster["node1"][1:2], recurrence="FREQ=DAILY;COUNT=5"), format="json")
+    assert refused.status_code == 400 and "recurrence" in refused.json()
+
+
 def test_a_retry_with_the_same_key_gets_the_same_series(api, cluster):
     headers = {"HTTP_IDEMPOTENCY_KEY": "nightly-2030-01"}
     first = api.post(URL, body(cluster["node1"][:1], recurrence="FREQ=DAILY;COUNT=3"), format="json", **headers)

@@ -365,12 +365,11 @@ def test_a_preempted_occurrence_shows_what_it_held_and_its_rebooked_rest_is_an_e
     assert shown(content, series, FROZEN_NOW, FROZEN_NOW + 10 * DAY) == live_bookings(series)
 
 
-def test_a_series_whose_rule_cannot_be_read_any_more_shows_its_bookings_one_by_one(cluster, owner, settings):
+def test_a_series_stays_one_event_after_the_most_occurrences_is_lowered(cluster, owner, settings):
     series = nightly(owner, cluster["node1"][:1])
-    settings.SERIES_MAX_OCCURRENCES = 2  # lowered since: the rule now gives too many
+    settings.SERIES_MAX_OCCURRENCES = 2  # lowered since: new series may have 2, this one keeps its 3
 
     content = feed(owner)
 
-    assert vevents(content, series) == []
-    uids = {str(e["uid"]) for e in Calendar.from_ical(content).walk("VEVENT")}
-    assert uids == {f"reservation-{r.pk}@testserver" for r in Reservation.objects.filter(series=series)}
+    assert len(vevents(content, series)) >= 1
+    assert shown(content, series, FROZEN_NOW, FROZEN_NOW + 10 * DAY) == live_bookings(series)
