@@ -14,7 +14,7 @@ from reservations import recurrence, services
 from reservations.errors import BookingError, SeriesConflict
 from reservations.models import GOING, AuditEntry, Notice, Reservation, Series, TeamQuota
 from reservations.services.locks import is_occurrence_violation
-from reservations.services.series import series_cancel, series_change, series_create, series_extend, series_transfer
+from reservations.services.series import _extend, series_cancel, series_change, series_create, series_extend, series_transfer
 from trainer.models import TrainingJob
 
 from ..support import FROZEN_NOW, NEXT_SLOT, SLOT, at_once, book, make_user
@@ -312,3 +312,60 @@ def test_an_occurrence_cancelled_by_its_local_time_stays_cancelled(cluster, owne
     frozen.move_to(FROZEN_NOW + 2 * DAY)
     series_extend()
     assert third not in [r.occurrence for r in occurrences(series)]
+
+
+def test_raising_a_series_to_high_makes_its_coming_bookings_high_and_not_preemptible(cluster, high_booker, frozen):
+    series = nightly(high_booker, cluster["node1"][:1], priority="low").series
+    assert {r.preemptible for r in occurrences(series)} == {True}
+    series_change(series_id=series.pk, actor=high_booker, priority="high")
+    assert {(r.priority, r.preemptible) for r in occurrences(series)} == {("high", False)}
+    series_change(series_id=series.pk, actor=high_booker, priority="low")
+    assert {(r.priority, r.preemptible) for r in occurrences(series)} == {("low", True)}
+
+
+def test_staff_cannot_raise_a_series_to_a_priority_its_owner_may_not_book(cluster, owner, staff):
+    series = nightly(owner, cluster["node1"][:1]).series
+    with pytest.raises(PermissionDenied):
+        series_change(series_id=series.pk, actor=staff, priority="high", reason="urgent")
+    series.refresh_from_db()
+    assert series.priority == "normal" and {r.priority for r in occurrences(series)} == {"normal"}
+
+
+def test_a_borrowing_series_cannot_be_raised_to_high(cluster, high_booker, team):
+    TeamQuota.objects.create(team=team, gpu_hours_per_week=10)
+    series = nightly(high_booker, cluster["node1"][:1], borrow=True).series
+    with pytest.raises(BookingError) as refused:
+        series_change(series_id=series.pk, actor=high_booker, priority="high")
+    assert refused.value.field == "borrow"
+
+
+def test_cancelling_all_goes_on_past_a_night_passed_to_someone_else(cluster, owner, teammate):
+    series = nightly(owner, cluster["node1"][:1]).series
+    first, second, third = occurrences(series)
+    services.reservation_transfer(reservation_id=second.pk, actor=owner, to=teammate.username)
+    services.reservation_cancel(reservation_id=first.pk, actor=owner)  # ended before the series' cancel
+    series_cancel(series_id=series.pk, actor=owner, scope="all")
+    # The owner may no longer cancel the teammate's night: it stays theirs, and the rest go on.
+    assert [r.status for r in occurrences(series)] == [Status.CANCELLED, Status.CONFIRMED, Status.CANCELLED]
+
+
+def test_beat_skips_and_tells_when_the_owner_lost_the_right_to_book_high(cluster, high_booker, frozen, settings):
+    settings.BOOKING_HORIZON_DAYS = 1
+    series = nightly(high_booker, cluster["node1"][:1], priority="high", count=3).series
+    high_booker.user_permissions.clear()
+    frozen.move_to(FROZEN_NOW + DAY)
+    assert series_extend() == 0
+    series.refresh_from_db()
+    assert series.skipped and "high priority" in series.skipped[0]["reason"]
+    assert Notice.objects.filter(user=high_booker, kind=Notice.Kind.SERIES_SKIPPED).count() == 1
+
+
+def test_a_night_cancelled_while_beat_books_it_is_not_booked(cluster, owner, frozen, settings):
+    settings.BOOKING_HORIZON_DAYS = 1
+    series = nightly(owner, cluster["node1"][:1], count=3).series
+    stale = Series.objects.select_related("user", "team").get(pk=series.pk)  # beat read it before the cancel
+    second = NEXT_SLOT + 4 * SLOT + DAY
+    series_cancel(series_id=series.pk, actor=owner, scope="one", occurrence=second)
+    frozen.move_to(FROZEN_NOW + DAY)
+    _extend(stale, FROZEN_NOW + DAY)
+    assert second not in [r.occurrence for r in occurrences(series)]
