@@ -3,9 +3,8 @@ do what, and what a valid move is, the services decide (reservations.policy)."""
 
 from django import forms
 from django.conf import settings
-from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
+from apibase.fields import parse_aware_datetime
 from reservations.models import Reservation
 
 # Where an action's form was, so that an error is shown there and success returns there.
@@ -118,10 +117,9 @@ class SeriesCancelForm(SeriesActionForm):
     def moment(text):
         """The aware moment an occurrence field names, or None."""
         try:
-            moment = parse_datetime(text) if text else None
-        except ValueError:
+            return parse_aware_datetime(text) if text else None
+        except ValueError:  # not a time, no zone, or out of any calendar's range
             return None
-        return moment if moment is not None and timezone.is_aware(moment) else None
 
     def clean_occurrence(self):
         text = self.cleaned_data["occurrence"]
@@ -144,10 +142,14 @@ class SeriesChangeForm(SeriesActionForm):
     priority = forms.ChoiceField(label="Priority", choices=Reservation.Priority.choices)
     field_order = ["title", "priority", "reason"]
 
-    def __init__(self, *args, user, **kwargs):
+    def __init__(self, *args, user, current=None, **kwargs):
         super().__init__(*args, **kwargs)
         if not user.has_perm("reservations.book_high_priority"):
-            self.fields["priority"].choices = [c for c in Reservation.Priority.choices if c[0] != "high"]
+            # High stays offered on a series that is high already: a change of its title alone must
+            # not lower it (the service refuses raising it to high for those who may not).
+            self.fields["priority"].choices = [
+                c for c in Reservation.Priority.choices if c[0] != "high" or c[0] == current
+            ]
 
 
 class SeriesTransferForm(SeriesActionForm):

@@ -478,6 +478,9 @@ def test_staff_may_cancel_someone_elses_series_with_a_reason(owner, staff, clust
     ({"scope": "one", "occurrence": "tomorrow"}, "Occurrence: Not an occurrence's start"),
     ({"scope": "one", "occurrence": "2030-01-07T19:00:00+00:00"}, "The series has no occurrence starting at 2030-01-07 19:00 UTC."),
     ({"scope": "sometimes"}, "Scope: Select a valid choice."),
+    # Beyond what a datetime holds once in UTC: refused, never a 500.
+    ({"scope": "one", "occurrence": "0001-01-01T00:00:00+01:00"}, "Occurrence: Not an occurrence's start"),
+    ({"scope": "one", "occurrence": "9999-12-31T23:00:00-05:00"}, "Occurrence: Not an occurrence's start"),
 ])
 def test_a_cancel_that_names_no_occurrence_of_the_series_is_a_400_not_a_500(owner, cluster, data, words):
     series = nightly(owner, cluster["node1"][:1])
@@ -486,6 +489,17 @@ def test_a_cancel_that_names_no_occurrence_of_the_series_is_a_400_not_a_500(owne
 
     assert response.status_code == 400 and words in text_of(response)
     assert all(r.status == Status.CONFIRMED for r in occurrences(series))
+
+
+def test_a_team_admin_renaming_a_high_series_keeps_it_high(high_booker, team_admin, cluster):
+    series = nightly(high_booker, cluster["node1"][:1], priority="high")
+    client = page_client(team_admin)  # may not book high themselves
+    assert 'value="high" selected' in client.get(f"/series/{series.pk}/").content.decode()
+
+    response = client.post(f"/series/{series.pk}/change/", {"title": "renamed", "priority": "high", "reason": "clearer"})
+
+    assert response.status_code == 302
+    assert {(r.title, r.priority) for r in occurrences(series)} == {("renamed", "high")}
 
 
 def test_the_owner_changes_the_title_and_priority_of_the_occurrences_to_come(owner, cluster, frozen):

@@ -312,7 +312,10 @@ def _counts(rows):
 
 def _action_forms(user, series, failure):
     forms = {
-        "change": SeriesChangeForm(user=user, initial={"title": series.title, "priority": series.priority}, auto_id="change-%s"),
+        "change": SeriesChangeForm(
+            user=user, current=series.priority, initial={"title": series.title, "priority": series.priority},
+            auto_id="change-%s",
+        ),
         "transfer": SeriesTransferForm(auto_id="transfer-%s"),
         "cancel_all": SeriesCancelForm(initial={"scope": "all"}, auto_id="cancel-all-%s"),
     }
@@ -376,10 +379,10 @@ def series_cancel_view(request, pk):
 @login_required
 @require_POST
 def series_change_view(request, pk):
-    form = SeriesChangeForm(request.POST, user=request.user, auto_id="change-%s")
+    series = Series.objects.filter(pk=pk).first()
+    form = SeriesChangeForm(request.POST, user=request.user, current=series and series.priority, auto_id="change-%s")
 
     def change(data):
-        series = Series.objects.filter(pk=pk).first()
         changes = {name: data[name] for name in ("title", "priority") if series is not None and data[name] != getattr(series, name)}
         if not changes:
             raise BookingError("title", "Nothing to change: give a new title or priority.")
