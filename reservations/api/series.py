@@ -12,6 +12,7 @@ from apibase.serializers import StrictSerializer
 from .. import jobs, policy, recurrence, selectors, services
 from ..models import Reservation, Series
 from .idempotency import idempotent_series_create
+from .pagination import NewestFirstCursorPagination
 from .serializers import ReservationCreateSerializer
 
 
@@ -121,11 +122,17 @@ class SeriesSerializer(serializers.Serializer):
         return self._work(obj, "serve")
 
     def _work(self, obj, field):
-        request = self.context.get("request")
-        viewer = policy.JobViewer(request.user) if request is not None else policy.NOBODY
-        if not viewer.may_see_booking_of(obj.user_id, obj.team_id):
+        if not self._job_viewer().may_see_booking_of(obj.user_id, obj.team_id):
             return None
         return (obj.work or {}).get(field)
+
+    def _job_viewer(self):
+        # Once per response, not per series: a list shows many (its teams are read once).
+        root = self.root
+        if not hasattr(root, "_viewer"):
+            request = self.context.get("request")
+            root._viewer = policy.JobViewer(request.user) if request is not None else policy.NOBODY
+        return root._viewer
 
 
 class SeriesDetailSerializer(SeriesSerializer):
@@ -133,8 +140,13 @@ class SeriesDetailSerializer(SeriesSerializer):
 
     def get_occurrences(self, obj) -> list[dict]:
         """Every occurrence of the rule, past and coming, with what became of it."""
-        schedule = selectors.series_schedule(obj, recurrence.stored_starts(obj), selectors.series_occurrences(obj))
-        return OccurrenceSerializer(schedule, many=True).data
+        return OccurrenceSerializer(self._schedule(obj), many=True).data
+
+    def _schedule(self, obj):
+        if getattr(self, "_schedule_of", (None,))[0] != obj.pk:
+            schedule = selectors.series_schedule(obj, recurrence.stored_starts(obj), selectors.series_occurrences(obj))
+            self._schedule_of = (obj.pk, schedule)
+        return self._schedule_of[1]
 
 
 class SeriesCreatedSerializer(SeriesDetailSerializer):
@@ -142,11 +154,23 @@ class SeriesCreatedSerializer(SeriesDetailSerializer):
     skipped = serializers.SerializerMethodField()
     waitlisted = serializers.SerializerMethodField()
 
+    # A replayed create (Idempotency-Key) answers from the series as it stands: its occurrences'
+    # statuses, as these lists would have named them.
+    REPLAYED = {
+        "booked": (Reservation.Status.CONFIRMED, Reservation.Status.ACTIVE, Reservation.Status.COMPLETED),
+        "waitlisted": (Reservation.Status.WAITLISTED,),
+        "skipped": ("skipped",),
+    }
+
     def _outcomes(self, obj, outcome):
+        moment = AwareDateTimeField().to_representation
         result = self.context.get("result")
         if result is None:
-            return []
-        return [{"start": AwareDateTimeField().to_representation(o.start), "reservation": o.reservation.pk if o.reservation else None,
+            return [
+                {"start": moment(o.start), "reservation": o.reservation.pk if o.reservation else None, "reason": o.reason}
+                for o in self._schedule(obj) if o.status in self.REPLAYED[outcome]
+            ]
+        return [{"start": moment(o.start), "reservation": o.reservation.pk if o.reservation else None,
                  "reason": o.reason} for o in result.of(outcome)]
 
     def get_booked(self, obj) -> list[dict]:
@@ -167,6 +191,8 @@ class SeriesViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
     its team, owner and staff)."""
 
     serializer_class = SeriesSerializer
+    # Keyset pages, newest first, and no count: a team's series pile up over the years.
+    pagination_class = NewestFirstCursorPagination
 
     def get_queryset(self):
         queryset = selectors.series_queryset().order_by("-created", "-id")
@@ -207,7 +233,8 @@ class SeriesViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
             return SeriesCreatedSerializer(series, context={"request": request, "result": result}).data
 
         def replay(series_id):
-            return self._render(Series(pk=series_id))
+            series = selectors.series_queryset().get(pk=series_id)
+            return SeriesCreatedSerializer(series, context={"request": request}).data
 
         return idempotent_series_create(request, make, render, replay)
 

@@ -129,6 +129,8 @@ def test_a_retry_with_the_same_key_gets_the_same_series(api, cluster):
     again = api.post(URL, body(cluster["node1"][:1], recurrence="FREQ=DAILY;COUNT=3"), format="json", **headers)
     assert first.status_code == again.status_code == 201
     assert again["Idempotent-Replayed"] == "true" and again.json()["id"] == first.json()["id"]
+    # The same answer: which nights it got.
+    assert again.json()["booked"] == first.json()["booked"] and len(again.json()["booked"]) == 3
     assert Series.objects.count() == 1 and Reservation.objects.count() == 3
     other = api.post(URL, body(cluster["node1"][:1], recurrence="FREQ=DAILY;COUNT=4"), format="json", **headers)
     assert other.status_code == 422
@@ -157,3 +159,18 @@ def test_a_series_reads_the_same_number_of_queries_at_3_occurrences_as_at_28(api
     with CaptureQueriesContext(connection) as queries:
         assert len(api.get(URL).json()["results"]) == 2
     assert len(queries) <= counts[0]
+
+
+def test_a_teammates_list_of_series_reads_the_same_queries_at_2_series_as_at_6(api, cluster, teammate):
+    mate = client_for(teammate)
+    counts = []
+    for gpus in (cluster["node1"][:2], cluster["node1"][2:] + cluster["node2"][:2]):
+        for gpu in gpus:
+            api.post(URL, body([gpu], recurrence="FREQ=DAILY;COUNT=2"), format="json")
+        mate.get(URL)  # warm the token and session caches
+        with CaptureQueriesContext(connection) as queries:
+            listed = mate.get(URL).json()
+        assert all(s["job"] is None and s["user"] == "owner" for s in listed["results"])
+        counts.append((len(listed["results"]), len(queries)))
+    assert [n for n, _ in counts] == [2, 6] and counts[0][1] == counts[1][1]
+    assert "count" not in listed and listed["next"] is None  # keyset pages: no count of every series
