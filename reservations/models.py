@@ -277,6 +277,12 @@ class Reservation(models.Model):
                 fields=["series", "occurrence"], condition=Q(series__isnull=False, rebook_of=None),
                 name="reservation_one_per_occurrence",
             ),
+            # An occurrence names its series and its start, both: one without its start would
+            # escape the constraint above.
+            models.CheckConstraint(
+                condition=Q(series__isnull=True, occurrence__isnull=True) | Q(series__isnull=False, occurrence__isnull=False),
+                name="reservation_occurrence_of_series",
+            ),
         ]
         indexes = [
             models.Index(fields=["status", "start"], name="reservation_status_start"),
@@ -363,6 +369,11 @@ class Series(models.Model):
     class Meta:
         ordering = ["-created", "-id"]
         verbose_name_plural = "series"
+        constraints = [
+            models.CheckConstraint(condition=Q(first_start__lte=models.F("last_start")), name="series_first_before_last"),
+            models.CheckConstraint(condition=Q(slots__gte=1) & Q(gpu_count__gte=1), name="series_books_something"),
+            models.CheckConstraint(condition=Q(on_conflict__in=["fail", "skip", "waitlist"]), name="series_on_conflict_known"),
+        ]
         indexes = [
             # Beat's roll-forward reads only the series with occurrences still to book: years of
             # finished ones cost it nothing.

@@ -26,7 +26,6 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection
-from django.db.models import F
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
@@ -120,7 +119,8 @@ class World:
 
 def bulk_bookings(world, rows, *, user, start_of, status=CONFIRMED, gpus_of=None, team=None, **fields):
     """Bookings in bulk with their allocations: `start_of(i)` and `gpus_of(i)` place row i (one slot,
-    on cluster GPU i % 8 unless said), `status` a status or a function of i."""
+    on cluster GPU i % 8 unless said), `status` a status or a function of i. An occurrence of a series
+    (`series` given) is the one its start says, unless `occurrence` names it."""
     gpus_of = gpus_of or (lambda i: [world.gpus[i % 8]])
     status_of = status if callable(status) else (lambda i: status)
     team_of = team if callable(team) else (lambda i: team or world.team)
@@ -130,7 +130,8 @@ def bulk_bookings(world, rows, *, user, start_of, status=CONFIRMED, gpus_of=None
             user=user(i) if callable(user) else user, team=team_of(i), title=f"run {i}", start=start_of(i),
             end=start_of(i) + SLOT, gpu_count=len(gpus_of(i)), status=status_of(i), borrowed=i % 10 == 3,
             preemptible=i % 10 == 3, priority=("normal", "low", "high")[i % 3],
-            cancelled_at=FROZEN_NOW if status_of(i) == CANCELLED else None, **fields,
+            cancelled_at=FROZEN_NOW if status_of(i) == CANCELLED else None,
+            **({"occurrence": start_of(i)} if fields.get("series") and "occurrence" not in fields else {}), **fields,
         )
         for i in rows
     )
@@ -429,7 +430,6 @@ def occurrences(world, rows):
         world, rows, user=world.owner, start_of=start_of, status=status, gpus_of=lambda i: [world.series_gpu],
         series=world.series,
     )
-    Reservation.objects.filter(pk__in=[r.pk for r in made]).update(occurrence=F("start"))
     TrainingJob.objects.bulk_create(
         TrainingJob(reservation=r, spec={"model": "yolov8n.yaml"}, epochs=5, epoch=2) for i, r in zip(rows, made) if i % 10 == 0
     )
@@ -437,7 +437,7 @@ def occurrences(world, rows):
         if i % 10 == 9:
             bulk_bookings(
                 world, [i], user=world.owner, start_of=lambda i: start_of(i) + 3 * SLOT, gpus_of=lambda i: [world.series_gpu],
-                series=world.series, rebook_of=r, status=status,
+                series=world.series, occurrence=r.start, rebook_of=r, status=status,
             )
     series = Series.objects.get(pk=world.series.pk)
     series.skipped += [{"at": start_of(300 + i // 10).isoformat(), "reason": "taken"} for i in rows if i % 10 == 6]

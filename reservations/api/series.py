@@ -69,7 +69,8 @@ class OccurrenceSerializer(serializers.Serializer):
     start = AwareDateTimeField()
     end = AwareDateTimeField()
     status = serializers.CharField(
-        help_text="The booking's status, or cancelled, skipped (see reason) or later (beyond the horizon: booked by beat)."
+        help_text="The booking's status, or cancelled, skipped (see reason), later (beyond the horizon: booked by beat "
+        "as it comes within), due (within it: beat books it within the hour) or missed (its start passed unbooked)."
     )
     reservation = serializers.IntegerField(source="reservation.pk", default=None, allow_null=True)
     gpus = serializers.SerializerMethodField()
@@ -144,7 +145,9 @@ class SeriesDetailSerializer(SeriesSerializer):
 
     def _schedule(self, obj):
         if getattr(self, "_schedule_of", (None,))[0] != obj.pk:
-            schedule = selectors.series_schedule(obj, recurrence.stored_starts(obj), selectors.series_occurrences(obj))
+            schedule = selectors.series_schedule(
+                obj, recurrence.stored_starts(obj), selectors.series_occurrences(obj), now=timezone.now()
+            )
             self._schedule_of = (obj.pk, schedule)
         return self._schedule_of[1]
 

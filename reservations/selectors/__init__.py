@@ -66,7 +66,6 @@ from .series import (
     ScheduledOccurrence,
     occurrences_preview,
     series_occurrences,
-    series_of_user,
     series_queryset,
     series_schedule,
 )
@@ -79,7 +78,6 @@ __all__ = [
     "OccurrencePreview",
     "occurrences_preview",
     "series_occurrences",
-    "series_of_user",
     "series_queryset",
     "series_schedule",
     "ScheduledOccurrence",

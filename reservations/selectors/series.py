@@ -115,20 +115,13 @@ def series_occurrences(series):
     return list(reservation_queryset().filter(series=series).order_by("start", "id"))
 
 
-def series_of_user(user, *, limit=50):
-    """The series a person owns or whose team they are in, newest first: a page of them."""
-    teams = policy.bookable_teams(user).values("pk")
-    return list(
-        Series.objects.filter(team_id__in=teams).select_related("user", "team").order_by("-created", "-id")[:limit]
-    )
-
-
 @dataclass(frozen=True)
 class ScheduledOccurrence:
     """One occurrence of a series as its page and its API show it. `status`: the booking's status
     when it was booked (confirmed, active, completed, waitlisted, cancelled, preempted), else
-    cancelled (cancelled before it was booked), skipped (could not be booked: `reason`), or later
-    (not within the booking horizon yet: beat books it)."""
+    cancelled (cancelled before it was booked), skipped (could not be booked: `reason`), later (not
+    within the booking horizon yet: beat books it), due (within it: beat books it within the hour)
+    or missed (its start passed unbooked)."""
 
     start: datetime
     end: datetime
@@ -138,10 +131,11 @@ class ScheduledOccurrence:
     rebooks: tuple = ()  # the rebooked rest of a preempted occurrence
 
 
-def series_schedule(series, starts, bookings):
+def series_schedule(series, starts, bookings, *, now):
     """Every occurrence of `series` (its rule's `starts`, from recurrence.expand) with what became of
     it, from its bookings (series_occurrences). Bounded by the series' size."""
     length = series.slots * policy.slot_length()
+    horizon = policy.horizon_end(now)
     own = {r.occurrence: r for r in bookings if r.rebook_of_id is None}
     rebooks = {}
     for r in bookings:
@@ -159,8 +153,10 @@ def series_schedule(series, starts, bookings):
             schedule.append(ScheduledOccurrence(start, start + length, "cancelled"))
         elif start.isoformat() in skipped:
             schedule.append(ScheduledOccurrence(start, start + length, "skipped", reason=skipped[start.isoformat()]))
+        elif start < now:
+            schedule.append(ScheduledOccurrence(start, start + length, "missed"))
         else:
-            schedule.append(ScheduledOccurrence(start, start + length, "later"))
+            schedule.append(ScheduledOccurrence(start, start + length, "later" if start + length > horizon else "due"))
     return schedule
 
 
