@@ -178,7 +178,8 @@ def instances(rule, first_start, tz, *, capped=True):
     (BookingError) a rule with no occurrence, or (`capped`: a new series) more than
     SERIES_MAX_OCCURRENCES."""
     most = settings.SERIES_MAX_OCCURRENCES if capped else None
-    local = first_start.astimezone(tz).replace(tzinfo=None)
+    first_local = first_start.astimezone(tz)
+    local = first_local.replace(tzinfo=None)
     until = rule.until
     if isinstance(until, date) and not isinstance(until, datetime):
         until = datetime.combine(until, time.max)  # the whole last day, local
@@ -192,7 +193,9 @@ def instances(rule, first_start, tz, *, capped=True):
     for wall in generated:
         if most is not None and len(found) == most:
             _refuse(f"The rule gives more than {most} occurrences (SERIES_MAX_OCCURRENCES); end it sooner.")
-        wall = wall.replace(tzinfo=tz)
+        # The first start keeps its own reading of a wall-clock time the change back to winter time
+        # repeats (its fold): it is the start asked for, in the second pass of that hour too.
+        wall = wall.replace(tzinfo=tz, fold=first_local.fold if wall == local else 0)
         found.append(Instance(local=wall, start=policy.floor_to_slot(wall.astimezone(dt_timezone.utc))))
     if not found:
         _refuse("The rule gives no occurrence from the first start on.")

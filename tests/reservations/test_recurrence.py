@@ -162,3 +162,11 @@ def test_a_calendar_states_a_series_cut_short_with_until_its_last_instance():
     # A UTC UNTIL, and a rule without one, stay as they are.
     for text in ("FREQ=DAILY;UNTIL=20300103T120000Z", "FREQ=DAILY;COUNT=3"):
         assert recurrence.calendar_rule(recurrence.parse_rule(text), BERLIN).text == text
+
+
+def test_a_first_start_in_the_second_pass_of_a_repeated_hour_stays_where_it_was_asked(settings):
+    settings.SLOT_MINUTES = 60  # with two-hour slots no start of that second pass is on the grid
+    # 01:00 UTC on 27 October 2030 is 02:00 CET, the second 02:00 of that night in Berlin.
+    first = datetime(2030, 10, 27, 1, 0, tzinfo=UTC)
+    got = starts("FREQ=DAILY;COUNT=2", first, "Europe/Berlin")
+    assert got == [first, datetime(2030, 10, 28, 1, 0, tzinfo=UTC)]  # then 02:00 CET again
