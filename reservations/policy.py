@@ -620,3 +620,20 @@ def occurrence_going(series, start):
         return False
     return start.isoformat() not in series.cancelled_occurrences
 
+
+def occurrence_in_horizon(start, slots, now):
+    """Rule: an occurrence is booked once its booking would end within the booking horizon (when its
+    series is made, or later by beat); until then it is "later"."""
+    return start + slots * slot_length() <= horizon_end(now)
+
+
+def beat_refusal(series, start, now):
+    """Rule: why beat does not book a going occurrence now, or None. Never late (beat was down when it
+    came due: a booking in the past is no booking), and only for an owner who may still book for
+    the series' team (one who left it, or was deactivated, gets the occurrences skipped and is told)."""
+    if start < now:
+        return "Its start passed before it could be booked."
+    if not series.user.is_active or not bookable_teams(series.user).filter(pk=series.team_id).exists():
+        return f"{series.user.get_username()} can no longer book for team {series.team.slug}."
+    return None
+

@@ -269,7 +269,3 @@ def span(slots):
     return slots * policy.slot_length()
 
 
-def in_horizon(occurrence, slots, now):
-    """Whether an occurrence is booked now (its booking ends within the horizon) or later by beat."""
-    return occurrence + span(slots) <= policy.horizon_end(now)
-

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from django.db.models import Prefetch
 
-from reservations import recurrence, selectors
+from reservations import policy, recurrence, selectors
 from reservations.models import AuditEntry, Membership, Node, Reservation, Series
 from serving.models import ModelVersion, Replica, Serving
 from trainer.selectors import job_progress
@@ -174,7 +174,7 @@ def series_rows(series, *, now, viewer):
                 state = "cancelled"
             elif key in skipped:
                 state = "skipped"
-            elif not recurrence.in_horizon(start, series.slots, now):
+            elif not policy.occurrence_in_horizon(start, series.slots, now):
                 state = "later"
             elif end <= now:
                 state = "missed"

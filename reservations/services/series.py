@@ -119,7 +119,7 @@ def series_create(
         auto_rebook=auto_rebook, borrow=borrow, work=work or {}, rule=parsed.text, first_start=start,
         time_zone=tz, last_start=starts[-1], on_conflict=on_conflict, created=now,
     )
-    due = [s for s in starts if recurrence.in_horizon(s, slots, now)]
+    due = [s for s in starts if policy.occurrence_in_horizon(s, slots, now)]
     if on_conflict == Series.OnConflict.FAIL:
         _require_all_free(series, due, now)
     with transaction.atomic():
@@ -294,20 +294,17 @@ def _extend(series, now):
     are passed over (so booked_through reaches the last start, and beat is done with the series)."""
     reached = [
         s for s in recurrence.stored_starts(series)
-        if (series.booked_through is None or s > series.booked_through) and recurrence.in_horizon(s, series.slots, now)
+        if (series.booked_through is None or s > series.booked_through) and policy.occurrence_in_horizon(s, series.slots, now)
     ]
     if not reached:
         return 0
-    owner_active = series.user.is_active and policy.bookable_teams(series.user).filter(pk=series.team_id).exists()
     outcomes = []
     for start in reached:
         if not policy.occurrence_going(series, start):
             continue
-        if start < now:  # beat was down when it came due: never booked late
-            outcomes.append(Occurrence(start, "skipped", reason="Its start passed before it could be booked."))
-        elif not owner_active:
-            who = series.user.get_username()
-            outcomes.append(Occurrence(start, "skipped", reason=f"{who} can no longer book for team {series.team.slug}."))
+        refusal = policy.beat_refusal(series, start, now)
+        if refusal is not None:
+            outcomes.append(Occurrence(start, "skipped", reason=refusal))
         else:
             outcomes.append(_book_one(series, start, now=now, actor=None, strict=False))
     fresh = _mark_through(series, reached[-1], [o for o in outcomes if o.outcome == "skipped"])

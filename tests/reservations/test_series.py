@@ -369,3 +369,14 @@ def test_a_night_cancelled_while_beat_books_it_is_not_booked(cluster, owner, fro
     frozen.move_to(FROZEN_NOW + DAY)
     _extend(stale, FROZEN_NOW + DAY)
     assert second not in [r.occurrence for r in occurrences(series)]
+
+
+def test_each_occurrence_counts_in_its_own_quota_week(cluster, owner, team):
+    # 4 GPU-hours a night, 10 a week: Friday and Saturday fit, Sunday would pass the week's limit,
+    # and Monday begins a new quota week (weeks start Monday 00:00 UTC).
+    TeamQuota.objects.create(team=team, gpu_hours_per_week=10)
+    friday = NEXT_SLOT + 4 * SLOT + 4 * DAY  # Friday 11 January 2030, 18:00 UTC
+    result = nightly(owner, cluster["node1"][:1], count=4, start=friday, on_conflict="skip")
+    assert [(o.start.strftime("%a"), o.outcome) for o in result.occurrences] == [
+        ("Fri", "booked"), ("Sat", "booked"), ("Sun", "skipped"), ("Mon", "booked"),
+    ]

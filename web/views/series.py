@@ -167,7 +167,7 @@ def _series_preemption_preview(user, form, team, gpu_ids, now, again):
     data = form.cleaned_data
     recurrence.first_start_check(data["start"], data["slots"], now)
     team = policy.resolve_team(user, team)
-    due = [s for s in data["starts"] if recurrence.in_horizon(s, data["slots"], now)]
+    due = [s for s in data["starts"] if policy.occurrence_in_horizon(s, data["slots"], now)]
     previews = selectors.occurrences_preview(
         team=team, priority=data["priority"], starts=due, slots=data["slots"], now=now, gpu_ids=gpu_ids,
         borrow=data["borrow"],
