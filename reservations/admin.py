@@ -399,19 +399,9 @@ class ReservationAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel selected reservations")
     def cancel_selected(self, request, queryset):
-        done, failed = 0, []
-        for reservation in queryset:
-            try:
-                services.reservation_cancel(
-                    reservation_id=reservation.pk, actor=request.user, reason="Cancelled in the admin."
-                )
-                done += 1
-            except (BookingError, PermissionDenied) as exc:
-                failed.append(f"#{reservation.pk}: {getattr(exc, 'message', exc)}")
-        if done:
-            self.message_user(request, f"Cancelled {done} reservation(s).", messages.SUCCESS)
-        if failed:
-            self.message_user(request, "Not cancelled: " + "; ".join(failed), messages.WARNING)
+        _cancel_each(self, request, queryset, "reservation(s)", lambda reservation: services.reservation_cancel(
+            reservation_id=reservation.pk, actor=request.user, reason="Cancelled in the admin."
+        ))
 
 
 class CreatedBetweenFilter(admin.ListFilter):
@@ -612,17 +602,25 @@ class SeriesAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel selected series (their occurrences to come)")
     def cancel_selected(self, request, queryset):
-        done, failed = 0, []
-        for series in queryset:
-            try:
-                services.series_cancel(series_id=series.pk, actor=request.user, scope="all", reason="Cancelled in the admin.")
-                done += 1
-            except (BookingError, PermissionDenied) as exc:
-                failed.append(f"#{series.pk}: {getattr(exc, 'message', exc)}")
-        if done:
-            self.message_user(request, f"Cancelled {done} series.", messages.SUCCESS)
-        if failed:
-            self.message_user(request, "Not cancelled: " + "; ".join(failed), messages.WARNING)
+        _cancel_each(self, request, queryset, "series", lambda series: services.series_cancel(
+            series_id=series.pk, actor=request.user, scope="all", reason="Cancelled in the admin."
+        ))
+
+
+def _cancel_each(model_admin, request, queryset, noun, cancel):
+    """An admin action: `cancel` each selected row through its service, and say how many were and
+    which were not, and why."""
+    done, failed = 0, []
+    for row in queryset:
+        try:
+            cancel(row)
+            done += 1
+        except (BookingError, PermissionDenied) as exc:
+            failed.append(f"#{row.pk}: {getattr(exc, 'message', exc)}")
+    if done:
+        model_admin.message_user(request, f"Cancelled {done} {noun}.", messages.SUCCESS)
+    if failed:
+        model_admin.message_user(request, "Not cancelled: " + "; ".join(failed), messages.WARNING)
 
 
 @admin.register(Notice)

@@ -128,13 +128,17 @@ class ReservationSerializer(PlainFieldsMixin, serializers.Serializer):
         return work
 
     def _job_viewer(self):
-        # Once per response, not per booking: a list shows many.
-        root = self.root
-        if not hasattr(root, "_viewer"):
-            request = self.context.get("request")
-            # No request (nobody to show it to): no job details.
-            root._viewer = policy.JobViewer(request.user) if request is not None else policy.NOBODY
-        return root._viewer
+        return job_viewer(self)
+
+
+def job_viewer(serializer):
+    """The policy.JobViewer of a response: made once per response, not per row (a list shows many),
+    for the request's user; without a request (nobody to show it to), no job details."""
+    root = serializer.root
+    if not hasattr(root, "_viewer"):
+        request = serializer.context.get("request")
+        root._viewer = policy.JobViewer(request.user) if request is not None else policy.NOBODY
+    return root._viewer
 
 
 class ReservationCreatedSerializer(ReservationSerializer):

@@ -9,11 +9,11 @@ from rest_framework.response import Response
 from apibase.fields import AwareDateTimeField
 from apibase.serializers import StrictSerializer
 
-from .. import jobs, policy, recurrence, selectors, services
+from .. import jobs, recurrence, selectors, services
 from ..models import Reservation, Series
 from .idempotency import idempotent_series_create
 from .pagination import NewestFirstCursorPagination
-from .serializers import ReservationCreateSerializer
+from .serializers import ReservationCreateSerializer, job_viewer
 
 
 class SeriesCreateSerializer(ReservationCreateSerializer):
@@ -123,17 +123,9 @@ class SeriesSerializer(serializers.Serializer):
         return self._work(obj, "serve")
 
     def _work(self, obj, field):
-        if not self._job_viewer().may_see_booking_of(obj.user_id, obj.team_id):
+        if not job_viewer(self).may_see_booking_of(obj.user_id, obj.team_id):
             return None
         return (obj.work or {}).get(field)
-
-    def _job_viewer(self):
-        # Once per response, not per series: a list shows many (its teams are read once).
-        root = self.root
-        if not hasattr(root, "_viewer"):
-            request = self.context.get("request")
-            root._viewer = policy.JobViewer(request.user) if request is not None else policy.NOBODY
-        return root._viewer
 
 
 class SeriesDetailSerializer(SeriesSerializer):

@@ -380,3 +380,16 @@ def test_each_occurrence_counts_in_its_own_quota_week(cluster, owner, team):
     assert [(o.start.strftime("%a"), o.outcome) for o in result.occurrences] == [
         ("Fri", "booked"), ("Sat", "booked"), ("Sun", "skipped"), ("Mon", "booked"),
     ]
+
+
+def test_staff_cancel_a_series_from_the_admin(cluster, owner, admin_client):
+    series = nightly(owner, cluster["node1"][:1]).series
+    listed = admin_client.get("/admin/reservations/series/")
+    assert "every day at 18:00 UTC, 3 times" in listed.content.decode()
+    response = admin_client.post(
+        "/admin/reservations/series/", {"action": "cancel_selected", "_selected_action": [series.pk]}, follow=True
+    )
+    assert "Cancelled 1 series." in response.content.decode()
+    series.refresh_from_db()
+    assert series.cancelled_at is not None
+    assert {r.status for r in occurrences(series)} == {Status.CANCELLED}
