@@ -189,6 +189,11 @@ def page_checks():
               data=lambda d: {"scope": "one", "occurrence": d.series.first_start.isoformat(), "reason": "not that night"}),
         Check("series/<int:pk>/cancel/", lambda d: f"/series/{d.series.pk}/cancel/", expect(302, signed_in=400),
               method="post", data={"scope": "one", "occurrence": "tonight"}),
+        # A dataset outside the data roots: the form's 400, for anyone (the spec is checked first).
+        Check("series/<int:pk>/job/", lambda d: f"/series/{d.series.pk}/job/", expect(302, signed_in=400),
+              method="post", data={"train": "on", "model": "yolov8n.yaml", "data": "/etc/passwd", "epochs": 3}),
+        Check("series/<int:pk>/job/", lambda d: f"/series/{d.series.pk}/job/",
+              expect(302, signed_in=302, outsider=403), method="post", data={"reason": "no job after all"}),
         Check("series/<int:pk>/transfer/", lambda d: f"/series/{d.series.pk}/transfer/",
               expect(302, signed_in=302, outsider=403), method="post", data={"to": "alice", "reason": "hers now"}),
         Check("bookings/", "/bookings/", PAGE),

@@ -410,19 +410,55 @@ class BookingForm(RepeatFields, BookingWindowForm):
         return self._checked("job", spec)
 
     def _checked(self, field, spec):
-        """`spec` through the API's serializer for `field`; its errors on the form's own fields."""
-        serializer = jobs.work_kinds.spec_serializer(field)
-        serializer.bind(field, None)
-        try:
-            return serializer.run_validation(spec)
-        except APIValidationError as exc:
-            # Name the form's own field where there is one (model, data, epochs, ...).
-            detail = exc.detail if isinstance(exc.detail, dict) else {field: exc.detail}
-            for key, messages in detail.items():
-                field = key if key in self.fields else None
-                for message in messages if isinstance(messages, list) else [messages]:
-                    self.add_error(field, str(message) if field else f"{key}: {message}")
-            return None
+        return checked_spec(self, field, spec)
+
+
+def checked_spec(form, field, spec):
+    """`spec` through the API's serializer for `field` (job, serve); its errors on `form`'s own
+    fields (model, data, epochs, ...), the rest on the form. None when refused."""
+    serializer = jobs.work_kinds.spec_serializer(field)
+    serializer.bind(field, None)
+    try:
+        return serializer.run_validation(spec)
+    except APIValidationError as exc:
+        detail = exc.detail if isinstance(exc.detail, dict) else {field: exc.detail}
+        for key, messages in detail.items():
+            own = key if key in form.fields else None
+            for message in messages if isinstance(messages, list) else [messages]:
+                form.add_error(own, str(message) if own else f"{key}: {message}")
+        return None
+
+
+class SeriesJobForm(forms.Form):
+    """The training job a series' coming occurrences carry (its page's "Training job"), checked as
+    the API checks a job; `train` unticked: they carry none."""
+
+    train = forms.BooleanField(label="Train a model in each occurrence", required=False)
+    model = forms.CharField(label="Model", max_length=500, required=False)
+    data = forms.CharField(label="Dataset (data.yaml)", max_length=500, required=False)
+    epochs = forms.IntegerField(label="Epochs", min_value=1, max_value=10_000, required=False)
+    imgsz = forms.IntegerField(label="Image size", min_value=32, max_value=8192, required=False)
+    batch = forms.IntegerField(label="Batch", min_value=1, max_value=4096, required=False)
+    resume_previous = forms.BooleanField(label="Each occurrence continues from the previous one's checkpoint", required=False)
+    reason = forms.CharField(label="Reason", max_length=2000, required=False, help_text="Required when the series is not yours.")
+
+    @classmethod
+    def initial_of(cls, job):
+        """The form's values for a series' job template (None: no job)."""
+        if not job:
+            return {"train": False, "model": "yolov8n.yaml", "epochs": 10}
+        fields = {name: job.get(name) for name in ("model", "data", "epochs", "imgsz", "batch")}
+        return {"train": True, "resume_previous": job.get("resume_from") == "previous", **fields}
+
+    def clean(self):
+        data = super().clean()
+        data["job"] = None
+        if data.get("train"):
+            spec = {key: data[key] for key in ("model", "data", "epochs", "imgsz", "batch") if data.get(key) not in (None, "")}
+            if data.get("resume_previous"):
+                spec["resume_from"] = "previous"
+            data["job"] = checked_spec(self, "job", spec)
+        return data
 
 
 

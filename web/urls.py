@@ -33,6 +33,7 @@ urlpatterns = [
     path("series/<int:pk>/cancel/", series.series_cancel_view, name="series-cancel"),
     path("series/<int:pk>/change/", series.series_change_view, name="series-change"),
     path("series/<int:pk>/transfer/", series.series_transfer_view, name="series-transfer"),
+    path("series/<int:pk>/job/", series.series_job_view, name="series-job"),
     path("notices/", bookings.notices, name="notices"),
     path("notices/read/", bookings.notices_read, name="notices-read"),
     # The profile: API token, calendar feed links.

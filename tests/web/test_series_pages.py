@@ -564,3 +564,36 @@ def test_the_form_books_a_nightly_job_that_continues_from_the_night_before(owner
     once = post_form(page_client(owner), form_data(cluster["node2"][:1], **job))
     assert once.status_code == 400
     assert "Only a repeating booking has a previous occurrence" in text_of(once)
+
+
+def test_the_owner_changes_the_training_job_of_the_occurrences_to_come(owner, cluster, frozen, training_data):
+    job = {"model": "yolov8n.yaml", "data": str(training_data), "epochs": 3, "imgsz": 64, "batch": 4}
+    series = nightly(owner, cluster["node1"][:1], work={"job": job})
+    first = occurrences(series)[0]
+    frozen.move_to(first.start + timedelta(minutes=5))  # the first has begun
+    client = page_client(owner)
+    shown = client.get(f"/series/{series.pk}/").content.decode()
+    assert 'name="epochs" value="3"' in shown and "Change the job of the occurrences to come" in shown
+
+    bad = client.post(f"/series/{series.pk}/job/", {"train": "on", "model": "yolov8n.yaml", "data": "/etc/passwd", "epochs": 5})
+    assert bad.status_code == 400 and "Series #" in text_of(bad) and "was not changed" in text_of(bad)
+
+    response = client.post(f"/series/{series.pk}/job/", {
+        "train": "on", "model": "yolov8n.yaml", "data": str(training_data), "epochs": 5, "imgsz": 64, "batch": 4,
+        "resume_previous": "on",
+    }, follow=True)
+    assert "its occurrences to come train with the new job" in text_of(response)
+    specs = {j.reservation_id: (j.epochs, j.spec.get("resume_from")) for j in TrainingJob.objects.all()}
+    assert specs == {r.pk: ((3, None) if r == first else (5, "previous")) for r in occurrences(series)}
+
+    client.post(f"/series/{series.pk}/job/", {})  # untick "train": no job any more
+    assert list(TrainingJob.objects.values_list("reservation_id", flat=True)) == [first.pk]
+
+
+def test_the_training_job_form_is_for_the_team_only(owner, outsider, cluster, training_data):
+    job = {"model": "yolov8n.yaml", "data": str(training_data), "epochs": 3, "imgsz": 64, "batch": 4}
+    series = nightly(owner, cluster["node1"][:1], work={"job": job})
+    assert "Change the job" not in page_client(outsider).get(f"/series/{series.pk}/").content.decode()
+    refused = page_client(outsider).post(f"/series/{series.pk}/job/", {"reason": "mine now"})
+    assert refused.status_code == 403
+    assert {j.spec["epochs"] for j in TrainingJob.objects.all()} == {3}

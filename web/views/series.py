@@ -26,7 +26,7 @@ from reservations.services.series import series_cancel, series_change, series_cr
 
 from .. import selectors as web_selectors
 from ..bookings_forms import SeriesCancelForm, SeriesChangeForm, SeriesTransferForm
-from ..forms import SeriesPreviewForm
+from ..forms import SeriesJobForm, SeriesPreviewForm
 
 # Occurrences beyond the booking horizon cost the preview nothing to read, but a daily series of a
 # year lists hundreds: the preview shows this many of them and counts the rest.
@@ -317,6 +317,7 @@ def _action_forms(user, series, failure):
             auto_id="change-%s",
         ),
         "transfer": SeriesTransferForm(auto_id="transfer-%s"),
+        "job": SeriesJobForm(initial=SeriesJobForm.initial_of((series.work or {}).get("job")), auto_id="job-%s"),
         "cancel_all": SeriesCancelForm(initial={"scope": "all"}, auto_id="cancel-all-%s"),
     }
     if failure is not None and failure.action in forms:
@@ -389,6 +390,22 @@ def series_change_view(request, pk):
         series_change(series_id=pk, actor=request.user, reason=data["reason"], **changes)
 
     return _act(request, pk, "change", form, change, lambda data: f"Series #{pk} is changed, with its occurrences to come.")
+
+
+@login_required
+@require_POST
+def series_job_view(request, pk):
+    form = SeriesJobForm(request.POST, auto_id="job-%s")
+
+    def change(data):
+        series_change(series_id=pk, actor=request.user, reason=data["reason"], work={"job": data["job"]})
+
+    def done(data):
+        if data["job"] is None:
+            return f"Series #{pk}: its occurrences to come carry no training job."
+        return f"Series #{pk}: its occurrences to come train with the new job."
+
+    return _act(request, pk, "job", form, change, done)
 
 
 @login_required
