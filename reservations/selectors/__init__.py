@@ -64,6 +64,7 @@ from .quotas import (
 from .series import (
     OccurrencePreview,
     ScheduledOccurrence,
+    occurrences_preempting,
     occurrences_preview,
     series_occurrences,
     series_queryset,
@@ -76,6 +77,7 @@ __all__ = [
     "DayUsage",
     "FeedSeries",
     "OccurrencePreview",
+    "occurrences_preempting",
     "occurrences_preview",
     "series_occurrences",
     "series_queryset",

@@ -61,6 +61,18 @@ def occurrences_preview(*, team, priority, starts, slots, now, gpu_ids=None, gpu
     return previews
 
 
+def occurrences_preempting(*, team, priority, starts, slots, now, gpu_ids=None, gpu_count=None,
+                           allow_multi_node=False, borrow=False):
+    """The occurrences a series would book now (within the horizon) that would preempt bookings, as
+    OccurrencePreview: what a person confirms before the series is booked."""
+    due = [start for start in starts if policy.occurrence_in_horizon(start, slots, now)]
+    previews = occurrences_preview(
+        team=team, priority=priority, starts=due, slots=slots, now=now, gpu_ids=gpu_ids, gpu_count=gpu_count,
+        allow_multi_node=allow_multi_node, borrow=borrow,
+    )
+    return [p for p in previews if p.state == "preempts"]
+
+
 def _quota_state(*, team, start, end, gpus, borrow, planned):
     """(state, detail): within ("free"), "borrowed" or "over_quota", counting `planned` (the earlier
     occurrences) as booked."""

@@ -167,12 +167,10 @@ def _series_preemption_preview(user, form, team, gpu_ids, now, again):
     data = form.cleaned_data
     recurrence.first_start_check(data["start"], data["slots"], now)
     team = policy.resolve_team(user, team)
-    due = [s for s in data["starts"] if policy.occurrence_in_horizon(s, data["slots"], now)]
-    previews = selectors.occurrences_preview(
-        team=team, priority=data["priority"], starts=due, slots=data["slots"], now=now, gpu_ids=gpu_ids,
+    preempting = selectors.occurrences_preempting(
+        team=team, priority=data["priority"], starts=data["starts"], slots=data["slots"], now=now, gpu_ids=gpu_ids,
         borrow=data["borrow"],
     )
-    preempting = [p for p in previews if p.state == "preempts"]
     shown = {a.reservation_id for p in preempting for a in p.conflicts}
     if not preempting or (data["confirm_preempt"] and shown == data["victims"]):
         return None
