@@ -121,7 +121,7 @@ def series_create(
     )
     due = [s for s in starts if policy.occurrence_in_horizon(s, slots, now)]
     if on_conflict == Series.OnConflict.FAIL:
-        _require_all_free(series, due, now)
+        _require_all_free(series, due, now, staff=actor.is_staff)
     with transaction.atomic():
         series.save()
         audit_record(
@@ -142,13 +142,15 @@ def series_create(
     return result
 
 
-def _require_all_free(series, due, now):
+def _require_all_free(series, due, now, *, staff):
+    """`fail`: every occurrence within the horizon can be booked, or SeriesConflict with each that
+    cannot. Staff pass a quota (services.quota) when they book: not a reason to refuse theirs."""
     previews = selectors.occurrences_preview(
         team=series.team, priority=series.priority, starts=due, slots=series.slots, now=now,
         gpu_ids=series.gpu_ids, gpu_count=None if series.gpu_ids is not None else series.gpu_count,
         allow_multi_node=series.allow_multi_node, borrow=series.borrow,
     )
-    blocked = [p for p in previews if not p.bookable]
+    blocked = [p for p in previews if not p.bookable and not (staff and p.state == "over_quota")]
     if not blocked:
         return
     suggestions = {

@@ -393,3 +393,17 @@ def test_staff_cancel_a_series_from_the_admin(cluster, owner, admin_client):
     series.refresh_from_db()
     assert series.cancelled_at is not None
     assert {r.status for r in occurrences(series)} == {Status.CANCELLED}
+
+
+def test_a_staff_series_passes_a_quota_as_staff_bookings_do_now_and_when_beat_books(cluster, staff, team, frozen, settings):
+    # Staff pass a quota when they book (the audit says which limit), and beat books a series'
+    # occurrences as its owner: with the owner's rights, the later ones too.
+    TeamQuota.objects.create(team=team, gpu_hours_per_week=4)
+    settings.BOOKING_HORIZON_DAYS = 2
+    series = nightly(staff, cluster["node1"][:1], count=4, team=team.slug).series
+    assert len(occurrences(series)) == 2  # 8 GPU-hours in a week of 4: booked, by staff
+    frozen.move_to(FROZEN_NOW + 2 * DAY)
+    series_extend()
+    assert len(occurrences(series)) == 4
+    over = AuditEntry.objects.filter(reservation__series=series, reason__startswith="Booked over the quota by staff")
+    assert over.count() == 3  # all but the first, which fits
