@@ -56,6 +56,12 @@ def job_create(*, reservation, spec, now):
     node, _ = job_placement(job)
     if node is None or node.online:
         return []
+    if reservation.series_id is not None and Notice.objects.filter(
+        user=reservation.user, kind=Notice.Kind.NODE_OFFLINE, read_at=None,
+        reservation__series_id=reservation.series_id, data__node=node.hostname,
+    ).exists():
+        # A series booking many occurrences on a node that is away: told once (unread), not per night.
+        return []
     warning = (
         f"Node {node.hostname} is offline now (last heard from "
         + (utc_moment(node.last_heartbeat) if node.last_heartbeat else "never")

@@ -12,7 +12,7 @@ from django.db import IntegrityError
 
 from reservations import recurrence, services
 from reservations.errors import BookingError, SeriesConflict
-from reservations.models import GOING, AuditEntry, Notice, Reservation, Series, TeamQuota
+from reservations.models import GOING, AuditEntry, Node, Notice, Reservation, Series, TeamQuota
 from reservations.services.locks import is_occurrence_violation
 from reservations.services.series import _extend, series_cancel, series_change, series_create, series_extend, series_transfer
 from trainer.models import TrainingJob
@@ -407,3 +407,15 @@ def test_a_staff_series_passes_a_quota_as_staff_bookings_do_now_and_when_beat_bo
     assert len(occurrences(series)) == 4
     over = AuditEntry.objects.filter(reservation__series=series, reason__startswith="Booked over the quota by staff")
     assert over.count() == 3  # all but the first, which fits
+
+
+def test_a_series_on_a_node_that_is_away_tells_its_owner_once_not_each_night(cluster, owner, training_data):
+    Node.objects.update(online=False)
+    job = {"model": "yolov8n.yaml", "data": str(training_data), "epochs": 3, "imgsz": 64, "batch": 4}
+    nightly(owner, cluster["node1"][:1], count=5, work={"job": job})
+    offline = Notice.objects.filter(user=owner, kind=Notice.Kind.NODE_OFFLINE)
+    assert offline.count() == 1 and offline.get().data["node"] == "node1"
+    # Once read, the next series (or night) on it tells again.
+    offline.update(read_at=FROZEN_NOW)
+    nightly(owner, cluster["node1"][1:2], count=2, work={"job": job})
+    assert offline.count() == 2
